@@ -1,0 +1,3 @@
+from vdb.cli import main
+
+raise SystemExit(main())
