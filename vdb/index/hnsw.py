@@ -1,0 +1,634 @@
+"""HNSW: the owner of the graph arrays; validation, growth, slots, and the calls into the kernels.
+
+The graph is a handful of flat numpy arrays (see ``kernels.py`` for the layout)
+held together by one ``_Graph`` object. Slots are dense int32 positions in
+those arrays; the index knows nothing of user ids.
+
+Scores returned by ``search``: for ``l2`` the squared Euclidean distance,
+sorted ascending; for ``ip`` the inner product and for ``cosine`` the cosine
+similarity, sorted descending. In both cases the best hit comes first. Rows
+are padded with slot ``-1`` (score ``+inf`` for l2, ``-inf`` otherwise) only
+when fewer than ``k`` admissible points exist.
+
+Concurrency: one writer, many readers
+-------------------------------------
+The caller guarantees one writer at a time (``add``, ``delete``, ``replace``
+also take an internal lock); any number of threads may call ``search`` at the
+same time as the writer. Search kernels run with the GIL released.
+
+* A reader takes one reference to the current ``_Graph`` at the start of a
+  call and uses only its arrays. Growth (capacity doubling, more upper-layer
+  rows) copies into a new ``_Graph`` and swaps the single reference; the old
+  arrays stay alive for readers that still hold them and are never written
+  again.
+* A new point is written completely (vector, level, upper-row offset, empty
+  link rows, deleted flag set) before any link to it exists; it becomes a
+  search result only when its deleted flag is cleared after it is linked.
+  So links only point to fully written slots.
+* Neighbour rows are rewritten in place: the new neighbours are written
+  first, the count (column 0) last. A reader reads the count once and clamps
+  it to the row width, so a row under rewrite gives a mix of old and new
+  neighbours, all of them valid slots: never a torn or out-of-range one.
+* The entry point is published after the point is linked; readers take the
+  entry point's level from ``levels`` (set before the point is linked), never
+  from the separately stored max level.
+* Delete is a flag: the slot is skipped in results but still walked through.
+  ``replace`` writes the new vector in place, so a concurrent reader may score
+  that one point with a half-written vector; it still returns valid slots.
+
+Each searching thread has its own visited array (generation-tagged uint16),
+so searches share nothing writable.
+"""
+
+from __future__ import annotations
+
+import heapq
+import logging
+import math
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import numpy as np
+
+from vdb.index import kernels
+
+log = logging.getLogger(__name__)
+
+METRICS = {"l2": kernels.L2, "ip": kernels.IP, "cosine": kernels.IP}
+_METRIC_CODES = {"l2": 0, "ip": 1, "cosine": 2}
+_METRIC_NAMES = {v: k for k, v in _METRIC_CODES.items()}
+_FORMAT_VERSION = 1
+_MAX_LEVEL = 30
+_CHUNK_MAX = 256
+# Filtered search scans the allowed slots exactly when allowed_count**2 <= _EXACT_FACTOR * ef * live.
+_EXACT_FACTOR = 8.0
+_PARALLEL_MIN_QUERIES = 16
+
+_pool_lock = threading.Lock()
+_pool: ThreadPoolExecutor | None = None
+
+
+def _executor() -> ThreadPoolExecutor:
+    global _pool
+    with _pool_lock:
+        if _pool is None:
+            _pool = ThreadPoolExecutor(
+                max_workers=max(2, os.cpu_count() or 1), thread_name_prefix="vdb-index"
+            )
+        return _pool
+
+
+class _Graph:
+    """The arrays of one generation of the graph (replaced as a whole on growth)."""
+
+    __slots__ = ("vectors", "links0", "upper", "upper_off", "levels", "deleted", "state")
+
+    def __init__(self, vectors, links0, upper, upper_off, levels, deleted, state):
+        self.vectors = vectors
+        self.links0 = links0
+        self.upper = upper
+        self.upper_off = upper_off
+        self.levels = levels
+        self.deleted = deleted
+        self.state = state
+
+    @property
+    def capacity(self) -> int:
+        return self.vectors.shape[0]
+
+    @classmethod
+    def empty(cls, capacity: int, dim: int, M: int, upper_rows: int) -> _Graph:
+        state = np.zeros(4, np.int64)
+        state[0] = -1
+        return cls(
+            np.zeros((capacity, dim), np.float32),
+            np.zeros((capacity, 2 * M + 1), np.int32),
+            np.zeros((upper_rows, M + 1), np.int32),
+            np.zeros(capacity, np.int32),
+            np.zeros(capacity, np.int8),
+            np.zeros(capacity, np.uint8),
+            state,
+        )
+
+    def grown(self, capacity: int, upper_rows: int) -> _Graph:
+        """A copy with at least ``capacity`` slots and ``upper_rows`` upper rows."""
+        new = _Graph.empty(
+            max(capacity, self.capacity),
+            self.vectors.shape[1],
+            self.upper.shape[1] - 1,
+            max(upper_rows, self.upper.shape[0]),
+        )
+        n = self.capacity
+        new.vectors[:n] = self.vectors
+        new.links0[:n] = self.links0
+        new.upper[: self.upper.shape[0]] = self.upper
+        new.upper_off[:n] = self.upper_off
+        new.levels[:n] = self.levels
+        new.deleted[:n] = self.deleted
+        new.state[:] = self.state
+        return new
+
+
+def _grow_to(current: int, needed: int) -> int:
+    size = max(1, current)
+    while size < needed:
+        size *= 2
+    return size
+
+
+class HNSW:
+    """Hierarchical navigable small world graph over float32 vectors addressed by int32 slots.
+
+    ``HNSW(dim, metric="l2", M=16, ef_construction=128, capacity=1024, seed=None, ef=64)``.
+    ``metric`` is ``"l2"`` (squared Euclidean), ``"ip"`` (distance ``1 - dot``) or
+    ``"cosine"`` (vectors and queries normalised, then ``ip``). Layer 0 keeps up to ``2*M``
+    links, upper layers ``M``; levels are drawn with multiplier ``1/ln(M)`` from a generator
+    seeded with ``seed`` (reproducible builds). Bad input raises ``ValueError``.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        metric: str = "l2",
+        M: int = 16,
+        ef_construction: int = 128,
+        capacity: int = 1024,
+        seed: int | None = None,
+        ef: int = 64,
+        n_threads: int | None = None,
+    ) -> None:
+        dim = _positive_int(dim, "dim")
+        if metric not in METRICS:
+            raise ValueError(f"unknown metric {metric!r}; expected one of l2, ip, cosine")
+        M = _positive_int(M, "M")
+        if M < 2:
+            raise ValueError(f"M must be >= 2, got {M}")
+        self._dim = dim
+        self._metric = metric
+        self._code = METRICS[metric]
+        self._M = M
+        self._efc = _positive_int(ef_construction, "ef_construction")
+        self._ef = _positive_int(ef, "ef")
+        capacity = _positive_int(capacity, "capacity")
+        if seed is None:
+            seed = int(np.random.SeedSequence().entropy % (2**63))
+        self._seed = int(seed)
+        self._draws = 0
+        self._rng = np.random.Generator(np.random.PCG64(self._seed))
+        self._mult = 1.0 / math.log(M)
+        self._g = _Graph.empty(capacity, dim, M, max(16, capacity // M))
+        self._free: list[int] = []
+        self._live = 0
+        self._pending = np.zeros(capacity, np.uint8)
+        self._write_lock = threading.RLock()
+        self._tls = threading.local()
+        self._n_threads = max(1, int(n_threads or os.cpu_count() or 1))
+        self._no_mask = np.zeros(1, np.uint8)
+
+    # -- properties -------------------------------------------------------------------------
+
+    @property
+    def dim(self) -> int:
+        return self._dim
+
+    @property
+    def metric(self) -> str:
+        return self._metric
+
+    @property
+    def M(self) -> int:
+        return self._M
+
+    @property
+    def ef_construction(self) -> int:
+        return self._efc
+
+    @property
+    def ef(self) -> int:
+        """Default ``ef`` of ``search`` (settable)."""
+        return self._ef
+
+    @ef.setter
+    def ef(self, value: int) -> None:
+        self._ef = _positive_int(value, "ef")
+
+    @property
+    def capacity(self) -> int:
+        return self._g.capacity
+
+    @property
+    def seed(self) -> int:
+        return self._seed
+
+    def __len__(self) -> int:
+        """Number of live (added and not deleted) points."""
+        return self._live
+
+    def __repr__(self) -> str:
+        return (
+            f"HNSW(dim={self._dim}, metric={self._metric!r}, M={self._M}, "
+            f"ef_construction={self._efc}, len={self._live}, capacity={self.capacity})"
+        )
+
+    # -- input checks -----------------------------------------------------------------------
+
+    def _matrix(self, x: Any, name: str) -> np.ndarray:
+        """``x`` as a C-contiguous float32 [n, dim] array of finite numbers (unit rows for cosine)."""
+        if not (
+            isinstance(x, np.ndarray)
+            and x.dtype == np.float32
+            and x.ndim == 2
+            and x.flags.c_contiguous
+        ):
+            x = _numeric(x, name)
+            if x.ndim != 2:
+                raise ValueError(
+                    f"{name} must be a 2-D array [n, {self._dim}], got shape {tuple(x.shape)}"
+                )
+            with np.errstate(over="ignore"):
+                x = np.ascontiguousarray(x, dtype=np.float32)
+        if x.shape[1] != self._dim:
+            raise ValueError(f"expected {self._dim} dimensions, got {x.shape[1]}")
+        if not np.isfinite(x).all():
+            raise ValueError(f"{name} contain NaN or inf (or values beyond float32 range)")
+        if self._metric == "cosine":
+            norms = np.sqrt(np.einsum("ij,ij->i", x, x))
+            if x.shape[0] and norms.min() == 0.0:
+                raise ValueError(f"{name} contain a zero vector, which has no cosine direction")
+            x = x / norms[:, None]
+        return x
+
+    def _slots(self, slots: Any) -> np.ndarray:
+        if np.asarray(slots).dtype.kind == "b":
+            raise ValueError("slots must be integers, not booleans")
+        arr = _numeric(slots, "slots")
+        if arr.ndim == 0:
+            arr = arr.reshape(1)
+        if arr.ndim != 1:
+            raise ValueError(f"slots must be a 1-D array, got shape {tuple(arr.shape)}")
+        if arr.size and arr.dtype.kind == "f":
+            if not np.all(np.isfinite(arr)) or not np.all(arr == np.floor(arr)):
+                raise ValueError("slots must be integers")
+        arr = arr.astype(np.int64)
+        n_used = int(self._g.state[2])
+        bad = (arr < 0) | (arr >= n_used)
+        if bad.any():
+            raise ValueError(f"slot {int(arr[bad][0])} out of range [0, {n_used})")
+        return arr
+
+    # -- writes -----------------------------------------------------------------------------
+
+    def add(self, vectors: Any) -> np.ndarray:
+        """Insert ``vectors`` ([n, dim]); returns their slots (int32[n]). Freed slots are reused
+        first (smallest first), then new slots are appended; capacity doubles as needed."""
+        x = self._matrix(vectors, "vectors")
+        n = x.shape[0]
+        if n == 0:
+            return np.empty(0, np.int32)
+        with self._write_lock:
+            n_reuse = min(n, len(self._free))
+            reuse = np.array([heapq.heappop(self._free) for _ in range(n_reuse)], np.int32)
+            n_new = n - n_reuse
+            new = np.empty(0, np.int32)
+            if n_new:
+                new = self._allocate(x[n_reuse:])
+            if n_reuse:
+                self._relink(reuse, x[:n_reuse])
+            if n_new:
+                self._link(new)
+            self._live += n
+        return np.concatenate([reuse, new]) if n_reuse else new
+
+    def _allocate(self, x: np.ndarray) -> np.ndarray:
+        """Write new points (hidden: deleted flag set) into fresh slots; returns the slots."""
+        n = x.shape[0]
+        g = self._g
+        start = int(g.state[2])
+        levels = self._draw_levels(n)
+        rows_needed = int(g.state[3]) + int(levels.sum(dtype=np.int64))
+        if start + n > g.capacity or rows_needed > g.upper.shape[0]:
+            cap = _grow_to(g.capacity, start + n)
+            rows = _grow_to(g.upper.shape[0], rows_needed)
+            g = g.grown(cap, rows)
+            if cap > self._pending.shape[0]:
+                pending = np.zeros(cap, np.uint8)
+                pending[: self._pending.shape[0]] = self._pending
+                self._pending = pending
+            self._g = g
+            log.debug("index grown to capacity %d, %d upper rows", cap, rows)
+        slots = np.arange(start, start + n, dtype=np.int32)
+        offsets = int(g.state[3]) + np.cumsum(levels, dtype=np.int64) - levels
+        g.vectors[start : start + n] = x
+        g.levels[start : start + n] = levels
+        g.upper_off[start : start + n] = offsets
+        g.links0[start : start + n, 0] = 0
+        g.deleted[start : start + n] = 1
+        g.state[3] = rows_needed
+        g.state[2] = start + n
+        return slots
+
+    def _draw_levels(self, n: int) -> np.ndarray:
+        u = self._rng.random(n)
+        self._draws += n
+        levels = np.floor(-np.log1p(-u) * self._mult)
+        return np.minimum(levels, _MAX_LEVEL).astype(np.int8)
+
+    def _relink(self, slots: np.ndarray, x: np.ndarray) -> None:
+        """Give existing slots new vectors and re-link them into the graph."""
+        g = self._g
+        kernels.unlink(
+            self._code, g.vectors, g.links0, g.upper, g.upper_off, g.levels, slots.astype(np.int32)
+        )
+        g.vectors[slots] = x
+        self._link(slots.astype(np.int32))
+
+    def _link(self, slots: np.ndarray) -> None:
+        """Link written slots into the graph in chunks: candidate search and neighbour selection
+        for a chunk run in parallel (nogil), then links are written in order by this thread."""
+        pos = 0
+        total = slots.shape[0]
+        M = self._M
+        while pos < total:
+            g = self._g
+            size = min(total - pos, max(32, min(_CHUNK_MAX, self._live // 2)))
+            chunk = np.ascontiguousarray(slots[pos : pos + size])
+            pos += size
+            self._pending[chunk] = 1
+            top = int(g.levels[chunk].max())
+            sel = np.zeros((size, top + 1, M), np.int32)
+            sel_n = np.zeros((size, top + 1), np.int32)
+            entry = int(g.state[0])
+            threads = min(self._n_threads, max(1, size // 8))
+
+            def select(start, step, g=g, chunk=chunk, sel=sel, sel_n=sel_n, entry=entry) -> None:
+                visited, vgen = self._visited(g.capacity)
+                kernels.build_select(
+                    self._code, g.vectors, g.links0, g.upper, g.upper_off, g.levels, g.deleted,
+                    self._pending, entry, chunk, start, step, self._efc, M, visited, vgen,
+                    sel, sel_n,
+                )  # fmt: skip
+
+            if threads == 1:
+                select(0, 1)
+            else:
+                futures = [_executor().submit(select, t, threads) for t in range(threads)]
+                for f in futures:
+                    f.result()
+            kernels.build_link(
+                self._code, g.vectors, g.links0, g.upper, g.upper_off, g.levels, g.deleted,
+                g.state, chunk, sel, sel_n, M,
+            )  # fmt: skip
+            self._pending[chunk] = 0
+
+    def delete(self, slots: Any) -> None:
+        """Delete slots: they stop appearing in results (but are still walked through) and are
+        reused by later ``add`` calls. Deleting a deleted slot does nothing."""
+        arr = self._slots(slots)
+        with self._write_lock:
+            g = self._g
+            for slot in np.unique(arr).tolist():
+                if not g.deleted[slot]:
+                    g.deleted[slot] = 1
+                    heapq.heappush(self._free, slot)
+                    self._live -= 1
+
+    def replace(self, slot: Any, vector: Any) -> None:
+        """Give live ``slot`` a new vector and re-link it. Also accepts a 1-D array of slots with
+        a 2-D array of vectors (one row per slot)."""
+        arr = self._slots(slot)
+        v = _numeric(vector, "vector")
+        if v.ndim == 1:
+            v = v.reshape(1, -1)
+        x = self._matrix(v, "vector")
+        if x.shape[0] != arr.shape[0]:
+            raise ValueError(f"got {arr.shape[0]} slots but {x.shape[0]} vectors")
+        if np.unique(arr).shape[0] != arr.shape[0]:
+            raise ValueError("slots to replace must be distinct")
+        with self._write_lock:
+            dead = self._g.deleted[arr] != 0
+            if dead.any():
+                raise ValueError(f"slot {int(arr[dead][0])} is deleted; add a new point instead")
+            self._relink(arr.astype(np.int32), x)
+
+    # -- reads ------------------------------------------------------------------------------
+
+    def _visited(self, capacity: int) -> tuple[np.ndarray, np.ndarray]:
+        tls = self._tls
+        v = getattr(tls, "v", None)
+        if v is None or v[0].shape[0] < capacity:
+            v = (np.zeros(capacity, np.uint16), np.zeros(1, np.int64))
+            tls.v = v
+        return v
+
+    def search(
+        self, queries: Any, k: int, ef: int | None = None, allowed: Any = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Top-``k`` of each query row: ``(slots int32[nq, k], scores float32[nq, k])``.
+
+        ``ef`` (default ``self.ef``) is the search breadth; ``max(ef, k)`` is used.
+        ``allowed`` is an optional boolean mask over slots (shorter masks mean "not allowed"
+        beyond their end); it is applied inside the graph walk, and very selective masks are
+        scanned exactly. Every row holds ``min(k, admissible live points)`` hits, best first,
+        then ``-1`` padding.
+        """
+        if not isinstance(k, (int, np.integer)) or isinstance(k, bool):
+            raise ValueError(f"k must be an integer, got {type(k).__name__}")
+        if k < 1:
+            raise ValueError(f"k must be >= 1, got {k}")
+        ef = self._ef if ef is None else _positive_int(ef, "ef")
+        q = self._matrix(queries, "queries")
+        g = self._g
+        k = int(k)
+        nq = q.shape[0]
+        out_slots = np.empty((nq, k), np.int32)
+        out_scores = np.empty((nq, k), np.float32)
+        if allowed is None:
+            mask = self._no_mask
+            mode = kernels.ADMIT_ALL
+            need = min(k, self._live)
+            exact = False
+        else:
+            mask = self._mask(allowed, g)
+            mode = kernels.ADMIT_MASK
+            n_used = int(g.state[2])
+            count = int(np.count_nonzero(mask[:n_used] > g.deleted[:n_used]))
+            need = min(k, count)
+            exact = count * count <= _EXACT_FACTOR * max(ef, k) * max(self._live, 1)
+        if nq == 0:
+            return out_slots, out_scores
+        threads = min(self._n_threads, nq // _PARALLEL_MIN_QUERIES)
+        if threads <= 1:
+            self._search_rows(g, q, k, ef, mask, mode, need, exact, out_slots, out_scores)
+        else:
+            bounds = np.linspace(0, nq, threads + 1).astype(int)
+            futures = [
+                _executor().submit(
+                    self._search_rows,
+                    g,
+                    q[a:b],
+                    k,
+                    ef,
+                    mask,
+                    mode,
+                    need,
+                    exact,
+                    out_slots[a:b],
+                    out_scores[a:b],
+                )  # fmt: skip
+                for a, b in zip(bounds[:-1], bounds[1:], strict=True)
+            ]
+            for f in futures:
+                f.result()
+        return out_slots, out_scores
+
+    def _search_rows(self, g, q, k, ef, mask, mode, need, exact, out_slots, out_scores) -> None:
+        visited, vgen = self._visited(g.capacity)
+        kernels.search_batch(
+            self._code, g.vectors, g.links0, g.upper, g.upper_off, g.levels, g.deleted, g.state,
+            q, k, ef, mask, mode, need, exact, visited, vgen, out_slots, out_scores,
+        )  # fmt: skip
+
+    def _mask(self, allowed: Any, g: _Graph) -> np.ndarray:
+        mask = np.asarray(allowed)
+        if mask.ndim != 1:
+            raise ValueError(f"allowed must be a 1-D mask over slots, got shape {mask.shape}")
+        if mask.dtype != np.bool_:
+            if mask.dtype.kind not in "iu":
+                raise ValueError(f"allowed must be a boolean mask, got dtype {mask.dtype}")
+            mask = mask != 0
+        cap = g.capacity
+        if mask.shape[0] > cap:
+            if mask[cap:].any():
+                raise ValueError(
+                    f"allowed marks slot {cap + int(np.argmax(mask[cap:]))} but the index "
+                    f"has capacity {cap}"
+                )
+            mask = mask[:cap]
+        if mask.shape[0] < cap:
+            full = np.zeros(cap, np.bool_)
+            full[: mask.shape[0]] = mask
+            mask = full
+        return np.ascontiguousarray(mask).view(np.uint8)
+
+    def is_deleted(self, slot: int) -> bool:
+        """True when ``slot`` was deleted (or is not linked yet)."""
+        arr = self._slots(slot)
+        return bool(self._g.deleted[int(arr[0])])
+
+    def live_mask(self) -> np.ndarray:
+        """bool[capacity]: True for live slots."""
+        g = self._g
+        live = g.deleted == 0
+        live[int(g.state[2]) :] = False
+        return live
+
+    def get_vectors(self, slots: Any) -> np.ndarray:
+        """Stored vectors of ``slots`` (float32 [n, dim]; unit length for cosine)."""
+        arr = self._slots(slots)
+        return self._g.vectors[arr].copy()
+
+    # -- checkpoint -------------------------------------------------------------------------
+
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        """The whole index as named numpy arrays (copies), for ``HNSW.from_arrays``."""
+        with self._write_lock:
+            g = self._g
+            n = int(g.state[2])
+            rows = int(g.state[3])
+            params = np.array(
+                [
+                    _FORMAT_VERSION, self._dim, _METRIC_CODES[self._metric], self._M, self._efc,
+                    self._ef, self._seed, self._draws, g.state[0], g.state[1], n, rows,
+                    g.capacity, self._live,
+                ],
+                dtype=np.int64,
+            )  # fmt: skip
+            return {
+                "params": params,
+                "vectors": g.vectors[:n].copy(),
+                "links0": g.links0[:n].copy(),
+                "upper": g.upper[:rows].copy(),
+                "upper_off": g.upper_off[:n].copy(),
+                "levels": g.levels[:n].copy(),
+                "deleted": g.deleted[:n].copy(),
+                "free": np.array(sorted(self._free), np.int32),
+            }
+
+    @classmethod
+    def from_arrays(cls, arrays: dict[str, np.ndarray]) -> HNSW:
+        """Rebuild an index saved by ``to_arrays``; it answers searches identically."""
+        try:
+            params = np.asarray(arrays["params"], np.int64)
+            version, dim, metric, M, efc, ef, seed, draws, entry, max_level, n, rows, cap, live = (
+                int(v) for v in params[:14]
+            )
+        except (KeyError, ValueError, TypeError) as e:
+            raise ValueError(f"not an index checkpoint: {e}") from e
+        if version != _FORMAT_VERSION:
+            raise ValueError(f"unsupported index checkpoint version {version}")
+        h = cls(
+            dim, _METRIC_NAMES[metric], M=M, ef_construction=efc, capacity=cap, seed=seed, ef=ef
+        )
+        bitgen = np.random.PCG64(seed)
+        bitgen.advance(draws)
+        h._rng = np.random.Generator(bitgen)
+        h._draws = draws
+        g = _Graph.empty(cap, dim, M, max(rows, 16))
+        g.vectors[:n] = arrays["vectors"]
+        g.links0[:n] = arrays["links0"]
+        g.upper[:rows] = arrays["upper"]
+        g.upper_off[:n] = arrays["upper_off"]
+        g.levels[:n] = arrays["levels"]
+        g.deleted[:n] = arrays["deleted"]
+        g.state[:] = (entry, max_level, n, rows)
+        h._g = g
+        h._free = [int(s) for s in np.asarray(arrays["free"]).tolist()]
+        heapq.heapify(h._free)
+        h._live = live
+        return h
+
+    # -- warm-up ----------------------------------------------------------------------------
+
+    def warm(self) -> None:
+        """Compile (or load from the cache) and run every kernel, on a tiny throw-away index."""
+        rng = np.random.default_rng(0)
+        h = HNSW(self._dim, self._metric, M=self._M, ef_construction=16, capacity=64, seed=0)
+        h.add(rng.standard_normal((40, self._dim)).astype(np.float32) + 0.1)
+        q = rng.standard_normal((2, self._dim)).astype(np.float32) + 0.1
+        h.search(q, 3)
+        mask = np.zeros(40, bool)
+        mask[::3] = True
+        h.search(q, 3, allowed=mask)
+        mask[:] = False
+        mask[:2] = True
+        h.search(q, 3, allowed=mask)
+        h.delete([1, 2])
+        h.add(rng.standard_normal((1, self._dim)).astype(np.float32) + 0.1)
+        h.replace(3, rng.standard_normal(self._dim).astype(np.float32) + 0.1)
+
+
+def _positive_int(value: Any, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise ValueError(f"{name} must be an integer, got {type(value).__name__}")
+    if value < 1:
+        raise ValueError(f"{name} must be >= 1, got {value}")
+    return int(value)
+
+
+def _numeric(x: Any, name: str) -> np.ndarray:
+    try:
+        arr = np.asarray(x)
+    except (ValueError, TypeError) as e:
+        raise ValueError(f"{name} cannot be read as an array: {e}") from e
+    if arr.dtype.kind in "fiu":
+        return arr
+    if arr.dtype.kind == "b":
+        return arr.astype(np.float32)
+    if arr.dtype.kind == "O":
+        try:
+            return arr.astype(np.float64)
+        except (ValueError, TypeError) as e:
+            raise ValueError(f"{name} must hold numbers: {e}") from e
+    raise ValueError(f"{name} must hold numbers, got dtype {arr.dtype}")

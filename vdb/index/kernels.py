@@ -1,0 +1,488 @@
+"""Numba kernels of the HNSW index: distances, heaps, layer search, neighbour selection, linking.
+
+Every kernel is a plain ``@njit`` function over flat numpy arrays (no Python
+objects, no object mode) and never validates its input: the owner class
+``vdb.index.hnsw.HNSW`` does that. Layout of the graph arrays (see ``hnsw.py``):
+
+* ``vectors[cap, dim] float32`` - stored vectors (unit length for cosine).
+* ``links0[cap, 1 + 2M] int32`` - layer 0: column 0 is the neighbour count,
+  columns 1.. the neighbour slots.
+* ``upper[rows, 1 + M] int32`` - layers >= 1, same row format; the row of
+  slot ``s`` at layer ``l`` is ``upper_off[s] + l - 1``.
+* ``levels[cap] int8``, ``deleted[cap] uint8``.
+* ``state[4] int64`` - entry point slot, max level, slots in use, upper rows in use.
+
+Distances are smaller-is-closer: ``l2`` is the squared Euclidean distance,
+``ip`` (and ``cosine`` on unit vectors) is ``1 - dot``. The metric is an int
+code chosen once per index and passed to every kernel; the branch sits
+outside the inner loop of each distance.
+
+Readers (search kernels) read a neighbour count once and clamp it to the row
+width, so a row being rewritten by the writer yields a mix of old and new
+neighbours, all of them valid slots.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+L2 = 0
+IP = 1
+
+# Admission modes of a layer search: which visited slots may enter the result set.
+ADMIT_ALL = 0  # every live slot
+ADMIT_MASK = 1  # live slots with mask[slot] != 0 (filtered search)
+ADMIT_NOT_MASK = 2  # live slots with mask[slot] == 0 (build: mask marks the batch being linked)
+
+_VISIT_MAX = 65535
+
+
+@njit(fastmath=True, inline="always", cache=True)
+def distance(metric, a, b):
+    """Distance between two vectors: squared L2 (metric 0) or ``1 - dot`` (metric 1)."""
+    s = np.float32(0.0)
+    if metric == L2:
+        for i in range(a.shape[0]):
+            d = a[i] - b[i]
+            s += d * d
+        return s
+    for i in range(a.shape[0]):
+        s += a[i] * b[i]
+    return np.float32(1.0) - s
+
+
+@njit(inline="always", cache=True)
+def _next_tag(visited, vgen):
+    """Start a new visit: bump the generation tag, clearing the array only when it wraps."""
+    g = vgen[0] + 1
+    if g >= _VISIT_MAX:
+        visited[:] = 0
+        g = 1
+    vgen[0] = g
+    return np.uint16(g)
+
+
+@njit(inline="always", cache=True)
+def _push_min(hd, hi, size, d, i):
+    pos = size
+    while pos > 0:
+        parent = (pos - 1) >> 1
+        if hd[parent] <= d:
+            break
+        hd[pos] = hd[parent]
+        hi[pos] = hi[parent]
+        pos = parent
+    hd[pos] = d
+    hi[pos] = i
+    return size + 1
+
+
+@njit(inline="always", cache=True)
+def _pop_min(hd, hi, size):
+    size -= 1
+    if size == 0:
+        return 0
+    d = hd[size]
+    i = hi[size]
+    pos = 0
+    while True:
+        c = 2 * pos + 1
+        if c >= size:
+            break
+        if c + 1 < size and hd[c + 1] < hd[c]:
+            c += 1
+        if hd[c] >= d:
+            break
+        hd[pos] = hd[c]
+        hi[pos] = hi[c]
+        pos = c
+    hd[pos] = d
+    hi[pos] = i
+    return size
+
+
+@njit(inline="always", cache=True)
+def _push_max(hd, hi, size, d, i):
+    pos = size
+    while pos > 0:
+        parent = (pos - 1) >> 1
+        if hd[parent] >= d:
+            break
+        hd[pos] = hd[parent]
+        hi[pos] = hi[parent]
+        pos = parent
+    hd[pos] = d
+    hi[pos] = i
+    return size + 1
+
+
+@njit(inline="always", cache=True)
+def _sift_down_max(hd, hi, size, d, i):
+    """Put (d, i) at the root of a max-heap of ``size`` items and restore the heap."""
+    pos = 0
+    while True:
+        c = 2 * pos + 1
+        if c >= size:
+            break
+        if c + 1 < size and hd[c + 1] > hd[c]:
+            c += 1
+        if hd[c] <= d:
+            break
+        hd[pos] = hd[c]
+        hi[pos] = hi[c]
+        pos = c
+    hd[pos] = d
+    hi[pos] = i
+
+
+@njit(inline="always", cache=True)
+def _pop_max(hd, hi, size):
+    size -= 1
+    if size > 0:
+        _sift_down_max(hd, hi, size, hd[size], hi[size])
+    return size
+
+
+@njit(inline="always", cache=True)
+def _admit(slot, deleted, mask, mode):
+    if deleted[slot] != 0:
+        return False
+    if mode == ADMIT_MASK:
+        return mask[slot] != 0
+    if mode == ADMIT_NOT_MASK:
+        return mask[slot] == 0
+    return True
+
+
+@njit(inline="always", cache=True)
+def _row(layer, slot, upper_off):
+    if layer == 0:
+        return slot
+    return upper_off[slot] + layer - 1
+
+
+@njit(fastmath=True, cache=True, nogil=True)
+def greedy(metric, vectors, upper, upper_off, layer, q, cur, curd):
+    """Greedy walk (ef = 1) on an upper layer; returns the closest slot found and its distance."""
+    maxc = upper.shape[1] - 1
+    changed = True
+    while changed:
+        changed = False
+        row = upper_off[cur] + layer - 1
+        cnt = upper[row, 0]
+        if cnt > maxc:
+            cnt = maxc
+        for j in range(1, cnt + 1):
+            c = upper[row, j]
+            d = distance(metric, vectors[c], q)
+            if d < curd:
+                curd = d
+                cur = c
+                changed = True
+    return cur, curd
+
+
+@njit(fastmath=True, cache=True, nogil=True)
+def search_layer(
+    metric, vectors, links, upper_off, layer, deleted, mask, mode, q, ep, epd, ef, visited, tag,
+    res_d, res_i,
+):  # fmt: skip
+    """Best-first search of one layer from ``ep``; returns how many results sit in the max-heap
+    ``res_d``/``res_i`` (size >= ef + 1). Every slot is walked through; only admitted ones
+    (live, and passing the mask mode) enter the results."""
+    maxc = links.shape[1] - 1
+    cap_c = 4 * ef + 64
+    cand_d = np.empty(cap_c, np.float32)
+    cand_i = np.empty(cap_c, np.int32)
+    visited[ep] = tag
+    nc = _push_min(cand_d, cand_i, 0, epd, ep)
+    nr = 0
+    if _admit(ep, deleted, mask, mode):
+        nr = _push_max(res_d, res_i, 0, epd, ep)
+    while nc > 0:
+        d0 = cand_d[0]
+        if nr == ef and d0 > res_d[0]:
+            break
+        c0 = cand_i[0]
+        nc = _pop_min(cand_d, cand_i, nc)
+        row = _row(layer, c0, upper_off)
+        cnt = links[row, 0]
+        if cnt > maxc:
+            cnt = maxc
+        for j in range(1, cnt + 1):
+            c = links[row, j]
+            if visited[c] == tag:
+                continue
+            visited[c] = tag
+            d = distance(metric, vectors[c], q)
+            if nr < ef or d < res_d[0]:
+                if nc == cand_d.shape[0]:
+                    grown_d = np.empty(2 * nc, np.float32)
+                    grown_i = np.empty(2 * nc, np.int32)
+                    grown_d[:nc] = cand_d
+                    grown_i[:nc] = cand_i
+                    cand_d = grown_d
+                    cand_i = grown_i
+                nc = _push_min(cand_d, cand_i, nc, d, c)
+                if _admit(c, deleted, mask, mode):
+                    if nr < ef:
+                        nr = _push_max(res_d, res_i, nr, d, c)
+                    else:
+                        _sift_down_max(res_d, res_i, nr, d, c)
+    return nr
+
+
+@njit(fastmath=True, cache=True, nogil=True)
+def exact_scan(metric, vectors, deleted, mask, mode, q, n_used, k, res_d, res_i):
+    """Brute-force top-k over admitted slots in ``[0, n_used)``; returns the heap size."""
+    nr = 0
+    for s in range(n_used):
+        if not _admit(s, deleted, mask, mode):
+            continue
+        d = distance(metric, vectors[s], q)
+        if nr < k:
+            nr = _push_max(res_d, res_i, nr, d, s)
+        elif d < res_d[0]:
+            _sift_down_max(res_d, res_i, nr, d, s)
+    return nr
+
+
+@njit(fastmath=True, cache=True, nogil=True)
+def search_batch(
+    metric, vectors, links0, upper, upper_off, levels, deleted, state, queries, k, ef, mask, mode,
+    need, exact, visited, vgen, out_slots, out_scores,
+):  # fmt: skip
+    """Top-k search of every query row: upper-layer descent, layer-0 search with
+    ``max(ef, k)``, exact fallback when the walk found fewer than ``need`` hits (or when
+    ``exact``), then the sorted top-k written to ``out_slots``/``out_scores``
+    (score = distance for l2, similarity ``1 - distance`` for ip/cosine; -1 padding)."""
+    nq = queries.shape[0]
+    ef_eff = max(ef, k)
+    res_d = np.empty(max(ef_eff, k) + 1, np.float32)
+    res_i = np.empty(max(ef_eff, k) + 1, np.int32)
+    pad = np.float32(np.inf) if metric == L2 else np.float32(-np.inf)
+    for qi in range(nq):
+        q = queries[qi]
+        ep = state[0]
+        n_used = state[2]
+        nr = 0
+        if not exact and ep >= 0:
+            tag = _next_tag(visited, vgen)
+            cur = ep
+            curd = distance(metric, vectors[ep], q)
+            for layer in range(levels[ep], 0, -1):
+                cur, curd = greedy(metric, vectors, upper, upper_off, layer, q, cur, curd)
+            nr = search_layer(
+                metric, vectors, links0, upper_off, 0, deleted, mask, mode, q, cur, curd, ef_eff,
+                visited, tag, res_d, res_i,
+            )  # fmt: skip
+        if nr < need:
+            nr = exact_scan(metric, vectors, deleted, mask, mode, q, n_used, k, res_d, res_i)
+        while nr > k:
+            nr = _pop_max(res_d, res_i, nr)
+        m = nr
+        for pos in range(m - 1, -1, -1):
+            out_slots[qi, pos] = res_i[0]
+            d = res_d[0]
+            out_scores[qi, pos] = d if metric == L2 else np.float32(1.0) - d
+            nr = _pop_max(res_d, res_i, nr)
+        for pos in range(m, k):
+            out_slots[qi, pos] = -1
+            out_scores[qi, pos] = pad
+
+
+@njit(fastmath=True, cache=True, nogil=True)
+def _heuristic(metric, vectors, cand_d, cand_i, n, limit, out, out_off):
+    """HNSW neighbour-selection heuristic over candidates sorted by distance to the base point:
+    keep a candidate only if it is closer to the base point than to every one already kept.
+    Writes up to ``limit`` slots to ``out[out_off:]``; returns how many."""
+    ns = 0
+    for t in range(n):
+        c = cand_i[t]
+        dc = cand_d[t]
+        good = True
+        vc = vectors[c]
+        for r in range(ns):
+            if distance(metric, vc, vectors[out[out_off + r]]) < dc:
+                good = False
+                break
+        if good:
+            out[out_off + ns] = c
+            ns += 1
+            if ns == limit:
+                break
+    return ns
+
+
+@njit(fastmath=True, cache=True, nogil=True)
+def build_select(
+    metric, vectors, links0, upper, upper_off, levels, deleted, pending, entry, chunk, start, step,
+    ef_construction, M, visited, vgen, sel, sel_n,
+):  # fmt: skip
+    """Phase 1 of linking a batch (parallel-safe: reads the graph, writes only its own rows of
+    ``sel``/``sel_n``). For chunk positions ``start, start+step, ...``: search the current graph
+    (batch members in ``pending`` excluded) on every layer of the point, add the batch members
+    before it (exactly), and select up to ``M`` neighbours per layer with the heuristic."""
+    B = chunk.shape[0]
+    res_d = np.empty(ef_construction + 1, np.float32)
+    res_i = np.empty(ef_construction + 1, np.int32)
+    merged_d = np.empty(ef_construction + B, np.float32)
+    merged_i = np.empty(ef_construction + B, np.int32)
+    sorted_d = np.empty(ef_construction + B, np.float32)
+    sorted_i = np.empty(ef_construction + B, np.int32)
+    flat = sel.reshape(-1)
+    width = sel.shape[1] * sel.shape[2]
+    for i in range(start, B, step):
+        p = chunk[i]
+        q = vectors[p]
+        lp = levels[p]
+        le = -1
+        cur = entry
+        curd = np.float32(0.0)
+        if entry >= 0:
+            le = levels[entry]
+            curd = distance(metric, vectors[entry], q)
+            for layer in range(le, lp, -1):
+                cur, curd = greedy(metric, vectors, upper, upper_off, layer, q, cur, curd)
+        for layer in range(lp, -1, -1):
+            nm = 0
+            if layer <= le:
+                tag = _next_tag(visited, vgen)
+                links = links0 if layer == 0 else upper
+                nr = search_layer(
+                    metric, vectors, links, upper_off, layer, deleted, pending, ADMIT_NOT_MASK,
+                    q, cur, curd, ef_construction, visited, tag, res_d, res_i,
+                )  # fmt: skip
+                for t in range(nr):
+                    merged_d[nm] = res_d[t]
+                    merged_i[nm] = res_i[t]
+                    if res_d[t] < curd:
+                        curd = res_d[t]
+                        cur = res_i[t]
+                    nm += 1
+            for j in range(i):
+                s = chunk[j]
+                if levels[s] >= layer:
+                    merged_d[nm] = distance(metric, vectors[s], q)
+                    merged_i[nm] = s
+                    nm += 1
+            order = np.argsort(merged_d[:nm], kind="mergesort")
+            for t in range(nm):
+                sorted_d[t] = merged_d[order[t]]
+                sorted_i[t] = merged_i[order[t]]
+            sel_n[i, layer] = _heuristic(
+                metric, vectors, sorted_d, sorted_i, nm, M, flat, i * width + layer * sel.shape[2]
+            )
+
+
+@njit(fastmath=True, cache=True, nogil=True)
+def _add_link(metric, vectors, links, upper_off, layer, s, p, limit):
+    """Add the link s -> p on ``layer``; an overflowing list is pruned with the heuristic.
+    The row is rewritten before its count is published."""
+    row = _row(layer, s, upper_off)
+    cnt = links[row, 0]
+    for t in range(1, cnt + 1):
+        if links[row, t] == p:
+            return
+    if cnt < limit:
+        links[row, cnt + 1] = p
+        links[row, 0] = cnt + 1
+        return
+    cd = np.empty(cnt + 1, np.float32)
+    ci = np.empty(cnt + 1, np.int32)
+    vs = vectors[s]
+    for t in range(cnt):
+        c = links[row, t + 1]
+        ci[t] = c
+        cd[t] = distance(metric, vectors[c], vs)
+    ci[cnt] = p
+    cd[cnt] = distance(metric, vectors[p], vs)
+    order = np.argsort(cd, kind="mergesort")
+    sd = cd[order]
+    si = ci[order]
+    kept = np.empty(limit, np.int32)
+    nk = _heuristic(metric, vectors, sd, si, cnt + 1, limit, kept, 0)
+    for t in range(nk):
+        links[row, t + 1] = kept[t]
+    links[row, 0] = nk
+
+
+@njit(fastmath=True, cache=True, nogil=True)
+def build_link(
+    metric, vectors, links0, upper, upper_off, levels, deleted, state, chunk, sel, sel_n, M
+):
+    """Phase 2 of linking a batch (the single writer, in batch order): write each point's
+    selected neighbours, add the reverse links (pruning overflowing lists), make the point
+    visible (clear its deleted flag) and raise the entry point when its level is higher."""
+    m0 = links0.shape[1] - 1
+    for i in range(chunk.shape[0]):
+        p = chunk[i]
+        lp = levels[p]
+        for layer in range(lp + 1):
+            links = links0 if layer == 0 else upper
+            limit = m0 if layer == 0 else M
+            row = _row(layer, p, upper_off)
+            ns = sel_n[i, layer]
+            for t in range(ns):
+                links[row, t + 1] = sel[i, layer, t]
+            links[row, 0] = ns
+            for t in range(ns):
+                _add_link(metric, vectors, links, upper_off, layer, sel[i, layer, t], p, limit)
+        deleted[p] = 0
+        if state[0] < 0 or lp > state[1]:
+            state[1] = lp
+            state[0] = p
+
+
+@njit(fastmath=True, cache=True, nogil=True)
+def unlink(metric, vectors, links0, upper, upper_off, levels, slots):
+    """Before slots get new vectors: in every out-neighbour's list that points back to a slot,
+    replace that link with the slot's neighbour closest to the out-neighbour (keeps the path
+    that went through the slot), or drop it when there is none. Uses the old vectors."""
+    maxc0 = links0.shape[1] - 1
+    maxc1 = upper.shape[1] - 1
+    for idx in range(slots.shape[0]):
+        p = slots[idx]
+        for layer in range(levels[p] + 1):
+            links = links0 if layer == 0 else upper
+            maxc = maxc0 if layer == 0 else maxc1
+            row_p = _row(layer, p, upper_off)
+            cnt_p = min(links[row_p, 0], maxc)
+            old = links[row_p, 1 : cnt_p + 1].copy()
+            for a in range(cnt_p):
+                n = old[a]
+                if n == p:
+                    continue
+                row_n = _row(layer, n, upper_off)
+                cnt_n = min(links[row_n, 0], maxc)
+                pos = -1
+                for t in range(1, cnt_n + 1):
+                    if links[row_n, t] == p:
+                        pos = t
+                        break
+                if pos < 0:
+                    continue
+                best = -1
+                bestd = np.float32(np.inf)
+                vn = vectors[n]
+                for b in range(cnt_p):
+                    c = old[b]
+                    if c == n or c == p:
+                        continue
+                    present = False
+                    for t in range(1, cnt_n + 1):
+                        if links[row_n, t] == c:
+                            present = True
+                            break
+                    if present:
+                        continue
+                    d = distance(metric, vectors[c], vn)
+                    if d < bestd:
+                        bestd = d
+                        best = c
+                if best >= 0:
+                    links[row_n, pos] = best
+                else:
+                    links[row_n, pos] = links[row_n, cnt_n]
+                    links[row_n, 0] = cnt_n - 1
