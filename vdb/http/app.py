@@ -1,0 +1,242 @@
+"""``build_app(db, config)``: the Starlette app — routes, middleware, error handlers.
+
+Errors are mapped to status codes in exactly one place, ``handle_error``:
+every ``vdb.errors`` type carries its ``status_code``; Starlette's own HTTP
+errors (unknown route 404, wrong method 405) keep theirs; anything else is a
+500. All of them answer in Qdrant's error shape ``{"status": {"error":
+msg}, "time": t}``.
+
+Middleware, outermost first: metrics (times everything, including refusals),
+auth, rate limit, body size limit.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import logging
+import threading
+import time
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+from prometheus_client import CollectorRegistry
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse, Response
+from starlette.routing import Route
+
+from vdb.config import ServerConfig
+from vdb.errors import InvalidInput, VdbError
+from vdb.http import metrics as metrics_mod
+from vdb.http.auth import OPEN_PATHS, AuthMiddleware
+from vdb.http.codec import EncodedResponse, envelope, error_body, wants_msgpack
+from vdb.http.limits import BodyLimitMiddleware, RateLimited, RateLimitMiddleware
+from vdb.http.qdrant import QdrantApi
+
+log = logging.getLogger(__name__)
+
+_PREFIX = {400: "Wrong input: ", 404: "Not found: "}
+_KNOWN_PREFIXES = (
+    "Wrong input",
+    "Not found",
+    "Bad request",
+    "Format error",
+    "Validation error",
+    "Service internal error",
+    "Payload too large",
+    "Too many requests",
+    "Deserialize error",
+)
+
+
+def status_of(exc: BaseException) -> int:
+    """The HTTP status for an exception: the one mapping of errors to codes."""
+    if isinstance(exc, VdbError):
+        return int(exc.status_code)
+    if isinstance(exc, HTTPException):
+        return int(exc.status_code)
+    return 500
+
+
+def message_of(exc: BaseException, status: int) -> str:
+    if isinstance(exc, HTTPException):
+        return f"{exc.detail}"
+    if status >= 500 and not isinstance(exc, VdbError):
+        return f"Service internal error: {type(exc).__name__}"
+    text = str(exc) or type(exc).__name__
+    if not text.startswith(_KNOWN_PREFIXES) and status in _PREFIX:
+        text = _PREFIX[status] + text
+    return text
+
+
+async def handle_error(request: Request, exc: Exception) -> Response:
+    status = status_of(exc)
+    if status >= 500:
+        log.error("%s %s failed", request.method, request.url.path, exc_info=exc)
+    headers = {}
+    if isinstance(exc, RateLimited):
+        headers["Retry-After"] = str(max(1, int(exc.retry_after + 0.999)))
+    if isinstance(exc, HTTPException) and exc.headers:
+        headers.update(exc.headers)
+    return EncodedResponse(
+        error_body(message_of(exc, status)),
+        status_code=status,
+        headers=headers or None,
+        msgpack_out=wants_msgpack(request),
+    )
+
+
+class Service:
+    """Health, readiness, metrics and vdb's own routes (``/dead-letters``)."""
+
+    def __init__(self, db: Any, config: ServerConfig, ingest_handles: Sequence[Any]):
+        self.db = db
+        self.config = config
+        self.ingest_handles = list(ingest_handles)
+        self.ready = threading.Event()
+        self.registry = CollectorRegistry()
+        self.http_metrics = metrics_mod.HttpMetrics(self.registry)
+        self.registry.register(metrics_mod.StatsCollector(self.stats_sources))
+
+    def stats_sources(self) -> list[tuple[tuple[str, ...], dict, dict]]:
+        out: list[tuple[tuple[str, ...], dict, dict]] = []
+        stats_fn = getattr(self.db, "stats", None)
+        if stats_fn is not None:
+            out.append(((), {}, stats_fn()))
+        points = {}
+        for name in self.db.list_collections():
+            try:
+                points[name] = int(self.db.collection(name).count())
+            except VdbError:
+                continue  # dropped while we looked
+        out.append((("points",), {}, {"collections": points}))
+        for i, handle in enumerate(self.ingest_handles):
+            try:
+                stats = handle.stats()
+            except Exception:  # one broken handle must not hide the others
+                log.exception("ingest handle %d stats() failed", i)
+                continue
+            out.append((("ingest",), {"handle": str(i)}, stats))
+        return out
+
+    def warm(self) -> None:
+        """Compile the kernels (first search is otherwise slow), then report ready."""
+        try:
+            warm = getattr(self.db, "warm", None)
+            if warm is not None and self.config.warm:
+                warm()
+        except Exception:
+            log.exception("warming the kernels failed; serving anyway")
+        self.ready.set()
+        log.info("ready")
+
+    async def healthz(self, request: Request) -> Response:
+        return PlainTextResponse("healthz check passed")
+
+    async def readyz(self, request: Request) -> Response:
+        if self.ready.is_set():
+            return PlainTextResponse("all shards are ready")
+        return PlainTextResponse("warming up", status_code=503)
+
+    async def metrics(self, request: Request) -> Response:
+        import anyio.to_thread
+
+        body = await anyio.to_thread.run_sync(metrics_mod.render, self.registry)
+        return Response(body, media_type="text/plain; version=0.0.4; charset=utf-8")
+
+    async def dead_letters(self, request: Request) -> Response:
+        import anyio.to_thread
+
+        started = time.perf_counter()
+        raw = request.query_params.get("limit", "100")
+        if not raw.isdigit() or not 0 < int(raw) <= self.config.max_limit:
+            raise InvalidInput(
+                f"query parameter `limit` must be an integer in 1..{self.config.max_limit}"
+            )
+        source = request.query_params.get("source")
+        letters = await anyio.to_thread.run_sync(
+            lambda: self.db.dead_letters(limit=int(raw), source=source)
+        )
+        return EncodedResponse(
+            envelope([dead_letter_out(d) for d in letters], started),
+            msgpack_out=wants_msgpack(request),
+        )
+
+    def routes(self) -> list[Route]:
+        return [
+            Route("/healthz", self.healthz, methods=["GET"]),
+            Route("/livez", self.healthz, methods=["GET"]),
+            Route("/readyz", self.readyz, methods=["GET"]),
+            Route("/metrics", self.metrics, methods=["GET"]),
+            Route("/dead-letters", self.dead_letters, methods=["GET"]),
+        ]
+
+
+def dead_letter_out(letter: Any) -> dict[str, Any]:
+    def text(b: bytes | None) -> str | None:
+        return None if b is None else base64.b64encode(b).decode("ascii")
+
+    return {
+        "source": letter.source,
+        "topic": letter.topic,
+        "partition": letter.partition,
+        "offset": letter.offset,
+        "key_base64": text(letter.key),
+        "value_base64": text(letter.value),
+        "reason": letter.reason,
+        "timestamp_ms": letter.timestamp_ms,
+        "extra": letter.extra,
+    }
+
+
+def build_app(
+    db: Any,
+    config: ServerConfig | None = None,
+    ingest_handles: Sequence[Any] = (),
+    *,
+    warm_in_background: bool = True,
+) -> Starlette:
+    """The ASGI app over an open database. It holds no data of its own."""
+    config = config or ServerConfig()
+    service = Service(db, config, ingest_handles)
+    api = QdrantApi(db, config)
+    middleware = [
+        Middleware(metrics_mod.MetricsMiddleware, metrics=service.http_metrics),
+        Middleware(
+            AuthMiddleware, api_key=config.api_key, read_only_api_key=config.read_only_api_key
+        ),
+        Middleware(
+            RateLimitMiddleware,
+            rate=config.rate_limit,
+            burst=config.rate_burst,
+            exempt=OPEN_PATHS,
+        ),
+        Middleware(BodyLimitMiddleware, max_bytes=config.max_body_bytes),
+    ]
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        if warm_in_background:
+            threading.Thread(target=service.warm, name="vdb-warm", daemon=True).start()
+        else:
+            service.warm()
+        yield
+
+    app = Starlette(
+        routes=service.routes() + api.routes(),
+        middleware=middleware,
+        exception_handlers={
+            VdbError: handle_error,
+            HTTPException: handle_error,
+            Exception: handle_error,
+        },
+        lifespan=lifespan,
+    )
+    app.state.db = db
+    app.state.config = config
+    app.state.service = service
+    app.state.api = api
+    return app

@@ -1,0 +1,1004 @@
+"""The Qdrant-compatible REST routes.
+
+Each endpoint parses its request (``vdb.http.parsing``), calls the core in
+the thread pool (searches and reads share one limiter, writes another; the
+event loop never blocks on the database), and shapes the answer exactly as
+Qdrant does: ``{"result": ..., "status": "ok", "time": ...}``. Errors are
+raised as ``vdb.errors`` types and turned into Qdrant's error body by the
+handlers in ``vdb.http.app``.
+
+Distances map as Cosine → ``cosine``, Euclid → ``l2`` (vdb scores squared
+distance; Qdrant answers the distance, so the square root is taken here),
+Dot → ``ip``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import functools
+import hashlib
+import itertools
+import logging
+import math
+import re
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import anyio
+import anyio.to_thread
+import numpy as np
+from starlette.requests import Request
+from starlette.responses import FileResponse, Response
+from starlette.routing import Route
+
+from vdb.errors import CollectionNotFound, InvalidInput, NotFound, PointNotFound
+from vdb.http import parsing as p
+from vdb.http.codec import EncodedResponse, envelope, read_body, wants_msgpack
+
+log = logging.getLogger(__name__)
+
+PEER_ID = 0
+_SNAPSHOT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*\.snapshot$")
+_QUERY_TYPES = (
+    "nearest",
+    "recommend",
+    "discover",
+    "context",
+    "order_by",
+    "fusion",
+    "rrf",
+    "formula",
+    "sample",
+    "relevance_feedback",
+)
+_SHARD = ("shard_key",)
+
+
+class CollectionView:
+    """What a request needs to know of a collection: the handle, its dimension and metric."""
+
+    __slots__ = ("col", "dim", "metric")
+
+    def __init__(self, col: Any, dim: int, metric: str):
+        self.col = col
+        self.dim = dim
+        self.metric = metric
+
+
+class QdrantApi:
+    """The routes; holds only references to the database and the settings."""
+
+    def __init__(self, db: Any, config: Any):
+        self.db = db
+        self.config = config
+        self.read_limiter = anyio.CapacityLimiter(config.search_concurrency)
+        self.write_limiter = anyio.CapacityLimiter(config.write_threads)
+        self._operation_ids = itertools.count(1)
+
+    # -- plumbing -----------------------------------------------------------
+
+    async def read(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        return await anyio.to_thread.run_sync(
+            functools.partial(fn, *args, **kwargs), limiter=self.read_limiter
+        )
+
+    async def write(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        return await anyio.to_thread.run_sync(
+            functools.partial(fn, *args, **kwargs), limiter=self.write_limiter
+        )
+
+    @staticmethod
+    def ok(request: Request, result: Any, started: float, status_code: int = 200) -> Response:
+        return EncodedResponse(
+            envelope(result, started),
+            status_code=status_code,
+            msgpack_out=wants_msgpack(request),
+        )
+
+    def update_result(self) -> dict[str, Any]:
+        # vdb applies every write before answering, so "completed" is true even for wait=false
+        return {"operation_id": next(self._operation_ids), "status": "completed"}
+
+    def view(self, name: str) -> CollectionView:
+        """The collection ``name`` (404 in Qdrant's words when missing). Runs in a worker thread."""
+        try:
+            col = self.db.collection(name)
+        except CollectionNotFound:
+            raise CollectionNotFound(f"Not found: Collection `{name}` doesn't exist!") from None
+        info = col.info()
+        return CollectionView(col, int(info["dim"]), str(info["metric"]))
+
+    # -- service ------------------------------------------------------------
+
+    async def root(self, request: Request) -> Response:
+        from vdb import __version__
+
+        return EncodedResponse(
+            {
+                "title": "qdrant - vector search engine",
+                "version": self.config.qdrant_version,
+                "vdb_version": __version__,
+            }
+        )
+
+    # -- collections --------------------------------------------------------
+
+    async def list_collections(self, request: Request) -> Response:
+        started = time.perf_counter()
+        names = await self.read(self.db.list_collections)
+        return self.ok(request, {"collections": [{"name": n} for n in names]}, started)
+
+    async def collection_exists(self, request: Request) -> Response:
+        started = time.perf_counter()
+        exists = await self.read(self.db.has_collection, request.path_params["name"])
+        return self.ok(request, {"exists": bool(exists)}, started)
+
+    async def get_collection(self, request: Request) -> Response:
+        started = time.perf_counter()
+        name = request.path_params["name"]
+
+        def run() -> dict[str, Any]:
+            view = self.view(name)
+            return collection_info(view.col.info())
+
+        return self.ok(request, await self.read(run), started)
+
+    async def create_collection(self, request: Request) -> Response:
+        started = time.perf_counter()
+        name = request.path_params["name"]
+        check_collection_name(name)
+        body = await read_body(request)
+        options = parse_create_collection(body)
+        await self.write(self.db.create_collection, name, **options)
+        return self.ok(request, True, started)
+
+    async def update_collection(self, request: Request) -> Response:
+        await read_body(request, required=False)
+        raise InvalidInput("Bad request: updating collection parameters is not supported by vdb")
+
+    async def delete_collection(self, request: Request) -> Response:
+        started = time.perf_counter()
+        dropped = await self.write(self.db.drop_collection, request.path_params["name"])
+        return self.ok(request, bool(dropped), started)
+
+    # -- points: writes -----------------------------------------------------
+
+    async def upsert_points(self, request: Request) -> Response:
+        started = time.perf_counter()
+        p.parse_wait(request.query_params.get("wait"))
+        name = request.path_params["name"]
+        body = await read_body(request)
+        view = await self.read(self.view, name)
+        ids, vectors, payloads = parse_upsert(body, view.dim)
+        if ids:
+            await self.write(view.col.upsert, ids, vectors, payloads)
+        return self.ok(request, self.update_result(), started)
+
+    async def delete_points(self, request: Request) -> Response:
+        started = time.perf_counter()
+        p.parse_wait(request.query_params.get("wait"))
+        body = await read_body(request)
+        ids, flt = parse_selector(body, "PointsSelector")
+        view = await self.read(self.view, request.path_params["name"])
+        if ids is not None:
+            if ids:
+                await self.write(view.col.delete, ids)
+        else:
+            await self.write(view.col.delete, filter=flt)
+        return self.ok(request, self.update_result(), started)
+
+    async def set_payload(self, request: Request) -> Response:
+        return await self._payload_op(request, "set")
+
+    async def overwrite_payload(self, request: Request) -> Response:
+        return await self._payload_op(request, "overwrite")
+
+    async def delete_payload(self, request: Request) -> Response:
+        return await self._payload_op(request, "delete")
+
+    async def clear_payload(self, request: Request) -> Response:
+        return await self._payload_op(request, "clear")
+
+    async def _payload_op(self, request: Request, op: str) -> Response:
+        started = time.perf_counter()
+        p.parse_wait(request.query_params.get("wait"))
+        body = await read_body(request)
+        where = {
+            "set": "SetPayload",
+            "overwrite": "SetPayload",
+            "delete": "DeletePayload",
+            "clear": "PointsSelector",
+        }[op]
+        if op == "clear":
+            ids, flt = parse_selector(body, where)
+        else:
+            extra = {"set": ("payload", "key"), "overwrite": ("payload",), "delete": ("keys",)}[op]
+            p.check_fields(body, where, ("points", "filter", *extra), _SHARD)
+            ids, flt = parse_targets(body, where)
+        view = await self.read(self.view, request.path_params["name"])
+        col = view.col
+        if op == "set":
+            payload = p.parse_payload(body.get("payload"), "payload")
+            if payload is None:
+                raise InvalidInput("`payload` is required")
+            key = body.get("key")
+            if key is not None:
+                key = p.parse_str(key, "key")
+            await self.write(col.set_payload, ids, payload, filter=flt, key=key)
+        elif op == "overwrite":
+            payload = p.parse_payload(body.get("payload"), "payload")
+            if payload is None:
+                raise InvalidInput("`payload` is required")
+            await self.write(col.overwrite_payload, ids, payload, filter=flt)
+        elif op == "delete":
+            keys = body.get("keys")
+            if not isinstance(keys, list):
+                raise InvalidInput("`keys` must be an array of payload keys")
+            keys = [p.parse_str(k, f"keys[{i}]") for i, k in enumerate(keys)]
+            await self.write(col.delete_payload, ids, keys, filter=flt)
+        else:
+            await self.write(col.clear_payload, ids, filter=flt)
+        return self.ok(request, self.update_result(), started)
+
+    # -- points: reads ------------------------------------------------------
+
+    async def retrieve_points(self, request: Request) -> Response:
+        started = time.perf_counter()
+        body = await read_body(request)
+        p.check_fields(body, "PointRequest", ("ids", "with_payload", "with_vector"), _SHARD)
+        if "ids" not in body:
+            raise InvalidInput("Format error in JSON body: missing field `ids`")
+        ids = p.parse_ids(body["ids"], "ids")
+        fetch_payload, selector = p.parse_with_payload(
+            body.get("with_payload"), "with_payload", True
+        )
+        with_vector = p.parse_with_vector(body.get("with_vector"), "with_vector", False)
+        name = request.path_params["name"]
+
+        def run() -> list[dict[str, Any]]:
+            view = self.view(name)
+            records = view.col.get(ids, with_payload=fetch_payload, with_vectors=with_vector)
+            return [record_out(r, fetch_payload, selector, with_vector) for r in records]
+
+        return self.ok(request, await self.read(run), started)
+
+    async def get_point(self, request: Request) -> Response:
+        started = time.perf_counter()
+        raw = request.path_params["id"]
+        point_id = p.parse_id(int(raw) if raw.isdigit() else raw, "id")
+        name = request.path_params["name"]
+
+        def run() -> dict[str, Any]:
+            view = self.view(name)
+            records = view.col.get([point_id], with_payload=True, with_vectors=True)
+            if not records:
+                raise PointNotFound(f"Not found: No point with id {point_id} found")
+            return record_out(records[0], True, None, True)
+
+        return self.ok(request, await self.read(run), started)
+
+    async def scroll_points(self, request: Request) -> Response:
+        started = time.perf_counter()
+        body = await read_body(request, required=False) or {}
+        p.check_fields(
+            body,
+            "ScrollRequest",
+            ("offset", "limit", "filter", "with_payload", "with_vector"),
+            (*_SHARD, "order_by"),
+        )
+        offset = None if body.get("offset") is None else p.parse_id(body["offset"], "offset")
+        limit = p.parse_limit(body.get("limit"), "limit", 10, self.config.max_limit)
+        flt = p.parse_filter(body.get("filter"))
+        fetch_payload, selector = p.parse_with_payload(
+            body.get("with_payload"), "with_payload", True
+        )
+        with_vector = p.parse_with_vector(body.get("with_vector"), "with_vector", False)
+        name = request.path_params["name"]
+
+        def run() -> dict[str, Any]:
+            view = self.view(name)
+            records, next_offset = view.col.scroll(
+                filter=flt,
+                limit=limit,
+                offset=offset,
+                with_payload=fetch_payload,
+                with_vectors=with_vector,
+            )
+            return {
+                "points": [record_out(r, fetch_payload, selector, with_vector) for r in records],
+                "next_page_offset": None if next_offset is None else p.id_out(next_offset),
+            }
+
+        return self.ok(request, await self.read(run), started)
+
+    async def count_points(self, request: Request) -> Response:
+        started = time.perf_counter()
+        body = await read_body(request, required=False) or {}
+        p.check_fields(body, "CountRequest", ("filter", "exact"), _SHARD)
+        flt = p.parse_filter(body.get("filter"))
+        if body.get("exact") is not None:
+            p.parse_bool(body["exact"], "exact")
+        name = request.path_params["name"]
+
+        def run() -> dict[str, Any]:
+            return {"count": int(self.view(name).col.count(filter=flt))}
+
+        return self.ok(request, await self.read(run), started)
+
+    # -- search -------------------------------------------------------------
+
+    async def query_points(self, request: Request) -> Response:
+        started = time.perf_counter()
+        body = await read_body(request, required=False) or {}
+        query = parse_query_request(body, "QueryRequest", self.config.max_limit)
+        name = request.path_params["name"]
+
+        def run() -> dict[str, Any]:
+            view = self.view(name)
+            return {"points": run_query(view, query)}
+
+        return self.ok(request, await self.read(run), started)
+
+    async def query_batch(self, request: Request) -> Response:
+        started = time.perf_counter()
+        body = await read_body(request)
+        p.check_fields(body, "QueryRequestBatch", ("searches",))
+        searches = body.get("searches")
+        if not isinstance(searches, list):
+            raise InvalidInput("Format error in JSON body: `searches` must be an array")
+        if len(searches) > self.config.max_batch:
+            raise InvalidInput(
+                f"Bad request: {len(searches)} searches in one batch; at most "
+                f"{self.config.max_batch} are accepted"
+            )
+        queries = [
+            parse_query_request(
+                p.check_object(s, f"searches[{i}]"), f"searches[{i}]", self.config.max_limit
+            )
+            for i, s in enumerate(searches)
+        ]
+        name = request.path_params["name"]
+
+        def run() -> list[dict[str, Any]]:
+            view = self.view(name)
+            return [{"points": points} for points in run_queries(view, queries)]
+
+        return self.ok(request, await self.read(run), started)
+
+    async def search_points(self, request: Request) -> Response:
+        """Legacy ``/points/search`` (removed from Qdrant 1.19, still used by old clients)."""
+        started = time.perf_counter()
+        body = await read_body(request)
+        query = parse_search_request(body, "SearchRequest", self.config.max_limit)
+        name = request.path_params["name"]
+
+        def run() -> list[dict[str, Any]]:
+            return run_query(self.view(name), query)
+
+        return self.ok(request, await self.read(run), started)
+
+    async def search_batch(self, request: Request) -> Response:
+        started = time.perf_counter()
+        body = await read_body(request)
+        p.check_fields(body, "SearchRequestBatch", ("searches",))
+        searches = body.get("searches")
+        if not isinstance(searches, list):
+            raise InvalidInput("Format error in JSON body: `searches` must be an array")
+        if len(searches) > self.config.max_batch:
+            raise InvalidInput(f"Bad request: at most {self.config.max_batch} searches per batch")
+        queries = [
+            parse_search_request(
+                p.check_object(s, f"searches[{i}]"), f"searches[{i}]", self.config.max_limit
+            )
+            for i, s in enumerate(searches)
+        ]
+        name = request.path_params["name"]
+
+        def run() -> list[list[dict[str, Any]]]:
+            return run_queries(self.view(name), queries)
+
+        return self.ok(request, await self.read(run), started)
+
+    # -- snapshots ----------------------------------------------------------
+
+    def _snapshot_dir(self, name: str | None) -> Path:
+        base = self.config.snapshot_path
+        return base / "full" if name is None else base / "collections" / name
+
+    async def create_snapshot(self, request: Request) -> Response:
+        started = time.perf_counter()
+        name = request.path_params.get("name")
+        wait = p.parse_wait(request.query_params.get("wait"))
+
+        def run() -> dict[str, Any]:
+            if name is not None:
+                self.view(name)
+            folder = self._snapshot_dir(name)
+            folder.mkdir(parents=True, exist_ok=True)
+            stamp = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d-%H-%M-%S")
+            prefix = f"{name}-{PEER_ID}" if name is not None else "full-snapshot"
+            path = folder / f"{prefix}-{stamp}.snapshot"
+            n = 1
+            while path.exists():
+                path = folder / f"{prefix}-{stamp}-{n}.snapshot"
+                n += 1
+            partial = path.with_name(path.name + ".partial")
+            self.db.snapshot(str(partial))
+            checksum = sha256_file(partial)
+            partial.rename(path)
+            path.with_name(path.name + ".checksum").write_text(checksum)
+            return snapshot_description(path)
+
+        if not wait:
+            # vdb takes the snapshot before answering either way; Qdrant's 202 has no result
+            await self.write(run)
+            return EncodedResponse(
+                {"status": "accepted", "time": time.perf_counter() - started}, status_code=202
+            )
+        return self.ok(request, await self.write(run), started)
+
+    async def list_snapshots(self, request: Request) -> Response:
+        started = time.perf_counter()
+        name = request.path_params.get("name")
+
+        def run() -> list[dict[str, Any]]:
+            if name is not None:
+                self.view(name)
+            folder = self._snapshot_dir(name)
+            if not folder.is_dir():
+                return []
+            files = sorted(f for f in folder.iterdir() if f.suffix == ".snapshot" and f.is_file())
+            return [snapshot_description(f) for f in files]
+
+        return self.ok(request, await self.read(run), started)
+
+    def _snapshot_file(self, name: str | None, snapshot: str) -> Path:
+        if not _SNAPSHOT_NAME.match(snapshot) or ".." in snapshot:
+            raise InvalidInput(f"Wrong input: invalid snapshot name {snapshot!r}")
+        if name is not None:
+            self.view(name)
+        path = self._snapshot_dir(name) / snapshot
+        if not path.is_file():
+            raise NotFound(f"Not found: Snapshot {snapshot} not found")
+        return path
+
+    async def download_snapshot(self, request: Request) -> Response:
+        name = request.path_params.get("name")
+        path = await self.read(self._snapshot_file, name, request.path_params["snapshot"])
+        return FileResponse(path, media_type="application/octet-stream", filename=path.name)
+
+    async def delete_snapshot(self, request: Request) -> Response:
+        started = time.perf_counter()
+        name = request.path_params.get("name")
+        p.parse_wait(request.query_params.get("wait"))
+
+        def run() -> bool:
+            path = self._snapshot_file(name, request.path_params["snapshot"])
+            path.unlink()
+            path.with_name(path.name + ".checksum").unlink(missing_ok=True)
+            return True
+
+        return self.ok(request, await self.write(run), started)
+
+    # -- routes -------------------------------------------------------------
+
+    def routes(self) -> list[Route]:
+        c = "/collections/{name}"
+        return [
+            Route("/", self.root, methods=["GET"]),
+            Route("/collections", self.list_collections, methods=["GET"]),
+            Route(c, self.get_collection, methods=["GET"]),
+            Route(c, self.create_collection, methods=["PUT"]),
+            Route(c, self.update_collection, methods=["PATCH"]),
+            Route(c, self.delete_collection, methods=["DELETE"]),
+            Route(c + "/exists", self.collection_exists, methods=["GET"]),
+            Route(c + "/points", self.upsert_points, methods=["PUT"]),
+            Route(c + "/points", self.retrieve_points, methods=["POST"]),
+            Route(c + "/points/delete", self.delete_points, methods=["POST"]),
+            Route(c + "/points/payload", self.set_payload, methods=["POST"]),
+            Route(c + "/points/payload", self.overwrite_payload, methods=["PUT"]),
+            Route(c + "/points/payload/delete", self.delete_payload, methods=["POST"]),
+            Route(c + "/points/payload/clear", self.clear_payload, methods=["POST"]),
+            Route(c + "/points/scroll", self.scroll_points, methods=["POST"]),
+            Route(c + "/points/count", self.count_points, methods=["POST"]),
+            Route(c + "/points/query", self.query_points, methods=["POST"]),
+            Route(c + "/points/query/batch", self.query_batch, methods=["POST"]),
+            Route(c + "/points/search", self.search_points, methods=["POST"]),
+            Route(c + "/points/search/batch", self.search_batch, methods=["POST"]),
+            Route(c + "/points/{id}", self.get_point, methods=["GET"]),
+            Route(c + "/snapshots", self.create_snapshot, methods=["POST"]),
+            Route(c + "/snapshots", self.list_snapshots, methods=["GET"]),
+            Route(c + "/snapshots/{snapshot}", self.download_snapshot, methods=["GET"]),
+            Route(c + "/snapshots/{snapshot}", self.delete_snapshot, methods=["DELETE"]),
+            Route("/snapshots", self.create_snapshot, methods=["POST"]),
+            Route("/snapshots", self.list_snapshots, methods=["GET"]),
+            Route("/snapshots/{snapshot}", self.download_snapshot, methods=["GET"]),
+            Route("/snapshots/{snapshot}", self.delete_snapshot, methods=["DELETE"]),
+        ]
+
+
+# -- request parsing ----------------------------------------------------------------
+
+
+def check_collection_name(name: str) -> None:
+    if not name or len(name) > 255 or name in (".", "..") or "\x00" in name:
+        raise InvalidInput(f"Wrong input: invalid collection name {name!r}")
+    p.parse_payload({"name": name}, "collection name")
+
+
+def parse_create_collection(body: dict[str, Any]) -> dict[str, Any]:
+    """``CreateCollection`` → keyword arguments of ``db.create_collection``."""
+    p.check_fields(
+        body,
+        "CreateCollection",
+        (
+            "vectors",
+            "hnsw_config",
+            "shard_number",
+            "replication_factor",
+            "write_consistency_factor",
+            "on_disk_payload",
+            "metadata",
+        ),
+        (
+            "sharding_method",
+            "payload",
+            "id_tracker",
+            "wal_config",
+            "optimizers_config",
+            "quantization_config",
+            "sparse_vectors",
+            "strict_mode_config",
+            "init_from",
+        ),
+    )
+    for key in ("shard_number", "replication_factor", "write_consistency_factor"):
+        if body.get(key) is not None and p.parse_int(body[key], key) != 1:
+            raise InvalidInput(f"Bad request: `{key}` other than 1 is not supported by vdb")
+    if body.get("on_disk_payload") is not None:
+        p.parse_bool(body["on_disk_payload"], "on_disk_payload")  # payloads live in LMDB either way
+    vectors = body.get("vectors")
+    if vectors is None:
+        raise InvalidInput(
+            "Bad request: `vectors` is required (vdb has no vector-less collections)"
+        )
+    vectors = p.check_object(vectors, "vectors")
+    if "size" not in vectors and "distance" not in vectors:
+        if list(vectors) == [""]:
+            vectors = p.check_object(vectors[""], "vectors.")
+        else:
+            raise InvalidInput("Bad request: named vectors are not supported by vdb")
+    p.check_fields(
+        vectors,
+        "VectorParams",
+        ("size", "distance", "hnsw_config", "on_disk", "datatype"),
+        ("quantization_config", "multivector_config", "memory"),
+    )
+    if "size" not in vectors or "distance" not in vectors:
+        raise InvalidInput("Format error in JSON body: `vectors` needs `size` and `distance`")
+    size = p.parse_int(vectors["size"], "vectors.size", minimum=1, maximum=65536)
+    distance = vectors["distance"]
+    if distance not in p.DISTANCES:
+        raise InvalidInput(
+            f"Bad request: distance {distance!r} is not supported by vdb "
+            f"(one of {', '.join(p.DISTANCES)})"
+        )
+    if vectors.get("on_disk"):
+        raise InvalidInput("Bad request: `vectors.on_disk` is not supported by vdb")
+    if vectors.get("datatype") not in (None, "float32"):
+        raise InvalidInput("Bad request: `vectors.datatype` other than float32 is not supported")
+    options: dict[str, Any] = {"dim": size, "metric": p.DISTANCES[distance]}
+    for where, hnsw in (
+        ("hnsw_config", body.get("hnsw_config")),
+        ("vectors.hnsw_config", vectors.get("hnsw_config")),
+    ):
+        if hnsw is None:
+            continue
+        hnsw = p.check_object(hnsw, where)
+        p.check_fields(
+            hnsw,
+            where,
+            ("m", "ef_construct", "max_indexing_threads"),
+            ("full_scan_threshold", "on_disk", "payload_m", "memory", "inline_storage"),
+        )
+        if hnsw.get("m") is not None:
+            options["M"] = p.parse_int(hnsw["m"], f"{where}.m", minimum=2, maximum=512)
+        if hnsw.get("ef_construct") is not None:
+            options["ef_construction"] = p.parse_int(
+                hnsw["ef_construct"], f"{where}.ef_construct", minimum=4, maximum=4096
+            )
+        if hnsw.get("max_indexing_threads") is not None:
+            p.parse_int(hnsw["max_indexing_threads"], f"{where}.max_indexing_threads", minimum=0)
+    if body.get("metadata") is not None:
+        options["metadata"] = p.parse_payload(body["metadata"], "metadata")
+    return options
+
+
+def parse_upsert(
+    body: dict[str, Any], dim: int
+) -> tuple[list[Any], np.ndarray, list[dict[str, Any] | None] | None]:
+    """``PointsList`` or ``PointsBatch`` → (ids, vectors[n, dim], payloads)."""
+    if "batch" in body:
+        p.check_fields(body, "PointsBatch", ("batch",), (*_SHARD, "update_filter", "update_mode"))
+        batch = p.check_object(body["batch"], "batch")
+        p.check_fields(batch, "Batch", ("ids", "vectors", "payloads"))
+        if "ids" not in batch or "vectors" not in batch:
+            raise InvalidInput("Format error in JSON body: `batch` needs `ids` and `vectors`")
+        ids = p.parse_ids(batch["ids"], "batch.ids")
+        vectors = p.parse_vectors(batch["vectors"], "batch.vectors", len(ids), dim)
+        payloads = batch.get("payloads")
+        if payloads is not None:
+            if not isinstance(payloads, list) or len(payloads) != len(ids):
+                raise InvalidInput(
+                    "`batch.payloads` must be an array with one payload (or null) per id"
+                )
+            payloads = [p.parse_payload(x, f"batch.payloads[{i}]") for i, x in enumerate(payloads)]
+        return ids, vectors, payloads
+    p.check_fields(body, "PointsList", ("points",), (*_SHARD, "update_filter", "update_mode"))
+    points = body.get("points")
+    if not isinstance(points, list):
+        raise InvalidInput("Format error in JSON body: expected `points` (an array) or `batch`")
+    ids: list[Any] = []
+    rows: list[np.ndarray] = []
+    payloads: list[dict[str, Any] | None] = []
+    for i, point in enumerate(points):
+        point = p.check_object(point, f"points[{i}]")
+        p.check_fields(point, "PointStruct", ("id", "vector", "payload"))
+        if "id" not in point or "vector" not in point:
+            raise InvalidInput(f"Format error in JSON body: `points[{i}]` needs `id` and `vector`")
+        ids.append(p.parse_id(point["id"], f"points[{i}].id"))
+        rows.append(p.parse_vector(point["vector"], f"points[{i}].vector", dim))
+        payloads.append(p.parse_payload(point.get("payload"), f"points[{i}].payload"))
+    vectors = p.stack(rows, "points", dim)
+    return ids, vectors, payloads
+
+
+def parse_selector(body: dict[str, Any], where: str) -> tuple[list[Any] | None, dict | None]:
+    """``{"points": [ids]}`` or ``{"filter": {...}}`` → (ids, None) or (None, filter)."""
+    p.check_fields(body, where, ("points", "filter"), _SHARD)
+    return parse_targets(body, where, need_one=True)
+
+
+def parse_targets(
+    body: dict[str, Any], where: str, need_one: bool = True
+) -> tuple[list[Any] | None, dict | None]:
+    has_points = body.get("points") is not None
+    has_filter = body.get("filter") is not None
+    if has_points and has_filter:
+        raise InvalidInput(f"Bad request: {where} takes either `points` or `filter`, not both")
+    if has_points:
+        return p.parse_ids(body["points"], "points"), None
+    if has_filter:
+        return None, p.parse_filter(body["filter"])
+    if need_one:
+        raise InvalidInput(f"Format error in JSON body: {where} needs `points` or `filter`")
+    return None, None
+
+
+class Query:
+    """One parsed search: a vector, a point id to search by, or nothing (id order)."""
+
+    __slots__ = (
+        "vector",
+        "point_id",
+        "filter",
+        "limit",
+        "offset",
+        "ef",
+        "exact",
+        "score_threshold",
+        "fetch_payload",
+        "selector",
+        "with_vector",
+    )
+
+    def __init__(self, **values: Any):
+        for name in self.__slots__:
+            setattr(self, name, values.get(name))
+
+
+def parse_params(value: Any, where: str) -> tuple[int | None, bool]:
+    if value is None:
+        return None, False
+    params = p.check_object(value, where)
+    p.check_fields(
+        params,
+        "SearchParams",
+        ("hnsw_ef", "exact", "indexed_only"),
+        ("quantization", "acorn", "idf"),
+    )
+    ef = None
+    if params.get("hnsw_ef") is not None:
+        ef = p.parse_int(params["hnsw_ef"], f"{where}.hnsw_ef", minimum=1, maximum=65536)
+    exact = False
+    if params.get("exact") is not None:
+        exact = p.parse_bool(params["exact"], f"{where}.exact")
+    if params.get("indexed_only") is not None:
+        p.parse_bool(params["indexed_only"], f"{where}.indexed_only")  # every vdb point is indexed
+    return ef, exact
+
+
+def _parse_query_value(value: Any, where: str) -> tuple[np.ndarray | None, Any]:
+    """The ``query`` of a QueryRequest → (vector, None) or (None, point id)."""
+    if isinstance(value, dict):
+        if len(value) != 1 and not ("nearest" in value and set(value) <= {"nearest", "mmr"}):
+            raise InvalidInput(f"Format error in JSON body: `{where}` must hold one query type")
+        kind = next(iter(value)) if "nearest" not in value else "nearest"
+        if kind not in _QUERY_TYPES:
+            raise InvalidInput(
+                f"Format error in JSON body: unknown query type `{kind}` in `{where}`"
+            )
+        if kind != "nearest":
+            raise InvalidInput(f"Bad request: query type `{kind}` is not supported by vdb")
+        if value.get("mmr") is not None:
+            raise InvalidInput("Bad request: `nearest.mmr` is not supported by vdb")
+        value = value["nearest"]
+        where = f"{where}.nearest"
+    if isinstance(value, int | str) and not isinstance(value, bool):
+        return None, p.parse_id(value, where)
+    return p.parse_vector(value, where), None
+
+
+def _common_query(body: dict[str, Any], max_limit: int, default_payload: bool) -> dict[str, Any]:
+    limit = p.parse_limit(body.get("limit"), "limit", 10, max_limit)
+    offset = p.parse_limit(body.get("offset"), "offset", 0, max_limit, minimum=0)
+    if limit + offset > max_limit:
+        raise InvalidInput(f"Bad request: `limit` + `offset` must be at most {max_limit}")
+    ef, exact = parse_params(body.get("params"), "params")
+    threshold = body.get("score_threshold")
+    fetch_payload, selector = p.parse_with_payload(
+        body.get("with_payload"), "with_payload", default_payload
+    )
+    return {
+        "filter": p.parse_filter(body.get("filter")),
+        "limit": limit,
+        "offset": offset,
+        "ef": ef,
+        "exact": exact,
+        "score_threshold": None
+        if threshold is None
+        else p.parse_float(threshold, "score_threshold"),
+        "fetch_payload": fetch_payload,
+        "selector": selector,
+        "with_vector": p.parse_with_vector(body.get("with_vector"), "with_vector", False),
+    }
+
+
+def parse_query_request(body: dict[str, Any], where: str, max_limit: int) -> Query:
+    p.check_fields(
+        body,
+        where,
+        (
+            "query",
+            "using",
+            "filter",
+            "params",
+            "score_threshold",
+            "limit",
+            "offset",
+            "with_vector",
+            "with_payload",
+        ),
+        (*_SHARD, "prefetch", "lookup_from"),
+    )
+    using = body.get("using")
+    if using not in (None, ""):
+        raise InvalidInput(f"Wrong input: Not existing vector name error: {using}")
+    vector = point_id = None
+    if body.get("query") is not None:
+        vector, point_id = _parse_query_value(body["query"], "query")
+    return Query(vector=vector, point_id=point_id, **_common_query(body, max_limit, False))
+
+
+def parse_search_request(body: dict[str, Any], where: str, max_limit: int) -> Query:
+    p.check_fields(
+        body,
+        where,
+        (
+            "vector",
+            "filter",
+            "params",
+            "score_threshold",
+            "limit",
+            "offset",
+            "with_vector",
+            "with_payload",
+        ),
+        _SHARD,
+    )
+    if body.get("vector") is None:
+        raise InvalidInput("Format error in JSON body: missing field `vector`")
+    if body.get("limit") is None:
+        raise InvalidInput("Format error in JSON body: missing field `limit`")
+    vector = body["vector"]
+    if isinstance(vector, dict) and set(vector) == {"name", "vector"}:
+        if vector["name"] != "":
+            raise InvalidInput(f"Wrong input: Not existing vector name error: {vector['name']}")
+        vector = vector["vector"]
+    return Query(
+        vector=p.parse_vector(vector, "vector"),
+        point_id=None,
+        **_common_query(body, max_limit, False),
+    )
+
+
+# -- running searches ---------------------------------------------------------------
+
+
+def run_query(view: CollectionView, query: Query) -> list[dict[str, Any]]:
+    return run_queries(view, [query])[0]
+
+
+def run_queries(view: CollectionView, queries: list[Query]) -> list[list[dict[str, Any]]]:
+    """Run parsed queries against one collection; similar queries share one batched search."""
+    col = view.col
+    results: list[list[dict[str, Any]] | None] = [None] * len(queries)
+    groups: dict[tuple, list[int]] = {}
+    for i, q in enumerate(queries):
+        if q.vector is None and q.point_id is None:
+            results[i] = _scroll_query(view, q)
+            continue
+        if q.point_id is not None:
+            records = col.get([q.point_id], with_payload=False, with_vectors=True)
+            if not records or records[0].vector is None:
+                raise PointNotFound(f"Not found: No point with id {q.point_id} found")
+            q.vector = np.asarray(records[0].vector, dtype=np.float32)
+        if q.vector.size != view.dim:
+            raise InvalidInput(
+                f"Wrong input: Vector dimension error: expected dim: {view.dim}, got {q.vector.size}"
+            )
+        key = (
+            _filter_key(q.filter),
+            q.limit + q.offset + (1 if q.point_id is not None else 0),
+            _effective_ef(q, col),
+            q.fetch_payload,
+            q.with_vector,
+        )
+        groups.setdefault(key, []).append(i)
+    for (_, k, ef, fetch_payload, with_vector), members in groups.items():
+        flt = queries[members[0]].filter
+        vectors = np.stack([queries[i].vector for i in members])
+        hits = col.search(
+            vectors,
+            k=k,
+            ef=ef,
+            filter=flt,
+            with_payload=fetch_payload,
+            with_vectors=with_vector,
+        )
+        for i, row in zip(members, hits, strict=True):
+            results[i] = _shape_hits(view, queries[i], row)
+    return results  # type: ignore[return-value]
+
+
+def _filter_key(flt: dict | None) -> Any:
+    if flt is None:
+        return None
+    import json
+
+    return json.dumps(flt, sort_keys=True)
+
+
+def _effective_ef(q: Query, col: Any) -> int | None:
+    if q.exact:
+        # An exhaustive walk: ef as large as the collection makes the search exact.
+        return max(int(col.count()), q.limit + q.offset + 1)
+    return q.ef
+
+
+def _shape_hits(view: CollectionView, q: Query, hits: list[Any]) -> list[dict[str, Any]]:
+    out = []
+    euclid = view.metric == "l2"
+    for hit in hits:
+        if q.point_id is not None and hit.id == q.point_id:
+            continue
+        score = float(hit.score)
+        if euclid:
+            score = math.sqrt(max(score, 0.0))
+        if q.score_threshold is not None:
+            if (score > q.score_threshold) if euclid else (score < q.score_threshold):
+                continue
+        point: dict[str, Any] = {"id": p.id_out(hit.id), "version": 0, "score": score}
+        if q.fetch_payload:
+            point["payload"] = q.selector(hit.payload) if q.selector else (hit.payload or {})
+        if q.with_vector and hit.vector is not None:
+            point["vector"] = hit.vector
+        out.append(point)
+    return out[q.offset : q.offset + q.limit]
+
+
+def _scroll_query(view: CollectionView, q: Query) -> list[dict[str, Any]]:
+    """A query without ``query``: points in id order, as Qdrant does (score 0)."""
+    records, _ = view.col.scroll(
+        filter=q.filter,
+        limit=q.offset + q.limit,
+        offset=None,
+        with_payload=q.fetch_payload,
+        with_vectors=q.with_vector,
+    )
+    out = []
+    for r in records[q.offset :]:
+        point: dict[str, Any] = {"id": p.id_out(r.id), "version": 0, "score": 0.0}
+        if q.fetch_payload:
+            point["payload"] = q.selector(r.payload) if q.selector else (r.payload or {})
+        if q.with_vector and r.vector is not None:
+            point["vector"] = r.vector
+        out.append(point)
+    return out
+
+
+# -- response shapes ----------------------------------------------------------------
+
+
+def record_out(
+    record: Any, fetch_payload: bool, selector: p.PayloadSelector | None, with_vector: bool
+) -> dict[str, Any]:
+    out: dict[str, Any] = {"id": p.id_out(record.id)}
+    if fetch_payload:
+        out["payload"] = selector(record.payload) if selector else (record.payload or {})
+    else:
+        out["payload"] = None
+    out["vector"] = record.vector if with_vector else None
+    return out
+
+
+def collection_info(info: dict[str, Any]) -> dict[str, Any]:
+    """``col.info()`` → Qdrant's ``CollectionInfo`` (every field the client requires)."""
+    count = int(info.get("count", 0))
+    metric = str(info.get("metric"))
+    config: dict[str, Any] = {
+        "params": {
+            "vectors": {
+                "size": int(info["dim"]),
+                "distance": p.METRIC_TO_DISTANCE.get(metric, metric),
+            },
+            "shard_number": 1,
+            "replication_factor": 1,
+            "write_consistency_factor": 1,
+            "on_disk_payload": True,
+        },
+        "hnsw_config": {
+            "m": int(info.get("M", 16)),
+            "ef_construct": int(info.get("ef_construction", 128)),
+            "full_scan_threshold": 10000,
+        },
+        "optimizer_config": {
+            "deleted_threshold": 0.2,
+            "vacuum_min_vector_number": 1000,
+            "default_segment_number": 0,
+            "flush_interval_sec": 5,
+        },
+        "wal_config": {"wal_capacity_mb": 32, "wal_segments_ahead": 0},
+    }
+    if info.get("metadata"):
+        config["metadata"] = info["metadata"]
+    return {
+        "status": "green",
+        "optimizer_status": "ok",
+        "segments_count": 1,
+        "points_count": count,
+        "indexed_vectors_count": count,
+        "config": config,
+        "payload_schema": {},
+    }
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def snapshot_description(path: Path) -> dict[str, Any]:
+    stat = path.stat()
+    checksum_file = path.with_name(path.name + ".checksum")
+    checksum = checksum_file.read_text().strip() if checksum_file.exists() else None
+    created = dt.datetime.fromtimestamp(stat.st_mtime, dt.UTC).strftime("%Y-%m-%dT%H:%M:%S")
+    out: dict[str, Any] = {"name": path.name, "creation_time": created, "size": stat.st_size}
+    if checksum:
+        out["checksum"] = checksum
+    return out

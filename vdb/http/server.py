@@ -1,0 +1,164 @@
+"""``python -m vdb serve``: open the data directory, start ingest, serve HTTP with uvicorn.
+
+Shutdown on SIGTERM or SIGINT is graceful: stop accepting connections, let
+requests in flight finish (at most ``--graceful-timeout`` seconds), stop
+ingest, then close the database (which checkpoints). A second signal exits
+at once; nothing acknowledged is lost because every acknowledged write is
+already durable in the WAL.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import logging
+import os
+import signal
+import sys
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import uvicorn
+
+from vdb import config as config_mod
+from vdb.config import ServerConfig
+
+log = logging.getLogger(__name__)
+
+HANDLED_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The ``serve`` flags (one per ``ServerConfig`` field; ``VDB_*`` env vars fill the rest)."""
+    config_mod.add_arguments(parser)
+
+
+class VdbServer(uvicorn.Server):
+    """uvicorn's server with vdb's signal rules: first signal graceful, second immediate."""
+
+    def __init__(self, config: uvicorn.Config):
+        super().__init__(config)
+        self.signals_seen = 0
+
+    def handle_exit(self, sig: int, frame: Any) -> None:
+        self.signals_seen += 1
+        if self.signals_seen == 1:
+            log.info("signal %d: shutting down gracefully (send again to exit at once)", sig)
+            self.should_exit = True
+        else:
+            _exit_now(sig)
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        # Unlike uvicorn's own, the signal is not re-raised afterwards: main() closes the db.
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        original = {sig: signal.signal(sig, self.handle_exit) for sig in HANDLED_SIGNALS}
+        try:
+            yield
+        finally:
+            for sig, handler in original.items():
+                signal.signal(sig, handler)
+
+
+def _exit_now(sig: int) -> None:
+    log.warning("signal %d again: exiting at once (acknowledged writes are in the WAL)", sig)
+    logging.shutdown()
+    os._exit(128 + sig)
+
+
+@contextlib.contextmanager
+def _second_signal_exits() -> Iterator[None]:
+    """While closing, any further signal exits at once instead of interrupting the close."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    original = {sig: signal.signal(sig, lambda s, f: _exit_now(s)) for sig in HANDLED_SIGNALS}
+    try:
+        yield
+    finally:
+        for sig, handler in original.items():
+            signal.signal(sig, handler)
+
+
+def _setup_logging(level: str) -> None:
+    root = logging.getLogger()
+    if not root.handlers:
+        logging.basicConfig(
+            level=level.upper(),
+            format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+            stream=sys.stderr,
+        )
+    else:
+        root.setLevel(level.upper())
+
+
+def _start_ingest(db: Any, args: argparse.Namespace) -> list[Any]:
+    try:
+        from vdb.ingest.cli import start_from_args
+    except ImportError:
+        log.info("ingest is not available; serving HTTP only")
+        return []
+    return list(start_from_args(db, args) or [])
+
+
+def _stop_ingest(handles: list[Any]) -> None:
+    for handle in handles:
+        try:
+            handle.stop()
+        except Exception:
+            log.exception("stopping an ingest handle failed")
+
+
+def main(args: argparse.Namespace) -> int:
+    """Run the server until a signal; return the exit code."""
+    import vdb
+    from vdb.http.app import build_app
+
+    config = ServerConfig.from_sources(args)
+    _setup_logging(config.log_level)
+    if not config.auth_enabled:
+        if config.host and config.host not in ("127.0.0.1", "localhost", "::1"):
+            print(
+                f"warning: no --api-key configured and binding to {config.host}: "
+                "anyone who can reach this address can read and write",
+                file=sys.stderr,
+            )
+        else:
+            print(
+                "no --api-key configured: binding to 127.0.0.1 only (set --api-key to serve "
+                "other hosts)",
+                file=sys.stderr,
+            )
+    print("vdb serve " + json.dumps(config.describe(), sort_keys=True), file=sys.stderr, flush=True)
+
+    db = vdb.open(config.data)
+    handles: list[Any] = []
+    try:
+        handles = _start_ingest(db, args)
+        app = build_app(db, config, handles)
+        uv_config = uvicorn.Config(
+            app,
+            host=config.bind_host,
+            port=config.port,
+            workers=1,
+            lifespan="on",
+            log_level=config.log_level.lower(),
+            access_log=config.access_log,
+            ssl_certfile=config.ssl_certfile,
+            ssl_keyfile=config.ssl_keyfile,
+            timeout_graceful_shutdown=config.graceful_timeout,
+            server_header=False,
+            limit_concurrency=None,
+        )
+        server = VdbServer(uv_config)
+        server.run()
+    finally:
+        with _second_signal_exits():
+            _stop_ingest(handles)
+            db.close()
+            log.info("database closed")
+    return 0
