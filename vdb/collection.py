@@ -1,0 +1,709 @@
+"""A collection: points (id, vector, payload) in one HNSW index.
+
+Reads (search, get, scroll, count) run in the caller's thread and never
+wait for a commit. Writes are validated and encoded here, in the caller's
+thread, then handed to the database's single writer, which makes them
+durable (one LMDB transaction per group of writes) and applies them to the
+index, the id map and the payloads; the call returns after both.
+
+Consistency for readers: the writer bumps the collection's generation and
+marks every slot it changes before it changes it. A search checks after
+the fact whether any slot it returns changed while it ran; if so it runs
+again (and after a few tries runs once under the apply lock), so a hit
+never pairs one point's score with another point's id or payload.
+
+Duplicate ids in one batch: the last occurrence wins (for ``apply`` the
+last operation on an id wins, so an upsert followed by a delete of the same
+id deletes it).
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import threading
+from bisect import bisect_left
+from collections.abc import Iterable, Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from vdb.errors import CollectionNotFound, DimensionMismatch, InvalidInput
+from vdb.ids import IdMap, normalize_id, normalize_ids, sort_key
+from vdb.types import DeadLetter, Delete, Hit, PointId, Record, Upsert
+from vdb.wal.store import pack, unpack
+
+if TYPE_CHECKING:
+    from vdb.db import Database
+
+log = logging.getLogger(__name__)
+
+METRICS = ("cosine", "ip", "l2")
+SEARCH_RETRIES = 3
+
+
+@dataclass
+class WriteRequest:
+    """One unit of work for the writer: a WAL record plus what commits with it."""
+
+    kind: str  # "record" | "create" | "drop"
+    collection: Collection | None = None
+    record: dict[str, Any] | None = None
+    data: bytes | None = None
+    source_offsets: dict[tuple[str, str, int], int] = field(default_factory=dict)
+    dead_letters: list[DeadLetter] = field(default_factory=list)
+    n_ops: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+    future: Future = field(default_factory=Future)
+
+
+def index_metric(metric: str) -> str:
+    """The metric the index computes: cosine is stored normalised and searched as ip."""
+    return "ip" if metric == "cosine" else metric
+
+
+def canonical_payload(payload: Any, where: str) -> dict[str, Any] | None:
+    """Validate a payload and return its msgpack round trip (what replay will see)."""
+    if payload is None:
+        return None
+    if not isinstance(payload, dict):
+        raise InvalidInput(
+            f"{where}: a payload must be a JSON object (dict), not {type(payload).__name__}"
+        )
+    try:
+        _check_keys(payload, where)
+        return unpack(pack(payload))
+    except InvalidInput:
+        raise
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise InvalidInput(f"{where}: payload cannot be stored: {exc}") from None
+
+
+def _check_keys(value: Any, where: str, depth: int = 0) -> None:
+    if depth > 64:
+        raise InvalidInput(f"{where}: payload nested deeper than 64 levels")
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise InvalidInput(f"{where}: payload keys must be strings, got {key!r}")
+            _check_keys(item, where, depth + 1)
+    elif isinstance(value, list | tuple):
+        for item in value:
+            _check_keys(item, where, depth + 1)
+
+
+class Collection:
+    """Points in one index. Get one from :meth:`vdb.db.Database.collection`."""
+
+    def __init__(self, db: Database, config: dict[str, Any], index: Any, ids: IdMap, payloads: Any):
+        self._db = db
+        self.config = config
+        self.name: str = config["name"]
+        self.uid: int = config["uid"]
+        self.dim: int = int(config["dim"])
+        self.metric: str = config["metric"]
+        self._index = index
+        self._ids = ids
+        self._payloads = payloads
+        self._generation = 0
+        self._apply_lock = threading.RLock()
+        self._dropped = False
+        self.applied_seq = 0
+        self._sorted_cache: tuple[int, list[PointId], list[tuple[int, Any]]] | None = None
+
+    def __repr__(self) -> str:
+        return f"Collection({self.name!r}, dim={self.dim}, metric={self.metric!r}, count={len(self._ids)})"
+
+    # -- helpers -------------------------------------------------------------
+
+    def _check_open(self) -> None:
+        if self._dropped:
+            raise CollectionNotFound(f"collection {self.name!r} was dropped")
+        self._db._check_open()
+
+    def _vectors(self, vectors: Any, n: int | None, what: str = "vectors") -> np.ndarray:
+        """Validate vectors: ``[n, dim]`` float32, finite (normalised for cosine)."""
+        try:
+            arr = np.asarray(vectors, dtype=np.float32)
+        except (TypeError, ValueError) as exc:
+            raise InvalidInput(f"{what}: not a numeric array ({exc})") from None
+        if arr.ndim == 1 and (n is None or n == 1) and arr.size == self.dim:
+            arr = arr.reshape(1, -1)
+        if arr.ndim != 2:
+            if arr.ndim == 1 and arr.size != self.dim:
+                raise DimensionMismatch(
+                    f"{what}: collection {self.name!r} has dimension {self.dim}, got a vector of {arr.size}"
+                )
+            raise InvalidInput(
+                f"{what}: expected a 2-D array [n, {self.dim}], got shape {arr.shape}"
+            )
+        if arr.shape[1] != self.dim:
+            raise DimensionMismatch(
+                f"{what}: collection {self.name!r} has dimension {self.dim}, got {arr.shape[1]}"
+            )
+        if n is not None and arr.shape[0] != n:
+            raise InvalidInput(f"{what}: {arr.shape[0]} vectors for {n} ids")
+        if not np.isfinite(arr).all():
+            bad = int(np.flatnonzero(~np.isfinite(arr).all(axis=1))[0])
+            raise InvalidInput(f"{what}: vector {bad} contains NaN or infinity")
+        if self.metric == "cosine":
+            norms = np.linalg.norm(arr.astype(np.float64), axis=1)
+            if (norms == 0).any():
+                bad = int(np.flatnonzero(norms == 0)[0])
+                raise InvalidInput(f"{what}: vector {bad} is all zeros (cosine needs a direction)")
+            arr = (arr / norms[:, None]).astype(np.float32)
+        return np.ascontiguousarray(arr, dtype=np.float32)
+
+    def _filter(self, filter: Any) -> Any:
+        from vdb.filters import parse_filter
+
+        return parse_filter(filter)
+
+    def _resolve(self, point_id: Any) -> int | None:
+        try:
+            return self._ids.get(normalize_id(point_id))
+        except InvalidInput:
+            return None
+
+    def _allowed(self, parsed: Any, capacity: int) -> np.ndarray:
+        live = self._ids.live_mask(capacity)
+        return np.asarray(self._payloads.mask(parsed, capacity, live, self._resolve), dtype=bool)
+
+    def _vector_of(self, slot: int) -> np.ndarray:
+        return self._index.get_vectors(np.array([slot]))[0]
+
+    def _submit(self, request: WriteRequest) -> Any:
+        self._check_open()
+        request.collection = self
+        return self._db._submit(request)
+
+    # -- writes ----------------------------------------------------------------
+
+    def upsert(self, ids: Any, vectors: Any, payloads: Any = None) -> int:
+        """Insert or replace points; returns the WAL sequence number once durable and searchable.
+
+        ``ids``: unsigned ints or strings (a single id is accepted);
+        ``vectors``: ``[n, dim]`` array or list of lists; ``payloads``: a list
+        of dicts/None (or one dict for a single id). An existing id gets the
+        new vector and payload (the old payload is replaced, not merged).
+        """
+        point_ids = normalize_ids(ids)
+        n = len(point_ids)
+        if isinstance(payloads, dict) and n == 1:
+            payloads = [payloads]
+        if payloads is not None:
+            payloads = list(payloads)
+            if len(payloads) != n:
+                raise InvalidInput(f"payloads: {len(payloads)} payloads for {n} ids")
+        if n == 0:
+            return self._db.last_seq
+        arr = self._vectors(vectors, n)
+        ops = [
+            Upsert(point_ids[i], arr[i], None if payloads is None else payloads[i])
+            for i in range(n)
+        ]
+        return self.apply(ops, _validated=True)
+
+    def apply(
+        self,
+        ops: Sequence[Upsert | Delete],
+        source_offsets: dict[tuple[str, str, int], int] | None = None,
+        dead_letters: Iterable[DeadLetter] | None = None,
+        *,
+        _validated: bool = False,
+    ) -> int:
+        """Apply upserts and deletes, the source offsets and dead letters in ONE durable transaction.
+
+        This is the ingest path: the offsets are stored with the records, so
+        a consumer that resumes from ``db.source_offsets(source)`` never
+        applies a message twice or loses one. The last operation on an id
+        wins. Returns the WAL sequence number (of the last record written).
+        """
+        offsets: dict[tuple[str, str, int], int] = {}
+        for key, offset in (source_offsets or {}).items():
+            if not (isinstance(key, tuple) and len(key) == 3):
+                raise InvalidInput(
+                    f"source_offsets keys must be (source, topic, partition), got {key!r}"
+                )
+            source, topic, partition = key
+            offsets[(str(source), str(topic), int(partition))] = int(offset)
+        letters = list(dead_letters or [])
+        for letter in letters:
+            if not isinstance(letter, DeadLetter):
+                raise InvalidInput(
+                    f"dead_letters must be DeadLetter objects, got {type(letter).__name__}"
+                )
+
+        last: dict[PointId, int] = {}
+        normalized_ids: list[PointId] = []
+        for i, op in enumerate(ops):
+            if not isinstance(op, Upsert | Delete):
+                raise InvalidInput(
+                    f"operation {i}: expected Upsert or Delete, got {type(op).__name__}"
+                )
+            point_id = normalize_id(op.id)
+            normalized_ids.append(point_id)
+            last[point_id] = i
+        keep = sorted(last.values())
+        up_pos = [i for i in keep if isinstance(ops[i], Upsert)]
+        del_ids = [normalized_ids[i] for i in keep if isinstance(ops[i], Delete)]
+
+        record: dict[str, Any] | None = None
+        if up_pos or del_ids:
+            up_ids = [normalized_ids[i] for i in up_pos]
+            if up_pos:
+                if _validated:
+                    arr = np.ascontiguousarray(
+                        np.stack([ops[i].vector for i in up_pos]), dtype=np.float32
+                    )
+                else:
+                    rows = []
+                    for i in up_pos:
+                        rows.append(
+                            self._vectors(ops[i].vector, 1, what=f"operation {i} vector")[0]
+                        )
+                    arr = np.ascontiguousarray(np.stack(rows), dtype=np.float32)
+                payloads = [canonical_payload(ops[i].payload, f"operation {i}") for i in up_pos]
+                partitions = [ops[i].partition for i in up_pos]
+            else:
+                arr = np.zeros((0, self.dim), np.float32)
+                payloads, partitions = [], []
+            record = {
+                "t": "w",
+                "c": self.uid,
+                "u": up_ids,
+                "v": arr.tobytes(),
+                "p": payloads,
+                "pt": partitions if any(p is not None for p in partitions) else None,
+                "d": del_ids,
+            }
+        try:
+            data = pack(record) if record is not None else None
+        except (TypeError, ValueError, OverflowError) as exc:
+            raise InvalidInput(f"batch cannot be encoded: {exc}") from None
+        if record is not None:
+            record["_vectors"] = np.frombuffer(record["v"], dtype=np.float32).reshape(-1, self.dim)
+        request = WriteRequest(
+            "record",
+            record=record,
+            data=data,
+            source_offsets=offsets,
+            dead_letters=letters,
+            n_ops=len(keep),
+        )
+        return self._submit(request)["seq"]
+
+    def delete(self, ids: Any = None, *, filter: Any = None) -> int:
+        """Delete points by id and/or by filter; returns how many existed and were deleted."""
+        point_ids = self._ids_for(ids, filter)
+        if not point_ids:
+            self._check_open()
+            return 0
+        record = {"t": "w", "c": self.uid, "u": [], "v": b"", "p": [], "pt": None, "d": point_ids}
+        request = WriteRequest("record", record=record, data=pack(record), n_ops=len(point_ids))
+        record["_vectors"] = np.zeros((0, self.dim), np.float32)
+        return self._submit(request)["deleted"]
+
+    def _ids_for(self, ids: Any, filter: Any) -> list[PointId]:
+        if ids is None and filter is None:
+            raise InvalidInput("give ids or a filter")
+        out: list[PointId] = []
+        if ids is not None:
+            out.extend(normalize_ids(ids))
+        if filter is not None:
+            parsed = self._filter(filter)
+            with self._apply_lock:
+                capacity = len(self._ids.ids)
+                if parsed is None:
+                    allowed = self._ids.live_mask(capacity)
+                else:
+                    allowed = self._allowed(parsed, capacity)
+                id_list = self._ids.ids
+                out.extend(id_list[s] for s in np.flatnonzero(allowed).tolist())
+        return list(dict.fromkeys(out))
+
+    def _payload_op(self, op: str, ids: Any, filter: Any, **fields: Any) -> int:
+        point_ids = self._ids_for(ids, filter)
+        if not point_ids:
+            self._check_open()
+            return 0
+        record = {"t": "pl", "c": self.uid, "op": op, "ids": point_ids, **fields}
+        try:
+            data = pack(record)
+        except (TypeError, ValueError, OverflowError) as exc:
+            raise InvalidInput(f"payload cannot be stored: {exc}") from None
+        return self._submit(WriteRequest("record", record=record, data=data, n_ops=len(point_ids)))[
+            "updated"
+        ]
+
+    def set_payload(
+        self, ids: Any, payload: dict[str, Any], *, filter: Any = None, key: str | None = None
+    ) -> int:
+        """Merge ``payload`` into the payload of each point (at the nested ``key`` if given)."""
+        payload = canonical_payload(payload, "set_payload") or {}
+        if key is not None and (not isinstance(key, str) or not key):
+            raise InvalidInput("set_payload: key must be a non-empty string path")
+        return self._payload_op("set", ids, filter, payload=payload, key=key)
+
+    def overwrite_payload(self, ids: Any, payload: dict[str, Any], *, filter: Any = None) -> int:
+        """Replace the whole payload of each point."""
+        payload = canonical_payload(payload, "overwrite_payload") or {}
+        return self._payload_op("overwrite", ids, filter, payload=payload)
+
+    def delete_payload(self, ids: Any, keys: Sequence[str], *, filter: Any = None) -> int:
+        """Remove ``keys`` (top-level or dotted paths) from the payload of each point."""
+        if isinstance(keys, str):
+            keys = [keys]
+        keys = list(keys)
+        if not all(isinstance(k, str) and k for k in keys):
+            raise InvalidInput("delete_payload: keys must be non-empty strings")
+        return self._payload_op("delete", ids, filter, keys=keys)
+
+    def clear_payload(self, ids: Any, *, filter: Any = None) -> int:
+        """Remove the whole payload of each point."""
+        return self._payload_op("clear", ids, filter)
+
+    # -- applying (writer thread only) ---------------------------------------------
+
+    def _apply_record(self, record: dict[str, Any], seq: int) -> dict[str, Any]:
+        """Apply one committed WAL record to memory. Called by the writer and by recovery."""
+        with self._apply_lock:
+            self._generation += 1
+            generation = self._generation
+            if record["t"] == "w":
+                result = self._apply_write(record, generation)
+            elif record["t"] == "pl":
+                result = self._apply_payload(record, generation)
+            else:
+                raise ValueError(f"unknown record type {record['t']!r}")
+            self.applied_seq = seq
+            self._sorted_cache = None
+            result["seq"] = seq
+            return result
+
+    def _apply_write(self, record: dict[str, Any], generation: int) -> dict[str, Any]:
+        index, idmap, payloads = self._index, self._ids, self._payloads
+        deleted_slots = []
+        for point_id in record["d"]:
+            slot = idmap.remove(point_id, generation)
+            if slot is not None:
+                deleted_slots.append(slot)
+                payloads.remove(slot)
+        if deleted_slots:
+            index.delete(np.asarray(deleted_slots, dtype=np.int32))
+        up_ids = record["u"]
+        if up_ids:
+            vectors = record.get("_vectors")
+            if vectors is None:
+                vectors = np.frombuffer(record["v"], dtype=np.float32).reshape(-1, self.dim)
+            partitions = record.get("pt") or [None] * len(up_ids)
+            new_pos = []
+            for i, point_id in enumerate(up_ids):
+                slot = idmap.get(point_id)
+                if slot is None:
+                    new_pos.append(i)
+                    continue
+                idmap.touch(slot, generation)
+                index.replace(slot, vectors[i])
+                payloads.set(slot, record["p"][i])
+                idmap.set_partition(slot, partitions[i])
+            if new_pos:
+                slots = index.add(vectors[new_pos])
+                for i, slot in zip(new_pos, np.asarray(slots).tolist(), strict=True):
+                    idmap.assign(up_ids[i], slot, partitions[i], generation)
+                    payloads.set(slot, record["p"][i])
+        return {"deleted": len(deleted_slots), "upserted": len(up_ids)}
+
+    def _apply_payload(self, record: dict[str, Any], generation: int) -> dict[str, Any]:
+        op = record["op"]
+        updated = 0
+        for point_id in record["ids"]:
+            slot = self._ids.get(point_id)
+            if slot is None:
+                continue
+            current = self._payloads.get(slot)
+            if op == "set":
+                new = copy.deepcopy(current) if current else {}
+                target = new
+                if record.get("key"):
+                    for part in record["key"].split("."):
+                        nxt = target.get(part)
+                        if not isinstance(nxt, dict):
+                            nxt = {}
+                            target[part] = nxt
+                        target = nxt
+                target.update(copy.deepcopy(record["payload"]))
+            elif op == "overwrite":
+                new = copy.deepcopy(record["payload"])
+            elif op == "delete":
+                new = copy.deepcopy(current) if current else {}
+                for key in record["keys"]:
+                    _delete_path(new, key.split("."))
+            elif op == "clear":
+                new = None
+            else:
+                raise ValueError(f"unknown payload op {op!r}")
+            self._ids.touch(slot, generation)
+            self._payloads.set(slot, new or None)
+            updated += 1
+        return {"updated": updated}
+
+    # -- reads -------------------------------------------------------------------
+
+    def search(
+        self,
+        vectors: Any,
+        k: int = 10,
+        ef: int | None = None,
+        filter: Any = None,
+        with_payload: bool = True,
+        with_vectors: bool = False,
+        score_threshold: float | None = None,
+    ) -> list[Hit] | list[list[Hit]]:
+        """Nearest points to one query (1-D: a list of hits) or a batch (2-D: a list of lists).
+
+        Hits are best first (highest similarity for cosine/ip, smallest
+        squared distance for l2). With a filter, only matching points are
+        returned and there are ``min(k, matching)`` hits.
+        """
+        self._check_open()
+        try:
+            arr = np.asarray(vectors, dtype=np.float32)
+        except (TypeError, ValueError) as exc:
+            raise InvalidInput(f"query: not a numeric array ({exc})") from None
+        single = arr.ndim == 1
+        queries = self._vectors(arr.reshape(1, -1) if single else arr, None, what="query")
+        if isinstance(k, bool) or not isinstance(k, int | np.integer) or k < 1:
+            raise InvalidInput(f"k must be a positive integer, got {k!r}")
+        k = int(k)
+        if ef is None:
+            ef = int(self.config.get("ef", 64))
+        if isinstance(ef, bool) or not isinstance(ef, int | np.integer) or ef < 1:
+            raise InvalidInput(f"ef must be a positive integer, got {ef!r}")
+        ef = max(int(ef), k)
+        if score_threshold is not None:
+            score_threshold = float(score_threshold)
+        parsed = self._filter(filter)
+        result = None
+        for _ in range(SEARCH_RETRIES):
+            generation = self._generation
+            result = self._search_once(
+                queries, k, ef, parsed, with_payload, with_vectors, score_threshold, generation
+            )
+            if result is not None:
+                break
+        if result is None:
+            with self._apply_lock:
+                result = self._search_once(
+                    queries, k, ef, parsed, with_payload, with_vectors, score_threshold, None
+                )
+        return result[0] if single else result
+
+    def _search_once(
+        self,
+        queries: np.ndarray,
+        k: int,
+        ef: int,
+        parsed: Any,
+        with_payload: bool,
+        with_vectors: bool,
+        score_threshold: float | None,
+        generation: int | None,
+    ) -> list[list[Hit]] | None:
+        """One attempt; ``None`` when a returned slot changed after ``generation``."""
+        nq = len(queries)
+        if len(self._ids) == 0:
+            return [[] for _ in range(nq)]
+        allowed = None
+        n_allowed = None
+        if parsed is not None:
+            capacity = int(self._index.capacity)
+            allowed = self._allowed(parsed, capacity)
+            n_allowed = int(allowed.sum())
+            if n_allowed == 0:
+                return [[] for _ in range(nq)]
+        slots, scores = self._index.search(queries, k, ef=ef, allowed=allowed)
+        slots = np.asarray(slots)
+        scores = np.asarray(scores)
+        if allowed is not None:
+            want = min(k, n_allowed)
+            for row in range(nq):
+                if int((slots[row] >= 0).sum()) < want:
+                    slots[row], scores[row] = self._exact(queries[row], k, allowed)
+        id_list = self._ids.ids
+        out: list[list[Hit]] = []
+        for row in range(nq):
+            hits = []
+            for slot, score in zip(slots[row].tolist(), scores[row].tolist(), strict=True):
+                if slot < 0:
+                    continue
+                if slot >= len(id_list):
+                    if generation is None:
+                        continue
+                    return None
+                point_id = id_list[slot]
+                if point_id is None:
+                    if generation is None:
+                        continue
+                    return None
+                if score_threshold is not None and not self._passes(score, score_threshold):
+                    continue
+                hits.append(
+                    Hit(
+                        point_id,
+                        float(score),
+                        self._payloads.get(slot) if with_payload else None,
+                        self._vector_of(slot) if with_vectors else None,
+                    )
+                )
+            out.append(hits)
+        if generation is not None and self._ids.changed_since(slots, generation):
+            return None
+        return out
+
+    def _passes(self, score: float, threshold: float) -> bool:
+        return score <= threshold if self.metric == "l2" else score >= threshold
+
+    def _exact(
+        self, query: np.ndarray, k: int, allowed: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Exact top-k over the allowed slots (used when the graph walk finds too few)."""
+        live = self._ids.live_mask(len(allowed))
+        candidates = np.flatnonzero(allowed & live)
+        found = np.full(k, -1, dtype=np.int64)
+        found_scores = np.full(k, np.nan, dtype=np.float32)
+        if candidates.size == 0:
+            return found, found_scores
+        sub = self._index.get_vectors(candidates)
+        if self.metric == "l2":
+            diff = sub - query[None, :]
+            score = np.einsum("ij,ij->i", diff, diff)
+            order = np.argsort(score, kind="stable")[:k]
+        else:
+            score = sub @ query
+            order = np.argsort(-score, kind="stable")[:k]
+        found[: len(order)] = candidates[order]
+        found_scores[: len(order)] = score[order]
+        return found, found_scores
+
+    def get(self, ids: Any, with_payload: bool = True, with_vectors: bool = False) -> list[Record]:
+        """The stored points for ``ids``, in the order asked; missing ids are omitted."""
+        self._check_open()
+        point_ids = normalize_ids(ids)
+        out = []
+        with self._apply_lock:
+            for point_id in point_ids:
+                slot = self._ids.get(point_id)
+                if slot is None:
+                    continue
+                out.append(
+                    Record(
+                        point_id,
+                        self._payloads.get(slot) if with_payload else None,
+                        self._vector_of(slot) if with_vectors else None,
+                    )
+                )
+        return out
+
+    def count(self, filter: Any = None) -> int:
+        """How many points (matching ``filter`` if given)."""
+        self._check_open()
+        parsed = self._filter(filter)
+        if parsed is None:
+            return len(self._ids)
+        with self._apply_lock:
+            live = self._ids.live_mask(len(self._ids.ids))
+            return int(self._payloads.count(parsed, live, self._resolve))
+
+    def _sorted_ids(self) -> tuple[list[PointId], list[tuple[int, Any]]]:
+        cache = self._sorted_cache
+        if cache is not None and cache[0] == self._generation:
+            return cache[1], cache[2]
+        ids = sorted(self._ids.slot_of, key=sort_key)
+        keys = [sort_key(i) for i in ids]
+        self._sorted_cache = (self._generation, ids, keys)
+        return ids, keys
+
+    def scroll(
+        self,
+        filter: Any = None,
+        limit: int = 10,
+        offset: Any = None,
+        with_payload: bool = True,
+        with_vectors: bool = False,
+    ) -> tuple[list[Record], PointId | None]:
+        """Points in id order (ints ascending, then strings), from ``offset`` (an id) on.
+
+        Returns the page and the id to pass as ``offset`` for the next page
+        (``None`` at the end).
+        """
+        self._check_open()
+        if isinstance(limit, bool) or not isinstance(limit, int | np.integer) or limit < 1:
+            raise InvalidInput(f"limit must be a positive integer, got {limit!r}")
+        parsed = self._filter(filter)
+        start_key = sort_key(normalize_id(offset)) if offset is not None else None
+        out: list[Record] = []
+        next_offset: PointId | None = None
+        with self._apply_lock:
+            ids, keys = self._sorted_ids()
+            allowed = None
+            if parsed is not None:
+                allowed = self._allowed(parsed, len(self._ids.ids))
+            start = bisect_left(keys, start_key) if start_key is not None else 0
+            for point_id in ids[start:]:
+                slot = self._ids.slot_of[point_id]
+                if allowed is not None and not allowed[slot]:
+                    continue
+                if len(out) == limit:
+                    next_offset = point_id
+                    break
+                out.append(
+                    Record(
+                        point_id,
+                        self._payloads.get(slot) if with_payload else None,
+                        self._vector_of(slot) if with_vectors else None,
+                    )
+                )
+        return out, next_offset
+
+    def info(self) -> dict[str, Any]:
+        """Configuration and figures of the collection."""
+        self._check_open()
+        schema = {}
+        try:
+            schema = self._payloads.schema()
+        except Exception:  # the payload index may not offer a schema for everything
+            log.debug("payload schema unavailable", exc_info=True)
+        return {
+            "name": self.name,
+            "dim": self.dim,
+            "metric": self.metric,
+            "M": self.config["M"],
+            "ef_construction": self.config["ef_construction"],
+            "ef": self.config["ef"],
+            "count": len(self._ids),
+            "capacity": int(self._index.capacity),
+            "extra": dict(self.config.get("extra") or {}),
+            "payload_schema": schema,
+            "applied_seq": self.applied_seq,
+            "status": "green",
+        }
+
+    def payload_index(self) -> Any:
+        """The collection's payload index (for creating/dropping explicit field indexes)."""
+        return self._payloads
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+
+def _delete_path(payload: dict[str, Any], parts: list[str]) -> None:
+    target: Any = payload
+    for part in parts[:-1]:
+        if not isinstance(target, dict) or part not in target:
+            return
+        target = target[part]
+    if isinstance(target, dict):
+        target.pop(parts[-1], None)

@@ -1,0 +1,741 @@
+"""The database: collections, the single writer (group commit), checkpoints, recovery.
+
+``Database(path)`` opens or creates a data directory (an LMDB environment).
+On open it loads each collection's latest checkpoint and replays the WAL
+records after it. Writes from any thread go through one bounded queue to one
+writer thread, which drains whatever is queued, writes it as ONE LMDB
+transaction (WAL records + source offsets + dead letters), commits it with
+LMDB's durable sync, applies it to the in-memory collections and only then
+resolves the callers' futures: a write that returned is durable and
+searchable. A background thread checkpoints collections (every
+``checkpoint_interval_s`` seconds or every ``checkpoint_wal_bytes`` of WAL)
+and removes the WAL records the checkpoint covers.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import re
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import lmdb
+import numpy as np
+
+from vdb.collection import METRICS, Collection, WriteRequest, index_metric
+from vdb.errors import (
+    AlreadyExists,
+    CollectionNotFound,
+    DatabaseClosed,
+    InvalidInput,
+    StorageError,
+    VdbError,
+)
+from vdb.ids import IdMap
+from vdb.types import DeadLetter
+from vdb.wal import checkpoint as ckpt
+from vdb.wal.store import DEFAULT_MAP_SIZE, Store, from_i64, from_u64, i64, pack, u64, unpack
+
+log = logging.getLogger(__name__)
+
+NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]{0,254}$")
+_STOP = object()
+
+
+def validate_name(name: Any) -> str:
+    """Collection names: 1-255 of letters, digits, ``_ . -``; no path characters."""
+    if not isinstance(name, str) or not NAME_RE.match(name):
+        raise InvalidInput(
+            f"invalid collection name {name!r}: use 1-255 letters, digits, '_', '.', '-' "
+            "(not starting with '.' or '-', no '/' or other path characters)"
+        )
+    return name
+
+
+def _positive_int(value: Any, what: str, low: int = 1, high: int = 1 << 31) -> int:
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | np.integer)
+        or not low <= value <= high
+    ):
+        raise InvalidInput(f"{what} must be an integer in [{low}, {high}], got {value!r}")
+    return int(value)
+
+
+class _Stats:
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.wal_records = 0
+        self.wal_bytes = 0
+        self.wal_bytes_since_checkpoint = 0
+        self.txns = 0
+        self.txn_failures = 0
+        self.group_sizes: list[int] = []
+        self.group_max = 0
+        self.group_total = 0
+        self.checkpoints = 0
+        self.last_checkpoint_at: float | None = None
+        self.last_checkpoint_s: float | None = None
+        self.last_checkpoint_pause_s: float | None = None
+        self.max_checkpoint_pause_s = 0.0
+        self.recovery_s = 0.0
+        self.recovered_records = 0
+        self.snapshots = 0
+
+
+class Database:
+    """An open vdb data directory. Use as a context manager or call :meth:`close`.
+
+    Options: ``map_size`` (initial LMDB map, grows by itself), ``max_map_size``
+    (hard limit; beyond it writes raise ``StorageFull``),
+    ``checkpoint_interval_s`` / ``checkpoint_wal_bytes`` (when background
+    checkpoints run; ``checkpoint_interval_s=None`` disables the timer),
+    ``queue_size`` (bound of the apply queue), ``max_group_ops`` (ops per
+    group commit), ``warm`` (compile the index kernels on open).
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        map_size: int = DEFAULT_MAP_SIZE,
+        max_map_size: int | None = None,
+        checkpoint_interval_s: float | None = 60.0,
+        checkpoint_wal_bytes: int | None = 64 << 20,
+        queue_size: int = 1024,
+        max_group_ops: int = 20000,
+        warm: bool = True,
+    ) -> None:
+        self.path = Path(path)
+        self.checkpoint_interval_s = checkpoint_interval_s
+        self.checkpoint_wal_bytes = checkpoint_wal_bytes
+        self.max_group_ops = max_group_ops
+        self._closed = False
+        self._stats = _Stats()
+        self._collections: dict[str, Collection] = {}
+        self._by_uid: dict[int, Collection] = {}
+        self._covered: dict[int, int] = {}
+        self._manifests: dict[int, dict[str, Any]] = {}
+        self._write_lock = threading.Lock()
+        self._submit_lock = threading.Lock()
+        self._checkpoint_lock = threading.Lock()
+        self._queue: queue.Queue[Any] = queue.Queue(maxsize=queue_size)
+        self._last_seq = 0
+        self._store = Store(self.path, map_size=map_size, max_map_size=max_map_size)
+        try:
+            self._recover()
+            if warm:
+                for col in self._collections.values():
+                    col._index.warm()
+        except BaseException:
+            self._store.close()
+            raise
+        self._writer = threading.Thread(
+            target=self._writer_loop, name=f"vdb-writer:{self.path.name}", daemon=True
+        )
+        self._writer.start()
+        self._stop_checkpointer = threading.Event()
+        self._checkpointer = threading.Thread(
+            target=self._checkpoint_loop, name=f"vdb-checkpoint:{self.path.name}", daemon=True
+        )
+        self._last_checkpoint_mono = time.monotonic()
+        self._checkpointer.start()
+
+    # -- context manager ---------------------------------------------------------
+
+    def __enter__(self) -> Database:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else "open"
+        return f"Database({str(self.path)!r}, {state}, collections={sorted(self._collections)})"
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise DatabaseClosed(f"database {self.path} is closed")
+
+    @property
+    def last_seq(self) -> int:
+        """Sequence number of the last committed WAL record."""
+        return self._last_seq
+
+    # -- recovery ------------------------------------------------------------------
+
+    def _new_collection(self, config: dict[str, Any], loaded: ckpt.Loaded | None) -> Collection:
+        from vdb.filters import PayloadIndex
+        from vdb.index import HNSW
+
+        if loaded is None:
+            index = HNSW(
+                int(config["dim"]),
+                metric=index_metric(config["metric"]),
+                M=int(config["M"]),
+                ef_construction=int(config["ef_construction"]),
+                capacity=1024,
+                seed=int(config["uid"]),
+                ef=int(config["ef"]),
+            )
+            ids = IdMap()
+            payloads = PayloadIndex()
+        else:
+            index = HNSW.from_arrays(loaded.arrays)
+            ids = IdMap.from_state(loaded.slots, loaded.ids, loaded.partitions)
+            payloads = PayloadIndex.from_items(loaded.payloads)
+        return Collection(self, config, index, ids, payloads)
+
+    def _recover(self) -> None:
+        started = time.perf_counter()
+        ckpt.remove_orphans(self._store)
+        store = self._store
+        with store.read() as txn:
+            self._last_seq = store.last_seq(txn)
+            configs = [unpack(v) for _, v in txn.cursor(db=store.db("collections"))]
+            manifests = ckpt.read_manifests(store, txn)
+            for config in configs:
+                uid = int(config["uid"])
+                manifest = manifests.get(uid)
+                loaded = ckpt.load(store, txn, uid, manifest) if manifest else None
+                col = self._new_collection(config, loaded)
+                covered = int(manifest["covered_seq"]) if manifest else int(config["created_seq"])
+                col.applied_seq = covered
+                self._covered[uid] = covered
+                if manifest:
+                    self._manifests[uid] = manifest
+                self._collections[config["name"]] = col
+                self._by_uid[uid] = col
+        start = min(self._covered.values(), default=self._last_seq)
+        replayed = 0
+        with store.read() as txn:
+            cursor = txn.cursor(db=store.db("wal"))
+            if cursor.set_range(u64(start + 1)):
+                for key, value in cursor:
+                    seq = from_u64(key)
+                    record = unpack(value)
+                    col = self._by_uid.get(record.get("c"))
+                    if col is None or seq <= self._covered[col.uid]:
+                        continue
+                    col._apply_record(record, seq)
+                    replayed += 1
+        self._stats.recovery_s = time.perf_counter() - started
+        self._stats.recovered_records = replayed
+        log.info(
+            "opened %s: %d collections, replayed %d WAL records in %.3fs",
+            self.path,
+            len(self._collections),
+            replayed,
+            self._stats.recovery_s,
+        )
+
+    # -- collections ------------------------------------------------------------------
+
+    def create_collection(
+        self,
+        name: str,
+        dim: int,
+        metric: str = "cosine",
+        M: int = 16,  # noqa: N803 - the HNSW parameter's usual name
+        ef_construction: int = 128,
+        ef: int = 64,
+        **extra: Any,
+    ) -> Collection:
+        """Create a collection; raises ``AlreadyExists`` if the name is taken.
+
+        ``extra`` keyword arguments are stored with the collection's
+        configuration (returned by ``info()["extra"]``).
+        """
+        self._check_open()
+        validate_name(name)
+        dim = _positive_int(dim, "dim", 1, 65536)
+        if metric not in METRICS:
+            raise InvalidInput(f"metric must be one of {', '.join(METRICS)}, got {metric!r}")
+        config = {
+            "name": name,
+            "dim": dim,
+            "metric": metric,
+            "M": _positive_int(M, "M", 2, 512),
+            "ef_construction": _positive_int(ef_construction, "ef_construction", 1, 1 << 20),
+            "ef": _positive_int(ef, "ef", 1, 1 << 20),
+            "extra": extra,
+            "created_at": time.time(),
+        }
+        try:
+            pack(config)
+        except (TypeError, ValueError, OverflowError) as exc:
+            raise InvalidInput(f"collection options cannot be stored: {exc}") from None
+        return self._submit(WriteRequest("create", extra={"config": config}))
+
+    def collection(self, name: str) -> Collection:
+        """The collection called ``name``; raises ``CollectionNotFound``."""
+        self._check_open()
+        col = self._collections.get(name)
+        if col is None:
+            raise CollectionNotFound(f"collection {name!r} not found")
+        return col
+
+    def get_collection(self, name: str) -> Collection:
+        return self.collection(name)
+
+    def has_collection(self, name: str) -> bool:
+        self._check_open()
+        return name in self._collections
+
+    def list_collections(self) -> list[str]:
+        """Names of the collections, sorted."""
+        self._check_open()
+        return sorted(self._collections)
+
+    def drop_collection(self, name: str) -> bool:
+        """Drop a collection and its data; returns False if it did not exist."""
+        self._check_open()
+        if not isinstance(name, str):
+            raise InvalidInput(f"invalid collection name {name!r}")
+        return self._submit(WriteRequest("drop", extra={"name": name}))
+
+    def __iter__(self) -> Iterator[Collection]:
+        return iter(list(self._collections.values()))
+
+    # -- the writer ---------------------------------------------------------------------
+
+    def _submit(self, request: WriteRequest) -> Any:
+        with self._submit_lock:
+            if self._closed:
+                raise DatabaseClosed(f"database {self.path} is closed")
+            self._queue.put(request)
+        return request.future.result()
+
+    def _writer_loop(self) -> None:
+        stop = False
+        while not stop:
+            request = self._queue.get()
+            if request is _STOP:
+                break
+            group = [request]
+            ops = request.n_ops
+            while ops < self.max_group_ops:
+                try:
+                    nxt = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if nxt is _STOP:
+                    stop = True
+                    break
+                group.append(nxt)
+                ops += nxt.n_ops
+            try:
+                self._process(group)
+            except BaseException as exc:  # never let the writer die silently
+                log.exception("writer failed on a group of %d requests", len(group))
+                for r in group:
+                    if not r.future.done():
+                        r.future.set_exception(
+                            exc
+                            if isinstance(exc, VdbError)
+                            else StorageError(f"write failed: {exc}")
+                        )
+
+    def _process(self, group: list[WriteRequest]) -> None:
+        store = self._store
+        with self._write_lock:
+
+            def txn_fn(txn: lmdb.Transaction) -> list[tuple[str, Any]]:
+                seq = store.last_seq(txn)
+                outcomes: list[tuple[str, Any]] = []
+                db_cols = store.db("collections")
+                for r in group:
+                    try:
+                        if r.kind == "record":
+                            col = r.collection
+                            raw = txn.get(col.name.encode(), db=db_cols)
+                            if raw is None or unpack(raw)["uid"] != col.uid:
+                                raise CollectionNotFound(f"collection {col.name!r} was dropped")
+                            rec_seq = None
+                            if r.data is not None:
+                                seq += 1
+                                rec_seq = seq
+                                txn.put(u64(seq), r.data, db=store.db("wal"))
+                            for (source, topic, partition), offset in r.source_offsets.items():
+                                txn.put(
+                                    pack([source, topic, partition]),
+                                    i64(offset),
+                                    db=store.db("offsets"),
+                                )
+                            for letter in r.dead_letters:
+                                n = store.next_counter(txn, b"dead_letter_seq")
+                                txn.put(
+                                    u64(n), pack(_letter_dict(letter)), db=store.db("deadletters")
+                                )
+                            outcomes.append(("ok", rec_seq))
+                        elif r.kind == "create":
+                            config = dict(r.extra["config"])
+                            key = config["name"].encode()
+                            if txn.get(key, db=db_cols) is not None:
+                                raise AlreadyExists(f"collection {config['name']!r} already exists")
+                            config["uid"] = store.next_counter(txn, b"next_uid")
+                            config["created_seq"] = seq
+                            txn.put(key, pack(config), db=db_cols)
+                            outcomes.append(("ok", config))
+                        elif r.kind == "drop":
+                            key = r.extra["name"].encode()
+                            raw = txn.get(key, db=db_cols)
+                            if raw is None:
+                                outcomes.append(("ok", None))
+                                continue
+                            uid = unpack(raw)["uid"]
+                            txn.delete(key, db=db_cols)
+                            txn.delete(u64(uid), db=store.db("ckptman"))
+                            ckpt.delete_prefix(txn, store.db("ckpt"), u64(uid))
+                            outcomes.append(("ok", uid))
+                        else:
+                            raise ValueError(f"unknown request kind {r.kind!r}")
+                    except VdbError as exc:
+                        outcomes.append(("error", exc))
+                txn.put(b"last_seq", u64(seq), db=store.db("meta"))
+                return outcomes
+
+            try:
+                outcomes = store.write(txn_fn)
+            except VdbError as exc:
+                with self._stats.lock:
+                    self._stats.txn_failures += 1
+                for r in group:
+                    r.future.set_exception(exc)
+                return
+
+            stats = self._stats
+            with stats.lock:
+                stats.txns += 1
+                n_records = sum(
+                    1
+                    for r, (s, v) in zip(group, outcomes, strict=True)
+                    if s == "ok" and r.kind == "record" and v is not None
+                )
+                nbytes = sum(
+                    len(r.data)
+                    for r, (s, v) in zip(group, outcomes, strict=True)
+                    if s == "ok" and r.kind == "record" and v is not None
+                )
+                stats.wal_records += n_records
+                stats.wal_bytes += nbytes
+                stats.wal_bytes_since_checkpoint += nbytes
+                size = sum(r.n_ops for r in group)
+                stats.group_sizes.append(len(group))
+                if len(stats.group_sizes) > 1000:
+                    del stats.group_sizes[:500]
+                stats.group_max = max(stats.group_max, len(group))
+                stats.group_total += len(group)
+                del size
+
+            for r, (status, value) in zip(group, outcomes, strict=True):
+                if status == "error":
+                    r.future.set_exception(value)
+                    continue
+                try:
+                    if r.kind == "record":
+                        if value is None:
+                            result = {
+                                "seq": self._last_seq,
+                                "deleted": 0,
+                                "upserted": 0,
+                                "updated": 0,
+                            }
+                        else:
+                            result = r.collection._apply_record(r.record, value)
+                            self._last_seq = value
+                        r.future.set_result(result)
+                    elif r.kind == "create":
+                        col = self._new_collection(value, None)
+                        col.applied_seq = value["created_seq"]
+                        self._covered[col.uid] = value["created_seq"]
+                        self._collections[col.name] = col
+                        self._by_uid[col.uid] = col
+                        try:
+                            col._index.warm()
+                        except Exception:  # warming is an optimisation only
+                            log.warning("warming the index of %s failed", col.name, exc_info=True)
+                        r.future.set_result(col)
+                    elif r.kind == "drop":
+                        if value is None:
+                            r.future.set_result(False)
+                            continue
+                        col = self._by_uid.pop(value, None)
+                        if col is not None:
+                            col._dropped = True
+                            self._collections.pop(col.name, None)
+                        self._covered.pop(value, None)
+                        self._manifests.pop(value, None)
+                        r.future.set_result(True)
+                except BaseException as exc:
+                    log.exception("applying a committed %s request failed", r.kind)
+                    r.future.set_exception(
+                        StorageError(
+                            f"the write is durable but applying it in memory failed: {exc}; reopen to recover"
+                        )
+                    )
+
+    # -- ingest-facing API -------------------------------------------------------------------
+
+    def source_offsets(self, source: str) -> dict[tuple[str, int], int]:
+        """The stored offsets of ``source``: ``{(topic, partition): last applied offset}``."""
+        self._check_open()
+        out = {}
+        with self._store.read() as txn:
+            for key, value in txn.cursor(db=self._store.db("offsets")):
+                src, topic, partition = unpack(key)
+                if src == source:
+                    out[(topic, int(partition))] = from_i64(value)
+        return out
+
+    def dead_letters(self, limit: int = 100, source: str | None = None) -> list[DeadLetter]:
+        """The most recent ``limit`` dead letters (of ``source`` if given), oldest first."""
+        self._check_open()
+        out: list[DeadLetter] = []
+        with self._store.read() as txn:
+            cursor = txn.cursor(db=self._store.db("deadletters"))
+            if cursor.last():
+                for _, value in cursor.iterprev():
+                    d = unpack(value)
+                    if source is not None and d["source"] != source:
+                        continue
+                    out.append(DeadLetter(**d))
+                    if len(out) >= limit:
+                        break
+        out.reverse()
+        return out
+
+    def ingest(self, source: Any, collection: str, **options: Any) -> Any:
+        """Start tailing ``source`` into ``collection`` (see ``vdb.ingest.pipeline``)."""
+        from vdb.ingest.pipeline import start_ingest
+
+        return start_ingest(self, source, collection, **options)
+
+    # -- checkpoints ---------------------------------------------------------------------------
+
+    def _checkpoint_loop(self) -> None:
+        while not self._stop_checkpointer.wait(0.5):
+            try:
+                if self._checkpoint_due():
+                    self.checkpoint()
+            except Exception:
+                log.exception("background checkpoint failed")
+
+    def _checkpoint_due(self) -> bool:
+        if not any(
+            col.applied_seq > self._covered.get(col.uid, 0)
+            for col in list(self._collections.values())
+        ):
+            return False
+        if (
+            self.checkpoint_wal_bytes is not None
+            and self._stats.wal_bytes_since_checkpoint >= self.checkpoint_wal_bytes
+        ):
+            return True
+        if self.checkpoint_interval_s is not None:
+            return time.monotonic() - self._last_checkpoint_mono >= self.checkpoint_interval_s
+        return False
+
+    def checkpoint(self) -> dict[str, Any]:
+        """Checkpoint every changed collection now and remove the WAL records it covers.
+
+        The writer is paused only while the in-memory state is copied;
+        searches are never paused. Returns figures of the run.
+        """
+        with self._checkpoint_lock:
+            started = time.perf_counter()
+            pause_start = time.perf_counter()
+            with self._write_lock:
+                seq = self._last_seq
+                captured = []
+                for col in list(self._collections.values()):
+                    if col.applied_seq > self._covered.get(col.uid, 0):
+                        captured.append(_capture(col, seq))
+                uids = [col.uid for col in self._collections.values()]
+                wal_bytes = self._stats.wal_bytes_since_checkpoint
+            pause = time.perf_counter() - pause_start
+            store = self._store
+            new_manifests: dict[int, dict[str, Any]] = {}
+            with store.read() as txn:
+                gen_raw = txn.get(b"ckpt_gen", db=store.db("meta"))
+            gen_base = from_u64(gen_raw) if gen_raw else 0
+            for i, cap in enumerate(captured):
+                gen = gen_base + 1 + i
+                table = ckpt.write_blobs(store, cap.uid, gen, ckpt.encode(cap))
+                new_manifests[cap.uid] = ckpt.new_manifest(gen, cap, table, started)
+
+            def install(txn: lmdb.Transaction) -> dict[int, dict[str, Any]]:
+                installed = {}
+                txn.put(b"ckpt_gen", u64(gen_base + len(captured)), db=store.db("meta"))
+                live = {unpack(v)["uid"] for _, v in txn.cursor(db=store.db("collections"))}
+                for uid in uids:
+                    if uid not in live:
+                        continue
+                    manifest = new_manifests.get(uid)
+                    if manifest is not None:
+                        ckpt.delete_prefix(
+                            txn, store.db("ckpt"), u64(uid), keep=u64(uid) + u64(manifest["gen"])
+                        )
+                    else:
+                        raw = txn.get(u64(uid), db=store.db("ckptman"))
+                        manifest = (
+                            unpack(raw)
+                            if raw
+                            else {"gen": 0, "data_seq": 0, "count": 0, "blobs": None}
+                        )
+                        manifest["covered_seq"] = seq
+                    txn.put(u64(uid), pack(manifest), db=store.db("ckptman"))
+                    installed[uid] = manifest
+                # Chunks of collections dropped meanwhile.
+                for uid in new_manifests:
+                    if uid not in live:
+                        ckpt.delete_prefix(txn, store.db("ckpt"), u64(uid))
+                ckpt.truncate_wal(txn, store, seq)
+                return installed
+
+            installed = store.write(install)
+            with self._write_lock:
+                for uid, manifest in installed.items():
+                    if uid in self._by_uid:
+                        self._covered[uid] = int(manifest["covered_seq"])
+                        self._manifests[uid] = manifest
+            duration = time.perf_counter() - started
+            stats = self._stats
+            with stats.lock:
+                stats.checkpoints += 1
+                stats.wal_bytes_since_checkpoint = max(
+                    0, stats.wal_bytes_since_checkpoint - wal_bytes
+                )
+                stats.last_checkpoint_at = time.time()
+                stats.last_checkpoint_s = duration
+                stats.last_checkpoint_pause_s = pause
+                stats.max_checkpoint_pause_s = max(stats.max_checkpoint_pause_s, pause)
+            self._last_checkpoint_mono = time.monotonic()
+            log.info(
+                "checkpoint at seq %d: %d collections written in %.3fs (writer paused %.4fs)",
+                seq,
+                len(captured),
+                duration,
+                pause,
+            )
+            return {
+                "seq": seq,
+                "collections": len(captured),
+                "duration_s": duration,
+                "pause_s": pause,
+            }
+
+    # -- snapshots ----------------------------------------------------------------------------
+
+    def snapshot(self, path: str | os.PathLike[str], progress: Any = None) -> dict[str, Any]:
+        """Write a consistent hot snapshot of the whole database to one file; return its manifest."""
+        self._check_open()
+        from vdb.wal.snapshot import create_snapshot
+
+        manifest = create_snapshot(self, path, progress=progress)
+        with self._stats.lock:
+            self._stats.snapshots += 1
+        return manifest
+
+    # -- figures ----------------------------------------------------------------------------------
+
+    def stats(self) -> dict[str, Any]:
+        """Figures for monitoring (the HTTP ``/metrics`` endpoint reads these)."""
+        s = self._stats
+        with s.lock:
+            sizes = list(s.group_sizes)
+            figures = {
+                "wal_records_written": s.wal_records,
+                "wal_bytes_written": s.wal_bytes,
+                "wal_bytes_since_checkpoint": s.wal_bytes_since_checkpoint,
+                "wal_txns_committed": s.txns,
+                "wal_txn_failures": s.txn_failures,
+                "group_commit_requests_total": s.group_total,
+                "group_commit_max": s.group_max,
+                "group_commit_mean": (s.group_total / s.txns) if s.txns else 0.0,
+                "group_commit_recent_mean": float(np.mean(sizes)) if sizes else 0.0,
+                "checkpoints": s.checkpoints,
+                "last_checkpoint_at": s.last_checkpoint_at,
+                "last_checkpoint_duration_s": s.last_checkpoint_s,
+                "last_checkpoint_pause_s": s.last_checkpoint_pause_s,
+                "max_checkpoint_pause_s": s.max_checkpoint_pause_s,
+                "recovery_s": s.recovery_s,
+                "recovered_records": s.recovered_records,
+                "snapshots": s.snapshots,
+            }
+        figures["last_seq"] = self._last_seq
+        figures["apply_queue_depth"] = self._queue.qsize()
+        figures["collections"] = {
+            name: {
+                "points": len(col),
+                "dim": col.dim,
+                "metric": col.metric,
+                "applied_seq": col.applied_seq,
+            }
+            for name, col in list(self._collections.items())
+        }
+        if not self._closed:
+            try:
+                with self._store.read() as txn:
+                    figures["wal_records_pending"] = txn.stat(self._store.db("wal"))["entries"]
+                figures["disk_bytes"] = self._store.disk_bytes()
+                figures["map_size"] = self._store.map_size()
+            except lmdb.Error:
+                log.debug("LMDB figures unavailable", exc_info=True)
+        return figures
+
+    # -- closing ------------------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Finish queued writes, checkpoint, and release the data directory."""
+        with self._submit_lock:
+            if self._closed:
+                return
+            self._closed = True
+            self._queue.put(_STOP)
+        self._writer.join()
+        self._stop_checkpointer.set()
+        self._checkpointer.join()
+        try:
+            self.checkpoint()
+        except Exception:
+            log.exception("final checkpoint failed; the WAL still holds every write")
+        finally:
+            self._store.close()
+
+
+def _capture(col: Collection, seq: int) -> ckpt.Captured:
+    """Copy a collection's state (the writer is paused by the caller)."""
+    with col._apply_lock:
+        arrays = col._index.to_arrays()  # copies
+        state = col._ids.to_state()
+        payloads = list(col._payloads.items())
+        return ckpt.Captured(
+            uid=col.uid,
+            seq=seq,
+            arrays=arrays,
+            slots=state["slots"],
+            ids=state["ids"],
+            partitions=state["partitions"],
+            payloads=payloads,
+            count=len(col._ids),
+        )
+
+
+def _letter_dict(letter: DeadLetter) -> dict[str, Any]:
+    return {
+        "source": letter.source,
+        "topic": letter.topic,
+        "partition": letter.partition,
+        "offset": letter.offset,
+        "key": letter.key,
+        "value": letter.value,
+        "reason": letter.reason,
+        "timestamp_ms": letter.timestamp_ms,
+        "extra": letter.extra,
+    }

@@ -1,0 +1,185 @@
+"""User ids <-> internal slots, and validation of user ids.
+
+A user id is an unsigned 64-bit integer or a non-empty string (UUIDs
+included). ``1`` and ``"1"`` are different points: Python dict keys already
+keep them apart (``bool`` is refused so that ``True`` never aliases ``1``).
+Only this map knows both the user id and the slot; the index sees slots.
+
+The map is written by the single writer and read by any number of readers.
+Each slot carries the generation of its last change so that a reader can
+tell whether a slot it got back from a search was reused while it searched.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable
+from typing import Any
+
+import numpy as np
+
+from vdb.errors import InvalidInput
+from vdb.types import PointId
+
+MAX_UINT64 = (1 << 64) - 1
+MAX_STRING_ID = 1024
+NO_PARTITION = -1
+
+
+def normalize_id(value: Any) -> PointId:
+    """Validate one user id; return it as a plain ``int`` or ``str``."""
+    if isinstance(value, bool):
+        raise InvalidInput(
+            f"point id {value!r}: booleans are not ids (use an unsigned int or a string)"
+        )
+    if isinstance(value, int | np.integer):
+        n = int(value)
+        if n < 0 or n > MAX_UINT64:
+            raise InvalidInput(f"point id {n}: integer ids must be unsigned 64-bit (0 .. 2**64-1)")
+        return n
+    if isinstance(value, uuid.UUID):
+        return str(value)
+    if isinstance(value, str):
+        if not value:
+            raise InvalidInput("point id: the empty string is not an id")
+        if len(value) > MAX_STRING_ID:
+            raise InvalidInput(f"point id: string ids are at most {MAX_STRING_ID} characters")
+        return value
+    raise InvalidInput(
+        f"point id {value!r}: must be an unsigned int or a string, not {type(value).__name__}"
+    )
+
+
+def normalize_ids(values: Any) -> list[PointId]:
+    """Validate a sequence of ids (a single id is accepted and wrapped)."""
+    if isinstance(values, str | int | np.integer | uuid.UUID) and not isinstance(values, bool):
+        return [normalize_id(values)]
+    if isinstance(values, np.ndarray):
+        values = values.tolist()
+    try:
+        items = list(values)
+    except TypeError:
+        raise InvalidInput(f"ids must be a list of ids, not {type(values).__name__}") from None
+    return [normalize_id(v) for v in items]
+
+
+def sort_key(point_id: PointId) -> tuple[int, int | str]:
+    """Scroll order: integers ascending first, then strings ascending."""
+    return (0, point_id) if isinstance(point_id, int) else (1, point_id)
+
+
+class IdMap:
+    """user id <-> slot, plus the source partition of each slot.
+
+    ``ids[slot]`` is the user id of the point in ``slot`` (``None`` when
+    free), ``live[slot]`` whether it holds a point, ``partitions[slot]`` the
+    stream partition it came from (``-1`` when it did not come from a
+    stream) and ``changed[slot]`` the generation of its last change.
+    """
+
+    def __init__(self, capacity: int = 0) -> None:
+        self.slot_of: dict[PointId, int] = {}
+        self.ids: list[PointId | None] = [None] * capacity
+        self.live = np.zeros(capacity, dtype=bool)
+        self.partitions = np.full(capacity, NO_PARTITION, dtype=np.int32)
+        self.changed = np.zeros(capacity, dtype=np.int64)
+
+    def __len__(self) -> int:
+        return len(self.slot_of)
+
+    def __contains__(self, point_id: object) -> bool:
+        return point_id in self.slot_of
+
+    def get(self, point_id: PointId) -> int | None:
+        return self.slot_of.get(point_id)
+
+    def _ensure(self, slot: int) -> None:
+        n = len(self.ids)
+        if slot < n:
+            return
+        new = max(slot + 1, 2 * n, 1024)
+        self.ids.extend([None] * (new - n))
+        live = np.zeros(new, dtype=bool)
+        live[:n] = self.live
+        partitions = np.full(new, NO_PARTITION, dtype=np.int32)
+        partitions[:n] = self.partitions
+        changed = np.zeros(new, dtype=np.int64)
+        changed[:n] = self.changed
+        # Publish the grown arrays before readers could see a larger slot.
+        self.changed = changed
+        self.partitions = partitions
+        self.live = live
+
+    def touch(self, slot: int, generation: int) -> None:
+        """Mark ``slot`` as changed at ``generation`` (before changing it)."""
+        self._ensure(slot)
+        self.changed[slot] = generation
+
+    def assign(self, point_id: PointId, slot: int, partition: int | None, generation: int) -> None:
+        self._ensure(slot)
+        self.changed[slot] = generation
+        self.ids[slot] = point_id
+        self.partitions[slot] = NO_PARTITION if partition is None else partition
+        self.live[slot] = True
+        self.slot_of[point_id] = slot
+
+    def set_partition(self, slot: int, partition: int | None) -> None:
+        self.partitions[slot] = NO_PARTITION if partition is None else partition
+
+    def remove(self, point_id: PointId, generation: int) -> int | None:
+        slot = self.slot_of.pop(point_id, None)
+        if slot is None:
+            return None
+        self.changed[slot] = generation
+        self.live[slot] = False
+        self.ids[slot] = None
+        self.partitions[slot] = NO_PARTITION
+        return slot
+
+    def changed_since(self, slots: np.ndarray, generation: int) -> bool:
+        """True if any of ``slots`` (``-1`` ignored) changed after ``generation``."""
+        slots = np.asarray(slots).ravel()
+        slots = slots[slots >= 0]
+        if slots.size == 0:
+            return False
+        changed = self.changed
+        if int(slots.max()) >= len(changed):
+            return True
+        return bool((changed[slots] > generation).any())
+
+    def live_mask(self, capacity: int) -> np.ndarray:
+        live = self.live
+        out = np.zeros(capacity, dtype=bool)
+        n = min(capacity, len(live))
+        out[:n] = live[:n]
+        return out
+
+    # -- checkpoint form ----------------------------------------------------
+
+    def to_state(self) -> dict[str, Any]:
+        """A copy of the map as plain arrays and lists (for checkpoints)."""
+        slots = np.array(sorted(self.slot_of.values()), dtype=np.int32)
+        return {
+            "slots": slots,
+            "ids": [self.ids[s] for s in slots.tolist()],
+            "partitions": self.partitions[slots].copy() if slots.size else np.zeros(0, np.int32),
+        }
+
+    @classmethod
+    def from_state(
+        cls, slots: Iterable[int], ids: Iterable[PointId], partitions: Iterable[int]
+    ) -> IdMap:
+        slots = np.asarray(list(slots), dtype=np.int64)
+        ids = list(ids)
+        partitions = np.asarray(list(partitions), dtype=np.int32)
+        if not (len(slots) == len(ids) == len(partitions)):
+            from vdb.errors import CorruptData
+
+            raise CorruptData("id map checkpoint: slots, ids and partitions differ in length")
+        m = cls(int(slots.max()) + 1 if slots.size else 0)
+        for slot, point_id, part in zip(slots.tolist(), ids, partitions.tolist(), strict=True):
+            m.ids[slot] = point_id
+            m.live[slot] = True
+            m.partitions[slot] = part
+            m.slot_of[point_id] = slot
+        return m

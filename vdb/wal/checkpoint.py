@@ -1,0 +1,266 @@
+"""Checkpoints: a collection's index arrays, id map and payloads in LMDB.
+
+A checkpoint is a set of named blobs (each index array, the id map, the
+payloads), each split into chunks in the ``ckpt`` table under the key
+``uid | generation | name | chunk``, and a manifest in ``ckptman`` that
+names the generation, the WAL position the blobs reflect, and for every
+blob its dtype, shape, size and BLAKE2b digest. Chunks are written in
+several transactions (so a big checkpoint does not hold LMDB's writer lock
+for long); the checkpoint becomes current only when the manifest is written,
+in the same transaction that removes the previous generation and the WAL
+records it covers. A crash in between leaves unreferenced chunks, which
+:func:`remove_orphans` deletes on the next open.
+
+Loading verifies every digest and refuses a corrupt or truncated blob with
+:class:`vdb.errors.CorruptData`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import struct
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import lmdb
+import numpy as np
+
+from vdb.errors import CorruptData
+from vdb.wal.store import Store, from_u64, pack, u64, unpack
+
+log = logging.getLogger(__name__)
+
+CHUNK_BYTES = 4 << 20
+TXN_BYTES = 32 << 20
+_U32 = struct.Struct(">I")
+
+
+@dataclass
+class Captured:
+    """An in-memory copy of one collection's state at WAL position ``seq``."""
+
+    uid: int
+    seq: int
+    arrays: dict[str, np.ndarray]
+    slots: np.ndarray
+    ids: list[Any]
+    partitions: np.ndarray
+    payloads: list[tuple[int, Any]]
+    count: int
+    blobs: dict[str, tuple[bytes, dict[str, Any]]] = field(default_factory=dict)
+
+
+def digest(data: bytes | memoryview) -> str:
+    return hashlib.blake2b(data, digest_size=20).hexdigest()
+
+
+def chunk_key(uid: int, gen: int, name: str, chunk: int) -> bytes:
+    return u64(uid) + u64(gen) + name.encode() + b"\x00" + _U32.pack(chunk)
+
+
+def _array_blob(arr: np.ndarray) -> tuple[bytes, dict[str, Any]]:
+    arr = np.ascontiguousarray(arr)
+    return arr.tobytes(), {"kind": "array", "dtype": arr.dtype.str, "shape": list(arr.shape)}
+
+
+def encode(captured: Captured) -> dict[str, tuple[bytes, dict[str, Any]]]:
+    """Serialise a captured state into named blobs (runs outside any lock)."""
+    blobs: dict[str, tuple[bytes, dict[str, Any]]] = {}
+    for name, arr in captured.arrays.items():
+        blobs[f"index/{name}"] = _array_blob(arr)
+    blobs["idmap/slots"] = _array_blob(captured.slots)
+    blobs["idmap/partitions"] = _array_blob(captured.partitions)
+    blobs["idmap/ids"] = (pack(captured.ids), {"kind": "msgpack"})
+    blobs["payloads"] = (
+        pack([[slot, payload] for slot, payload in captured.payloads]),
+        {"kind": "msgpack"},
+    )
+    return blobs
+
+
+def write_blobs(
+    store: Store, uid: int, gen: int, blobs: dict[str, tuple[bytes, dict[str, Any]]]
+) -> dict[str, Any]:
+    """Write every blob's chunks (several transactions); return the manifest's blob table."""
+    table: dict[str, Any] = {}
+    pending: list[tuple[bytes, bytes]] = []
+    pending_bytes = 0
+
+    def flush() -> None:
+        nonlocal pending, pending_bytes
+        items = pending
+
+        def put(txn: lmdb.Transaction) -> None:
+            db = store.db("ckpt")
+            for key, value in items:
+                txn.put(key, value, db=db)
+
+        if items:
+            store.write(put)
+        pending, pending_bytes = [], 0
+
+    for name, (data, meta) in blobs.items():
+        view = memoryview(data)
+        n_chunks = max(1, -(-len(data) // CHUNK_BYTES))
+        for i in range(n_chunks):
+            part = bytes(view[i * CHUNK_BYTES : (i + 1) * CHUNK_BYTES])
+            pending.append((chunk_key(uid, gen, name, i), part))
+            pending_bytes += len(part)
+            if pending_bytes >= TXN_BYTES:
+                flush()
+        table[name] = {**meta, "size": len(data), "chunks": n_chunks, "blake2b": digest(data)}
+    flush()
+    return table
+
+
+def read_blob(
+    txn: lmdb.Transaction, store: Store, uid: int, gen: int, name: str, meta: dict[str, Any]
+) -> bytearray:
+    """Concatenate a blob's chunks and verify its size and digest."""
+    db = store.db("ckpt")
+    out = bytearray()
+    for i in range(int(meta["chunks"])):
+        part = txn.get(chunk_key(uid, gen, name, i), db=db)
+        if part is None:
+            raise CorruptData(
+                f"checkpoint of collection uid {uid}: blob {name!r} is missing chunk {i}"
+            )
+        out += part
+    if len(out) != int(meta["size"]):
+        raise CorruptData(
+            f"checkpoint of collection uid {uid}: blob {name!r} is truncated "
+            f"({len(out)} of {meta['size']} bytes)"
+        )
+    if digest(out) != meta["blake2b"]:
+        raise CorruptData(f"checkpoint of collection uid {uid}: blob {name!r} fails its checksum")
+    return out
+
+
+def _decode_array(data: bytearray, meta: dict[str, Any], name: str) -> np.ndarray:
+    try:
+        arr = np.frombuffer(data, dtype=np.dtype(meta["dtype"]))
+        return arr.reshape(meta["shape"])
+    except (TypeError, ValueError) as exc:
+        raise CorruptData(f"checkpoint blob {name!r} cannot be decoded: {exc}") from exc
+
+
+@dataclass
+class Loaded:
+    """A checkpoint read back: index arrays, id map parts and payloads."""
+
+    arrays: dict[str, np.ndarray]
+    slots: np.ndarray
+    ids: list[Any]
+    partitions: np.ndarray
+    payloads: list[tuple[int, Any]]
+
+
+def load(store: Store, txn: lmdb.Transaction, uid: int, manifest: dict[str, Any]) -> Loaded | None:
+    """Read and verify the checkpoint named by ``manifest`` (``None`` if it holds no data)."""
+    blobs = manifest.get("blobs")
+    if not blobs:
+        return None
+    gen = int(manifest["gen"])
+    arrays: dict[str, np.ndarray] = {}
+    parts: dict[str, Any] = {}
+    for name, meta in blobs.items():
+        data = read_blob(txn, store, uid, gen, name, meta)
+        if meta["kind"] == "array":
+            value: Any = _decode_array(data, meta, name)
+        else:
+            value = unpack(bytes(data))
+        if name.startswith("index/"):
+            arrays[name[len("index/") :]] = value
+        else:
+            parts[name] = value
+    try:
+        return Loaded(
+            arrays=arrays,
+            slots=parts["idmap/slots"],
+            ids=parts["idmap/ids"],
+            partitions=parts["idmap/partitions"],
+            payloads=[(int(s), p) for s, p in parts["payloads"]],
+        )
+    except (KeyError, TypeError, ValueError) as exc:
+        raise CorruptData(f"checkpoint of collection uid {uid} is incomplete: {exc}") from exc
+
+
+def read_manifests(store: Store, txn: lmdb.Transaction) -> dict[int, dict[str, Any]]:
+    out = {}
+    for key, value in txn.cursor(db=store.db("ckptman")):
+        out[from_u64(key)] = unpack(value)
+    return out
+
+
+def delete_prefix(txn: lmdb.Transaction, db: Any, prefix: bytes, keep: bytes | None = None) -> int:
+    """Delete every key starting with ``prefix`` (except those starting with ``keep``)."""
+    cursor = txn.cursor(db=db)
+    removed = 0
+    if not cursor.set_range(prefix):
+        return 0
+    while True:
+        key = cursor.key()
+        if not key or not key.startswith(prefix):
+            break
+        if keep is not None and key.startswith(keep):
+            if not cursor.next():
+                break
+            continue
+        if not cursor.delete():
+            break
+        removed += 1
+    return removed
+
+
+def truncate_wal(txn: lmdb.Transaction, store: Store, upto: int) -> int:
+    """Delete WAL records with sequence number <= ``upto``."""
+    cursor = txn.cursor(db=store.db("wal"))
+    removed = 0
+    if not cursor.first():
+        return 0
+    while True:
+        key = cursor.key()
+        if not key or from_u64(key) > upto:
+            break
+        if not cursor.delete():
+            break
+        removed += 1
+    return removed
+
+
+def remove_orphans(store: Store) -> int:
+    """Delete checkpoint chunks that no manifest references (left by a crash mid-checkpoint)."""
+
+    def clean(txn: lmdb.Transaction) -> int:
+        manifests = read_manifests(store, txn)
+        cursor = txn.cursor(db=store.db("ckpt"))
+        doomed = []
+        for key in cursor.iternext(keys=True, values=False):
+            uid, gen = from_u64(key[:8]), from_u64(key[8:16])
+            manifest = manifests.get(uid)
+            if manifest is None or int(manifest.get("gen", -1)) != gen or not manifest.get("blobs"):
+                doomed.append(key)
+        for key in doomed:
+            txn.delete(key, db=store.db("ckpt"))
+        return len(doomed)
+
+    removed = store.write(clean)
+    if removed:
+        log.info("removed %d orphaned checkpoint chunks", removed)
+    return removed
+
+
+def new_manifest(
+    gen: int, captured: Captured, blob_table: dict[str, Any], started: float
+) -> dict[str, Any]:
+    return {
+        "gen": gen,
+        "data_seq": captured.seq,
+        "covered_seq": captured.seq,
+        "count": captured.count,
+        "created_at": time.time(),
+        "duration_s": time.perf_counter() - started,
+        "blobs": blob_table,
+    }

@@ -1,0 +1,257 @@
+"""Snapshots: one file holding a consistent hot copy of the LMDB environment.
+
+File layout (all integers big-endian)::
+
+    b"VDBSNAP\\x01"                      8 bytes magic + container version
+    manifest length                      8 bytes
+    sha256 of the manifest               32 bytes
+    manifest (JSON, UTF-8)               format version, collections, counts,
+                                         data size and sha256 of the data
+    data                                 a compacted LMDB ``data.mdb``
+
+The copy is taken from ONE LMDB read transaction opened while the writer is
+paused between two groups, so it holds exactly the committed state whose
+counts the manifest reports, while writes go on during the (long) copy.
+``restore`` verifies both checksums while it streams the data into a
+temporary file and only then moves it into place: a corrupt or truncated
+snapshot is refused with :class:`vdb.errors.CorruptData` and nothing is
+written to the target directory.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import shutil
+import struct
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, BinaryIO
+
+from vdb.errors import AlreadyExists, CorruptData, InvalidInput, NotFound, StorageError
+
+if TYPE_CHECKING:
+    from vdb.db import Database
+
+log = logging.getLogger(__name__)
+
+MAGIC = b"VDBSNAP\x01"
+FORMAT_VERSION = 1
+_LEN = struct.Struct(">Q")
+BUFFER = 1 << 20
+
+Progress = Callable[[int, int], None]
+"""``progress(done_bytes, total_bytes)``, called as a snapshot is written or restored."""
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def create_snapshot(
+    db: Database, path: str | os.PathLike[str], progress: Progress | None = None
+) -> dict[str, Any]:
+    """Write a snapshot of ``db`` to ``path`` (atomically: a temp file renamed at the end)."""
+    out = Path(path)
+    if out.is_dir():
+        raise InvalidInput(f"snapshot path {out} is a directory; give a file name")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    store = db._store
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix=".vdb-snap-", dir=out.parent) as tmp:
+        copy_dir = Path(tmp) / "env"
+        copy_dir.mkdir()
+        with contextlib.ExitStack() as stack:
+            # Same lock order as the writer (write lock, then the map's shared
+            # lock); the read transaction outlives the write lock.
+            with db._write_lock:
+                stack.enter_context(store._resize.shared())
+                txn = store.env.begin(buffers=False)
+                collections = {
+                    name: {
+                        "uid": col.uid,
+                        "dim": col.dim,
+                        "metric": col.metric,
+                        "count": len(col),
+                        "M": col.config["M"],
+                        "ef_construction": col.config["ef_construction"],
+                        "ef": col.config["ef"],
+                    }
+                    for name, col in sorted(db._collections.items())
+                }
+                seq = db.last_seq
+            try:
+                store.env.copy(str(copy_dir), compact=True, txn=txn)
+            finally:
+                txn.abort()
+        data_path = copy_dir / "data.mdb"
+        size = data_path.stat().st_size
+        sha = hashlib.sha256()
+        with open(data_path, "rb") as f:
+            while chunk := f.read(BUFFER):
+                sha.update(chunk)
+        manifest = {
+            "format": "vdb-snapshot",
+            "format_version": FORMAT_VERSION,
+            "created_at": time.time(),
+            "last_seq": seq,
+            "collections": collections,
+            "data_bytes": size,
+            "data_sha256": sha.hexdigest(),
+        }
+        blob = json.dumps(manifest, sort_keys=True).encode()
+        part = out.with_name(f".{out.name}.partial")
+        done = 0
+        with open(part, "wb") as f, open(data_path, "rb") as src:
+            f.write(MAGIC)
+            f.write(_LEN.pack(len(blob)))
+            f.write(hashlib.sha256(blob).digest())
+            f.write(blob)
+            while chunk := src.read(BUFFER):
+                f.write(chunk)
+                done += len(chunk)
+                if progress is not None:
+                    progress(done, size)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(part, out)
+        _fsync_dir(out.parent)
+    log.info(
+        "snapshot %s: %d bytes, %d collections in %.3fs",
+        out,
+        size,
+        len(collections),
+        time.perf_counter() - started,
+    )
+    return manifest
+
+
+def _read_exact(f: BinaryIO, n: int, what: str) -> bytes:
+    data = f.read(n)
+    if len(data) != n:
+        raise CorruptData(f"snapshot is truncated (in the {what})")
+    return data
+
+
+def read_manifest(snapshot_path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The verified manifest of a snapshot file (the data is not checked)."""
+    with open(snapshot_path, "rb") as f:
+        return _read_header(f)
+
+
+def _read_header(f: BinaryIO) -> dict[str, Any]:
+    magic = f.read(len(MAGIC))
+    if magic != MAGIC:
+        raise CorruptData("not a vdb snapshot (bad magic bytes)")
+    (length,) = _LEN.unpack(_read_exact(f, _LEN.size, "header"))
+    if length > 64 << 20:
+        raise CorruptData("snapshot manifest length is implausible (corrupt header)")
+    digest = _read_exact(f, 32, "header")
+    blob = _read_exact(f, length, "manifest")
+    if hashlib.sha256(blob).digest() != digest:
+        raise CorruptData("snapshot manifest fails its checksum")
+    try:
+        manifest = json.loads(blob)
+    except ValueError as exc:
+        raise CorruptData(f"snapshot manifest is not valid JSON: {exc}") from exc
+    if manifest.get("format") != "vdb-snapshot" or manifest.get("format_version") != FORMAT_VERSION:
+        raise CorruptData(
+            f"unsupported snapshot format {manifest.get('format')!r} v{manifest.get('format_version')!r}"
+        )
+    return manifest
+
+
+def verify(snapshot_path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Check a snapshot's manifest and data checksums without restoring it."""
+    with open(snapshot_path, "rb") as f:
+        manifest = _read_header(f)
+        _copy_verified(f, None, manifest, None)
+    return manifest
+
+
+def _copy_verified(
+    src: BinaryIO, dst: BinaryIO | None, manifest: dict[str, Any], progress: Progress | None
+) -> None:
+    size = int(manifest["data_bytes"])
+    sha = hashlib.sha256()
+    done = 0
+    while done < size:
+        chunk = src.read(min(BUFFER, size - done))
+        if not chunk:
+            raise CorruptData(f"snapshot is truncated: {done} of {size} data bytes")
+        sha.update(chunk)
+        if dst is not None:
+            dst.write(chunk)
+        done += len(chunk)
+        if progress is not None:
+            progress(done, size)
+    if src.read(1):
+        raise CorruptData("snapshot has trailing bytes after its data")
+    if sha.hexdigest() != manifest["data_sha256"]:
+        raise CorruptData("snapshot data fails its checksum")
+
+
+def restore(
+    snapshot_path: str | os.PathLike[str],
+    data_dir: str | os.PathLike[str],
+    overwrite: bool = False,
+    progress: Progress | None = None,
+) -> dict[str, Any]:
+    """Restore a snapshot into ``data_dir``; returns the snapshot's manifest.
+
+    ``data_dir`` must not exist or be empty unless ``overwrite`` is true (then
+    its database files are replaced). The snapshot is fully verified before
+    anything in ``data_dir`` changes. Open the result with ``vdb.open``.
+    """
+    src_path = Path(snapshot_path)
+    if not src_path.is_file():
+        raise NotFound(f"snapshot {src_path} not found")
+    target = Path(data_dir)
+    if target.exists() and not target.is_dir():
+        raise InvalidInput(f"{target} exists and is not a directory")
+    if target.is_dir() and any(target.iterdir()) and not overwrite:
+        raise AlreadyExists(f"{target} is not empty; pass overwrite=True (--force) to replace it")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.restore-", dir=target.parent))
+    try:
+        with open(src_path, "rb") as f:
+            manifest = _read_header(f)
+            with open(staging / "data.mdb", "wb") as out:
+                _copy_verified(f, out, manifest, progress)
+                out.flush()
+                os.fsync(out.fileno())
+        target.mkdir(parents=True, exist_ok=True)
+        if overwrite:
+            from vdb.wal.store import LOCK_FILE, Store
+
+            # Refuse to replace a directory a live process has open.
+            probe = Store.__new__(Store)
+            probe.path = target
+            probe._lock_fd = None
+            probe._take_lock()
+            try:
+                for name in ("data.mdb", "lock.mdb"):
+                    (target / name).unlink(missing_ok=True)
+            finally:
+                probe._release_lock()
+                (target / LOCK_FILE).unlink(missing_ok=True)
+        os.replace(staging / "data.mdb", target / "data.mdb")
+        _fsync_dir(target)
+    except OSError as exc:
+        raise StorageError(f"restore into {target} failed: {exc}") from exc
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    log.info("restored %s into %s", src_path, target)
+    return manifest
