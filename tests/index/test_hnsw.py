@@ -1,0 +1,352 @@
+"""HNSW index: recall on real and synthetic data, exactness, deletes, replace, filters,
+growth, checkpoint round trip, concurrent readers and bad input."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+
+from tests.helpers import recall_at_k
+from vdb.index import HNSW
+
+N_MINILM = 12_000
+
+
+def exact_topk(base: np.ndarray, queries: np.ndarray, k: int, metric: str) -> np.ndarray:
+    """Brute-force top-k row numbers (best first)."""
+    if metric == "l2":
+        d = (queries**2).sum(1)[:, None] - 2 * queries @ base.T + (base**2).sum(1)[None, :]
+    elif metric == "ip":
+        d = -(queries @ base.T)
+    else:
+        b = base / np.linalg.norm(base, axis=1, keepdims=True)
+        q = queries / np.linalg.norm(queries, axis=1, keepdims=True)
+        d = -(q @ b.T)
+    return np.argsort(d, axis=1, kind="stable")[:, :k]
+
+
+def mixture(n: int, dim: int, centres: int, seed: int) -> np.ndarray:
+    """Gaussian blobs around `centres` random centres (the same centres for the same count)."""
+    c = np.random.default_rng(centres).standard_normal((centres, dim)).astype(np.float32) * 3
+    rng = np.random.default_rng(seed)
+    return (c[rng.integers(0, centres, n)] + rng.standard_normal((n, dim))).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def minilm_small(minilm):
+    base = minilm.base[:N_MINILM]
+    queries = minilm.queries[:300]
+    return base, queries, exact_topk(base, queries, 10, "cosine")
+
+
+@pytest.fixture(scope="module")
+def minilm_index(minilm_small):
+    base, _, _ = minilm_small
+    h = HNSW(384, "cosine", seed=7)
+    h.add(base)
+    return h
+
+
+def test_recall_minilm(minilm_index, minilm_small):
+    _, queries, truth = minilm_small
+    slots, scores = minilm_index.search(queries, 10, ef=64)
+    assert recall_at_k(slots, truth) >= 0.95
+    assert np.all(np.diff(scores, axis=1) <= 1e-6), "cosine scores must be descending"
+
+
+def test_recall_synthetic_mixture():
+    data = mixture(20_000, 64, 1000, seed=3)
+    queries = mixture(200, 64, 1000, seed=4)
+    h = HNSW(64, "l2", seed=11)
+    h.add(data)
+    slots, scores = h.search(queries, 10, ef=64)
+    assert recall_at_k(slots, exact_topk(data, queries, 10, "l2")) >= 0.95
+    assert np.all(np.diff(scores, axis=1) >= -1e-4), "l2 distances must be ascending"
+
+
+def test_parallel_build_recall_matches_serial(minilm_small):
+    base, queries, truth = minilm_small
+    base = base[:6000]
+    truth = exact_topk(base, queries, 10, "cosine")
+    recalls = []
+    for threads in (1, 2):
+        h = HNSW(384, "cosine", seed=5, n_threads=threads)
+        h.add(base)
+        recalls.append(recall_at_k(h.search(queries, 10, ef=32)[0], truth))
+    assert abs(recalls[0] - recalls[1]) <= 0.005
+
+
+@pytest.mark.parametrize("metric", ["l2", "ip", "cosine"])
+def test_exact_at_large_ef(metric):
+    rng = np.random.default_rng(1)
+    data = rng.standard_normal((600, 16)).astype(np.float32)
+    queries = rng.standard_normal((40, 16)).astype(np.float32)
+    h = HNSW(16, metric, M=8, capacity=64, seed=2)
+    slots = h.add(data)
+    assert slots.tolist() == list(range(600))
+    found, scores = h.search(queries, 5, ef=600)
+    truth = exact_topk(data, queries, 5, metric)
+    assert np.array_equal(found, truth)
+    if metric == "l2":
+        expect = ((queries[:, None, :] - data[truth]) ** 2).sum(-1)
+    elif metric == "ip":
+        expect = np.einsum("qd,qkd->qk", queries, data[truth])
+    else:
+        q = queries / np.linalg.norm(queries, axis=1, keepdims=True)
+        b = data / np.linalg.norm(data, axis=1, keepdims=True)
+        expect = np.einsum("qd,qkd->qk", q, b[truth])
+    np.testing.assert_allclose(scores, expect, rtol=1e-4, atol=1e-4)
+
+
+def test_reproducible_with_seed():
+    data = mixture(3000, 24, 30, seed=9)
+    a, b = HNSW(24, seed=42), HNSW(24, seed=42)
+    a.add(data)
+    b.add(data)
+    for name, arr in a.to_arrays().items():
+        assert np.array_equal(arr, b.to_arrays()[name]), name
+
+
+def test_fewer_points_than_k_pads():
+    h = HNSW(4, "ip")
+    empty_slots, empty_scores = h.search(np.ones((1, 4)), 3)
+    assert empty_slots.tolist() == [[-1, -1, -1]]
+    assert np.all(np.isneginf(empty_scores))
+    h.add(np.eye(4)[:2])
+    slots, scores = h.search(np.array([[1.0, 0.5, 0, 0]]), 3)
+    assert slots.tolist() == [[0, 1, -1]]
+    np.testing.assert_allclose(scores[0, :2], [1.0, 0.5])
+
+
+def test_delete_skips_and_reuses_slots():
+    data = mixture(2000, 16, 20, seed=5)
+    h = HNSW(16, seed=3)
+    h.add(data)
+    gone = np.arange(0, 2000, 2)
+    h.delete(gone)
+    h.delete(gone[:10])  # deleting again changes nothing
+    assert len(h) == 1000
+    assert h.live_mask()[:2000].sum() == 1000
+    found, _ = h.search(data[:50], 10, ef=200)
+    assert not np.isin(found, gone).any()
+    truth = exact_topk(data[1::2], data[:50], 10, "l2") * 2 + 1
+    assert recall_at_k(found, truth) >= 0.98
+    new = mixture(300, 16, 20, seed=6)
+    slots = h.add(new)
+    assert slots.tolist() == gone[:300].tolist()
+    assert len(h) == 1300
+    hit, _ = h.search(new[:20], 1, ef=100)
+    assert hit[:, 0].tolist() == slots[:20].tolist()
+
+
+def test_delete_everything_then_add():
+    h = HNSW(8, seed=1)
+    data = mixture(200, 8, 4, seed=1)
+    h.add(data)
+    h.delete(np.arange(200))
+    assert len(h) == 0
+    assert h.search(data[:3], 4)[0].tolist() == [[-1] * 4] * 3
+    h.add(data[:5])
+    found, _ = h.search(data[:5], 5)
+    assert sorted(found[0].tolist()) == [0, 1, 2, 3, 4]
+
+
+def test_replace_relinks_point():
+    data = mixture(3000, 16, 30, seed=8)
+    h = HNSW(16, seed=4)
+    h.add(data)
+    target = mixture(1, 16, 30, seed=99)[0] + 50.0  # far from everything
+    h.replace(123, target)
+    found, scores = h.search(target[None, :], 1)
+    assert found[0, 0] == 123 and scores[0, 0] == pytest.approx(0.0, abs=1e-3)
+    found, _ = h.search(data[123:124], 3, ef=200)
+    assert 123 not in found[0].tolist()
+    np.testing.assert_allclose(h.get_vectors([123])[0], target)
+    assert len(h) == 3000
+
+
+def test_churn_recall_close_to_fresh_build(minilm, minilm_small):
+    base, queries, _ = minilm_small
+    base = base[:8000]
+    extra = minilm.base[N_MINILM : N_MINILM + 4000]
+    h = HNSW(384, "cosine", seed=1)
+    h.add(base)
+    rng = np.random.default_rng(0)
+    slots = rng.permutation(8000)[:4000]
+    h.replace(slots[:2000], extra[:2000])  # replace in place
+    h.delete(slots[2000:])  # delete + add reuses the freed slots
+    reused = h.add(extra[2000:])
+    final = base.copy()
+    final[slots[:2000]] = extra[:2000]
+    final[reused] = extra[2000:]
+    truth = exact_topk(final, queries, 10, "cosine")
+    fresh = HNSW(384, "cosine", seed=1)
+    fresh.add(final)
+    churned = recall_at_k(h.search(queries, 10, ef=32)[0], truth)
+    baseline = recall_at_k(fresh.search(queries, 10, ef=32)[0], truth)
+    assert churned >= baseline - 0.01, (churned, baseline)
+
+
+@pytest.mark.parametrize("fraction", [0.5, 0.05, 0.001])
+def test_filtered_search_matches_brute_force(minilm_index, minilm_small, fraction):
+    base, queries, _ = minilm_small
+    rng = np.random.default_rng(int(fraction * 1000))
+    allowed = rng.random(N_MINILM) < fraction
+    allowed[rng.integers(0, N_MINILM, 3)] = True
+    ids = np.flatnonzero(allowed)
+    found, _ = minilm_index.search(queries[:100], 10, ef=64, allowed=allowed)
+    want = min(10, ids.size)
+    assert np.all(found[:, :want] >= 0) and np.all(found[:, want:] == -1)
+    assert allowed[found[found >= 0]].all()
+    truth = ids[exact_topk(base[ids], queries[:100], want, "cosine")]
+    assert recall_at_k(found, truth, k=want) >= 0.95
+
+
+def test_filtered_search_returns_min_k_with_deletes():
+    data = mixture(3000, 16, 30, seed=2)
+    h = HNSW(16, seed=2)
+    h.add(data)
+    allowed = np.zeros(3000, bool)
+    allowed[::100] = True  # 30 allowed
+    h.delete(np.arange(0, 3000, 200))  # 15 of them deleted
+    found, _ = h.search(data[:5], 20, allowed=allowed)
+    assert (found >= 0).sum(axis=1).tolist() == [15] * 5
+    assert set(found[0, :15].tolist()) == set(range(100, 3000, 200))
+    short = np.zeros(10, bool)  # shorter than the index: the rest is not allowed
+    short[[3, 7]] = True
+    assert sorted(h.search(data[:1], 5, allowed=short)[0][0, :2].tolist()) == [3, 7]
+
+
+def test_capacity_grows_by_doubling():
+    h = HNSW(8, capacity=4, seed=0)
+    data = mixture(1000, 8, 10, seed=0)
+    for i in range(0, 1000, 37):
+        h.add(data[i : i + 37])
+    assert len(h) == 1000 and h.capacity == 1024
+    found, _ = h.search(data, 1, ef=64)
+    assert (found[:, 0] == np.arange(1000)).mean() >= 0.99
+
+
+def test_round_trip_identical_results():
+    data = mixture(4000, 32, 40, seed=4)
+    h = HNSW(32, "cosine", M=12, seed=8)
+    h.add(data)
+    h.delete(np.arange(0, 4000, 7))
+    h.replace(5, data[6] + 0.1)
+    arrays = h.to_arrays()
+    assert all(isinstance(v, np.ndarray) for v in arrays.values())
+    g = HNSW.from_arrays({name: arr.copy() for name, arr in arrays.items()})
+    assert (g.dim, g.metric, g.M, g.ef_construction, len(g)) == (32, "cosine", 12, 128, len(h))
+    queries = mixture(100, 32, 40, seed=5)
+    allowed = np.arange(4000) % 3 == 0
+    for kwargs in ({}, {"allowed": allowed}):
+        a, sa = h.search(queries, 10, **kwargs)
+        b, sb = g.search(queries, 10, **kwargs)
+        assert np.array_equal(a, b) and np.array_equal(sa, sb)
+    more = mixture(600, 32, 40, seed=6)
+    assert np.array_equal(h.add(more), g.add(more))
+    for name, arr in h.to_arrays().items():
+        assert np.array_equal(arr, g.to_arrays()[name]), name
+
+
+def test_searches_during_inserts_return_live_slots():
+    data = mixture(12_000, 32, 50, seed=12)
+    h = HNSW(32, seed=12)
+    h.add(data[:2000])
+    stop = threading.Event()
+    errors: list[str] = []
+    searches = [0]
+
+    def reader(seed: int) -> None:
+        rng = np.random.default_rng(seed)
+        while not stop.is_set():
+            live_before = h.live_mask()
+            q = data[rng.integers(0, 12_000, 4)]
+            found, scores = h.search(q, 10, ef=32)
+            searches[0] += 1
+            live_after = h.live_mask()
+            if (found < 0).any():
+                errors.append("padding with enough points")
+            hits = found[found >= 0]
+            # a hit must have been live when the search started or when it ended
+            live = np.zeros(max(live_before.size, live_after.size, 1 + hits.max()), bool)
+            live[: live_before.size] |= live_before
+            live[: live_after.size] |= live_after
+            if not live[hits].all():
+                errors.append(f"dead or invalid slot in {found.tolist()}")
+            if not np.isfinite(scores[found >= 0]).all():
+                errors.append("non-finite score")
+
+    def guarded(seed: int) -> None:
+        try:
+            reader(seed)
+        except Exception as e:  # a crashed reader must fail the test, not vanish
+            errors.append(repr(e))
+
+    threads = [threading.Thread(target=guarded, args=(i,)) for i in range(3)]
+    for t in threads:
+        t.start()
+    try:
+        for i in range(2000, 12_000, 500):
+            h.add(data[i : i + 500])
+            h.delete(np.arange(i - 2000, i - 1900))
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+    assert not errors, errors[:3]
+    assert searches[0] > 0
+    assert len(h) == 12_000 - 20 * 100
+
+
+@pytest.mark.parametrize(
+    "call, message",
+    [
+        (lambda h: h.add(np.ones((2, 5))), "expected 4 dimensions, got 5"),
+        (lambda h: h.add(np.ones(4)), "2-D"),
+        (lambda h: h.add(np.ones((1, 2, 4))), "2-D"),
+        (lambda h: h.add(np.array([[1.0, np.nan, 0, 0]])), "NaN or inf"),
+        (lambda h: h.add(np.array([[1.0, np.inf, 0, 0]])), "NaN or inf"),
+        (lambda h: h.add(np.array([[1e300, 0, 0, 0]])), "NaN or inf"),
+        (lambda h: h.add([["a", "b", "c", "d"]]), "numbers"),
+        (lambda h: h.add([[1, 2], [3]]), "array"),
+        (lambda h: h.search(np.ones((1, 3)), 1), "expected 4 dimensions, got 3"),
+        (lambda h: h.search(np.ones(4), 1), "2-D"),
+        (lambda h: h.search(np.ones((1, 4)), 0), "k must be >= 1"),
+        (lambda h: h.search(np.ones((1, 4)), 2.5), "k must be an integer"),
+        (lambda h: h.search(np.ones((1, 4)), 1, ef=0), "ef must be >= 1"),
+        (lambda h: h.search(np.full((1, 4), np.nan), 1), "NaN or inf"),
+        (lambda h: h.search(np.ones((1, 4)), 1, allowed=np.ones((2, 2), bool)), "1-D"),
+        (lambda h: h.search(np.ones((1, 4)), 1, allowed=np.ones(5000, bool)), "capacity"),
+        (lambda h: h.delete([10]), "slot 10 out of range"),
+        (lambda h: h.delete([-1]), "slot -1 out of range"),
+        (lambda h: h.delete([True]), "integers"),
+        (lambda h: h.replace(99, np.ones(4)), "slot 99 out of range"),
+        (lambda h: h.replace(0, np.ones(3)), "expected 4 dimensions, got 3"),
+        (lambda h: h.replace(0, [np.nan, 1, 1, 1]), "NaN or inf"),
+        (lambda h: HNSW(4, metric="hamming"), "unknown metric"),
+        (lambda h: HNSW(0), "dim must be >= 1"),
+        (lambda h: HNSW(4, M=1), "M must be >= 2"),
+        (lambda h: HNSW.from_arrays({"vectors": np.ones((1, 4))}), "not an index checkpoint"),
+    ],
+)
+def test_bad_input_raises_value_error(call, message):
+    h = HNSW(4, capacity=16, seed=0)
+    h.add(np.eye(4) + 0.1)
+    with pytest.raises(ValueError, match=message):
+        call(h)
+    assert len(h) == 4
+
+
+def test_cosine_rejects_zero_vector_and_deleted_replace():
+    h = HNSW(4, "cosine")
+    with pytest.raises(ValueError, match="zero vector"):
+        h.add(np.zeros((1, 4)))
+    h.add(np.eye(4))
+    h.delete([2])
+    with pytest.raises(ValueError, match="slot 2 is deleted"):
+        h.replace(2, np.ones(4))
+    assert h.is_deleted(2) and not h.is_deleted(1)
+    np.testing.assert_allclose(np.linalg.norm(h.get_vectors([0, 1]), axis=1), 1.0, rtol=1e-6)
