@@ -103,16 +103,16 @@ class Service:
 
     def stats_sources(self) -> list[tuple[tuple[str, ...], dict, dict]]:
         out: list[tuple[tuple[str, ...], dict, dict]] = []
-        stats_fn = getattr(self.db, "stats", None)
-        if stats_fn is not None:
-            out.append(((), {}, stats_fn()))
-        points = {}
-        for name in self.db.list_collections():
-            try:
-                points[name] = int(self.db.collection(name).count())
-            except VdbError:
-                continue  # dropped while we looked
-        out.append((("points",), {}, {"collections": points}))
+        stats = self.db.stats()
+        out.append(((), {}, stats))
+        if "collections" not in stats:
+            points = {}
+            for name in self.db.list_collections():
+                try:
+                    points[name] = {"points": len(self.db.collection(name))}
+                except VdbError:
+                    continue  # dropped while we looked
+            out.append(((), {}, {"collections": points}))
         for i, handle in enumerate(self.ingest_handles):
             try:
                 stats = handle.stats()

@@ -119,7 +119,7 @@ def flatten(
         keys_are_names = all(isinstance(k, str) and _NAME_OK.match(k) for k in value)
         if parent in _LABEL_PARENTS or not keys_are_names:
             label = _LABEL_PARENTS.get(parent, "le" if _numeric_keys(value) else "key")
-            inner = parts[:-1] if parent in _LABEL_PARENTS else parts
+            inner = (*parts[:-1], label) if parent in _LABEL_PARENTS else parts
             if label == "le":
                 inner = (*parts, "bucket")
             for k, v in value.items():

@@ -107,8 +107,7 @@ class QdrantApi:
             col = self.db.collection(name)
         except CollectionNotFound:
             raise CollectionNotFound(f"Not found: Collection `{name}` doesn't exist!") from None
-        info = col.info()
-        return CollectionView(col, int(info["dim"]), str(info["metric"]))
+        return CollectionView(col, int(col.dim), str(col.metric))
 
     # -- service ------------------------------------------------------------
 
@@ -972,8 +971,9 @@ def collection_info(info: dict[str, Any]) -> dict[str, Any]:
         },
         "wal_config": {"wal_capacity_mb": 32, "wal_segments_ahead": 0},
     }
-    if info.get("metadata"):
-        config["metadata"] = info["metadata"]
+    metadata = (info.get("extra") or {}).get("metadata")
+    if metadata:
+        config["metadata"] = metadata
     return {
         "status": "green",
         "optimizer_status": "ok",
@@ -981,8 +981,23 @@ def collection_info(info: dict[str, Any]) -> dict[str, Any]:
         "points_count": count,
         "indexed_vectors_count": count,
         "config": config,
-        "payload_schema": {},
+        "payload_schema": payload_schema_out(info.get("payload_schema") or {}),
     }
+
+
+_SCHEMA_TYPES = frozenset(
+    {"keyword", "integer", "float", "geo", "text", "bool", "datetime", "uuid"}
+)
+
+
+def payload_schema_out(schema: dict[str, Any]) -> dict[str, Any]:
+    """The core's explicit payload indexes in Qdrant's ``payload_schema`` shape."""
+    out = {}
+    for key, entry in schema.items():
+        data_type = entry.get("data_type") if isinstance(entry, dict) else None
+        if data_type in _SCHEMA_TYPES:
+            out[key] = {"data_type": data_type, "points": int(entry.get("points", 0))}
+    return out
 
 
 def sha256_file(path: Path) -> str:

@@ -135,7 +135,7 @@ def main(args: argparse.Namespace) -> int:
             )
     print("vdb serve " + json.dumps(config.describe(), sort_keys=True), file=sys.stderr, flush=True)
 
-    db = vdb.open(config.data)
+    db = vdb.open(config.data, warm=config.warm)
     handles: list[Any] = []
     try:
         handles = _start_ingest(db, args)

@@ -1,0 +1,315 @@
+"""An unmodified qdrant-client (REST) against a real ``python -m vdb serve``."""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+import warnings
+
+import httpx
+import numpy as np
+import pytest
+from qdrant_client import QdrantClient
+from qdrant_client import models as m
+from qdrant_client.http.exceptions import UnexpectedResponse
+
+RNG_SEED = 7
+
+
+@pytest.fixture(scope="module")
+def client(server) -> QdrantClient:
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the version check must not warn
+        c = QdrantClient(url=server.url, timeout=30)
+        c.get_collections()
+    return c
+
+
+def make_points(n: int, dim: int, seed: int = RNG_SEED):
+    rng = np.random.default_rng(seed)
+    vectors = rng.standard_normal((n, dim)).astype(np.float32)
+    ids = [
+        i if i % 2 == 0 else str(uuid.UUID(int=int(rng.integers(1 << 62)) + i)) for i in range(n)
+    ]
+    payloads = [
+        {"n": i, "parity": "even" if i % 2 == 0 else "odd", "tags": [i % 3, 7]} for i in range(n)
+    ]
+    return ids, vectors, payloads
+
+
+def test_root_reports_a_compatible_version(server, client):
+    body = httpx.get(server.url + "/").json()
+    assert body["title"] == "qdrant - vector search engine"
+    from importlib.metadata import version
+
+    major, minor = version("qdrant-client").split(".")[:2]
+    assert body["version"].split(".")[:2] == [major, minor]
+
+
+def test_collection_lifecycle(client):
+    name = "lifecycle"
+    assert not client.collection_exists(name)
+    assert client.create_collection(
+        name,
+        vectors_config=m.VectorParams(size=8, distance=m.Distance.DOT),
+        hnsw_config=m.HnswConfigDiff(m=12, ef_construct=80),
+    )
+    assert client.collection_exists(name)
+    assert name in [c.name for c in client.get_collections().collections]
+    info = client.get_collection(name)
+    assert info.config.params.vectors.size == 8
+    assert info.config.params.vectors.distance == m.Distance.DOT
+    assert info.config.hnsw_config.m == 12
+    assert info.config.hnsw_config.ef_construct == 80
+    assert info.points_count == 0
+    with pytest.raises(UnexpectedResponse) as err:
+        client.create_collection(name, vectors_config=m.VectorParams(size=8, distance="Dot"))
+    assert err.value.status_code == 409
+    assert client.delete_collection(name) is True
+    assert client.delete_collection(name) is False
+    assert not client.collection_exists(name)
+    with pytest.raises(UnexpectedResponse) as err:
+        client.get_collection(name)
+    assert err.value.status_code == 404
+    assert "doesn't exist" in err.value.content.decode()
+
+
+def test_upsert_retrieve_query_with_filters_and_uuid_ids(client):
+    name = "points"
+    dim = 16
+    client.create_collection(
+        name, vectors_config=m.VectorParams(size=dim, distance=m.Distance.COSINE)
+    )
+    ids, vectors, payloads = make_points(60, dim)
+    half = 30
+    res = client.upsert(
+        name,
+        points=[
+            m.PointStruct(id=ids[i], vector=vectors[i].tolist(), payload=payloads[i])
+            for i in range(half)
+        ],
+        wait=True,
+    )
+    assert res.status == m.UpdateStatus.COMPLETED
+    client.upsert(
+        name,
+        points=m.Batch(ids=ids[half:], vectors=vectors[half:].tolist(), payloads=payloads[half:]),
+    )
+    assert client.count(name).count == 60
+    assert (
+        client.count(
+            name,
+            count_filter=m.Filter(
+                must=[m.FieldCondition(key="parity", match=m.MatchValue(value="odd"))]
+            ),
+        ).count
+        == 30
+    )
+
+    got = client.retrieve(name, [ids[1], ids[2], 10**12], with_vectors=True)
+    assert sorted(map(str, (r.id for r in got))) == sorted([str(ids[1]), str(ids[2])])
+    by_id = {r.id: r for r in got}
+    assert by_id[ids[1]].payload == payloads[1]
+    assert isinstance(ids[1], str) and by_id[ids[1]].id == ids[1].lower()
+    unit = vectors[2] / np.linalg.norm(vectors[2])
+    np.testing.assert_allclose(by_id[ids[2]].vector, unit, rtol=1e-5, atol=1e-6)
+
+    # exact cosine ground truth, filtered to even n >= 10
+    normed = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+    q = vectors[5]
+    scores = normed @ (q / np.linalg.norm(q))
+    allowed = [i for i in range(60) if i % 2 == 0 and i >= 10]
+    expect = sorted(allowed, key=lambda i: -scores[i])[:5]
+    flt = m.Filter(
+        must=[
+            m.FieldCondition(key="parity", match=m.MatchValue(value="even")),
+            m.FieldCondition(key="n", range=m.Range(gte=10)),
+        ]
+    )
+    res = client.query_points(
+        name,
+        query=q.tolist(),
+        limit=5,
+        query_filter=flt,
+        search_params=m.SearchParams(hnsw_ef=128),
+        with_payload=True,
+    )
+    assert [p.id for p in res.points] == [ids[i] for i in expect]
+    np.testing.assert_allclose([p.score for p in res.points], scores[expect], rtol=1e-4, atol=1e-5)
+    assert all(p.payload["parity"] == "even" for p in res.points)
+
+    # score_threshold keeps only the hits at or above it
+    cut = float(scores[expect[2]]) - 1e-6
+    res = client.query_points(
+        name, query=q.tolist(), limit=5, query_filter=flt, score_threshold=cut
+    )
+    assert [p.id for p in res.points] == [ids[i] for i in expect[:3]]
+
+    # with_vectors / with_payload selectors
+    res = client.query_points(
+        name, query=q.tolist(), limit=2, with_payload=["n"], with_vectors=True
+    )
+    assert set(res.points[0].payload) == {"n"}
+    assert len(res.points[0].vector) == dim
+
+    # batch: each answer equals its single query
+    reqs = [m.QueryRequest(query=vectors[i].tolist(), limit=3, filter=flt) for i in (1, 2, 3)]
+    batch = client.query_batch_points(name, reqs)
+    for req, answer in zip(reqs, batch, strict=True):
+        single = client.query_points(name, query=req.query, limit=3, query_filter=flt)
+        assert [p.id for p in answer.points] == [p.id for p in single.points]
+
+
+def test_scroll_pages_through_everything_in_id_order(client):
+    name = "scroll"
+    client.create_collection(
+        name, vectors_config=m.VectorParams(size=4, distance=m.Distance.EUCLID)
+    )
+    ids, vectors, payloads = make_points(25, 4, seed=3)
+    client.upsert(name, m.Batch(ids=ids, vectors=vectors.tolist(), payloads=payloads))
+    seen, offset = [], None
+    while True:
+        page, offset = client.scroll(name, limit=7, offset=offset, with_payload=False)
+        seen.extend(p.id for p in page)
+        assert all(p.payload is None for p in page)
+        if offset is None:
+            break
+    ints = sorted(i for i in ids if isinstance(i, int))
+    strs = sorted(i for i in ids if isinstance(i, str))
+    assert seen == ints + strs
+    odd, _ = client.scroll(
+        name,
+        scroll_filter=m.Filter(
+            must=[m.FieldCondition(key="parity", match=m.MatchValue(value="odd"))]
+        ),
+        limit=100,
+    )
+    assert sorted(p.id for p in odd) == strs
+
+
+def test_euclid_scores_are_distances(client):
+    name = "euclid"
+    client.create_collection(
+        name, vectors_config=m.VectorParams(size=6, distance=m.Distance.EUCLID)
+    )
+    rng = np.random.default_rng(11)
+    vectors = rng.standard_normal((20, 6)).astype(np.float32)
+    client.upsert(name, m.Batch(ids=list(range(20)), vectors=vectors.tolist()))
+    q = rng.standard_normal(6).astype(np.float32)
+    dist = np.linalg.norm(vectors - q, axis=1)
+    res = client.query_points(name, query=q.tolist(), limit=4)
+    assert [p.id for p in res.points] == list(np.argsort(dist)[:4])
+    np.testing.assert_allclose([p.score for p in res.points], np.sort(dist)[:4], rtol=1e-4)
+    # the threshold is an upper bound on the distance
+    res = client.query_points(
+        name, query=q.tolist(), limit=10, score_threshold=float(np.sort(dist)[1]) + 1e-4
+    )
+    assert [p.id for p in res.points] == list(np.argsort(dist)[:2])
+
+
+def test_payload_updates_and_deletes(client):
+    name = "payloads"
+    client.create_collection(
+        name, vectors_config=m.VectorParams(size=4, distance=m.Distance.COSINE)
+    )
+    client.upsert(
+        name,
+        m.Batch(
+            ids=[1, 2, 3, 4],
+            vectors=np.eye(4).tolist(),
+            payloads=[{"k": 1}, {"k": 2}, {"k": 3}, {"k": 4}],
+        ),
+    )
+    client.set_payload(name, {"extra": "x"}, points=[1, 2])
+    got = {r.id: r.payload for r in client.retrieve(name, [1, 2, 3])}
+    assert got == {1: {"k": 1, "extra": "x"}, 2: {"k": 2, "extra": "x"}, 3: {"k": 3}}
+    client.set_payload(
+        name,
+        {"flag": True},
+        points=m.Filter(must=[m.FieldCondition(key="k", range=m.Range(gte=3))]),
+    )
+    assert (
+        client.count(
+            name,
+            count_filter=m.Filter(
+                must=[m.FieldCondition(key="flag", match=m.MatchValue(value=True))]
+            ),
+        ).count
+        == 2
+    )
+    client.delete(name, points_selector=m.PointIdsList(points=[1]))
+    client.delete(
+        name,
+        points_selector=m.FilterSelector(
+            filter=m.Filter(must=[m.FieldCondition(key="k", match=m.MatchValue(value=4))])
+        ),
+    )
+    assert sorted(r.id for r in client.scroll(name, limit=10)[0]) == [2, 3]
+    res = client.query_points(name, query=[0, 0, 0, 1], limit=10)
+    assert 4 not in [p.id for p in res.points] and 1 not in [p.id for p in res.points]
+
+
+def test_invalid_ids_and_wrong_dimension_are_400(server, client):
+    name = "invalid"
+    client.create_collection(
+        name, vectors_config=m.VectorParams(size=3, distance=m.Distance.COSINE)
+    )
+    url = f"{server.url}/collections/{name}/points?wait=true"
+    for point in (
+        {"id": "123", "vector": [1, 2, 3]},
+        {"id": -1, "vector": [1, 2, 3]},
+        {"id": 1, "vector": [1, 2]},
+        {"id": 1, "vector": [1, "x", 3]},
+    ):
+        r = httpx.put(url, json={"points": [point]})
+        assert r.status_code == 400, (point, r.text)
+        assert r.json()["status"]["error"]
+    assert client.count(name).count == 0
+    with pytest.raises(UnexpectedResponse) as err:
+        client.query_points(name, query=[1.0, 2.0], limit=1)
+    assert err.value.status_code == 400
+    with pytest.raises(UnexpectedResponse) as err:
+        client.query_points("nope", query=[1.0, 2.0, 3.0], limit=1)
+    assert err.value.status_code == 404
+
+
+def test_unsupported_fields_are_named(server, client):
+    name = "unsupported"
+    client.create_collection(
+        name, vectors_config=m.VectorParams(size=3, distance=m.Distance.COSINE)
+    )
+    r = httpx.post(
+        f"{server.url}/collections/{name}/points/query",
+        json={"query": [1, 2, 3], "prefetch": {"query": [1, 2, 3]}},
+    )
+    assert r.status_code == 400 and "prefetch" in r.json()["status"]["error"]
+    r = httpx.post(
+        f"{server.url}/collections/{name}/points/query",
+        json={"query": {"recommend": {"positive": [1]}}},
+    )
+    assert r.status_code == 400 and "recommend" in r.json()["status"]["error"]
+    r = httpx.put(
+        f"{server.url}/collections/other", json={"vectors": {"size": 3, "distance": "Manhattan"}}
+    )
+    assert r.status_code == 400 and "Manhattan" in r.json()["status"]["error"]
+
+
+def test_snapshots_create_list_download(server, client):
+    name = "snap"
+    client.create_collection(
+        name, vectors_config=m.VectorParams(size=4, distance=m.Distance.COSINE)
+    )
+    client.upsert(name, m.Batch(ids=[1, 2], vectors=np.eye(4)[:2].tolist()))
+    snap = client.create_snapshot(name)
+    assert snap.name.startswith(f"{name}-") and snap.name.endswith(".snapshot")
+    assert snap.size > 0
+    listed = client.list_snapshots(name)
+    assert [s.name for s in listed] == [snap.name]
+    r = httpx.get(f"{server.url}/collections/{name}/snapshots/{snap.name}")
+    assert r.status_code == 200
+    assert len(r.content) == snap.size
+    assert hashlib.sha256(r.content).hexdigest() == snap.checksum
+    r = httpx.get(f"{server.url}/collections/{name}/snapshots/nothing.snapshot")
+    assert r.status_code == 404
+    assert client.delete_snapshot(name, snap.name)
+    assert client.list_snapshots(name) == []
