@@ -264,3 +264,31 @@ def new_manifest(
         "duration_s": time.perf_counter() - started,
         "blobs": blob_table,
     }
+
+
+def live_ids(
+    store: Store, txn: lmdb.Transaction, config: dict[str, Any], manifest: dict[str, Any] | None
+) -> set[Any]:
+    """The ids of a collection as of ``txn``, from its checkpoint's id map plus the WAL after it.
+
+    Cheap compared with opening the database (no index is built); used by
+    ``vdb info`` and offline snapshots, also against a running server.
+    """
+    uid = int(config["uid"])
+    covered = int(config["created_seq"])
+    ids: set[Any] = set()
+    if manifest:
+        covered = int(manifest["covered_seq"])
+        blobs = manifest.get("blobs")
+        if blobs:
+            raw = read_blob(txn, store, uid, int(manifest["gen"]), "idmap/ids", blobs["idmap/ids"])
+            ids = set(unpack(bytes(raw)))
+    cursor = txn.cursor(db=store.db("wal"))
+    if cursor.set_range(u64(covered + 1)):
+        for _, value in cursor:
+            record = unpack(value)
+            if record.get("c") != uid or record.get("t") != "w":
+                continue
+            ids.difference_update(record["d"])
+            ids.update(record["u"])
+    return ids

@@ -63,35 +63,88 @@ def _fsync_dir(path: Path) -> None:
 def create_snapshot(
     db: Database, path: str | os.PathLike[str], progress: Progress | None = None
 ) -> dict[str, Any]:
-    """Write a snapshot of ``db`` to ``path`` (atomically: a temp file renamed at the end)."""
+    """Write a snapshot of the open ``db`` to ``path`` (atomically: a temp file renamed at the end)."""
+    store = db._store
+
+    def begin() -> tuple[Any, dict[str, Any], int]:
+        # Called with the writer paused (between two groups), so the counts
+        # match the read transaction exactly.
+        txn = store.env.begin(buffers=False)
+        collections = {
+            name: {
+                "uid": col.uid,
+                "dim": col.dim,
+                "metric": col.metric,
+                "count": len(col),
+                "M": col.config["M"],
+                "ef_construction": col.config["ef_construction"],
+                "ef": col.config["ef"],
+            }
+            for name, col in sorted(db._collections.items())
+        }
+        return txn, collections, db.last_seq
+
+    return _snapshot(store, path, begin, progress, lock_first=db._write_lock)
+
+
+def snapshot_directory(
+    data_dir: str | os.PathLike[str], path: str | os.PathLike[str], progress: Progress | None = None
+) -> dict[str, Any]:
+    """Snapshot a data directory without opening the database (works while a server runs it).
+
+    The counts in the manifest come from the same read transaction as the
+    copy (checkpointed id map + WAL after it).
+    """
+    from vdb.wal import checkpoint as ckpt
+    from vdb.wal.store import Store, unpack
+
+    store = Store(data_dir, readonly=True)
+    try:
+
+        def begin() -> tuple[Any, dict[str, Any], int]:
+            txn = store.env.begin(buffers=False)
+            manifests = ckpt.read_manifests(store, txn)
+            collections = {}
+            for _, raw in txn.cursor(db=store.db("collections")):
+                config = unpack(raw)
+                uid = int(config["uid"])
+                collections[config["name"]] = {
+                    "uid": uid,
+                    "dim": config["dim"],
+                    "metric": config["metric"],
+                    "count": len(ckpt.live_ids(store, txn, config, manifests.get(uid))),
+                    "M": config["M"],
+                    "ef_construction": config["ef_construction"],
+                    "ef": config["ef"],
+                }
+            return txn, dict(sorted(collections.items())), store.last_seq(txn)
+
+        return _snapshot(store, path, begin, progress, lock_first=None)
+    finally:
+        store.close()
+
+
+def _snapshot(
+    store: Any, path: str | os.PathLike[str], begin: Any, progress: Progress | None, lock_first: Any
+) -> dict[str, Any]:
     out = Path(path)
     if out.is_dir():
         raise InvalidInput(f"snapshot path {out} is a directory; give a file name")
     out.parent.mkdir(parents=True, exist_ok=True)
-    store = db._store
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix=".vdb-snap-", dir=out.parent) as tmp:
         copy_dir = Path(tmp) / "env"
         copy_dir.mkdir()
         with contextlib.ExitStack() as stack:
-            # Same lock order as the writer (write lock, then the map's shared
-            # lock); the read transaction outlives the write lock.
-            with db._write_lock:
+            # Lock order as the writer's: its lock first, then the map's shared lock.
+            # The read transaction outlives the writer's lock: writes go on during the copy.
+            if lock_first is not None:
+                with lock_first:
+                    stack.enter_context(store._resize.shared())
+                    txn, collections, seq = begin()
+            else:
                 stack.enter_context(store._resize.shared())
-                txn = store.env.begin(buffers=False)
-                collections = {
-                    name: {
-                        "uid": col.uid,
-                        "dim": col.dim,
-                        "metric": col.metric,
-                        "count": len(col),
-                        "M": col.config["M"],
-                        "ef_construction": col.config["ef_construction"],
-                        "ef": col.config["ef"],
-                    }
-                    for name, col in sorted(db._collections.items())
-                }
-                seq = db.last_seq
+                txn, collections, seq = begin()
             try:
                 store.env.copy(str(copy_dir), compact=True, txn=txn)
             finally:

@@ -181,9 +181,8 @@ class Store:
         self.tables: dict[str, Any] = {}
         try:
             if readonly:
-                with self.env.begin() as txn:
-                    for name in TABLES:
-                        self.tables[name] = self.env.open_db(name.encode(), txn=txn, create=False)
+                for name in TABLES:
+                    self.tables[name] = self.env.open_db(name.encode(), create=False)
             else:
                 with self.env.begin(write=True) as txn:
                     for name in TABLES:
