@@ -315,7 +315,7 @@ class IngestHandle:
             paused_now = set(self._assigned)
         with self._stats_lock:
             assigned = set(self._assigned)
-            partitions = []
+            partitions: dict[str, dict[str, Any]] = {}
             total_lag = 0
             lag_known = False
             for tp in sorted(set(self._partitions) | assigned):
@@ -326,22 +326,20 @@ class IngestHandle:
                     lag = max(0, end - (ps.offset + 1 if ps.offset is not None else 0))
                     total_lag += lag
                     lag_known = True
-                partitions.append(
-                    {
-                        "topic": tp[0],
-                        "partition": tp[1],
-                        "assigned": tp in assigned,
-                        "offset": ps.offset,
-                        "end_offset": end,
-                        "lag": lag,
-                        "records": ps.records,
-                        "records_per_s": ps.rate.per_second(now),
-                        "dead_letters": ps.dead_letters,
-                        "batch_size_last": ps.batch_size_last,
-                        "batch_latency_ms_last": ps.batch_latency_ms_last,
-                        "paused": tp in paused_now,
-                    }
-                )
+                partitions[f"{tp[0]}/{tp[1]}"] = {
+                    "topic": tp[0],
+                    "partition": tp[1],
+                    "assigned": tp in assigned,
+                    "offset": ps.offset,
+                    "end_offset": end,
+                    "lag": lag,
+                    "records": ps.records,
+                    "records_per_s": ps.rate.per_second(now),
+                    "dead_letters": ps.dead_letters,
+                    "batch_size_last": ps.batch_size_last,
+                    "batch_latency_ms_last": ps.batch_latency_ms_last,
+                    "paused": tp in paused_now,
+                }
             latency = self._batch_latency.percentiles()
             return {
                 "name": self.name,
