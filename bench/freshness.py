@@ -262,14 +262,7 @@ def start_ingest(db, bootstrap: str, topic: str, group: str, fmt: str):
     """Tail ``topic`` into the collection with vdb's Kafka source; returns what to stop."""
     from vdb.ingest.kafka import KafkaSource
 
-    source = KafkaSource(
-        bootstrap_servers=bootstrap,
-        topics=[topic],
-        group_id=group,
-        format=fmt,
-        fetch_max_wait_ms=5,
-        max_poll_interval_ms=10_000,
-    )
+    source = KafkaSource(bootstrap, topics=[topic], group_id=group, format=fmt)
     return db.ingest(source, collection=COLLECTION)
 
 
