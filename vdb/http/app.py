@@ -73,6 +73,7 @@ def message_of(exc: BaseException, status: int) -> str:
 
 
 async def handle_error(request: Request, exc: Exception) -> Response:
+    """Every error, whatever the request's format, answers in Qdrant's JSON error shape."""
     status = status_of(exc)
     if status >= 500:
         log.error("%s %s failed", request.method, request.url.path, exc_info=exc)
@@ -85,7 +86,6 @@ async def handle_error(request: Request, exc: Exception) -> Response:
         error_body(message_of(exc, status)),
         status_code=status,
         headers=headers or None,
-        msgpack_out=wants_msgpack(request),
     )
 
 
