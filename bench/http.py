@@ -63,7 +63,8 @@ async def health(request):
 
 app = Starlette(routes=[Route("/collections/{name}/points/query", query, methods=["POST"]),
                         Route("/healthz", health, methods=["GET"])])
-uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[1]), log_level="warning", access_log=False)
+uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[1]), workers=1, log_level="warning",
+            access_log=False, server_header=False, limit_concurrency=None)
 """
 
 _CLIENT = r"""
