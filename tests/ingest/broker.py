@@ -11,10 +11,11 @@ import importlib.util
 import os
 import signal
 import socket
-import struct
 import subprocess
 import time
 from pathlib import Path
+
+from vdb.ingest.kafka import probe_broker
 
 
 def tansu_binary() -> Path:
@@ -36,32 +37,6 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def api_versions_ok(host: str, port: int, timeout: float = 1.0) -> bool:
-    """True when the broker answers a Kafka ApiVersions (v0) request without error."""
-    client_id = b"vdb-test"
-    body = struct.pack(">hhih", 18, 0, 1, len(client_id)) + client_id
-    try:
-        with socket.create_connection((host, port), timeout=timeout) as s:
-            s.sendall(struct.pack(">i", len(body)) + body)
-            header = _recv_exact(s, 4)
-            (size,) = struct.unpack(">i", header)
-            response = _recv_exact(s, size)
-    except OSError:
-        return False
-    correlation_id, error_code = struct.unpack(">ih", response[:6])
-    return correlation_id == 1 and error_code == 0
-
-
-def _recv_exact(sock: socket.socket, n: int) -> bytes:
-    chunks = bytearray()
-    while len(chunks) < n:
-        chunk = sock.recv(n - len(chunks))
-        if not chunk:
-            raise ConnectionError("broker closed the connection")
-        chunks += chunk
-    return bytes(chunks)
 
 
 class Broker:
@@ -103,7 +78,7 @@ class Broker:
                 raise RuntimeError(
                     f"tansu exited with {self.process.returncode}: {self.log_tail()}"
                 )
-            if api_versions_ok("127.0.0.1", self.port):
+            if probe_broker(self.bootstrap):
                 return
             time.sleep(0.05)
         self.stop()

@@ -375,6 +375,11 @@ def add_subcommands(subparsers: Any) -> None:
         description="Open DIR and run the --ingest specs until they end (a file) or a signal.",
     )
     p.add_argument("--data", required=True, metavar="DIR", help="the data directory")
+    p.add_argument(
+        "--status-file",
+        metavar="PATH",
+        help="write every pipeline's stats() as JSON to PATH twice a second (replaced atomically)",
+    )
     add_ingest_arguments(p)
     p.set_defaults(func=cmd_ingest)
 
@@ -451,6 +456,13 @@ def cmd_dead_letters(args: argparse.Namespace) -> int:
     return 0
 
 
+def _write_status(path: str, handles: list[Any]) -> None:
+    target = Path(path)
+    tmp = target.with_name(target.name + ".tmp")
+    tmp.write_text(json.dumps({"time": time.time(), "pipelines": [h.stats() for h in handles]}))
+    tmp.replace(target)
+
+
 def cmd_ingest(args: argparse.Namespace) -> int:
     """Run ingest specs in the foreground until they end or SIGTERM/SIGINT."""
     import logging
@@ -469,12 +481,17 @@ def cmd_ingest(args: argparse.Namespace) -> int:
         handles = start_from_args(db, args)
         if not handles:
             raise InvalidInput("no ingest spec: give --ingest KIND ... or --ingest-config FILE")
+        status = getattr(args, "status_file", None)
         try:
             while not stop.is_set() and any(h.running for h in handles):
-                stop.wait(0.2)
+                if status:
+                    _write_status(status, handles)
+                stop.wait(0.5 if status else 0.2)
         finally:
             for h in handles:
                 h.stop()
+            if status:
+                _write_status(status, handles)
         failed = [h for h in handles if h.stats()["state"] == "failed"]
         for h in handles:
             s = h.stats()
