@@ -650,3 +650,50 @@ def test_qdrant_client_models_are_accepted():
     )
     assert _ids(CITIES, model) == [4, 5]
     assert _ids(CITIES, model.model_dump(by_alias=True, exclude_none=True)) == [4, 5]
+
+
+def test_many_values_in_any_and_except_use_the_lookup_table():
+    words = [f"w{i}" for i in range(30)]
+    items = [
+        {"w": words[i % 30], "ws": [words[i % 30], words[(i * 7) % 30]]} for i in range(90)
+    ] + [{}]
+    many = words[:12]
+    expected_any = [i + 1 for i, p in enumerate(items) if p.get("w") in many]
+    assert _ids(items, {"must": {"key": "w", "match": {"any": many}}}) == expected_any
+    expected_except = [i + 1 for i, p in enumerate(items) if "w" in p and p["w"] not in many]
+    assert _ids(items, {"must": {"key": "w", "match": {"except": many}}}) == expected_except
+    multi = [i + 1 for i, p in enumerate(items) if any(w in many for w in p.get("ws", []))]
+    assert _ids(items, {"must": {"key": "ws", "match": {"any": many}}}) == multi
+
+
+def test_nested_uses_rooted_conditions_and_stays_exact():
+    rng = random.Random(3)
+    items = [
+        {
+            "diet": [
+                {"food": rng.choice(["meat", "fish", "leaves"]), "kg": rng.randint(0, 5)}
+                for _ in range(rng.randint(0, 3))
+            ]
+        }
+        for _ in range(200)
+    ]
+    spec = {
+        "must": {
+            "nested": {
+                "key": "diet",
+                "filter": {
+                    "must": [
+                        {"key": "food", "match": {"value": "fish"}},
+                        {"key": "kg", "range": {"gte": 4}},
+                    ]
+                },
+            }
+        }
+    }
+    chosen = _ids(items, spec)
+    assert chosen == [
+        i + 1
+        for i, p in enumerate(items)
+        if any(e["food"] == "fish" and e["kg"] >= 4 for e in p["diet"])
+    ]
+    assert chosen  # the data holds such points

@@ -56,6 +56,7 @@ Semantics (those of Qdrant; where versions differ the choice is named here):
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 import re
@@ -469,6 +470,27 @@ class _Column:
         return self.select(lambda v: v != missing, capacity)
 
 
+def _code_test(codes: list[int], n_codes: int, negate: bool) -> Callable[[np.ndarray], np.ndarray]:
+    """Vectorised membership test of int32 codes (``-1`` = no value never matches).
+
+    A few codes are compared one by one (SIMD equality is far faster than
+    ``np.isin``); more use a lookup table whose last entry answers ``-1``.
+    """
+    if len(codes) <= 8:
+
+        def test(v: np.ndarray) -> np.ndarray:
+            hit = np.zeros(v.shape, dtype=bool)
+            for code in codes:
+                hit |= v == code
+            return (v >= 0) & ~hit if negate else hit
+
+        return test
+    table = np.full(n_codes + 1, negate, dtype=bool)
+    table[codes] = not negate
+    table[-1] = False
+    return lambda v: table[v]
+
+
 # flag bits per slot and field
 _PRESENT = 1  # the path selects at least one value (null included)
 _NONEMPTY = 2  # not is_empty
@@ -630,18 +652,10 @@ class _Field:
         return out
 
     def keyword_select(self, codes: list[int], capacity: int, negate: bool = False) -> np.ndarray:
-        if self.keywords is None:
+        """Slots with a keyword code in ``codes`` (``negate``: a code not in ``codes``)."""
+        if self.keywords is None or (not codes and not negate):
             return np.zeros(capacity, dtype=bool)
-        if not negate:
-            if not codes:
-                return np.zeros(capacity, dtype=bool)
-            if len(codes) == 1:
-                code = codes[0]
-                return self.keywords.select(lambda v: v == code, capacity)
-        wanted = np.asarray(codes, dtype=np.int32)
-        if negate:
-            return self.keywords.select(lambda v: (v >= 0) & ~np.isin(v, wanted), capacity)
-        return self.keywords.select(lambda v: np.isin(v, wanted), capacity)
+        return self.keywords.select(_code_test(codes, len(self.words), negate), capacity)
 
     def points(self) -> int:
         return int(np.count_nonzero(self.flags & _NONEMPTY))
@@ -1003,13 +1017,27 @@ class _IsNull(_FieldNode):
 
 
 class _Nested(_FieldNode):
-    """``nested``: one object element of the array at ``path`` satisfies ``filter``."""
+    """``nested``: one object element of the array at ``path`` satisfies ``filter``.
+
+    Answered by scanning payloads, but only those of slots that pass the
+    inner ``must`` value conditions re-rooted at ``path[]`` (if an element
+    matches ``x``, the point's ``path[].x`` matches too), which the columns
+    answer first.
+    """
 
     cost = 2
 
     def __init__(self, path: Path, inner: Filter) -> None:
         self.inner = inner
         super().__init__(path)
+        self.hints: list[_FieldNode] = []
+        for node in inner.must:
+            if isinstance(node, _MatchValues | _MatchExcept | _StringTest | _Range):
+                rooted = (*path, None, *node.path)
+                if _indexable(rooted):
+                    hint = copy.copy(node)
+                    hint.path = rooted
+                    self.hints.append(hint)
 
     def elements(self, selected: list[Any]) -> Iterator[dict]:
         for value in selected:
@@ -1021,16 +1049,16 @@ class _Nested(_FieldNode):
     def test_values(self, selected: list[Any]) -> bool:
         return any(self.inner.test(element, None) for element in self.elements(selected))
 
-    def indexed(self, ctx: _Context, field: _Field) -> np.ndarray:
-        present = field.flag(_PRESENT, ctx.capacity)
-        return ctx.index._scan(self, present, present)
-
     def mask(self, ctx: _Context, within: np.ndarray) -> np.ndarray:
-        field = ctx.index._fields.get(self.path)
-        if field is not None:
-            candidates = field.flag(_PRESENT, len(within)) & within
-            return ctx.index._scan(self, candidates, candidates)
-        return super().mask(ctx, within)
+        index = ctx.index
+        field = index._fields.get(self.path)
+        if field is None:
+            return super().mask(ctx, within)
+        candidates = field.flag(_PRESENT, len(within)) & within
+        for hint in self.hints:
+            if hint.path in index._fields or not index._saturated:
+                candidates = hint.mask(ctx, candidates)
+        return index._scan(self, candidates, candidates)
 
 
 # ---------------------------------------------------------------------------
