@@ -691,8 +691,11 @@ class Database:
 
     # -- closing ------------------------------------------------------------------------------------
 
-    def close(self) -> None:
-        """Finish queued writes, checkpoint, and release the data directory."""
+    def close(self, checkpoint: bool = True) -> None:
+        """Finish queued writes, checkpoint (unless told not to), and release the data directory.
+
+        ``checkpoint=False`` closes at once; the next open replays the WAL.
+        """
         with self._submit_lock:
             if self._closed:
                 return
@@ -702,7 +705,8 @@ class Database:
         self._stop_checkpointer.set()
         self._checkpointer.join()
         try:
-            self.checkpoint()
+            if checkpoint:
+                self.checkpoint()
         except Exception:
             log.exception("final checkpoint failed; the WAL still holds every write")
         finally:
