@@ -276,7 +276,25 @@ def parse_filter(value: Any, where: str = "filter") -> dict[str, Any] | None:
     if not isinstance(value, dict):
         raise fail(f"`{where}` must be a filter object, got {_type_name(value)}")
     check_json(value, where)
-    return value
+    return _normalize_has_id(value, where)
+
+
+def _normalize_has_id(node: Any, where: str) -> Any:
+    """Point ids inside ``has_id`` follow the wire rules (uint or UUID, UUIDs canonical)."""
+    if isinstance(node, list):
+        return [_normalize_has_id(item, f"{where}[{i}]") for i, item in enumerate(node)]
+    if not isinstance(node, dict):
+        return node
+    out = {}
+    for key, item in node.items():
+        if key == "has_id":
+            ids = item if isinstance(item, list) else [item]
+            out[key] = [parse_id(v, f"{where}.has_id[{i}]") for i, v in enumerate(ids)]
+        elif key in ("must", "should", "must_not", "min_should", "conditions", "nested", "filter"):
+            out[key] = _normalize_has_id(item, f"{where}.{key}")
+        else:
+            out[key] = item
+    return out
 
 
 # -- selectors ------------------------------------------------------------------
