@@ -527,15 +527,16 @@ def bench_pause(n: int, workdir: Path, seconds: float) -> None:
         time.sleep(seconds)
         base_end = time.perf_counter()
         checkpoints = []
+        reported: list[Any] = []
         extra = random_unit_vectors(3 * BATCH, DIM, seed=8)
         for round_ in range(3):
             if round_:  # give the next checkpoint something to write
                 col.upsert(list(range(n + (round_ - 1) * BATCH, n + round_ * BATCH)), extra[:BATCH])
                 time.sleep(0.2)
             t0 = time.perf_counter()
-            if checkpoint is not None:
-                checkpoint()
+            figures = checkpoint() if checkpoint is not None else None
             t1 = time.perf_counter()
+            reported.append(figures)
             checkpoints.append((t0, t1))
             time.sleep(0.3)
         stop.set()
@@ -546,6 +547,14 @@ def bench_pause(n: int, workdir: Path, seconds: float) -> None:
         ts = np.asarray([t for t in stamps if lo <= t <= hi])
         return np.diff(ts) if ts.size > 1 else np.asarray([0.0])
 
+    # where the longest gap sits inside its checkpoint (ms after the checkpoint started)
+    worst = (0.0, None)
+    for t0, t1 in checkpoints:
+        ts = np.asarray([t for t in stamps if t0 <= t <= t1 + 0.05])
+        if ts.size > 1:
+            i = int(np.argmax(np.diff(ts)))
+            if ts[i + 1] - ts[i] > worst[0]:
+                worst = (float(ts[i + 1] - ts[i]), (float(ts[i] - t0) * 1e3, float(t1 - t0) * 1e3))
     baseline = gaps(base_start, base_end)
     during = np.concatenate([gaps(t0, t1 + 0.05) for t0, t1 in checkpoints])
     emit(
@@ -561,6 +570,9 @@ def bench_pause(n: int, workdir: Path, seconds: float) -> None:
             "p99_gap_during_checkpoint_ms": float(np.percentile(during, 99)) * 1e3,
             "searches_during_checkpoints": int(during.size),
             "writer_pause_s_reported_by_core": stats.get("max_checkpoint_pause_s"),
+            "checkpoint_figures": reported,
+            "longest_gap_starts_ms_into_checkpoint": worst[1][0] if worst[1] else None,
+            "that_checkpoint_ms": worst[1][1] if worst[1] else None,
             "anchor": {
                 "system": "the same search loop with no checkpoint running",
                 "max_gap_ms": float(baseline.max()) * 1e3,
