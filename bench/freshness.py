@@ -274,23 +274,61 @@ def stop_ingest(handle) -> None:
             return
 
 
+class EmbeddedTarget:
+    """Visibility probes on an embedded collection."""
+
+    def __init__(self, col):
+        self.col = col
+
+    def count(self) -> int:
+        return self.col.count()
+
+    def top1(self, vector: np.ndarray) -> Any:
+        hits = self.col.search(vector, k=1)
+        return hits[0].id if hits else None
+
+
+class HttpTarget:
+    """Visibility probes through the server's REST API (one keep-alive connection)."""
+
+    def __init__(self, port: int, collection: str):
+        import http.client
+
+        self.path = f"/collections/{collection}/points"
+        self.conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+
+    def _post(self, path: str, body: dict[str, Any]) -> tuple[int, Any]:
+        self.conn.request("POST", path, json.dumps(body), {"Content-Type": "application/json"})
+        response = self.conn.getresponse()
+        raw = response.read()
+        return response.status, json.loads(raw) if raw else None
+
+    def count(self) -> int:
+        status, body = self._post(f"{self.path}/count", {"exact": True})
+        return int(body["result"]["count"]) if status == 200 else 0
+
+    def top1(self, vector: np.ndarray) -> Any:
+        status, body = self._post(f"{self.path}/query", {"query": vector.tolist(), "limit": 1})
+        points = body["result"]["points"] if status == 200 else []
+        return points[0]["id"] if points else None
+
+
 class VisibilityWatcher:
     """Polls the collection and stamps when each id became searchable.
 
     Messages of one partition are applied in order, so ``count()`` rising from
     c to c' means ids [c, c') became visible; each time, the newest one is
-    checked through ``search`` (top-1 must be the id itself).
+    checked through search (top-1 must be the id itself). The poll sleeps
+    0.5 ms between empty polls: that is the resolution of the stamps.
     """
 
-    def __init__(self, col, vectors: np.ndarray, id_offset: int = 0, base_count: int = 0):
-        self.col = col
+    def __init__(self, target, vectors: np.ndarray, base_count: int = 0):
+        self.target = target
         self.vectors = vectors
-        self.id_offset = id_offset
         self.base_count = base_count
         self.visible = np.zeros(vectors.shape[0], dtype=np.int64)
         self.search_checks = 0
         self.search_misses = 0
-        self.lag_samples: list[tuple[float, int]] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -309,18 +347,67 @@ class VisibilityWatcher:
         done = 0
         total = self.vectors.shape[0]
         while not self._stop.is_set() and done < total:
-            count = self.col.count() - self.base_count
+            count = self.target.count() - self.base_count
             now = time.monotonic_ns()
             if count > done:
                 top = min(count, total)
                 self.visible[done:top] = now
-                hits = self.col.search(self.vectors[top - 1], k=1)
                 self.search_checks += 1
-                if not hits or hits[0].id != self.id_offset + top - 1:
+                if self.target.top1(self.vectors[top - 1]) != top - 1:
                     self.search_misses += 1
                 done = top
             else:
-                time.sleep(0.0002)
+                time.sleep(0.0005)
+
+
+def follow(target, broker: Broker, topic: str, rate: float, count: int, linger_ms: int, fmt: str,
+           workdir: Path) -> dict[str, Any]:  # fmt: skip
+    """Send one warm-up message (group join), then ``count`` at ``rate``; stamp visibility."""
+    warm = Producer(broker.bootstrap, topic, 0, 1, linger_ms, fmt, workdir, id_offset=10**9)
+    warm.go()
+    warm.wait()
+    join_start = time.monotonic()
+    while target.count() < 1:
+        if time.monotonic() - join_start > 120:
+            raise TimeoutError("vdb ingest did not deliver the warm-up message in 120 s")
+        time.sleep(0.01)
+    join_s = time.monotonic() - join_start
+    vectors = vectors_for(count)
+    watcher = VisibilityWatcher(target, vectors, base_count=1)
+    producer = Producer(broker.bootstrap, topic, rate, count, linger_ms, fmt, workdir)
+    watcher.start()
+    t_go = time.monotonic_ns()
+    producer.go()
+    lag: list[int] = []
+    while producer.process.poll() is None:
+        time.sleep(0.25)
+        elapsed = (time.monotonic_ns() - t_go) / 1e9
+        lag.append(min(count, int(elapsed * rate)) - watcher.seen)
+    sent, elapsed = producer.wait()
+    drain_deadline = time.monotonic() + 120
+    while watcher.seen < count and time.monotonic() < drain_deadline:
+        time.sleep(0.01)
+    drained_s = (time.monotonic_ns() - int(sent[-1])) / 1e9
+    watcher.stop()
+    ok = watcher.visible > 0
+    latency_ms = (watcher.visible[ok] - sent[ok]) / 1e6
+    half = len(lag) // 2
+    first_half = float(np.mean(lag[:half])) if half else float("nan")
+    second_half = float(np.mean(lag[half:])) if lag else float("nan")
+    return {
+        "delivered_searchable": int(ok.sum()),
+        "latency_ms": percentiles(latency_ms),
+        **halves(latency_ms),
+        "producer_rate_achieved": count / elapsed,
+        "group_join_s": join_s,
+        "lag_mean_first_half": first_half,
+        "lag_mean_second_half": second_half,
+        "lag_max": max(lag, default=0),
+        "lag_grows": bool(second_half > 2 * max(first_half, 100)),
+        "drain_after_last_send_s": drained_s,
+        "search_checks": watcher.search_checks,
+        "search_check_misses": watcher.search_misses,
+    }
 
 
 def measure_vdb(
@@ -334,55 +421,59 @@ def measure_vdb(
     col = db.create_collection(COLLECTION, dim=DIM, metric="cosine", M=16, ef_construction=128)
     handle = start_ingest(db, broker.bootstrap, topic, f"bench-{topic}", fmt)
     try:
-        # warm-up: one message through the pipe so the group has joined before timing
-        warm = Producer(broker.bootstrap, topic, 0, 1, linger_ms, fmt, workdir, id_offset=10**9)
-        warm.go()
-        warm.wait()
-        join_start = time.monotonic()
-        while col.count() < 1:
-            if time.monotonic() - join_start > 120:
-                raise TimeoutError("vdb ingest did not deliver the warm-up message in 120 s")
-            time.sleep(0.01)
-        join_s = time.monotonic() - join_start
-        vectors = vectors_for(count)
-        watcher = VisibilityWatcher(col, vectors, base_count=1)
-        producer = Producer(broker.bootstrap, topic, rate, count, linger_ms, fmt, workdir)
-        watcher.start()
-        t_go = time.monotonic_ns()
-        producer.go()
-        lag: list[tuple[float, int]] = []
-        while producer.process.poll() is None:
-            time.sleep(0.25)
-            elapsed = (time.monotonic_ns() - t_go) / 1e9
-            expected = min(count, int(elapsed * rate))
-            lag.append((elapsed, expected - watcher.seen))
-        sent, elapsed = producer.wait()
-        drain_deadline = time.monotonic() + 120
-        while watcher.seen < count and time.monotonic() < drain_deadline:
-            time.sleep(0.01)
-        drained_s = (time.monotonic_ns() - int(sent[-1])) / 1e9
-        watcher.stop()
+        result = follow(EmbeddedTarget(col), broker, topic, rate, count, linger_ms, fmt, workdir)
     finally:
         stop_ingest(handle)
-    ok = watcher.visible > 0
-    latency_ms = (watcher.visible[ok] - sent[ok]) / 1e6
-    half = len(lag) // 2
-    first_half = float(np.mean([x for _, x in lag[:half]])) if half else float("nan")
-    second_half = float(np.mean([x for _, x in lag[half:]])) if lag else float("nan")
     return {
-        "system": "vdb embedded: db.ingest(KafkaSource) → col.search",
-        "delivered_searchable": int(ok.sum()),
-        "latency_ms": percentiles(latency_ms),
-        **halves(latency_ms),
-        "producer_rate_achieved": count / elapsed,
-        "group_join_s": join_s,
-        "lag_mean_first_half": first_half,
-        "lag_mean_second_half": second_half,
-        "lag_max": max((x for _, x in lag), default=0),
-        "lag_grows": bool(second_half > 2 * max(first_half, 100)),
-        "drain_after_last_send_s": drained_s,
-        "search_checks": watcher.search_checks,
-        "search_check_misses": watcher.search_misses,
+        "system": "vdb embedded: db.ingest(KafkaSource) → col.search (watcher in-process)",
+        **result,
+    }
+
+
+def measure_server(
+    broker: Broker, rate: float, count: int, linger_ms: int, fmt: str, workdir: Path
+) -> dict[str, Any]:
+    """Produce → searchable through ``python -m vdb serve --ingest kafka`` (REST probes)."""
+    topic = f"srv-{int(rate)}-{linger_ms}"
+    broker.create_topic(topic, 1)
+    port = free_port()
+    data = workdir / f"srv-data-{int(rate)}"
+    argv = [sys.executable, "-m", "vdb", "serve", "--data", str(data), "--port", str(port),
+            "--ingest", "kafka", "--kafka-bootstrap", broker.bootstrap, "--kafka-topic", topic,
+            "--kafka-group", f"bench-{topic}", "--collection", COLLECTION, "--format", fmt,
+            "--create-dim", str(DIM), "--create-metric", "cosine"]  # fmt: skip
+    log_file = open(workdir / f"server-{int(rate)}.log", "ab")  # noqa: SIM115 - closed below
+    server = subprocess.Popen(argv, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                              env=subprocess_env())  # fmt: skip
+    try:
+        deadline = time.monotonic() + 300
+        while True:
+            try:
+                import urllib.request
+
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2) as r:
+                    if r.status == 200:
+                        break
+            except Exception:
+                pass
+            if server.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("vdb serve did not get ready (see its log)")
+            time.sleep(0.1)
+        result = follow(
+            HttpTarget(port, COLLECTION), broker, topic, rate, count, linger_ms, fmt, workdir
+        )
+    finally:
+        if server.poll() is None:
+            os.kill(server.pid, signal.SIGTERM)
+            try:
+                server.wait(30)
+            except subprocess.TimeoutExpired:
+                os.kill(server.pid, signal.SIGKILL)
+                server.wait()
+        log_file.close()
+    return {
+        "system": "vdb serve --ingest kafka → REST count/query (watcher in another process)",
+        **result,
     }
 
 
@@ -460,7 +551,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seconds", type=float, default=20.0, help="producer run per rate")
     parser.add_argument("--max-n", type=int, default=200_000, help="messages for the max-rate run")
     parser.add_argument("--format", default="msgpack", choices=["msgpack", "json"])
-    parser.add_argument("--only", default="floor,vdb,maxrate")
+    parser.add_argument(
+        "--only", default="floor,vdb,server,maxrate", help="any of floor,vdb,server,maxrate"
+    )
     parser.add_argument("--quick", action="store_true")
     args = parser.parse_args(argv)
     if args.quick:
@@ -490,10 +583,18 @@ def main(argv: list[str] | None = None) -> int:
                 linger = linger_for(rate)
                 common = {"bench": "freshness", "rate": rate, "count": count, "linger_ms": linger,
                           "dim": DIM, "format": args.format}  # fmt: skip
-                if "floor" in args.only or "vdb" in args.only:
+                if {"floor", "vdb", "server"} & set(args.only):
                     log(f"floor at {rate:.0f} msg/s (linger_ms={linger})")
                     floors[rate] = measure_floor(broker, rate, count, linger, args.format, workdir)
                     emit({**common, "measure": "broker_floor", **floors[rate], "host": host_info()})
+                if "server" in args.only:
+                    log(f"vdb serve at {rate:.0f} msg/s (linger_ms={linger})")
+                    result = measure_server(broker, rate, count, linger, args.format, workdir)
+                    emit(
+                        {**common, "measure": "produce_to_searchable", **result,
+                         "anchor": {"system": "broker floor, same run", **floors[rate]},
+                         "host": host_info()}
+                    )  # fmt: skip
                 if "vdb" in args.only:
                     if db is None:
                         import vdb
