@@ -47,11 +47,13 @@ STRINGS = [
     "2024-01-01T00:00:00Z",
     "2024-03-05",
     "2024-02-10 12:30:00+02:00",
+    "9999-12-31T23:59:59.999999Z",
     "L" * 300,
     "L" * 300 + "!",
 ]
 scalars = st.one_of(
     st.integers(-3, 3),
+    st.sampled_from([2**70, -(2**64)]),
     st.sampled_from([0.5, 1.0, 2.0, -1.5]),
     st.booleans(),
     st.sampled_from(STRINGS),
@@ -69,7 +71,12 @@ payloads = st.one_of(st.none(), st.dictionaries(st.sampled_from(KEYS), values, m
 
 PATHS = ["a", "b", "c", "d", "a.b", "a.c", "a[].b", "a[]", "a[0]", "b[1].a", "c.a.b", '"a"', "e"]
 NUMBERS = [-2, 0, 0.5, 1, 2.5, 3]
-DATES = ["2024-01-01", "2024-02-01T00:00:00Z", "2024-03-05T00:00:00+01:00"]
+DATES = [
+    "2024-01-01",
+    "2024-02-01T00:00:00Z",
+    "2024-03-05T00:00:00+01:00",
+    "9999-12-31T23:59:59.999998Z",
+]
 
 
 LONG = "L" * 301
@@ -697,3 +704,31 @@ def test_nested_uses_rooted_conditions_and_stays_exact():
         if any(e["food"] == "fish" and e["kg"] >= 4 for e in p["diet"])
     ]
     assert chosen  # the data holds such points
+
+
+def test_odd_payload_values_agree_between_index_and_matches():
+    class Tag(str):
+        pass
+
+    items = [
+        {"v": float("nan")},
+        {"v": float("inf")},
+        {"v": Tag("x")},
+        {"v": "٢٠٢٤-٠١-٠١"},  # non-ASCII digits are not a datetime
+        {"v": " 2024-01-01"},
+        {"v": object()},
+        {"v": (1, 2)},
+        {"v": 2**70},
+    ]
+    specs = [
+        {"must": {"key": "v", "range": {}}},
+        {"must": {"key": "v", "range": {"gt": 1e300}}},
+        {"must": {"key": "v", "match": {"value": "x"}}},
+        {"must": {"key": "v", "match": {"except": ["x"]}}},
+        {"must": {"key": "v", "range": {"gte": "2024-01-01"}}},
+        {"must": {"key": "v", "values_count": {"gte": 2}}},
+        {"must": {"key": "v", "match": {"any": [1, 2]}}},
+    ]
+    chosen = [_ids(items, spec) for spec in specs]
+    # a tuple is an array; a str subclass is a string; NaN is no number; 2**70 is a float in range
+    assert chosen == [[2, 7, 8], [2], [3], [1, 2, 4, 5, 6, 7, 8], [5], [7], [7]]

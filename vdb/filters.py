@@ -257,7 +257,7 @@ def _as_number(value: Any) -> float | None:
     if isinstance(value, bool):
         return None
     if isinstance(value, float):
-        return value
+        return None if math.isnan(value) else value
     if isinstance(value, int):
         try:
             return float(value)
@@ -277,8 +277,10 @@ _DATETIME = re.compile(
     r"(\d{4})-(\d{2})-(\d{2})"
     r"(?:[T ](\d{2}):(\d{2})"
     r"(?::(\d{2})(?:\.(\d+))?"
-    r"(?: ?(?:([Zz])|([+-])(\d{2})(?::?(\d{2}))?)| UTC)?)?)?"
+    r"(?: ?(?:([Zz])|([+-])(\d{2})(?::?(\d{2}))?)| UTC)?)?)?",
+    re.ASCII,
 )
+_NO_TIME = -(1 << 63)  # "no datetime" in an int64 column of microseconds
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECOND = timedelta(microseconds=1)
 
@@ -289,7 +291,9 @@ def parse_datetime(text: Any) -> int | None:
     Accepts ``YYYY-MM-DD``, ``YYYY-MM-DD[T ]HH:MM`` and
     ``YYYY-MM-DD[T ]HH:MM:SS[.frac][ ][Z|±HH[:MM]| UTC]``; no offset means UTC.
     """
-    if not isinstance(text, str) or len(text) > 64:
+    if not isinstance(text, str) or not text or len(text) > 64:
+        return None
+    if not (text[0].isdigit() or text[0].isspace()):
         return None
     m = _DATETIME.fullmatch(text.lstrip())
     if m is None:
@@ -340,11 +344,13 @@ def _bounds_test(gt: Any, gte: Any, lt: Any, lte: Any) -> Callable[[Any], bool]:
     return test
 
 
-def _bounds_vector(gt: Any, gte: Any, lt: Any, lte: Any) -> Callable[[np.ndarray], np.ndarray]:
-    """Vectorised bounds test over a float column (NaN = no value = False)."""
+def _bounds_vector(
+    gt: Any, gte: Any, lt: Any, lte: Any, missing: int | None = None
+) -> Callable[[np.ndarray], np.ndarray]:
+    """Vectorised bounds test over a column; NaN (or ``missing``) = no value = False."""
 
     def test(v: np.ndarray) -> np.ndarray:
-        out = ~np.isnan(v)
+        out = ~np.isnan(v) if missing is None else v != missing
         if gt is not None:
             out &= v > gt
         if gte is not None:
@@ -563,7 +569,23 @@ class _Field:
         datetimes: list[int] = []
         kinds = 0
         for value in flat:
-            if isinstance(value, str):
+            kind = type(value)
+            if kind is not str and kind is not float and kind is not int and kind is not bool:
+                # subclasses (and None, objects) take the slow, exact route
+                if value is None:
+                    continue
+                if isinstance(value, str):
+                    kind = str
+                elif isinstance(value, bool):
+                    kind = bool
+                elif isinstance(value, int):
+                    kind = int
+                elif isinstance(value, float):
+                    kind = float
+                else:
+                    flags |= _OTHER
+                    continue
+            if kind is str:
                 if len(value) <= LONG_STRING:
                     keys[value] = None
                 else:
@@ -574,22 +596,21 @@ class _Field:
                     kinds |= 16
                 else:
                     kinds |= 1
-            elif isinstance(value, bool):
-                keys[_TRUE if value else _FALSE] = None
-                kinds |= 8
-            elif isinstance(value, int):
+            elif kind is float:
+                flags |= _OTHER
+                if value == value:  # NaN is no number
+                    numbers.append(value)
+                kinds |= 4
+            elif kind is int:
                 if _I64_MIN <= value <= _I64_MAX:
                     keys[value] = None
                 else:
                     flags |= _OTHER
                 numbers.append(_as_number(value))  # type: ignore[arg-type]
                 kinds |= 2
-            elif isinstance(value, float):
-                numbers.append(value)
-                flags |= _OTHER
-                kinds |= 4
-            elif value is not None:
-                flags |= _OTHER
+            else:
+                keys[_TRUE if value else _FALSE] = None
+                kinds |= 8
         self.kinds |= kinds
         if slot >= len(self.flags):
             grown = np.zeros(max(slot + 1, 2 * len(self.flags), 64), dtype=np.uint8)
@@ -607,7 +628,7 @@ class _Field:
             self.numbers.put(slot, numbers)
         if datetimes:
             if self.datetimes is None:
-                self.datetimes = _Column(np.float64, math.nan)
+                self.datetimes = _Column(np.int64, _NO_TIME)
             self.datetimes.put(slot, datetimes)
         if counts != [1]:
             if self.counts is None:
@@ -928,7 +949,9 @@ class _Range(_FieldNode):
         self.bounds = bounds
         self.datetimes = datetimes
         self.check = _bounds_test(*(bounds.get(b) for b in _BOUNDS))
-        self.vector = _bounds_vector(*(bounds.get(b) for b in _BOUNDS))
+        self.vector = _bounds_vector(
+            *(bounds.get(b) for b in _BOUNDS), missing=_NO_TIME if datetimes else None
+        )
         super().__init__(path)
 
     def test_values(self, selected: list[Any]) -> bool:
