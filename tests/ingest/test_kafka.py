@@ -208,3 +208,35 @@ def test_msgpack_and_float32_formats(broker, producer, tmp_path):
         assert a.get([7])[0].payload == {"i": 7}
         np.testing.assert_allclose(b.get(["p9"], with_vectors=True)[0].vector, vec(9), rtol=1e-6)
         assert [d.offset for d in db.dead_letters(source="f32")] == [21]
+
+
+def test_backpressure_pauses_partitions_and_bounds_buffers(broker, producer, db):
+    topic = create_topic(broker.bootstrap, unique("bp"), partitions=2)
+    n = 1500
+    for i in range(n):
+        send_json(producer, topic, {"id": i, "vector": vec(i)})
+    producer.flush()
+    batch_max, queued = 32, 64
+    # A deliberately slow writer: the pipeline's rate ceiling holds it at 500 records/s.
+    handle = db.ingest(
+        KafkaSource(broker.bootstrap, topic),
+        "docs",
+        batch_max=batch_max,
+        max_queued_records=queued,
+        max_rate=500,
+    )
+    seen_paused = False
+    deadline = time.monotonic() + 60
+    while handle.stats()["records"] < n and time.monotonic() < deadline:
+        s = handle.stats()
+        parts = s["partitions"].values()
+        if s["paused"] and parts and all(p["paused"] for p in parts):
+            seen_paused = True
+        time.sleep(0.02)
+    final = wait_until(lambda: (s := handle.stats())["records"] >= n and not s["paused"] and s)
+    handle.stop()
+    assert seen_paused
+    assert final["pause_events"] >= 1 and final["resume_events"] >= 1
+    assert 0 < final["buffered_records_max"] <= queued + 2 * batch_max
+    assert final["batch_size_last"] <= batch_max
+    assert db.collection("docs").count() == n

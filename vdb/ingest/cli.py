@@ -55,6 +55,7 @@ _SPEC_KEYS = {
     "max_rate",
     "dim",
     "metric",
+    "kafka_options",
 }
 _PIPELINE_KEYS = (
     "format",
@@ -171,6 +172,13 @@ def add_ingest_arguments(parser: argparse.ArgumentParser) -> None:
         "dead_letter_topic",
         metavar="TOPIC",
         help="also copy dead letters to this topic",
+    )
+    spec(
+        "--kafka-option",
+        "kafka_options",
+        append=True,
+        metavar="KEY=VALUE",
+        help="a KafkaConsumer setting, e.g. session_timeout_ms=6000 (repeatable)",
     )
     spec(
         "--ingest-name",
@@ -300,6 +308,8 @@ def source_for(spec: dict[str, Any]) -> Any:
         }
         if fmt:
             options["format"] = fmt
+        if spec.get("kafka_options"):
+            options["consumer_options"] = _kafka_options(spec["kafka_options"])
         return create_source("kafka", **options)
     if kind == "file":
         return create_source(
@@ -317,6 +327,29 @@ def source_for(spec: dict[str, Any]) -> Any:
             if k not in ("kind", "collection", *_PIPELINE_KEYS, "dim", "metric")
         },
     )
+
+
+def _kafka_options(raw: Any) -> dict[str, Any]:
+    """``["k=v", ...]`` (or a dict from a config file) -> consumer options; numbers parsed."""
+    if isinstance(raw, dict):
+        return dict(raw)
+    out: dict[str, Any] = {}
+    for item in raw:
+        key, sep, value = str(item).partition("=")
+        if not sep or not key.strip():
+            raise InvalidInput(f"--kafka-option {item!r}: expected KEY=VALUE")
+        text = value.strip()
+        parsed: Any = text
+        for cast in (int, float):
+            try:
+                parsed = cast(text)
+                break
+            except ValueError:
+                continue
+        if text in ("true", "false"):
+            parsed = text == "true"
+        out[key.strip()] = parsed
+    return out
 
 
 def start_spec(db: Any, spec: dict[str, Any]) -> Any:
