@@ -378,7 +378,9 @@ def _recovery_once(n: int, workdir: Path, options: dict[str, Any], label: str) -
     }
 
 
-def bench_recovery(n: int, workdir: Path, tradeoff: list[str]) -> None:
+def bench_recovery(
+    n: int, workdir: Path, tradeoff: list[str], tradeoff_n: int | None = None
+) -> None:
     """SIGKILL during sustained ingest, then time open → first answer (default settings)."""
     available = _checkpoint_options()
     result = _recovery_once(n, workdir, {}, "default")
@@ -401,13 +403,14 @@ def bench_recovery(n: int, workdir: Path, tradeoff: list[str]) -> None:
         if unknown:
             log(f"recovery: vdb.open does not take {unknown}; trade-off point {spec} skipped")
             continue
-        result = _recovery_once(n, workdir, options, "tradeoff")
+        result = _recovery_once(tradeoff_n or n, workdir, options, "tradeoff")
+        n_used = tradeoff_n or n
         emit(
             {
                 "bench": "ingest",
                 "measure": "recovery_checkpoint_tradeoff",
                 "system": "vdb",
-                "n": n,
+                "n": n_used,
                 "dim": DIM,
                 **result,
                 "host": host_info(),
@@ -608,6 +611,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=None,
         help="extra recovery runs with vdb.open options as JSON, e.g. '{\"checkpoint_interval_s\": 5}'",
     )
+    parser.add_argument(
+        "--tradeoff-n", type=int, default=None, help="vectors for the trade-off runs (default --n)"
+    )
     parser.add_argument("--workdir", default=None, help="where data goes (default: a temp dir)")
     parser.add_argument("--quick", action="store_true")
     args = parser.parse_args(argv)
@@ -633,7 +639,7 @@ def main(argv: list[str] | None = None) -> int:
         if "concurrent" in args.only:
             bench_concurrent(args.single_n, args.threads, workdir, args.floor_seconds)
         if "recovery" in args.only:
-            bench_recovery(args.n, workdir, args.tradeoff)
+            bench_recovery(args.n, workdir, args.tradeoff, args.tradeoff_n)
         if "snapshot" in args.only:
             bench_snapshot(args.snapshot_n, workdir)
         if "pause" in args.only:
