@@ -234,8 +234,9 @@ class HNSW:
 
     # -- input checks -----------------------------------------------------------------------
 
-    def _matrix(self, x: Any, name: str) -> np.ndarray:
-        """``x`` as a C-contiguous float32 [n, dim] array of finite numbers (unit rows for cosine)."""
+    def _matrix(self, x: Any, name: str, normalize: bool = True) -> np.ndarray:
+        """``x`` as a C-contiguous float32 [n, dim] array of finite numbers; for cosine the rows
+        are non-zero and (when ``normalize``) scaled to unit length."""
         if not (
             isinstance(x, np.ndarray)
             and x.dtype == np.float32
@@ -251,13 +252,25 @@ class HNSW:
                 x = np.ascontiguousarray(x, dtype=np.float32)
         if x.shape[1] != self._dim:
             raise ValueError(f"expected {self._dim} dimensions, got {x.shape[1]}")
-        if not np.isfinite(x).all():
-            raise ValueError(f"{name} contain NaN or inf (or values beyond float32 range)")
+        flat = x.reshape(-1)
+        total = float(flat @ flat)
+        if not math.isfinite(total):
+            # NaN/inf make the sum of squares non-finite; huge finite values only overflow it
+            if not np.isfinite(x).all():
+                raise ValueError(f"{name} contain NaN or inf (or values beyond float32 range)")
+            if self._metric == "cosine":
+                x = x / np.abs(x).max(axis=1, keepdims=True)
+                total = 1.0
         if self._metric == "cosine":
-            norms = np.sqrt(np.einsum("ij,ij->i", x, x))
-            if x.shape[0] and norms.min() == 0.0:
+            if x.shape[0] > 1:
+                zero = np.einsum("ij,ij->i", x, x).min() == 0.0
+            else:
+                zero = x.shape[0] == 1 and total == 0.0
+            if zero:
                 raise ValueError(f"{name} contain a zero vector, which has no cosine direction")
-            x = x / norms[:, None]
+            if normalize:
+                norms = np.sqrt(np.einsum("ij,ij->i", x, x, dtype=np.float64))
+                x = (x / norms[:, None]).astype(np.float32)
         return x
 
     def _slots(self, slots: Any) -> np.ndarray:
@@ -438,7 +451,7 @@ class HNSW:
         if k < 1:
             raise ValueError(f"k must be >= 1, got {k}")
         ef = self._ef if ef is None else _positive_int(ef, "ef")
-        q = self._matrix(queries, "queries")
+        q = self._matrix(queries, "queries", normalize=False)
         g = self._g
         k = int(k)
         nq = q.shape[0]
@@ -487,7 +500,8 @@ class HNSW:
         visited, vgen = self._visited(g.capacity)
         kernels.search_batch(
             self._code, g.vectors, g.links0, g.upper, g.upper_off, g.levels, g.deleted, g.state,
-            q, k, ef, mask, mode, need, exact, visited, vgen, out_slots, out_scores,
+            q, self._metric == "cosine", k, ef, mask, mode, need, exact, visited, vgen, out_slots,
+            out_scores,
         )  # fmt: skip
 
     def _mask(self, allowed: Any, g: _Graph) -> np.ndarray:

@@ -25,7 +25,10 @@ neighbours, all of them valid slots.
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
+from llvmlite import ir
+from numba import njit, types
+from numba.core import cgutils
+from numba.extending import intrinsic
 
 L2 = 0
 IP = 1
@@ -36,6 +39,34 @@ ADMIT_MASK = 1  # live slots with mask[slot] != 0 (filtered search)
 ADMIT_NOT_MASK = 2  # live slots with mask[slot] == 0 (build: mask marks the batch being linked)
 
 _VISIT_MAX = 65535
+
+
+@intrinsic
+def _prefetch(typingctx, arr, row, col):
+    """Hint the CPU to fetch the cache line holding ``arr[row, col]`` (2-D C array)."""
+    sig = types.void(arr, row, col)
+
+    def codegen(context, builder, signature, args):
+        aryty, rowty, colty = signature.args
+        ary = context.make_array(aryty)(context, builder, args[0])
+        r = context.cast(builder, args[1], rowty, types.intp)
+        c = context.cast(builder, args[2], colty, types.intp)
+        ptr = cgutils.get_item_pointer(context, builder, aryty, ary, [r, c], wraparound=False)
+        i8p = ir.IntType(8).as_pointer()
+        i32 = ir.IntType(32)
+        fnty = ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32])
+        fn = cgutils.get_or_insert_function(builder.module, fnty, "llvm.prefetch.p0")
+        # read access, high temporal locality, data cache
+        builder.call(fn, [builder.bitcast(ptr, i8p), i32(0), i32(3), i32(1)])
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@njit(inline="always", cache=True)
+def _prefetch_row(vectors, row):
+    for col in range(0, vectors.shape[1], 16):
+        _prefetch(vectors, row, col)
 
 
 @njit(fastmath=True, inline="always", cache=True)
@@ -195,6 +226,7 @@ def search_layer(
     cap_c = 4 * ef + 64
     cand_d = np.empty(cap_c, np.float32)
     cand_i = np.empty(cap_c, np.int32)
+    fresh = np.empty(maxc, np.int32)
     visited[ep] = tag
     nc = _push_min(cand_d, cand_i, 0, epd, ep)
     nr = 0
@@ -210,11 +242,18 @@ def search_layer(
         cnt = links[row, 0]
         if cnt > maxc:
             cnt = maxc
+        # first pass: mark unvisited neighbours and prefetch their vectors; second: score them
+        nb = 0
         for j in range(1, cnt + 1):
             c = links[row, j]
             if visited[c] == tag:
                 continue
             visited[c] = tag
+            fresh[nb] = c
+            nb += 1
+            _prefetch_row(vectors, c)
+        for j in range(nb):
+            c = fresh[j]
             d = distance(metric, vectors[c], q)
             if nr < ef or d < res_d[0]:
                 if nc == cand_d.shape[0]:
@@ -250,10 +289,11 @@ def exact_scan(metric, vectors, deleted, mask, mode, q, n_used, k, res_d, res_i)
 
 @njit(fastmath=True, cache=True, nogil=True)
 def search_batch(
-    metric, vectors, links0, upper, upper_off, levels, deleted, state, queries, k, ef, mask, mode,
-    need, exact, visited, vgen, out_slots, out_scores,
+    metric, vectors, links0, upper, upper_off, levels, deleted, state, queries, normalize, k, ef,
+    mask, mode, need, exact, visited, vgen, out_slots, out_scores,
 ):  # fmt: skip
-    """Top-k search of every query row: upper-layer descent, layer-0 search with
+    """Top-k search of every query row (scaled to unit length first when ``normalize``):
+    upper-layer descent, layer-0 search with
     ``max(ef, k)``, exact fallback when the walk found fewer than ``need`` hits (or when
     ``exact``), then the sorted top-k written to ``out_slots``/``out_scores``
     (score = distance for l2, similarity ``1 - distance`` for ip/cosine; -1 padding)."""
@@ -262,8 +302,17 @@ def search_batch(
     res_d = np.empty(max(ef_eff, k) + 1, np.float32)
     res_i = np.empty(max(ef_eff, k) + 1, np.int32)
     pad = np.float32(np.inf) if metric == L2 else np.float32(-np.inf)
+    unit = np.empty(queries.shape[1], np.float32)
     for qi in range(nq):
         q = queries[qi]
+        if normalize:
+            norm = 0.0
+            for j in range(q.shape[0]):
+                norm += np.float64(q[j]) * q[j]
+            scale = np.float32(1.0 / np.sqrt(norm))
+            for j in range(q.shape[0]):
+                unit[j] = q[j] * scale
+            q = unit
         ep = state[0]
         n_used = state[2]
         nr = 0
@@ -347,6 +396,7 @@ def build_select(
                 cur, curd = greedy(metric, vectors, upper, upper_off, layer, q, cur, curd)
         for layer in range(lp, -1, -1):
             nm = 0
+            bound = np.float32(np.inf)
             if layer <= le:
                 tag = _next_tag(visited, vgen)
                 links = links0 if layer == 0 else upper
@@ -354,6 +404,8 @@ def build_select(
                     metric, vectors, links, upper_off, layer, deleted, pending, ADMIT_NOT_MASK,
                     q, cur, curd, ef_construction, visited, tag, res_d, res_i,
                 )  # fmt: skip
+                if nr == ef_construction:
+                    bound = res_d[0]
                 for t in range(nr):
                     merged_d[nm] = res_d[t]
                     merged_i[nm] = res_i[t]
@@ -364,10 +416,12 @@ def build_select(
             for j in range(i):
                 s = chunk[j]
                 if levels[s] >= layer:
-                    merged_d[nm] = distance(metric, vectors[s], q)
-                    merged_i[nm] = s
-                    nm += 1
-            order = np.argsort(merged_d[:nm], kind="mergesort")
+                    d = distance(metric, vectors[s], q)
+                    if d < bound:
+                        merged_d[nm] = d
+                        merged_i[nm] = s
+                        nm += 1
+            order = np.argsort(merged_d[:nm])
             for t in range(nm):
                 sorted_d[t] = merged_d[order[t]]
                 sorted_i[t] = merged_i[order[t]]
