@@ -91,6 +91,9 @@ LONG_STRING = 256
 MAX_AUTO_FIELDS = 256
 """Key paths indexed automatically; conditions on later paths scan payloads."""
 
+MAX_INDEXED_DEPTH = 16
+"""Longest key path (in items) the index keeps; deeper conditions scan payloads."""
+
 _I64_MIN, _I64_MAX = -(1 << 63), (1 << 63) - 1
 _U64_MAX = (1 << 64) - 1
 _FILTER_KEYS = frozenset({"must", "should", "must_not", "min_should"})
@@ -172,7 +175,9 @@ def render_key(path: Path) -> str:
 
 def _indexable(path: Path) -> bool:
     """Whether the payload index keeps a column for this path (keys and inner ``[]`` only)."""
-    if not path or not isinstance(path[0], str) or path[-1] is None:
+    if not path or len(path) > MAX_INDEXED_DEPTH or not isinstance(path[0], str):
+        return False
+    if path[-1] is None:
         return False
     after_wildcard = False
     for item in path:
@@ -1367,15 +1372,17 @@ def matches(payload: dict | None, point_id: PointId | None, f: Filter | dict | N
 def _collect(payload: dict) -> dict[Path, list[Any]]:
     """Every indexable key path of a payload with the values it selects.
 
-    Walks objects and the object elements of arrays (``a[].b``); validates
-    that every object key is a string.
+    Walks objects and the object elements of arrays (``a[].b``) down to
+    ``MAX_INDEXED_DEPTH`` path items. Keys that are not strings can never be
+    named by a filter, so they are skipped.
     """
     found: dict[Path, list[Any]] = {}
 
     def visit(prefix: Path, obj: dict) -> None:
+        depth = len(prefix) + 1  # items in the paths recorded here
         for key, value in obj.items():
-            if not isinstance(key, str):
-                raise InvalidInput(f"payload keys must be strings, got {key!r}")
+            if type(key) is not str and not isinstance(key, str):
+                continue
             path = (*prefix, key)
             values = found.get(path)
             if values is None:
@@ -1383,8 +1390,9 @@ def _collect(payload: dict) -> dict[Path, list[Any]]:
             else:
                 values.append(value)
             if isinstance(value, dict):
-                visit(path, value)
-            elif isinstance(value, list | tuple):
+                if depth < MAX_INDEXED_DEPTH:
+                    visit(path, value)
+            elif isinstance(value, list | tuple) and depth + 2 <= MAX_INDEXED_DEPTH:
                 inner = (*path, None)
                 for element in value:
                     if isinstance(element, dict):
@@ -1475,8 +1483,9 @@ class PayloadIndex:
 
     def items(self) -> Iterator[tuple[int, dict | None]]:
         """``(slot, payload)`` for every slot that was set, ascending by slot."""
-        for slot in sorted(self._payloads):
-            yield slot, self._payloads[slot]
+        with self._lock:
+            snapshot = sorted(self._payloads.items())
+        yield from snapshot
 
     def __len__(self) -> int:
         return len(self._payloads)
