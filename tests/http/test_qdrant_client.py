@@ -313,3 +313,38 @@ def test_snapshots_create_list_download(server, client):
     assert r.status_code == 404
     assert client.delete_snapshot(name, snap.name)
     assert client.list_snapshots(name) == []
+
+
+def test_query_by_point_id_legacy_search_and_field_index(server, client):
+    name = "byid"
+    client.create_collection(
+        name,
+        vectors_config=m.VectorParams(size=5, distance=m.Distance.DOT),
+        metadata={"owner": "tests"},
+    )
+    assert client.get_collection(name).config.metadata == {"owner": "tests"}
+    rng = np.random.default_rng(21)
+    vectors = rng.standard_normal((30, 5)).astype(np.float32)
+    client.upsert(name, m.Batch(ids=list(range(30)), vectors=vectors.tolist()))
+    res = client.create_payload_index(name, "tag", field_schema=m.PayloadSchemaType.KEYWORD)
+    assert res.status == m.UpdateStatus.COMPLETED
+    # query by an existing point's id: its neighbours, without the point itself
+    scores = vectors @ vectors[4]
+    order = [int(i) for i in np.argsort(-scores) if i != 4][:3]
+    got = client.query_points(name, query=4, limit=3)
+    assert [p.id for p in got.points] == order
+    with pytest.raises(UnexpectedResponse) as err:
+        client.query_points(name, query=12345, limit=3)
+    assert err.value.status_code == 404
+    # the legacy search route still answers old clients, offset skips the best hits
+    r = httpx.post(
+        f"{server.url}/collections/{name}/points/search",
+        json={"vector": vectors[4].tolist(), "limit": 3, "offset": 1},
+    )
+    assert r.status_code == 200
+    assert [p["id"] for p in r.json()["result"]] == [int(i) for i in np.argsort(-scores)[1:4]]
+    # the generated single-point route
+    r = httpx.get(f"{server.url}/collections/{name}/points/7")
+    assert r.status_code == 200 and r.json()["result"]["id"] == 7
+    np.testing.assert_allclose(r.json()["result"]["vector"], vectors[7], rtol=1e-6)
+    assert httpx.get(f"{server.url}/collections/{name}/points/777").status_code == 404

@@ -58,6 +58,10 @@ def test_api_keys_read_write_and_read_only(serve):
     # health and version stay open
     assert httpx.get(server.url + "/healthz").status_code == 200
     assert httpx.get(server.url + "/").json()["title"] == "qdrant - vector search engine"
+    # settings are logged once at start, keys masked
+    log = server.log()
+    assert log.count("vdb serve settings") == 1
+    assert RW not in log and RO not in log and '"api_key": "***"' in log
 
 
 def test_tls_with_a_self_signed_certificate(serve, tmp_path):

@@ -400,6 +400,33 @@ class QdrantApi:
 
         return self.ok(request, await self.read(run), started)
 
+    # -- payload indexes ----------------------------------------------------
+
+    async def create_field_index(self, request: Request) -> Response:
+        """Accepted for compatibility: vdb indexes every payload field as it is written."""
+        started = time.perf_counter()
+        p.parse_wait(request.query_params.get("wait"))
+        body = await read_body(request)
+        p.check_fields(body, "CreateFieldIndex", ("field_name", "field_schema"))
+        if "field_name" not in body:
+            raise InvalidInput("Format error in JSON body: missing field `field_name`")
+        field = p.parse_str(body["field_name"], "field_name")
+        if not field:
+            raise InvalidInput("`field_name` must not be empty")
+        schema = body.get("field_schema")
+        if isinstance(schema, dict):
+            schema = schema.get("type")
+        if schema is not None and schema not in _SCHEMA_TYPES:
+            raise InvalidInput(f"Bad request: field_schema {schema!r} is not supported by vdb")
+        await self.read(self.view, request.path_params["name"])
+        return self.ok(request, self.update_result(), started)
+
+    async def delete_field_index(self, request: Request) -> Response:
+        started = time.perf_counter()
+        p.parse_wait(request.query_params.get("wait"))
+        await self.read(self.view, request.path_params["name"])
+        return self.ok(request, self.update_result(), started)
+
     # -- snapshots ----------------------------------------------------------
 
     def _snapshot_dir(self, name: str | None) -> Path:
@@ -507,6 +534,8 @@ class QdrantApi:
             Route(c + "/points/search", self.search_points, methods=["POST"]),
             Route(c + "/points/search/batch", self.search_batch, methods=["POST"]),
             Route(c + "/points/{id}", self.get_point, methods=["GET"]),
+            Route(c + "/index", self.create_field_index, methods=["PUT"]),
+            Route(c + "/index/{field}", self.delete_field_index, methods=["DELETE"]),
             Route(c + "/snapshots", self.create_snapshot, methods=["POST"]),
             Route(c + "/snapshots", self.list_snapshots, methods=["GET"]),
             Route(c + "/snapshots/{snapshot}", self.download_snapshot, methods=["GET"]),

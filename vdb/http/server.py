@@ -122,18 +122,17 @@ def main(args: argparse.Namespace) -> int:
     _setup_logging(config.log_level)
     if not config.auth_enabled:
         if config.host and config.host not in ("127.0.0.1", "localhost", "::1"):
-            print(
-                f"warning: no --api-key configured and binding to {config.host}: "
-                "anyone who can reach this address can read and write",
-                file=sys.stderr,
+            log.warning(
+                "no --api-key configured and binding to %s: anyone who can reach this address "
+                "can read and write",
+                config.host,
             )
         else:
-            print(
-                "no --api-key configured: binding to 127.0.0.1 only (set --api-key to serve "
-                "other hosts)",
-                file=sys.stderr,
+            log.warning(
+                "no --api-key configured: binding to 127.0.0.1 only (set --api-key and --host "
+                "to serve other machines)"
             )
-    print("vdb serve " + json.dumps(config.describe(), sort_keys=True), file=sys.stderr, flush=True)
+    log.info("vdb serve settings: %s", json.dumps(config.describe(), sort_keys=True))
 
     db = vdb.open(config.data, warm=config.warm)
     handles: list[Any] = []
