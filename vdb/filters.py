@@ -389,7 +389,7 @@ class _Column:
         self.missing = missing
         self.single = np.full(0, missing, dtype=dtype)
         self.values = np.empty(0, dtype=dtype)
-        self.slots = np.empty(0, dtype=np.int64)
+        self.slots = np.empty(0, dtype=np.int32)
         self.used = 0
         self.spans: dict[int, tuple[int, int]] = {}
         self.garbage = 0
@@ -408,7 +408,7 @@ class _Column:
             size = max(start + count, 2 * len(self.values), 64)
             values_grown = np.empty(size, dtype=self.dtype)
             values_grown[:start] = self.values[:start]
-            slots_grown = np.full(size, -1, dtype=np.int64)
+            slots_grown = np.full(size, -1, dtype=np.int32)
             slots_grown[:start] = self.slots[:start]
             self.values, self.slots = values_grown, slots_grown
         self.values[start : start + count] = values
@@ -448,7 +448,7 @@ class _Column:
         size = max(64, 2 * len(values))
         self.values = np.empty(size, dtype=self.dtype)
         self.values[: len(values)] = values
-        self.slots = np.full(size, -1, dtype=np.int64)
+        self.slots = np.full(size, -1, dtype=np.int32)
         self.slots[: len(slots)] = slots
         self.used = len(values)
         self.garbage = 0
@@ -827,8 +827,12 @@ class _FieldNode(_Node):
     def test(self, payload: dict | None, point_id: Any) -> bool:
         return self.test_values(_select(payload, self.path))
 
-    def indexed(self, ctx: _Context, field: _Field) -> np.ndarray:
-        """The slots where the condition holds, from the field's columns (any capacity slot)."""
+    def indexed(self, ctx: _Context, field: _Field, within: np.ndarray) -> np.ndarray:
+        """The slots where the condition holds, from the field's columns.
+
+        Slots outside ``within`` may come back either way (the caller masks
+        them); payload scans only visit slots inside it.
+        """
         raise NotImplementedError
 
     def mask(self, ctx: _Context, within: np.ndarray) -> np.ndarray:
@@ -836,7 +840,7 @@ class _FieldNode(_Node):
         path = self.path
         field = index._fields.get(path)
         if field is not None:
-            return self.indexed(ctx, field) & within
+            return self.indexed(ctx, field, within) & within
         if _indexable(path) and not index._saturated:
             # no point ever had a value at this path
             return within.copy() if self.if_missing else np.zeros_like(within)
@@ -851,9 +855,11 @@ class _FieldNode(_Node):
                 return field.flag(_PRESENT, len(within))
         return None
 
-    def scan_long(self, ctx: _Context, field: _Field, out: np.ndarray) -> np.ndarray:
+    def scan_long(
+        self, ctx: _Context, field: _Field, within: np.ndarray, out: np.ndarray
+    ) -> np.ndarray:
         """Add the slots holding long strings that satisfy the condition (payload scan)."""
-        long = field.flag(_LONG, ctx.capacity)
+        long = field.flag(_LONG, ctx.capacity) & within
         if long.any():
             hits = ctx.index._scan(self, long, long)
             out |= hits
@@ -876,11 +882,11 @@ class _MatchValues(_FieldNode):
                 return True
         return False
 
-    def indexed(self, ctx: _Context, field: _Field) -> np.ndarray:
+    def indexed(self, ctx: _Context, field: _Field, within: np.ndarray) -> np.ndarray:
         codes = [field.codes[key] for key in self.keys if key in field.codes]
         out = field.keyword_select(codes, ctx.capacity)
         if self.has_long:
-            self.scan_long(ctx, field, out)
+            self.scan_long(ctx, field, within, out)
         return out
 
 
@@ -901,11 +907,11 @@ class _MatchExcept(_FieldNode):
                 return True
         return False
 
-    def indexed(self, ctx: _Context, field: _Field) -> np.ndarray:
+    def indexed(self, ctx: _Context, field: _Field, within: np.ndarray) -> np.ndarray:
         codes = [field.codes[key] for key in self.keys if key in field.codes]
         out = field.keyword_select(codes, ctx.capacity, negate=True)
         out |= field.flag(_OTHER, ctx.capacity)
-        return self.scan_long(ctx, field, out)
+        return self.scan_long(ctx, field, within, out)
 
 
 class _StringTest(_FieldNode):
@@ -937,14 +943,14 @@ class _StringTest(_FieldNode):
     def test_values(self, selected: list[Any]) -> bool:
         return any(isinstance(v, str) and self.test_string(v) for v in _flatten(selected))
 
-    def indexed(self, ctx: _Context, field: _Field) -> np.ndarray:
+    def indexed(self, ctx: _Context, field: _Field, within: np.ndarray) -> np.ndarray:
         codes = [
             code
             for code, word in enumerate(field.words)
             if isinstance(word, str) and self.test_string(word)
         ]
         out = field.keyword_select(codes, ctx.capacity)
-        return self.scan_long(ctx, field, out)
+        return self.scan_long(ctx, field, within, out)
 
 
 class _Range(_FieldNode):
@@ -967,7 +973,7 @@ class _Range(_FieldNode):
                 return True
         return False
 
-    def indexed(self, ctx: _Context, field: _Field) -> np.ndarray:
+    def indexed(self, ctx: _Context, field: _Field, within: np.ndarray) -> np.ndarray:
         column = field.datetimes if self.datetimes else field.numbers
         if column is None:
             return np.zeros(ctx.capacity, dtype=bool)
@@ -995,7 +1001,7 @@ class _ValuesCount(_FieldNode):
                 return True
         return False
 
-    def indexed(self, ctx: _Context, field: _Field) -> np.ndarray:
+    def indexed(self, ctx: _Context, field: _Field, within: np.ndarray) -> np.ndarray:
         capacity = ctx.capacity
         present = field.flag(_PRESENT, capacity)
         counted = field.counts.has(capacity) if field.counts is not None else None
@@ -1020,7 +1026,7 @@ class _IsEmpty(_FieldNode):
         empty = all(v is None or (isinstance(v, list | tuple) and not v) for v in selected)
         return empty == self.want
 
-    def indexed(self, ctx: _Context, field: _Field) -> np.ndarray:
+    def indexed(self, ctx: _Context, field: _Field, within: np.ndarray) -> np.ndarray:
         nonempty = field.flag(_NONEMPTY, ctx.capacity)
         return ~nonempty if self.want else nonempty
 
@@ -1039,7 +1045,7 @@ class _IsNull(_FieldNode):
         )
         return null == self.want
 
-    def indexed(self, ctx: _Context, field: _Field) -> np.ndarray:
+    def indexed(self, ctx: _Context, field: _Field, within: np.ndarray) -> np.ndarray:
         null = field.flag(_NULL, ctx.capacity)
         return null if self.want else ~null
 
