@@ -110,3 +110,40 @@ def test_bad_msgpack_is_400_json(http):
         assert r.headers["content-type"].startswith("application/json")
         assert r.json()["status"]["error"]
     assert http.post("/collections/mp/points/count", json={}).json()["result"]["count"] == before
+
+
+def test_real_embeddings_bulk_load_and_recall(http, minilm):
+    """5,000 MiniLM vectors loaded over msgpack; HTTP search recall against exact top-10."""
+    from tests.helpers import recall_at_k
+
+    n, nq, k = 5000, 50, 10
+    base = minilm.base[:n]
+    r = http.put(
+        "/collections/minilm", json={"vectors": {"size": base.shape[1], "distance": "Cosine"}}
+    )
+    assert r.status_code == 200
+    for start in range(0, n, 1000):
+        chunk = base[start : start + 1000]
+        body = {
+            "batch": {
+                "ids": list(range(start, start + len(chunk))),
+                "vectors": chunk.astype("<f4").tobytes(),
+                "payloads": [{"name": minilm.names[i]} for i in range(start, start + len(chunk))],
+            }
+        }
+        r = post_mp(http, "PUT", "/collections/minilm/points?wait=true", body)
+        assert r.status_code == 200, r.content[:200]
+    assert http.post("/collections/minilm/points/count", json={}).json()["result"]["count"] == n
+    queries = minilm.queries[:nq]
+    normed = base / np.linalg.norm(base, axis=1, keepdims=True)
+    truth = np.argsort(-(queries @ normed.T), axis=1)[:, :k]
+    body = {
+        "searches": [
+            {"query": q.astype("<f4").tobytes(), "limit": k, "params": {"hnsw_ef": 128}}
+            for q in queries
+        ]
+    }
+    r = post_mp(http, "POST", "/collections/minilm/points/query/batch", body)
+    found = np.array([[p["id"] for p in a["points"]] for a in msgpack.unpackb(r.content)["result"]])
+    assert found.shape == (nq, k)
+    assert recall_at_k(found, truth, k) >= 0.9
