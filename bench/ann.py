@@ -192,64 +192,52 @@ class HnswlibSystem:
             return path.stat().st_size, "size of the save_index file"
 
 
-def measure_efs(
-    system, data: Dataset, efs: list[int], single_seconds: float, batch_seconds: float
-) -> list[dict[str, Any]]:
-    """recall@10, single-query QPS and 2-thread batch QPS for each ef on the built index."""
-    results = []
+def measure_ef(
+    system,
+    data: Dataset,
+    ef: int,
+    pool: ThreadPoolExecutor,
+    single_seconds: float,
+    batch_seconds: float,
+) -> dict[str, Any]:
+    """recall@10, single-query QPS and 2-thread batch QPS at one ef on the built index."""
     queries = data.queries
     halves = [queries[: len(queries) // 2], queries[len(queries) // 2 :]]
     single_rows = [queries[i : i + 1] for i in range(queries.shape[0])]
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        for ef in efs:
-            if system.name == "hnswlib":
-                system.index.set_ef(max(ef, K))
-            found = system.search_batch(queries, ef)
-            recall = recall_at_k(found, data.gt, K)
+    if system.name == "hnswlib":
+        system.index.set_ef(max(ef, K))
+    found = system.search_batch(queries, ef)
+    recall = recall_at_k(found, data.gt, K)
 
-            # single queries, one per call, one thread: as a server serves them
-            # (at least one pass over the queries or single_seconds, whichever is shorter,
-            # then more passes until min(0.5 s, single_seconds) has passed)
-            done = 0
-            start = time.perf_counter()
-            floor = min(0.5, single_seconds)
-            while True:
-                system.single_query(single_rows[done % len(single_rows)], ef)
-                done += 1
-                elapsed = time.perf_counter() - start
-                if done >= 50 and (
-                    elapsed >= single_seconds or (done >= len(single_rows) and elapsed >= floor)
-                ):
-                    break
-            single_qps = done / elapsed
+    # single queries, one per call, one thread: as a server serves them
+    # (at least one pass over the queries or single_seconds, whichever is shorter,
+    # then more passes until min(0.5 s, single_seconds) has passed)
+    done = 0
+    start = time.perf_counter()
+    floor = min(0.5, single_seconds)
+    while True:
+        system.single_query(single_rows[done % len(single_rows)], ef)
+        done += 1
+        elapsed = time.perf_counter() - start
+        if done >= 50 and (
+            elapsed >= single_seconds or (done >= len(single_rows) and elapsed >= floor)
+        ):
+            break
+    single_qps = done / elapsed
 
-            elapsed, items = timed_repeat(
-                lambda ef=ef: system.batch_two_threads(pool, halves, ef),
-                len(queries),
-                batch_seconds,
-            )
-            batch_qps = items / elapsed
-            extra = {}
-            if system.name == "vdb":
-                elapsed1, items1 = timed_repeat(
-                    lambda ef=ef: system.index.search(queries, K, ef=ef),
-                    len(queries),
-                    batch_seconds,
-                )
-                extra["batch_qps_one_call"] = items1 / elapsed1
-            results.append(
-                {
-                    "ef": ef,
-                    "recall_at_10": recall,
-                    "single_qps": single_qps,
-                    "batch_qps": batch_qps,
-                    **extra,
-                }
-            )
-            log(
-                f"  {system.name} ef={ef} recall@10={recall:.4f} single={single_qps:.0f}/s batch={batch_qps:.0f}/s"
-            )
-    return results
+    elapsed, items = timed_repeat(
+        lambda: system.batch_two_threads(pool, halves, ef), len(queries), batch_seconds
+    )
+    row = {"ef": ef, "recall_at_10": recall, "single_qps": single_qps, "batch_qps": items / elapsed}
+    if system.name == "vdb":
+        elapsed1, items1 = timed_repeat(
+            lambda: system.index.search(queries, K, ef=ef), len(queries), batch_seconds
+        )
+        row["batch_qps_one_call"] = items1 / elapsed1
+    log(
+        f"  {system.name} ef={ef} recall@10={recall:.4f} single={single_qps:.0f}/s batch={row['batch_qps']:.0f}/s"
+    )
+    return row
 
 
 BATCH_METHOD = {
@@ -264,6 +252,7 @@ def run_dataset(data: Dataset, args: argparse.Namespace, systems: list[str]) -> 
     )
     params = {"M": args.M, "ef_construction": args.ef_construction, "k": K, "seed": args.seed}
     per_system: dict[str, dict[str, Any]] = {}
+    built = []
     for name in systems:
         cls = VdbSystem if name == "vdb" else HnswlibSystem
         system = cls(data.dim, data.metric, args.M, args.ef_construction, data.n, args.seed)
@@ -287,10 +276,16 @@ def run_dataset(data: Dataset, args: argparse.Namespace, systems: list[str]) -> 
         log(
             f" {name}: built in {build_s:.1f}s ({data.n / build_s:.0f} vectors/s), memory {memory / 1e6:.1f} MB"
         )
-        per_system[name] = {
-            "build": build,
-            "efs": measure_efs(system, data, args.efs, args.single_seconds, args.batch_seconds),
-        }
+        per_system[name] = {"build": build, "efs": []}
+        built.append(system)
+    # the systems take turns at each ef, so that a change of load on the shared box
+    # hits both sides of a ratio alike
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        for ef in args.efs:
+            for system in built:
+                row = measure_ef(system, data, ef, pool, args.single_seconds, args.batch_seconds)
+                per_system[system.name]["efs"].append(row)
+    for system in built:
         system.index = None
 
     anchor = per_system.get("hnswlib")
