@@ -189,6 +189,12 @@ def bench_concurrent(n: int, threads: int, workdir: Path, floor_seconds: float) 
         single_s = time.perf_counter() - start
         if errors:
             raise errors[0]
+        stats = db.stats()
+        grouping = {
+            k: stats.get(k)
+            for k in ("group_commit_mean", "group_commit_max", "wal_txns_committed")
+            if k in stats
+        }
         log("concurrent: the same vectors in batches of 1,000")
         batched_s = _upsert_batches(batched, vectors)
         counts = (single.count(), batched.count())
@@ -206,6 +212,7 @@ def bench_concurrent(n: int, threads: int, workdir: Path, floor_seconds: float) 
             "single_upserts_per_s": single_rate,
             "single_latency_ms": {k: v * 1e3 for k, v in percentiles(latencies).items()},
             "counts_after": counts,
+            "core_group_commit_figures": grouping,
             "anchor": {
                 "system": "vdb batched upserts (1,000 per call), same vectors, same run",
                 "vectors_per_s": batched_rate,
