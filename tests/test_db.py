@@ -297,3 +297,21 @@ def test_group_commit_many_writer_threads(tmp_path):
         assert stats["collections"]["c"]["points"] == n_threads * per_thread
         for key in ("group_commit_max", "checkpoints", "max_checkpoint_pause_s", "recovery_s"):
             assert key in stats
+
+
+@pytest.mark.parametrize("checkpoint", [True, False])
+def test_explicit_payload_indexes_are_durable(tmp_path, checkpoint):
+    db = vdb.open(tmp_path / "d")
+    col = db.create_collection("c", dim=2, metric="l2")
+    col.upsert([1, 2], [[0.0, 1.0], [1.0, 0.0]], [{"city": "Oslo"}, {"city": "Rome"}])
+    col.create_payload_index("city", "keyword")
+    col.create_payload_index("n", {"type": "integer"})
+    col.delete_payload_index("n")
+    with pytest.raises(InvalidInput):
+        col.create_payload_index("x", "no-such-type")
+    assert set(col.info()["payload_schema"]) == {"city"}
+    db.close(checkpoint=checkpoint)
+    with vdb.open(tmp_path / "d") as db:
+        col = db.collection("c")
+        assert col.info()["payload_schema"] == {"city": {"data_type": "keyword", "points": 2}}
+        assert col.count({"must": [{"key": "city", "match": {"value": "Rome"}}]}) == 1

@@ -365,6 +365,34 @@ class Collection:
         """Remove the whole payload of each point."""
         return self._payload_op("clear", ids, filter)
 
+    def create_payload_index(self, field: str, schema: Any = "keyword") -> int:
+        """Declare an explicit payload index on ``field`` (Qdrant's ``create_payload_index``).
+
+        Every payload path is indexed automatically; an explicit index is
+        remembered (durably) and reported in ``info()["payload_schema"]``.
+        """
+        from vdb.filters import PayloadIndex
+
+        if not isinstance(field, str) or not field:
+            raise InvalidInput("payload index: field must be a non-empty string")
+        PayloadIndex().create_index(field, schema)  # validates, raising InvalidInput
+        if isinstance(schema, dict):
+            schema = schema.get("type")
+        schema = getattr(schema, "value", schema)
+        record = {"t": "ix", "c": self.uid, "op": "create", "field": field, "schema": schema}
+        return self._submit(WriteRequest("record", record=record, data=pack(record), n_ops=1))[
+            "seq"
+        ]
+
+    def delete_payload_index(self, field: str) -> int:
+        """Forget an explicit payload index (filters on the field keep working)."""
+        if not isinstance(field, str) or not field:
+            raise InvalidInput("payload index: field must be a non-empty string")
+        record = {"t": "ix", "c": self.uid, "op": "drop", "field": field}
+        return self._submit(WriteRequest("record", record=record, data=pack(record), n_ops=1))[
+            "seq"
+        ]
+
     # -- applying (writer thread only) ---------------------------------------------
 
     def _apply_record(self, record: dict[str, Any], seq: int) -> dict[str, Any]:
@@ -376,6 +404,12 @@ class Collection:
                 result = self._apply_write(record, generation)
             elif record["t"] == "pl":
                 result = self._apply_payload(record, generation)
+            elif record["t"] == "ix":
+                if record["op"] == "create":
+                    self._payloads.create_index(record["field"], record["schema"])
+                else:
+                    self._payloads.drop_index(record["field"])
+                result = {}
             else:
                 raise ValueError(f"unknown record type {record['t']!r}")
             self.applied_seq = seq
@@ -686,6 +720,7 @@ class Collection:
             "count": len(self._ids),
             "capacity": int(self._index.capacity),
             "extra": dict(self.config.get("extra") or {}),
+            "metadata": (self.config.get("extra") or {}).get("metadata"),
             "payload_schema": schema,
             "applied_seq": self.applied_seq,
             "status": "green",

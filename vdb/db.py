@@ -78,6 +78,7 @@ class _Stats:
         self.group_sizes: list[int] = []
         self.group_max = 0
         self.group_total = 0
+        self.group_ops_max = 0
         self.checkpoints = 0
         self.last_checkpoint_at: float | None = None
         self.last_checkpoint_s: float | None = None
@@ -188,7 +189,7 @@ class Database:
         else:
             index = HNSW.from_arrays(loaded.arrays)
             ids = IdMap.from_state(loaded.slots, loaded.ids, loaded.partitions)
-            payloads = PayloadIndex.from_items(loaded.payloads)
+            payloads = PayloadIndex.from_items(loaded.payloads, indexes=loaded.payload_indexes)
         return Collection(self, config, index, ids, payloads)
 
     def _recover(self) -> None:
@@ -431,7 +432,7 @@ class Database:
                     del stats.group_sizes[:500]
                 stats.group_max = max(stats.group_max, len(group))
                 stats.group_total += len(group)
-                del size
+                stats.group_ops_max = max(stats.group_ops_max, size)
 
             for r, (status, value) in zip(group, outcomes, strict=True):
                 if status == "error":
@@ -658,6 +659,7 @@ class Database:
                 "group_commit_requests_total": s.group_total,
                 "group_commit_max": s.group_max,
                 "group_commit_mean": (s.group_total / s.txns) if s.txns else 0.0,
+                "group_commit_max_ops": s.group_ops_max,
                 "group_commit_recent_mean": float(np.mean(sizes)) if sizes else 0.0,
                 "checkpoints": s.checkpoints,
                 "last_checkpoint_at": s.last_checkpoint_at,
@@ -728,6 +730,7 @@ def _capture(col: Collection, seq: int) -> ckpt.Captured:
             partitions=state["partitions"],
             payloads=payloads,
             count=len(col._ids),
+            payload_indexes=col._payloads.indexes(),
         )
 
 

@@ -49,6 +49,7 @@ class Captured:
     partitions: np.ndarray
     payloads: list[tuple[int, Any]]
     count: int
+    payload_indexes: dict[str, Any] = field(default_factory=dict)
     blobs: dict[str, tuple[bytes, dict[str, Any]]] = field(default_factory=dict)
 
 
@@ -73,6 +74,7 @@ def encode(captured: Captured) -> dict[str, tuple[bytes, dict[str, Any]]]:
     blobs["idmap/slots"] = _array_blob(captured.slots)
     blobs["idmap/partitions"] = _array_blob(captured.partitions)
     blobs["idmap/ids"] = (pack(captured.ids), {"kind": "msgpack"})
+    blobs["payload_indexes"] = (pack(captured.payload_indexes), {"kind": "msgpack"})
     blobs["payloads"] = (
         pack([[slot, payload] for slot, payload in captured.payloads]),
         {"kind": "msgpack"},
@@ -155,6 +157,7 @@ class Loaded:
     ids: list[Any]
     partitions: np.ndarray
     payloads: list[tuple[int, Any]]
+    payload_indexes: dict[str, Any] = field(default_factory=dict)
 
 
 def load(store: Store, txn: lmdb.Transaction, uid: int, manifest: dict[str, Any]) -> Loaded | None:
@@ -182,6 +185,7 @@ def load(store: Store, txn: lmdb.Transaction, uid: int, manifest: dict[str, Any]
             ids=parts["idmap/ids"],
             partitions=parts["idmap/partitions"],
             payloads=[(int(s), p) for s, p in parts["payloads"]],
+            payload_indexes=dict(parts.get("payload_indexes") or {}),
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise CorruptData(f"checkpoint of collection uid {uid} is incomplete: {exc}") from exc
