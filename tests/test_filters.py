@@ -225,9 +225,12 @@ def test_matches_agrees_with_qdrant_local_mode(items, spec):
         st.tuples(st.integers(0, 24), st.one_of(payloads, st.just("remove"))), max_size=30
     ),
     spec=_filters(),
+    text_fields=st.lists(st.sampled_from(["a", "b", "c", "a[].b"]), max_size=2),
 )
-def test_index_follows_set_replace_remove(first, updates, spec):
+def test_index_follows_set_replace_remove(first, updates, spec, text_fields):
     index = PayloadIndex()
+    for field in text_fields:  # token indexes must follow the updates too
+        index.create_index(field, "text")
     current: dict[int, dict | None] = {}
     for slot, payload in enumerate(first):
         index.set(slot, payload)
@@ -745,3 +748,35 @@ def test_deep_payloads_and_non_string_keys_are_indexed_as_far_as_filters_reach()
     ) == [1]
     assert _ids(items, {"must": {"key": "a.b", "range": {"gte": 2}}}) == [2]
     assert _ids(items, {"must": {"key": "a.1", "is_empty": False}}) == []
+
+
+def test_text_index_serves_full_text_exactly():
+    rng = random.Random(5)
+    words = ["alpha", "Beta", "gamma", "delta", "EPSILON"]
+    items = []
+    for i in range(300):
+        sentence = " ".join(rng.choice(words) for _ in range(rng.randint(0, 6)))
+        value = [sentence, rng.choice(words)] if i % 5 == 0 else sentence
+        items.append({"t": value + "!" * 300 if i % 37 == 0 and isinstance(value, str) else value})
+    specs = [
+        {"must": {"key": "t", "match": {kind: query}}}
+        for kind in ("text", "text_any", "phrase")
+        for query in ("alpha beta", "gamma", "beta alpha", "nope", "EPSILON delta gamma", "")
+    ]
+    plain = [_ids(items, spec) for spec in specs]
+    index, live, _, _ = _build(items)
+    index.create_index("t", {"type": "text", "tokenizer": "word", "lowercase": True})
+    assert index._fields[("t",)].tokens is not None
+    assert index.schema()["t"] == {"data_type": "text", "points": 300}
+    for spec, expected in zip(specs, plain, strict=True):
+        chosen = [int(s) + 1 for s in np.flatnonzero(index.mask(spec, 300, live, {}.get))]
+        assert chosen == expected, spec
+    assert any(plain) and any(not p for p in plain)
+    for slot in range(0, 300, 3):  # updates keep the token index exact
+        index.set(slot, {"t": "alpha beta"} if slot % 2 else None)
+        items[slot] = {"t": "alpha beta"} if slot % 2 else None
+    spec = {"must": {"key": "t", "match": {"text": "beta alpha"}}}
+    expected = [i + 1 for i, p in enumerate(items) if matches(p, None, spec)]
+    assert [int(s) + 1 for s in np.flatnonzero(index.mask(spec, 300, live, {}.get))] == expected
+    assert index.drop_index("t") and index._fields[("t",)].tokens is None
+    assert [int(s) + 1 for s in np.flatnonzero(index.mask(spec, 300, live, {}.get))] == expected

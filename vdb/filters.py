@@ -508,6 +508,7 @@ _NONEMPTY = 2  # not is_empty
 _NULL = 4  # is_null
 _OTHER = 8  # a non-null value that match can never select (float, object, nested array)
 _LONG = 16  # a string too long for the keyword dictionary
+_STRINGS = 32  # more than one string value (token matches need a check)
 
 # data kinds seen (for schema inference)
 _KIND_NAMES = (
@@ -519,35 +520,78 @@ _KIND_NAMES = (
 )
 
 
+class _Dictionary:
+    """Values <-> dense int32 codes; reference counts let unused codes be reused."""
+
+    __slots__ = ("codes", "words", "refs", "free")
+
+    def __init__(self) -> None:
+        self.codes: dict[Any, int] = {}  # value -> code
+        self.words: list[Any] = []  # code -> value (None when free)
+        self.refs: list[int] = []  # code -> number of slots holding it
+        self.free: list[int] = []
+
+    def __len__(self) -> int:
+        return len(self.words)
+
+    def code(self, key: Any) -> int:
+        """The code of ``key`` (allocated if new), counting one more holder."""
+        code = self.codes.get(key)
+        if code is None:
+            if self.free:
+                code = self.free.pop()
+                self.words[code] = key
+                self.refs[code] = 0
+            else:
+                code = len(self.words)
+                self.words.append(key)
+                self.refs.append(0)
+            self.codes[key] = code
+        self.refs[code] += 1
+        return code
+
+    def release(self, code: int) -> None:
+        self.refs[code] -= 1
+        if self.refs[code] == 0:
+            del self.codes[self.words[code]]
+            self.words[code] = None
+            self.free.append(code)
+
+
 class _Field:
-    """Everything the index keeps for one key path."""
+    """Everything the index keeps for one key path.
+
+    ``flags`` (uint8 per slot) answer presence, is_empty and is_null;
+    ``keywords`` hold dictionary codes of strings, integers and booleans;
+    ``numbers`` and ``datetimes`` hold what ``range`` compares; ``counts``
+    the value counts that are not exactly ``[1]``. With a ``text`` index,
+    ``tokens`` hold the codes of the lowercase words of every string.
+    """
 
     __slots__ = (
         "path",
         "flags",
         "keywords",
-        "codes",
-        "words",
-        "refs",
-        "free",
+        "dictionary",
         "numbers",
         "datetimes",
         "counts",
         "kinds",
+        "tokens",
+        "vocabulary",
     )
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self.flags = np.zeros(0, dtype=np.uint8)
         self.keywords: _Column | None = None
-        self.codes: dict[Any, int] = {}  # keyword key -> code
-        self.words: list[Any] = []  # code -> keyword key (None when free)
-        self.refs: list[int] = []  # code -> number of slots holding it
-        self.free: list[int] = []
+        self.dictionary = _Dictionary()
         self.numbers: _Column | None = None
         self.datetimes: _Column | None = None
-        self.counts: _Column | None = None  # value counts other than exactly [1]
+        self.counts: _Column | None = None
         self.kinds = 0
+        self.tokens: _Column | None = None
+        self.vocabulary: _Dictionary | None = None
 
     def put(self, slot: int, selected: list[Any]) -> None:
         flags = _PRESENT
@@ -572,6 +616,7 @@ class _Field:
         keys: dict[Any, None] = {}
         numbers: list[float] = []
         datetimes: list[int] = []
+        strings = 0
         kinds = 0
         for value in flat:
             kind = type(value)
@@ -591,6 +636,7 @@ class _Field:
                     flags |= _OTHER
                     continue
             if kind is str:
+                strings += 1
                 if len(value) <= LONG_STRING:
                     keys[value] = None
                 else:
@@ -616,6 +662,8 @@ class _Field:
             else:
                 keys[_TRUE if value else _FALSE] = None
                 kinds |= 8
+        if strings > 1:
+            flags |= _STRINGS
         self.kinds |= kinds
         if slot >= len(self.flags):
             grown = np.zeros(max(slot + 1, 2 * len(self.flags), 64), dtype=np.uint8)
@@ -623,10 +671,10 @@ class _Field:
             self.flags = grown
         self.flags[slot] = flags
         if keys:
-            codes = [self._code(key) for key in keys]
+            dictionary = self.dictionary
             if self.keywords is None:
                 self.keywords = _Column(np.int32, -1)
-            self.keywords.put(slot, codes)
+            self.keywords.put(slot, [dictionary.code(key) for key in keys])
         if numbers:
             if self.numbers is None:
                 self.numbers = _Column(np.float64, math.nan)
@@ -639,21 +687,30 @@ class _Field:
             if self.counts is None:
                 self.counts = _Column(np.float64, math.nan)
             self.counts.put(slot, counts)
+        if self.vocabulary is not None and strings:
+            self._put_tokens(slot, flat)
 
-    def _code(self, key: Any) -> int:
-        code = self.codes.get(key)
-        if code is None:
-            if self.free:
-                code = self.free.pop()
-                self.words[code] = key
-                self.refs[code] = 0
-            else:
-                code = len(self.words)
-                self.words.append(key)
-                self.refs.append(0)
-            self.codes[key] = code
-        self.refs[code] += 1
-        return code
+    def _put_tokens(self, slot: int, flat: list[Any]) -> None:
+        words: dict[str, None] = {}
+        for value in flat:
+            if isinstance(value, str):
+                words.update(dict.fromkeys(_tokens(value)))
+        if words:
+            vocabulary = self.vocabulary
+            self.tokens.put(slot, [vocabulary.code(word) for word in words])  # type: ignore[union-attr]
+
+    def enable_text(self, payloads: dict[int, dict | None]) -> None:
+        """Start a token index, filled from the stored payloads."""
+        if self.vocabulary is not None:
+            return
+        self.vocabulary = _Dictionary()
+        self.tokens = _Column(np.int32, -1)
+        for slot in np.flatnonzero(self.flags & _PRESENT).tolist():
+            self._put_tokens(slot, _flatten(_select(payloads.get(slot), self.path)))
+
+    def disable_text(self) -> None:
+        self.vocabulary = None
+        self.tokens = None
 
     def drop(self, slot: int) -> None:
         if slot >= len(self.flags) or not self.flags[slot]:
@@ -661,12 +718,12 @@ class _Field:
         self.flags[slot] = 0
         if self.keywords is not None:
             for code in self.keywords.get(slot):
-                self.refs[code] -= 1
-                if self.refs[code] == 0:
-                    del self.codes[self.words[code]]
-                    self.words[code] = None
-                    self.free.append(code)
+                self.dictionary.release(code)
             self.keywords.drop(slot)
+        if self.tokens is not None:
+            for code in self.tokens.get(slot):
+                self.vocabulary.release(code)  # type: ignore[union-attr]
+            self.tokens.drop(slot)
         for column in (self.numbers, self.datetimes, self.counts):
             if column is not None:
                 column.drop(slot)
@@ -681,7 +738,25 @@ class _Field:
         """Slots with a keyword code in ``codes`` (``negate``: a code not in ``codes``)."""
         if self.keywords is None or (not codes and not negate):
             return np.zeros(capacity, dtype=bool)
-        return self.keywords.select(_code_test(codes, len(self.words), negate), capacity)
+        return self.keywords.select(_code_test(codes, len(self.dictionary), negate), capacity)
+
+    def token_select(self, words: list[str], capacity: int, every: bool) -> np.ndarray:
+        """Slots holding every (or any) of ``words`` among their tokens."""
+        vocabulary, tokens = self.vocabulary, self.tokens
+        assert vocabulary is not None and tokens is not None
+        codes = [vocabulary.codes.get(word) for word in words]
+        if every:
+            if None in codes:
+                return np.zeros(capacity, dtype=bool)
+            out = None
+            for code in dict.fromkeys(codes):
+                hit = tokens.select(_code_test([code], len(vocabulary), False), capacity)
+                out = hit if out is None else out & hit
+            return out if out is not None else np.zeros(capacity, dtype=bool)
+        known = [code for code in codes if code is not None]
+        if not known:
+            return np.zeros(capacity, dtype=bool)
+        return tokens.select(_code_test(known, len(vocabulary), False), capacity)
 
     def points(self) -> int:
         return int(np.count_nonzero(self.flags & _NONEMPTY))
@@ -883,7 +958,7 @@ class _MatchValues(_FieldNode):
         return False
 
     def indexed(self, ctx: _Context, field: _Field, within: np.ndarray) -> np.ndarray:
-        codes = [field.codes[key] for key in self.keys if key in field.codes]
+        codes = [field.dictionary.codes[key] for key in self.keys if key in field.dictionary.codes]
         out = field.keyword_select(codes, ctx.capacity)
         if self.has_long:
             self.scan_long(ctx, field, within, out)
@@ -908,7 +983,7 @@ class _MatchExcept(_FieldNode):
         return False
 
     def indexed(self, ctx: _Context, field: _Field, within: np.ndarray) -> np.ndarray:
-        codes = [field.codes[key] for key in self.keys if key in field.codes]
+        codes = [field.dictionary.codes[key] for key in self.keys if key in field.dictionary.codes]
         out = field.keyword_select(codes, ctx.capacity, negate=True)
         out |= field.flag(_OTHER, ctx.capacity)
         return self.scan_long(ctx, field, within, out)
@@ -944,12 +1019,28 @@ class _StringTest(_FieldNode):
         return any(isinstance(v, str) and self.test_string(v) for v in _flatten(selected))
 
     def indexed(self, ctx: _Context, field: _Field, within: np.ndarray) -> np.ndarray:
+        capacity = ctx.capacity
+        if field.tokens is not None and self.kind in ("text", "text_any", "phrase"):
+            if not self.query:
+                return np.zeros(capacity, dtype=bool)
+            if self.kind == "text_any":
+                return field.token_select(self.query, capacity, every=False)
+            found = field.token_select(self.query, capacity, every=True) & within
+            if self.kind == "text":
+                # all words in one string: exact unless the slot has several strings
+                exact = found & ~field.flag(_STRINGS, capacity)
+                check = found & ~exact
+            else:
+                exact, check = np.zeros(capacity, dtype=bool), found
+            if check.any():
+                exact |= ctx.index._scan(self, check, check)
+            return exact
         codes = [
             code
-            for code, word in enumerate(field.words)
+            for code, word in enumerate(field.dictionary.words)
             if isinstance(word, str) and self.test_string(word)
         ]
-        out = field.keyword_select(codes, ctx.capacity)
+        out = field.keyword_select(codes, capacity)
         return self.scan_long(ctx, field, within, out)
 
 
@@ -1569,7 +1660,10 @@ class PayloadIndex:
 
         ``schema_type`` is a Qdrant payload schema name (keyword, integer,
         float, bool, datetime, text, uuid) or a params object with ``type``.
-        A path past the automatic limit is built now from the payloads.
+        ``text`` adds a token index (lowercase words of every string), which
+        serves ``match.text``/``text_any``/``phrase`` without scanning. A path
+        past the automatic limit is built now from the payloads. Declaring
+        a field again replaces its type.
         """
         if isinstance(schema_type, dict):
             schema_type = schema_type.get("type")
@@ -1596,6 +1690,11 @@ class PayloadIndex:
                             built.put(slot, selected)
                             self._slot_fields[slot] = (*self._slot_fields.get(slot, ()), built)
                 self._fields[path] = built
+            field = self._fields[path]
+            if schema_type == "text":
+                field.enable_text(self._payloads)
+            else:
+                field.disable_text()
             self._explicit[path] = schema_type
 
     def drop_index(self, field: str) -> bool:
@@ -1605,6 +1704,9 @@ class PayloadIndex:
         except InvalidFilter as error:
             raise InvalidInput(str(error)) from None
         with self._lock:
+            field = self._fields.get(path)
+            if field is not None:
+                field.disable_text()
             return self._explicit.pop(path, None) is not None
 
     def indexes(self) -> dict[str, str]:
