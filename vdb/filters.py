@@ -1193,10 +1193,12 @@ class _Nested(_FieldNode):
 def parse_filter(spec: Any) -> Filter | None:
     """Validate a Qdrant filter and compile it; ``None`` means "match everything".
 
-    Accepts a filter dict (or a condition list for ``must``/``should``/
-    ``must_not``), ``None``/``{}``, an already compiled ``Filter``, or a
+    Accepts a filter dict (each clause a condition or a list of them),
+    ``None``/``{}``, an already compiled ``Filter`` (returned as is), or a
     pydantic model from ``qdrant_client`` (dumped by alias). Raises
-    ``InvalidFilter`` with the location and the problem.
+    ``InvalidFilter`` naming the location (``filter.must[1].range.gt``) and
+    the problem. The compiled filter is immutable and may be reused by any
+    number of threads and ``PayloadIndex`` instances.
     """
     if spec is None or isinstance(spec, Filter):
         return spec
@@ -1744,7 +1746,8 @@ class PayloadIndex:
         total = 0
         for field in self._fields.values():
             total += field.flags.nbytes
-            for column in (field.keywords, field.numbers, field.datetimes, field.counts):
+            columns = (field.keywords, field.numbers, field.datetimes, field.counts, field.tokens)
+            for column in columns:
                 if column is not None:
                     total += column.single.nbytes + column.values.nbytes + column.slots.nbytes
         return total
