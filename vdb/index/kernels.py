@@ -264,6 +264,11 @@ def search_layer(
                     cand_d = grown_d
                     cand_i = grown_i
                 nc = _push_min(cand_d, cand_i, nc, d, c)
+                # its neighbour row is read if it gets expanded: start fetching it now
+                rc = _row(layer, c, upper_off)
+                _prefetch(links, rc, 0)
+                if maxc > 16:
+                    _prefetch(links, rc, 16)
                 if _admit(c, deleted, mask, mode):
                     if nr < ef:
                         nr = _push_max(res_d, res_i, nr, d, c)
