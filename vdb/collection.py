@@ -398,24 +398,33 @@ class Collection:
     def _apply_record(self, record: dict[str, Any], seq: int) -> dict[str, Any]:
         """Apply one committed WAL record to memory. Called by the writer and by recovery."""
         with self._apply_lock:
+            # Seqlock: odd while applying. Slots are marked with this odd
+            # generation before they change; a reader that started at
+            # generation g sees a change made after it started as a mark >= g.
             self._generation += 1
             generation = self._generation
-            if record["t"] == "w":
-                result = self._apply_write(record, generation)
-            elif record["t"] == "pl":
-                result = self._apply_payload(record, generation)
-            elif record["t"] == "ix":
-                if record["op"] == "create":
-                    self._payloads.create_index(record["field"], record["schema"])
-                else:
-                    self._payloads.drop_index(record["field"])
-                result = {}
+            try:
+                return self._apply_locked(record, seq, generation)
+            finally:
+                self._generation += 1
+
+    def _apply_locked(self, record: dict[str, Any], seq: int, generation: int) -> dict[str, Any]:
+        if record["t"] == "w":
+            result = self._apply_write(record, generation)
+        elif record["t"] == "pl":
+            result = self._apply_payload(record, generation)
+        elif record["t"] == "ix":
+            if record["op"] == "create":
+                self._payloads.create_index(record["field"], record["schema"])
             else:
-                raise ValueError(f"unknown record type {record['t']!r}")
-            self.applied_seq = seq
-            self._sorted_cache = None
-            result["seq"] = seq
-            return result
+                self._payloads.drop_index(record["field"])
+            result = {}
+        else:
+            raise ValueError(f"unknown record type {record['t']!r}")
+        self.applied_seq = seq
+        self._sorted_cache = None
+        result["seq"] = seq
+        return result
 
     def _apply_write(self, record: dict[str, Any], generation: int) -> dict[str, Any]:
         index, idmap, payloads = self._index, self._ids, self._payloads
@@ -626,19 +635,39 @@ class Collection:
         """The stored points for ``ids``, in the order asked; missing ids are omitted."""
         self._check_open()
         point_ids = normalize_ids(ids)
-        out = []
+        for _ in range(SEARCH_RETRIES):
+            generation = self._generation
+            out = self._get_once(point_ids, with_payload, with_vectors, generation)
+            if out is not None:
+                return out
         with self._apply_lock:
-            for point_id in point_ids:
-                slot = self._ids.get(point_id)
-                if slot is None:
-                    continue
-                out.append(
-                    Record(
-                        point_id,
-                        self._payloads.get(slot) if with_payload else None,
-                        self._vector_of(slot) if with_vectors else None,
-                    )
+            return self._get_once(point_ids, with_payload, with_vectors, None)
+
+    def _get_once(
+        self,
+        point_ids: list[PointId],
+        with_payload: bool,
+        with_vectors: bool,
+        generation: int | None,
+    ) -> list[Record] | None:
+        out = []
+        slots = []
+        for point_id in point_ids:
+            slot = self._ids.get(point_id)
+            if slot is None:
+                continue
+            slots.append(slot)
+            out.append(
+                Record(
+                    point_id,
+                    self._payloads.get(slot) if with_payload else None,
+                    self._vector_of(slot) if with_vectors else None,
                 )
+            )
+        if generation is not None and self._ids.changed_since(
+            np.array(slots, dtype=np.int64), generation
+        ):
+            return None
         return out
 
     def count(self, filter: Any = None) -> int:
@@ -647,9 +676,8 @@ class Collection:
         parsed = self._filter(filter)
         if parsed is None:
             return len(self._ids)
-        with self._apply_lock:
-            live = self._ids.live_mask(len(self._ids.ids))
-            return int(self._payloads.count(parsed, live, self._resolve))
+        live = self._ids.live_mask(len(self._ids.ids))
+        return int(self._payloads.count(parsed, live, self._resolve))
 
     def _sorted_ids(self) -> tuple[list[PointId], list[tuple[int, Any]]]:
         cache = self._sorted_cache

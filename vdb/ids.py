@@ -137,7 +137,12 @@ class IdMap:
         return slot
 
     def changed_since(self, slots: np.ndarray, generation: int) -> bool:
-        """True if any of ``slots`` (``-1`` ignored) changed after ``generation``."""
+        """True if any of ``slots`` (``-1`` ignored) was marked at ``generation`` or later.
+
+        The writer marks slots with an odd generation before changing them
+        (see ``Collection._apply_record``), so a reader that read
+        ``generation`` before it started sees every change made since.
+        """
         slots = np.asarray(slots).ravel()
         slots = slots[slots >= 0]
         if slots.size == 0:
@@ -145,7 +150,7 @@ class IdMap:
         changed = self.changed
         if int(slots.max()) >= len(changed):
             return True
-        return bool((changed[slots] > generation).any())
+        return bool((changed[slots] >= generation).any())
 
     def live_mask(self, capacity: int) -> np.ndarray:
         live = self.live
