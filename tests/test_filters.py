@@ -8,6 +8,7 @@ of the same JSON), and ``PayloadIndex.mask`` (the column index).
 from __future__ import annotations
 
 import random
+import threading
 
 import numpy as np
 import pytest
@@ -174,8 +175,10 @@ def _filters(draw, with_ids: bool = True, depth: int = 2) -> dict:
     return spec
 
 
-def _build(items: list) -> tuple[PayloadIndex, np.ndarray, list[int], dict[int, int]]:
-    index = PayloadIndex()
+def _build(
+    items: list, max_fields: int = 256
+) -> tuple[PayloadIndex, np.ndarray, list[int], dict[int, int]]:
+    index = PayloadIndex(max_fields=max_fields)
     for slot, payload in enumerate(items):
         index.set(slot, payload)
     ids = [1000 + slot for slot in range(len(items))]
@@ -191,9 +194,14 @@ def _reference(items: list, ids: list, compiled) -> list[bool]:
 
 
 @PROPERTY
-@given(items=st.lists(payloads, min_size=1, max_size=25), spec=_filters(), data=st.data())
-def test_mask_and_count_agree_with_matches(items, spec, data):
-    index, live, ids, slot_of = _build(items)
+@given(
+    items=st.lists(payloads, min_size=1, max_size=25),
+    spec=_filters(),
+    max_fields=st.sampled_from([256, 256, 1, 4]),  # few fields: conditions fall back to scans
+    data=st.data(),
+)
+def test_mask_and_count_agree_with_matches(items, spec, max_fields, data):
+    index, live, ids, slot_of = _build(items, max_fields)
     live = np.array(
         data.draw(st.lists(st.booleans(), min_size=len(items), max_size=len(items))), dtype=bool
     )
@@ -780,3 +788,40 @@ def test_text_index_serves_full_text_exactly():
     assert [int(s) + 1 for s in np.flatnonzero(index.mask(spec, 300, live, {}.get))] == expected
     assert index.drop_index("t") and index._fields[("t",)].tokens is None
     assert [int(s) + 1 for s in np.flatnonzero(index.mask(spec, 300, live, {}.get))] == expected
+
+
+def test_concurrent_readers_and_one_writer():
+    index = PayloadIndex()
+    spec = parse_filter(
+        {"must": [{"key": "tags", "match": {"any": ["a"]}}, {"key": "n", "range": {"gte": 0}}]}
+    )
+    errors: list[BaseException] = []
+    done = threading.Event()
+
+    def read() -> None:
+        try:
+            while not done.is_set():
+                mask = index.mask(spec, 600, np.ones(600, dtype=bool), {}.get)
+                assert mask.shape == (600,)
+        except BaseException as error:  # surfaced below
+            errors.append(error)
+
+    readers = [threading.Thread(target=read) for _ in range(3)]
+    for thread in readers:
+        thread.start()
+    rng = random.Random(11)
+    final: dict[int, dict] = {}
+    for step in range(3000):
+        slot = rng.randrange(600)
+        payload = {
+            "tags": rng.sample("abcd", rng.randint(0, 3)),
+            "n": [step, -step][: rng.randint(1, 2)],
+        }
+        index.set(slot, payload)
+        final[slot] = payload
+    done.set()
+    for thread in readers:
+        thread.join()
+    assert not errors
+    expected = [s in final and matches(final[s], None, spec) for s in range(600)]
+    assert index.mask(spec, 600, np.ones(600, dtype=bool), {}.get).tolist() == expected
