@@ -9,6 +9,8 @@ import httpx
 import numpy as np
 import pytest
 
+WAIT = 60.0  # seconds; generous, the test machine is shared and noisy
+
 DIM = 8
 WRITERS = 6
 BATCH = 5
@@ -29,7 +31,7 @@ class Writers:
     def run(self, worker: int) -> None:
         rng = np.random.default_rng(worker)
         batch_no = 0
-        with httpx.Client(base_url=self.url, timeout=30) as http:
+        with httpx.Client(base_url=self.url, timeout=60) as http:
             while not self.stop.is_set():
                 ids = [worker * 1_000_000 + batch_no * BATCH + j for j in range(BATCH)]
                 batch_no += 1
@@ -63,7 +65,11 @@ class Writers:
 
 
 def create(url: str) -> None:
-    r = httpx.put(url + "/collections/d", json={"vectors": {"size": DIM, "distance": "Cosine"}})
+    r = httpx.put(
+        timeout=WAIT,
+        url=url + "/collections/d",
+        json={"vectors": {"size": DIM, "distance": "Cosine"}},
+    )
     assert r.status_code == 200
 
 
@@ -92,7 +98,9 @@ def test_kill_9_during_concurrent_upserts_loses_no_acknowledged_write(serve, tmp
     assert set(writers.statuses) == {200}
     again = serve(data_dir=data)
     assert missing(again.url, acked) == set()
-    count = httpx.post(again.url + "/collections/d/points/count", json={}).json()["result"]["count"]
+    count = httpx.post(timeout=WAIT, url=again.url + "/collections/d/points/count", json={}).json()[
+        "result"
+    ]["count"]
     assert count >= len(acked)
 
 
@@ -104,7 +112,7 @@ def test_sigterm_drains_requests_in_flight_and_loses_nothing(serve, tmp_path):
     writers = Writers(server.url).start()
     assert writers.enough.wait(120), "writers made no progress"
     server.signal(signal.SIGTERM)
-    code = server.wait(timeout=30)
+    code = server.wait(timeout=60)
     writers.join()
     assert code == 0
     assert "database closed" in server.log()
@@ -123,7 +131,7 @@ def test_second_signal_exits_at_once_without_losing_acknowledged_writes(serve, t
     assert writers.enough.wait(120), "writers made no progress"
     server.signal(signal.SIGTERM)
     server.signal(signal.SIGTERM)
-    code = server.wait(timeout=30)
+    code = server.wait(timeout=60)
     writers.join()
     assert code in (0, 128 + signal.SIGTERM)
     acked = list(writers.acked)

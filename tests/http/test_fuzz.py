@@ -229,7 +229,7 @@ def generate(n: int, seed: int):
 
 @pytest.fixture(scope="module")
 def http(server):
-    with httpx.Client(base_url=server.url, timeout=30) as c:
+    with httpx.Client(base_url=server.url, timeout=60) as c:
         assert (
             c.put(
                 f"/collections/{COLLECTION}", json={"vectors": {"size": DIM, "distance": "Cosine"}}

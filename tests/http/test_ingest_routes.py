@@ -32,7 +32,7 @@ def test_file_ingest_figures_and_dead_letters(serve, tmp_path):
     )
     deadline = time.monotonic() + 120
     count = 0
-    with httpx.Client(base_url=server.url, timeout=30) as http:
+    with httpx.Client(base_url=server.url, timeout=60) as http:
         while time.monotonic() < deadline:
             r = http.post("/collections/ing/points/count", json={})
             count = r.json()["result"]["count"] if r.status_code == 200 else 0

@@ -17,7 +17,7 @@ def pack(obj) -> bytes:
 
 @pytest.fixture(scope="module")
 def http(server):
-    with httpx.Client(base_url=server.url, timeout=30) as c:
+    with httpx.Client(base_url=server.url, timeout=60) as c:
         r = c.put("/collections/mp", json={"vectors": {"size": DIM, "distance": "Cosine"}})
         assert r.status_code == 200
         yield c

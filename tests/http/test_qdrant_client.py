@@ -13,6 +13,8 @@ from qdrant_client import QdrantClient
 from qdrant_client import models as m
 from qdrant_client.http.exceptions import UnexpectedResponse
 
+WAIT = 60.0  # seconds; generous, the test machine is shared and noisy
+
 RNG_SEED = 7
 
 
@@ -20,7 +22,7 @@ RNG_SEED = 7
 def client(server) -> QdrantClient:
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # the version check must not warn
-        c = QdrantClient(url=server.url, timeout=30)
+        c = QdrantClient(url=server.url, timeout=60)
         c.get_collections()
     return c
 
@@ -38,7 +40,7 @@ def make_points(n: int, dim: int, seed: int = RNG_SEED):
 
 
 def test_root_reports_a_compatible_version(server, client):
-    body = httpx.get(server.url + "/").json()
+    body = httpx.get(timeout=WAIT, url=server.url + "/").json()
     assert body["title"] == "qdrant - vector search engine"
     from importlib.metadata import version
 
@@ -261,7 +263,7 @@ def test_invalid_ids_and_wrong_dimension_are_400(server, client):
         {"id": 1, "vector": [1, 2]},
         {"id": 1, "vector": [1, "x", 3]},
     ):
-        r = httpx.put(url, json={"points": [point]})
+        r = httpx.put(timeout=WAIT, url=url, json={"points": [point]})
         assert r.status_code == 400, (point, r.text)
         assert r.json()["status"]["error"]
     assert client.count(name).count == 0
@@ -279,17 +281,21 @@ def test_unsupported_fields_are_named(server, client):
         name, vectors_config=m.VectorParams(size=3, distance=m.Distance.COSINE)
     )
     r = httpx.post(
-        f"{server.url}/collections/{name}/points/query",
+        timeout=WAIT,
+        url=f"{server.url}/collections/{name}/points/query",
         json={"query": [1, 2, 3], "prefetch": {"query": [1, 2, 3]}},
     )
     assert r.status_code == 400 and "prefetch" in r.json()["status"]["error"]
     r = httpx.post(
-        f"{server.url}/collections/{name}/points/query",
+        timeout=WAIT,
+        url=f"{server.url}/collections/{name}/points/query",
         json={"query": {"recommend": {"positive": [1]}}},
     )
     assert r.status_code == 400 and "recommend" in r.json()["status"]["error"]
     r = httpx.put(
-        f"{server.url}/collections/other", json={"vectors": {"size": 3, "distance": "Manhattan"}}
+        timeout=WAIT,
+        url=f"{server.url}/collections/other",
+        json={"vectors": {"size": 3, "distance": "Manhattan"}},
     )
     assert r.status_code == 400 and "Manhattan" in r.json()["status"]["error"]
 
@@ -305,11 +311,11 @@ def test_snapshots_create_list_download(server, client):
     assert snap.size > 0
     listed = client.list_snapshots(name)
     assert [s.name for s in listed] == [snap.name]
-    r = httpx.get(f"{server.url}/collections/{name}/snapshots/{snap.name}")
+    r = httpx.get(timeout=WAIT, url=f"{server.url}/collections/{name}/snapshots/{snap.name}")
     assert r.status_code == 200
     assert len(r.content) == snap.size
     assert hashlib.sha256(r.content).hexdigest() == snap.checksum
-    r = httpx.get(f"{server.url}/collections/{name}/snapshots/nothing.snapshot")
+    r = httpx.get(timeout=WAIT, url=f"{server.url}/collections/{name}/snapshots/nothing.snapshot")
     assert r.status_code == 404
     assert client.delete_snapshot(name, snap.name)
     assert client.list_snapshots(name) == []
@@ -338,13 +344,17 @@ def test_query_by_point_id_legacy_search_and_field_index(server, client):
     assert err.value.status_code == 404
     # the legacy search route still answers old clients, offset skips the best hits
     r = httpx.post(
-        f"{server.url}/collections/{name}/points/search",
+        timeout=WAIT,
+        url=f"{server.url}/collections/{name}/points/search",
         json={"vector": vectors[4].tolist(), "limit": 3, "offset": 1},
     )
     assert r.status_code == 200
     assert [p["id"] for p in r.json()["result"]] == [int(i) for i in np.argsort(-scores)[1:4]]
     # the generated single-point route
-    r = httpx.get(f"{server.url}/collections/{name}/points/7")
+    r = httpx.get(timeout=WAIT, url=f"{server.url}/collections/{name}/points/7")
     assert r.status_code == 200 and r.json()["result"]["id"] == 7
     np.testing.assert_allclose(r.json()["result"]["vector"], vectors[7], rtol=1e-6)
-    assert httpx.get(f"{server.url}/collections/{name}/points/777").status_code == 404
+    assert (
+        httpx.get(timeout=WAIT, url=f"{server.url}/collections/{name}/points/777").status_code
+        == 404
+    )

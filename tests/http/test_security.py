@@ -13,13 +13,15 @@ from qdrant_client import models as m
 from qdrant_client.common.client_exceptions import ResourceExhaustedResponse
 from qdrant_client.http.exceptions import UnexpectedResponse
 
+WAIT = 60.0  # seconds; generous, the test machine is shared and noisy
+
 RW, RO = "rw-key-0123456789", "ro-key-9876543210"
 
 
 def client(url: str, **kw) -> QdrantClient:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # "api key over an insecure connection"
-        return QdrantClient(url=url, timeout=30, **kw)
+        return QdrantClient(url=url, timeout=60, **kw)
 
 
 def test_api_keys_read_write_and_read_only(serve):
@@ -43,21 +45,27 @@ def test_api_keys_read_write_and_read_only(serve):
     assert rw.count("k").count == 2
     # no key or a wrong key: 401 with a JSON body
     for headers in ({}, {"api-key": "wrong"}, {"Authorization": "Bearer wrong"}):
-        r = httpx.get(server.url + "/collections", headers=headers)
+        r = httpx.get(timeout=WAIT, url=server.url + "/collections", headers=headers)
         assert r.status_code == 401
         assert r.json()["status"]["error"]
     # Bearer works like the api-key header
-    r = httpx.get(server.url + "/collections", headers={"Authorization": f"Bearer {RO}"})
+    r = httpx.get(
+        timeout=WAIT, url=server.url + "/collections", headers={"Authorization": f"Bearer {RO}"}
+    )
     assert r.status_code == 200 and r.json()["result"]["collections"] == [{"name": "k"}]
     r = httpx.put(
-        server.url + "/collections/k/points",
+        timeout=WAIT,
+        url=server.url + "/collections/k/points",
         json={"points": [{"id": 9, "vector": [1, 1]}]},
         headers={"Authorization": f"Bearer {RO}"},
     )
     assert r.status_code == 403
     # health and version stay open
-    assert httpx.get(server.url + "/healthz").status_code == 200
-    assert httpx.get(server.url + "/").json()["title"] == "qdrant - vector search engine"
+    assert httpx.get(timeout=WAIT, url=server.url + "/healthz").status_code == 200
+    assert (
+        httpx.get(timeout=WAIT, url=server.url + "/").json()["title"]
+        == "qdrant - vector search engine"
+    )
     # settings are logged once at start, keys masked
     log = server.log()
     assert log.count("vdb serve settings") == 1
@@ -83,14 +91,14 @@ def test_tls_with_a_self_signed_certificate(serve, tmp_path):
         verify=ctx,
     )
     # with api_key and no https= the client switches to https by itself
-    c = QdrantClient(url=server.url, api_key=RW, verify=ctx, check_compatibility=False, timeout=30)
+    c = QdrantClient(url=server.url, api_key=RW, verify=ctx, check_compatibility=False, timeout=60)
     c.create_collection("tls", vectors_config=m.VectorParams(size=3, distance=m.Distance.COSINE))
     c.upsert("tls", m.Batch(ids=[1], vectors=[[1, 2, 3]]))
     assert c.count("tls").count == 1
     with pytest.raises(httpx.HTTPError):  # an untrusted certificate is refused
-        httpx.get(server.url + "/healthz")
+        httpx.get(timeout=WAIT, url=server.url + "/healthz")
     with pytest.raises(httpx.HTTPError):  # plain HTTP is not served
-        httpx.get(server.url.replace("https", "http") + "/healthz")
+        httpx.get(timeout=WAIT, url=server.url.replace("https", "http") + "/healthz")
 
 
 def test_body_limit_is_413_before_reading(serve):
@@ -98,14 +106,16 @@ def test_body_limit_is_413_before_reading(serve):
     url = server.url
     assert (
         httpx.put(
-            url + "/collections/b", json={"vectors": {"size": 4, "distance": "Dot"}}
+            timeout=WAIT,
+            url=url + "/collections/b",
+            json={"vectors": {"size": 4, "distance": "Dot"}},
         ).status_code
         == 200
     )
     big = {
         "points": [{"id": i, "vector": [0.5] * 4, "payload": {"t": "x" * 100}} for i in range(100)]
     }
-    r = httpx.put(url + "/collections/b/points", json=big)
+    r = httpx.put(timeout=WAIT, url=url + "/collections/b/points", json=big)
     assert r.status_code == 413
     assert "limit" in r.json()["status"]["error"]
 
@@ -116,15 +126,16 @@ def test_body_limit_is_413_before_reading(serve):
         yield b'{"id": 999, "vector": [1, 2, 3, 4]}]}'
 
     r = httpx.put(
-        url + "/collections/b/points",
+        timeout=WAIT,
+        url=url + "/collections/b/points",
         content=chunks(),
         headers={"content-type": "application/json"},
     )
     assert r.status_code == 413
     assert r.json()["status"]["error"]
     small = {"points": [{"id": 1, "vector": [1, 2, 3, 4]}]}
-    assert httpx.put(url + "/collections/b/points", json=small).status_code == 200
-    r = httpx.post(url + "/collections/b/points/count", json={})
+    assert httpx.put(timeout=WAIT, url=url + "/collections/b/points", json=small).status_code == 200
+    r = httpx.post(timeout=WAIT, url=url + "/collections/b/points/count", json={})
     assert r.json()["result"]["count"] == 1
 
 
@@ -146,4 +157,6 @@ def test_rate_limit_is_429_with_retry_after(serve):
         for _ in range(8):
             c.get_collections()
     assert err.value.retry_after_s >= 1
-    assert httpx.get(server.url + "/healthz").status_code == 200  # health is never limited
+    assert (
+        httpx.get(timeout=WAIT, url=server.url + "/healthz").status_code == 200
+    )  # health is never limited

@@ -10,7 +10,7 @@ import pytest
 
 @pytest.fixture(scope="module")
 def http(server):
-    with httpx.Client(base_url=server.url, timeout=30) as c:
+    with httpx.Client(base_url=server.url, timeout=60) as c:
         yield c
 
 

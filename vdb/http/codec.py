@@ -57,14 +57,13 @@ def decode(raw: bytes, content_type: str | None) -> Any:
         raise BodyError(f"Format error in JSON body: {exc}") from None
 
 
-async def read_body(request: Request, *, required: bool = True) -> dict[str, Any] | None:
-    """Read and decode the body as an object; an empty body is ``None`` (400 if required)."""
-    raw = await request.body()
-    if not raw.strip():
+def parse_body(raw: bytes, content_type: str | None, *, required: bool = True) -> dict | None:
+    """Decode a body that must be an object; an empty body is ``None`` (400 if required)."""
+    if not raw or raw.isspace():
         if required:
             raise BodyError("Format error in JSON body: the request body is empty")
         return None
-    body = decode(raw, request.headers.get("content-type"))
+    body = decode(raw, content_type)
     if not isinstance(body, dict):
         raise BodyError(f"Format error in JSON body: expected an object, got {type(body).__name__}")
     return body

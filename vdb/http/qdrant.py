@@ -15,7 +15,6 @@ Dot → ``ip``.
 from __future__ import annotations
 
 import datetime as dt
-import functools
 import hashlib
 import itertools
 import logging
@@ -35,7 +34,7 @@ from starlette.routing import Route
 
 from vdb.errors import CollectionNotFound, InvalidInput, NotFound, PointNotFound
 from vdb.http import parsing as p
-from vdb.http.codec import EncodedResponse, envelope, read_body, wants_msgpack
+from vdb.http.codec import EncodedResponse, encode, envelope, parse_body, wants_msgpack
 
 log = logging.getLogger(__name__)
 
@@ -79,23 +78,38 @@ class QdrantApi:
 
     # -- plumbing -----------------------------------------------------------
 
-    async def read(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        return await anyio.to_thread.run_sync(
-            functools.partial(fn, *args, **kwargs), limiter=self.read_limiter
-        )
+    async def run(
+        self,
+        request: Request,
+        job: Callable[[Any], Any],
+        *,
+        write: bool = False,
+        body: bool | None = None,
+        status_code: int = 200,
+    ) -> Response:
+        """Run ``job(body)`` in the thread pool and answer with its result in the envelope.
 
-    async def write(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        return await anyio.to_thread.run_sync(
-            functools.partial(fn, *args, **kwargs), limiter=self.write_limiter
-        )
+        The body is read here but decoded, validated, executed and encoded in
+        the worker thread, so the event loop never spends time on a big
+        request. ``body``: True = required, False = optional (``{}`` when
+        empty), None = no body expected.
+        """
+        started = time.perf_counter()
+        raw = await request.body() if body is not None else b""
+        content_type = request.headers.get("content-type")
+        msgpack_out = wants_msgpack(request)
 
-    @staticmethod
-    def ok(request: Request, result: Any, started: float, status_code: int = 200) -> Response:
-        return EncodedResponse(
-            envelope(result, started),
-            status_code=status_code,
-            msgpack_out=wants_msgpack(request),
-        )
+        def work() -> tuple[bytes, str]:
+            decoded = None
+            if body is not None:
+                decoded = parse_body(raw, content_type, required=body)
+                if decoded is None:
+                    decoded = {}
+            return encode(envelope(job(decoded), started), msgpack_out=msgpack_out)
+
+        limiter = self.write_limiter if write else self.read_limiter
+        content, media_type = await anyio.to_thread.run_sync(work, limiter=limiter)
+        return Response(content, status_code=status_code, media_type=media_type)
 
     def update_result(self) -> dict[str, Any]:
         # vdb applies every write before answering, so "completed" is true even for wait=false
@@ -125,68 +139,71 @@ class QdrantApi:
     # -- collections --------------------------------------------------------
 
     async def list_collections(self, request: Request) -> Response:
-        started = time.perf_counter()
-        names = await self.read(self.db.list_collections)
-        return self.ok(request, {"collections": [{"name": n} for n in names]}, started)
+        def job(_: Any) -> dict[str, Any]:
+            return {"collections": [{"name": n} for n in self.db.list_collections()]}
+
+        return await self.run(request, job)
 
     async def collection_exists(self, request: Request) -> Response:
-        started = time.perf_counter()
-        exists = await self.read(self.db.has_collection, request.path_params["name"])
-        return self.ok(request, {"exists": bool(exists)}, started)
+        name = request.path_params["name"]
+        return await self.run(request, lambda _: {"exists": bool(self.db.has_collection(name))})
 
     async def get_collection(self, request: Request) -> Response:
-        started = time.perf_counter()
         name = request.path_params["name"]
-
-        def run() -> dict[str, Any]:
-            view = self.view(name)
-            return collection_info(view.col.info())
-
-        return self.ok(request, await self.read(run), started)
+        return await self.run(request, lambda _: collection_info(self.view(name).col.info()))
 
     async def create_collection(self, request: Request) -> Response:
-        started = time.perf_counter()
         name = request.path_params["name"]
         check_collection_name(name)
-        body = await read_body(request)
-        options = parse_create_collection(body)
-        await self.write(self.db.create_collection, name, **options)
-        return self.ok(request, True, started)
+
+        def job(body: dict[str, Any]) -> bool:
+            self.db.create_collection(name, **parse_create_collection(body))
+            return True
+
+        return await self.run(request, job, write=True, body=True)
 
     async def update_collection(self, request: Request) -> Response:
-        await read_body(request, required=False)
-        raise InvalidInput("Bad request: updating collection parameters is not supported by vdb")
+        def job(_: Any) -> Any:
+            raise InvalidInput(
+                "Bad request: updating collection parameters is not supported by vdb"
+            )
+
+        return await self.run(request, job, body=False)
 
     async def delete_collection(self, request: Request) -> Response:
-        started = time.perf_counter()
-        dropped = await self.write(self.db.drop_collection, request.path_params["name"])
-        return self.ok(request, bool(dropped), started)
+        name = request.path_params["name"]
+        return await self.run(request, lambda _: bool(self.db.drop_collection(name)), write=True)
 
     # -- points: writes -----------------------------------------------------
 
     async def upsert_points(self, request: Request) -> Response:
-        started = time.perf_counter()
         p.parse_wait(request.query_params.get("wait"))
         name = request.path_params["name"]
-        body = await read_body(request)
-        view = await self.read(self.view, name)
-        ids, vectors, payloads = parse_upsert(body, view.dim)
-        if ids:
-            await self.write(view.col.upsert, ids, vectors, payloads)
-        return self.ok(request, self.update_result(), started)
+
+        def job(body: dict[str, Any]) -> dict[str, Any]:
+            view = self.view(name)
+            ids, vectors, payloads = parse_upsert(body, view.dim)
+            if ids:
+                view.col.upsert(ids, vectors, payloads)
+            return self.update_result()
+
+        return await self.run(request, job, write=True, body=True)
 
     async def delete_points(self, request: Request) -> Response:
-        started = time.perf_counter()
         p.parse_wait(request.query_params.get("wait"))
-        body = await read_body(request)
-        ids, flt = parse_selector(body, "PointsSelector")
-        view = await self.read(self.view, request.path_params["name"])
-        if ids is not None:
-            if ids:
-                await self.write(view.col.delete, ids)
-        else:
-            await self.write(view.col.delete, filter=flt)
-        return self.ok(request, self.update_result(), started)
+        name = request.path_params["name"]
+
+        def job(body: dict[str, Any]) -> dict[str, Any]:
+            ids, flt = parse_selector(body, "PointsSelector")
+            col = self.view(name).col
+            if ids is not None:
+                if ids:
+                    col.delete(ids)
+            else:
+                col.delete(filter=flt)
+            return self.update_result()
+
+        return await self.run(request, job, write=True, body=True)
 
     async def set_payload(self, request: Request) -> Response:
         return await self._payload_op(request, "set")
@@ -201,104 +218,67 @@ class QdrantApi:
         return await self._payload_op(request, "clear")
 
     async def _payload_op(self, request: Request, op: str) -> Response:
-        started = time.perf_counter()
         p.parse_wait(request.query_params.get("wait"))
-        body = await read_body(request)
-        where = {
-            "set": "SetPayload",
-            "overwrite": "SetPayload",
-            "delete": "DeletePayload",
-            "clear": "PointsSelector",
-        }[op]
-        if op == "clear":
-            ids, flt = parse_selector(body, where)
-        else:
-            extra = {"set": ("payload", "key"), "overwrite": ("payload",), "delete": ("keys",)}[op]
-            p.check_fields(body, where, ("points", "filter", *extra), _SHARD)
-            ids, flt = parse_targets(body, where)
-        view = await self.read(self.view, request.path_params["name"])
-        col = view.col
-        if op == "set":
-            payload = p.parse_payload(body.get("payload"), "payload")
-            if payload is None:
-                raise InvalidInput("`payload` is required")
-            key = body.get("key")
-            if key is not None:
-                key = p.parse_str(key, "key")
-            await self.write(col.set_payload, ids, payload, filter=flt, key=key)
-        elif op == "overwrite":
-            payload = p.parse_payload(body.get("payload"), "payload")
-            if payload is None:
-                raise InvalidInput("`payload` is required")
-            await self.write(col.overwrite_payload, ids, payload, filter=flt)
-        elif op == "delete":
-            keys = body.get("keys")
-            if not isinstance(keys, list):
-                raise InvalidInput("`keys` must be an array of payload keys")
-            keys = [p.parse_str(k, f"keys[{i}]") for i, k in enumerate(keys)]
-            await self.write(col.delete_payload, ids, keys, filter=flt)
-        else:
-            await self.write(col.clear_payload, ids, filter=flt)
-        return self.ok(request, self.update_result(), started)
+        name = request.path_params["name"]
+
+        def job(body: dict[str, Any]) -> dict[str, Any]:
+            apply_payload_op(self.view(name).col, op, body)
+            return self.update_result()
+
+        return await self.run(request, job, write=True, body=True)
 
     # -- points: reads ------------------------------------------------------
 
     async def retrieve_points(self, request: Request) -> Response:
-        started = time.perf_counter()
-        body = await read_body(request)
-        p.check_fields(body, "PointRequest", ("ids", "with_payload", "with_vector"), _SHARD)
-        if "ids" not in body:
-            raise InvalidInput("Format error in JSON body: missing field `ids`")
-        ids = p.parse_ids(body["ids"], "ids")
-        fetch_payload, selector = p.parse_with_payload(
-            body.get("with_payload"), "with_payload", True
-        )
-        with_vector = p.parse_with_vector(body.get("with_vector"), "with_vector", False)
         name = request.path_params["name"]
 
-        def run() -> list[dict[str, Any]]:
+        def job(body: dict[str, Any]) -> list[dict[str, Any]]:
+            p.check_fields(body, "PointRequest", ("ids", "with_payload", "with_vector"), _SHARD)
+            if "ids" not in body:
+                raise InvalidInput("Format error in JSON body: missing field `ids`")
+            ids = p.parse_ids(body["ids"], "ids")
+            fetch_payload, selector = p.parse_with_payload(
+                body.get("with_payload"), "with_payload", True
+            )
+            with_vector = p.parse_with_vector(body.get("with_vector"), "with_vector", False)
             view = self.view(name)
             records = view.col.get(ids, with_payload=fetch_payload, with_vectors=with_vector)
             return [record_out(r, fetch_payload, selector, with_vector) for r in records]
 
-        return self.ok(request, await self.read(run), started)
+        return await self.run(request, job, body=True)
 
     async def get_point(self, request: Request) -> Response:
-        started = time.perf_counter()
         raw = request.path_params["id"]
         point_id = p.parse_id(int(raw) if raw.isdigit() else raw, "id")
         name = request.path_params["name"]
 
-        def run() -> dict[str, Any]:
-            view = self.view(name)
-            records = view.col.get([point_id], with_payload=True, with_vectors=True)
+        def job(_: Any) -> dict[str, Any]:
+            records = self.view(name).col.get([point_id], with_payload=True, with_vectors=True)
             if not records:
                 raise PointNotFound(f"Not found: No point with id {point_id} found")
             return record_out(records[0], True, None, True)
 
-        return self.ok(request, await self.read(run), started)
+        return await self.run(request, job)
 
     async def scroll_points(self, request: Request) -> Response:
-        started = time.perf_counter()
-        body = await read_body(request, required=False) or {}
-        p.check_fields(
-            body,
-            "ScrollRequest",
-            ("offset", "limit", "filter", "with_payload", "with_vector"),
-            (*_SHARD, "order_by"),
-        )
-        offset = None if body.get("offset") is None else p.parse_id(body["offset"], "offset")
-        limit = p.parse_limit(body.get("limit"), "limit", 10, self.config.max_limit)
-        flt = p.parse_filter(body.get("filter"))
-        fetch_payload, selector = p.parse_with_payload(
-            body.get("with_payload"), "with_payload", True
-        )
-        with_vector = p.parse_with_vector(body.get("with_vector"), "with_vector", False)
         name = request.path_params["name"]
+        max_limit = self.config.max_limit
 
-        def run() -> dict[str, Any]:
-            view = self.view(name)
-            records, next_offset = view.col.scroll(
+        def job(body: dict[str, Any]) -> dict[str, Any]:
+            p.check_fields(
+                body,
+                "ScrollRequest",
+                ("offset", "limit", "filter", "with_payload", "with_vector"),
+                (*_SHARD, "order_by"),
+            )
+            offset = None if body.get("offset") is None else p.parse_id(body["offset"], "offset")
+            limit = p.parse_limit(body.get("limit"), "limit", 10, max_limit)
+            flt = p.parse_filter(body.get("filter"))
+            fetch_payload, selector = p.parse_with_payload(
+                body.get("with_payload"), "with_payload", True
+            )
+            with_vector = p.parse_with_vector(body.get("with_vector"), "with_vector", False)
+            records, next_offset = self.view(name).col.scroll(
                 filter=flt,
                 limit=limit,
                 offset=offset,
@@ -310,122 +290,101 @@ class QdrantApi:
                 "next_page_offset": None if next_offset is None else p.id_out(next_offset),
             }
 
-        return self.ok(request, await self.read(run), started)
+        return await self.run(request, job, body=False)
 
     async def count_points(self, request: Request) -> Response:
-        started = time.perf_counter()
-        body = await read_body(request, required=False) or {}
-        p.check_fields(body, "CountRequest", ("filter", "exact"), _SHARD)
-        flt = p.parse_filter(body.get("filter"))
-        if body.get("exact") is not None:
-            p.parse_bool(body["exact"], "exact")
         name = request.path_params["name"]
 
-        def run() -> dict[str, Any]:
+        def job(body: dict[str, Any]) -> dict[str, Any]:
+            p.check_fields(body, "CountRequest", ("filter", "exact"), _SHARD)
+            flt = p.parse_filter(body.get("filter"))
+            if body.get("exact") is not None:
+                p.parse_bool(body["exact"], "exact")
             return {"count": int(self.view(name).col.count(filter=flt))}
 
-        return self.ok(request, await self.read(run), started)
+        return await self.run(request, job, body=False)
 
     # -- search -------------------------------------------------------------
 
     async def query_points(self, request: Request) -> Response:
-        started = time.perf_counter()
-        body = await read_body(request, required=False) or {}
-        query = parse_query_request(body, "QueryRequest", self.config.max_limit)
         name = request.path_params["name"]
+        max_limit = self.config.max_limit
 
-        def run() -> dict[str, Any]:
-            view = self.view(name)
-            return {"points": run_query(view, query)}
+        def job(body: dict[str, Any]) -> dict[str, Any]:
+            query = parse_query_request(body, "QueryRequest", max_limit)
+            return {"points": run_query(self.view(name), query)}
 
-        return self.ok(request, await self.read(run), started)
+        return await self.run(request, job, body=False)
 
     async def query_batch(self, request: Request) -> Response:
-        started = time.perf_counter()
-        body = await read_body(request)
-        p.check_fields(body, "QueryRequestBatch", ("searches",))
-        searches = body.get("searches")
-        if not isinstance(searches, list):
-            raise InvalidInput("Format error in JSON body: `searches` must be an array")
-        if len(searches) > self.config.max_batch:
-            raise InvalidInput(
-                f"Bad request: {len(searches)} searches in one batch; at most "
-                f"{self.config.max_batch} are accepted"
-            )
-        queries = [
-            parse_query_request(
-                p.check_object(s, f"searches[{i}]"), f"searches[{i}]", self.config.max_limit
-            )
-            for i, s in enumerate(searches)
-        ]
         name = request.path_params["name"]
 
-        def run() -> list[dict[str, Any]]:
-            view = self.view(name)
-            return [{"points": points} for points in run_queries(view, queries)]
+        def job(body: dict[str, Any]) -> list[dict[str, Any]]:
+            searches = parse_batch(body, "QueryRequestBatch", self.config.max_batch)
+            queries = [
+                parse_query_request(s, f"searches[{i}]", self.config.max_limit)
+                for i, s in enumerate(searches)
+            ]
+            return [{"points": points} for points in run_queries(self.view(name), queries)]
 
-        return self.ok(request, await self.read(run), started)
+        return await self.run(request, job, body=True)
 
     async def search_points(self, request: Request) -> Response:
         """Legacy ``/points/search`` (removed from Qdrant 1.19, still used by old clients)."""
-        started = time.perf_counter()
-        body = await read_body(request)
-        query = parse_search_request(body, "SearchRequest", self.config.max_limit)
         name = request.path_params["name"]
 
-        def run() -> list[dict[str, Any]]:
+        def job(body: dict[str, Any]) -> list[dict[str, Any]]:
+            query = parse_search_request(body, "SearchRequest", self.config.max_limit)
             return run_query(self.view(name), query)
 
-        return self.ok(request, await self.read(run), started)
+        return await self.run(request, job, body=True)
 
     async def search_batch(self, request: Request) -> Response:
-        started = time.perf_counter()
-        body = await read_body(request)
-        p.check_fields(body, "SearchRequestBatch", ("searches",))
-        searches = body.get("searches")
-        if not isinstance(searches, list):
-            raise InvalidInput("Format error in JSON body: `searches` must be an array")
-        if len(searches) > self.config.max_batch:
-            raise InvalidInput(f"Bad request: at most {self.config.max_batch} searches per batch")
-        queries = [
-            parse_search_request(
-                p.check_object(s, f"searches[{i}]"), f"searches[{i}]", self.config.max_limit
-            )
-            for i, s in enumerate(searches)
-        ]
         name = request.path_params["name"]
 
-        def run() -> list[list[dict[str, Any]]]:
+        def job(body: dict[str, Any]) -> list[list[dict[str, Any]]]:
+            searches = parse_batch(body, "SearchRequestBatch", self.config.max_batch)
+            queries = [
+                parse_search_request(s, f"searches[{i}]", self.config.max_limit)
+                for i, s in enumerate(searches)
+            ]
             return run_queries(self.view(name), queries)
 
-        return self.ok(request, await self.read(run), started)
+        return await self.run(request, job, body=True)
 
     # -- payload indexes ----------------------------------------------------
 
     async def create_field_index(self, request: Request) -> Response:
         """Accepted for compatibility: vdb indexes every payload field as it is written."""
-        started = time.perf_counter()
         p.parse_wait(request.query_params.get("wait"))
-        body = await read_body(request)
-        p.check_fields(body, "CreateFieldIndex", ("field_name", "field_schema"))
-        if "field_name" not in body:
-            raise InvalidInput("Format error in JSON body: missing field `field_name`")
-        field = p.parse_str(body["field_name"], "field_name")
-        if not field:
-            raise InvalidInput("`field_name` must not be empty")
-        schema = body.get("field_schema")
-        if isinstance(schema, dict):
-            schema = schema.get("type")
-        if schema is not None and schema not in _SCHEMA_TYPES:
-            raise InvalidInput(f"Bad request: field_schema {schema!r} is not supported by vdb")
-        await self.read(self.view, request.path_params["name"])
-        return self.ok(request, self.update_result(), started)
+        name = request.path_params["name"]
+
+        def job(body: dict[str, Any]) -> dict[str, Any]:
+            p.check_fields(body, "CreateFieldIndex", ("field_name", "field_schema"))
+            if "field_name" not in body:
+                raise InvalidInput("Format error in JSON body: missing field `field_name`")
+            field = p.parse_str(body["field_name"], "field_name")
+            if not field:
+                raise InvalidInput("`field_name` must not be empty")
+            schema = body.get("field_schema")
+            if isinstance(schema, dict):
+                schema = schema.get("type")
+            if schema is not None and schema not in _SCHEMA_TYPES:
+                raise InvalidInput(f"Bad request: field_schema {schema!r} is not supported by vdb")
+            self.view(name)
+            return self.update_result()
+
+        return await self.run(request, job, body=True)
 
     async def delete_field_index(self, request: Request) -> Response:
-        started = time.perf_counter()
         p.parse_wait(request.query_params.get("wait"))
-        await self.read(self.view, request.path_params["name"])
-        return self.ok(request, self.update_result(), started)
+        name = request.path_params["name"]
+
+        def job(_: Any) -> dict[str, Any]:
+            self.view(name)
+            return self.update_result()
+
+        return await self.run(request, job)
 
     # -- snapshots ----------------------------------------------------------
 
@@ -434,11 +393,10 @@ class QdrantApi:
         return base / "full" if name is None else base / "collections" / name
 
     async def create_snapshot(self, request: Request) -> Response:
-        started = time.perf_counter()
         name = request.path_params.get("name")
         wait = p.parse_wait(request.query_params.get("wait"))
 
-        def run() -> dict[str, Any]:
+        def job(_: Any) -> dict[str, Any]:
             if name is not None:
                 self.view(name)
             folder = self._snapshot_dir(name)
@@ -459,17 +417,17 @@ class QdrantApi:
 
         if not wait:
             # vdb takes the snapshot before answering either way; Qdrant's 202 has no result
-            await self.write(run)
+            started = time.perf_counter()
+            await anyio.to_thread.run_sync(job, None, limiter=self.write_limiter)
             return EncodedResponse(
                 {"status": "accepted", "time": time.perf_counter() - started}, status_code=202
             )
-        return self.ok(request, await self.write(run), started)
+        return await self.run(request, job, write=True)
 
     async def list_snapshots(self, request: Request) -> Response:
-        started = time.perf_counter()
         name = request.path_params.get("name")
 
-        def run() -> list[dict[str, Any]]:
+        def job(_: Any) -> list[dict[str, Any]]:
             if name is not None:
                 self.view(name)
             folder = self._snapshot_dir(name)
@@ -478,7 +436,7 @@ class QdrantApi:
             files = sorted(f for f in folder.iterdir() if f.suffix == ".snapshot" and f.is_file())
             return [snapshot_description(f) for f in files]
 
-        return self.ok(request, await self.read(run), started)
+        return await self.run(request, job)
 
     def _snapshot_file(self, name: str | None, snapshot: str) -> Path:
         if not _SNAPSHOT_NAME.match(snapshot) or ".." in snapshot:
@@ -492,21 +450,24 @@ class QdrantApi:
 
     async def download_snapshot(self, request: Request) -> Response:
         name = request.path_params.get("name")
-        path = await self.read(self._snapshot_file, name, request.path_params["snapshot"])
+        snapshot = request.path_params["snapshot"]
+        path = await anyio.to_thread.run_sync(
+            self._snapshot_file, name, snapshot, limiter=self.read_limiter
+        )
         return FileResponse(path, media_type="application/octet-stream", filename=path.name)
 
     async def delete_snapshot(self, request: Request) -> Response:
-        started = time.perf_counter()
         name = request.path_params.get("name")
+        snapshot = request.path_params["snapshot"]
         p.parse_wait(request.query_params.get("wait"))
 
-        def run() -> bool:
-            path = self._snapshot_file(name, request.path_params["snapshot"])
+        def job(_: Any) -> bool:
+            path = self._snapshot_file(name, snapshot)
             path.unlink()
             path.with_name(path.name + ".checksum").unlink(missing_ok=True)
             return True
 
-        return self.ok(request, await self.write(run), started)
+        return await self.run(request, job, write=True)
 
     # -- routes -------------------------------------------------------------
 
@@ -681,6 +642,47 @@ def parse_upsert(
         payloads.append(p.parse_payload(point.get("payload"), f"points[{i}].payload"))
     vectors = p.stack(rows, "points", dim)
     return ids, vectors, payloads
+
+
+def parse_batch(body: dict[str, Any], where: str, max_batch: int) -> list[dict[str, Any]]:
+    p.check_fields(body, where, ("searches",))
+    searches = body.get("searches")
+    if not isinstance(searches, list):
+        raise InvalidInput("Format error in JSON body: `searches` must be an array")
+    if len(searches) > max_batch:
+        raise InvalidInput(
+            f"Bad request: {len(searches)} searches in one batch; at most {max_batch} are accepted"
+        )
+    return [p.check_object(s, f"searches[{i}]") for i, s in enumerate(searches)]
+
+
+def apply_payload_op(col: Any, op: str, body: dict[str, Any]) -> None:
+    """set / overwrite / delete / clear payload on the points or filter the body names."""
+    if op == "clear":
+        ids, flt = parse_selector(body, "PointsSelector")
+        col.clear_payload(ids, filter=flt)
+        return
+    where = "DeletePayload" if op == "delete" else "SetPayload"
+    extra = {"set": ("payload", "key"), "overwrite": ("payload",), "delete": ("keys",)}[op]
+    p.check_fields(body, where, ("points", "filter", *extra), _SHARD)
+    ids, flt = parse_targets(body, where)
+    if op == "delete":
+        keys = body.get("keys")
+        if not isinstance(keys, list):
+            raise InvalidInput("`keys` must be an array of payload keys")
+        keys = [p.parse_str(k, f"keys[{i}]") for i, k in enumerate(keys)]
+        col.delete_payload(ids, keys, filter=flt)
+        return
+    payload = p.parse_payload(body.get("payload"), "payload")
+    if payload is None:
+        raise InvalidInput("Format error in JSON body: missing field `payload`")
+    if op == "set":
+        key = body.get("key")
+        if key is not None:
+            key = p.parse_str(key, "key")
+        col.set_payload(ids, payload, filter=flt, key=key)
+    else:
+        col.overwrite_payload(ids, payload, filter=flt)
 
 
 def parse_selector(body: dict[str, Any], where: str) -> tuple[list[Any] | None, dict | None]:
