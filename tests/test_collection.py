@@ -261,9 +261,15 @@ def test_apply_writes_offsets_and_dead_letters_with_partition(db):
     assert db.source_offsets("other") == {}
     letters = db.dead_letters()
     assert len(letters) == 1 and letters[0].reason == "not json" and letters[0].value == b"garbage"
-    assert col._ids.partitions[col._ids.get("a")] == 2
-    with pytest.raises(InvalidInput):
-        col.apply([Upsert("z", [1, 2])], source_offsets={("kafka", "t", 0): 99})
+    assert col.source_partition("a") == 2
+    col.upsert(["plain"], [[0.0, 0.0, 1.0]])
+    assert col.source_partition("plain") is None
+    with pytest.raises(InvalidInput, match="operation 1"):
+        col.apply(
+            [Upsert("y", [1, 2, 3]), Upsert("z", [1, 2])], source_offsets={("kafka", "t", 0): 99}
+        )
+    with pytest.raises(InvalidInput, match="operation 0"):
+        col.apply([Upsert("z", [1, float("nan"), 3])], source_offsets={("kafka", "t", 0): 99})
     assert db.source_offsets("kafka")[("t", 0)] == 45  # refused batch wrote no offset
 
 

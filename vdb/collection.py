@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from vdb.errors import CollectionNotFound, DimensionMismatch, InvalidInput
+from vdb.errors import CollectionNotFound, DimensionMismatch, InvalidInput, PointNotFound
 from vdb.ids import IdMap, normalize_id, normalize_ids, sort_key
 from vdb.types import DeadLetter, Delete, Hit, PointId, Record, Upsert
 from vdb.wal.store import pack, unpack
@@ -259,12 +259,19 @@ class Collection:
                         np.stack([ops[i].vector for i in up_pos]), dtype=np.float32
                     )
                 else:
-                    rows = []
-                    for i in up_pos:
-                        rows.append(
+                    arr = None
+                    try:
+                        stacked = np.asarray([ops[i].vector for i in up_pos], dtype=np.float32)
+                        if stacked.ndim == 2 and stacked.shape[1] == self.dim:
+                            arr = self._vectors(stacked, len(up_pos))
+                    except (InvalidInput, TypeError, ValueError):
+                        arr = None
+                    if arr is None:  # find the bad one and name it
+                        rows = [
                             self._vectors(ops[i].vector, 1, what=f"operation {i} vector")[0]
-                        )
-                    arr = np.ascontiguousarray(np.stack(rows), dtype=np.float32)
+                            for i in up_pos
+                        ]
+                        arr = np.ascontiguousarray(np.stack(rows), dtype=np.float32)
                 payloads = [canonical_payload(ops[i].payload, f"operation {i}") for i in up_pos]
                 partitions = [ops[i].partition for i in up_pos]
             else:
@@ -753,6 +760,14 @@ class Collection:
             "applied_seq": self.applied_seq,
             "status": "green",
         }
+
+    def source_partition(self, point_id: Any) -> int | None:
+        """The stream partition a point came from (``None`` if it did not come from a stream)."""
+        slot = self._ids.get(normalize_id(point_id))
+        if slot is None:
+            raise PointNotFound(f"point {point_id!r} not found in {self.name!r}")
+        partition = int(self._ids.partitions[slot])
+        return None if partition < 0 else partition
 
     def payload_index(self) -> Any:
         """The collection's payload index (for creating/dropping explicit field indexes)."""

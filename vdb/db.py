@@ -565,10 +565,18 @@ class Database:
             with store.read() as txn:
                 gen_raw = txn.get(b"ckpt_gen", db=store.db("meta"))
             gen_base = from_u64(gen_raw) if gen_raw else 0
-            for i, cap in enumerate(captured):
-                gen = gen_base + 1 + i
-                table = ckpt.write_blobs(store, cap.uid, gen, ckpt.encode(cap))
-                new_manifests[cap.uid] = ckpt.new_manifest(gen, cap, table, started)
+            try:
+                for i, cap in enumerate(captured):
+                    gen = gen_base + 1 + i
+                    table = ckpt.write_blobs(store, cap.uid, gen, ckpt.encode(cap))
+                    new_manifests[cap.uid] = ckpt.new_manifest(gen, cap, table, started)
+            except BaseException:
+                # e.g. the disk filled up: give the space of the partial checkpoint back
+                try:
+                    ckpt.remove_orphans(store)
+                except VdbError:
+                    log.warning("could not remove a partial checkpoint", exc_info=True)
+                raise
 
             def install(txn: lmdb.Transaction) -> dict[int, dict[str, Any]]:
                 installed = {}
