@@ -153,7 +153,10 @@ class Store:
             if not (self.path / "data.mdb").exists():
                 raise StorageError(f"no vdb database in {self.path}")
         else:
-            self.path.mkdir(parents=True, exist_ok=True)
+            try:
+                self.path.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise StorageError(f"cannot use {self.path} as a data directory: {exc}") from exc
             self._take_lock()
         if max_map_size is not None:
             map_size = min(map_size, max_map_size)
