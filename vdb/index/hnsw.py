@@ -43,10 +43,12 @@ so searches share nothing writable.
 from __future__ import annotations
 
 import heapq
+import itertools
 import logging
 import math
 import os
 import threading
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -64,7 +66,8 @@ _MAX_LEVEL = 30
 _CHUNK_MAX = 256
 # Filtered search scans the allowed slots exactly when allowed_count**2 <= _EXACT_FACTOR * ef * live.
 _EXACT_FACTOR = 8.0
-_PARALLEL_MIN_QUERIES = 16
+_SEARCH_GRAIN = 16  # queries per parallel block of a batch search
+_BUILD_GRAIN = 8  # points per parallel block of candidate selection
 
 _pool_lock = threading.Lock()
 _pool: ThreadPoolExecutor | None = None
@@ -129,6 +132,29 @@ class _Graph:
         new.deleted[:n] = self.deleted
         new.state[:] = self.state
         return new
+
+
+def _parallel(work: Callable[[int, int], None], n: int, grain: int, threads: int) -> None:
+    """Run ``work(lo, hi)`` over ``[0, n)`` in blocks of ``grain`` items, taken dynamically by the
+    calling thread and up to ``threads - 1`` pool threads (the kernels release the GIL), so a
+    stalled thread delays at most one block. Exceptions are re-raised in the caller."""
+    blocks = (n + grain - 1) // grain
+    helpers = min(threads, blocks) - 1
+    if helpers <= 0:
+        work(0, n)
+        return
+    counter = itertools.count()
+
+    def drain() -> None:
+        while (b := next(counter)) < blocks:
+            work(b * grain, min(n, (b + 1) * grain))
+
+    futures = [_executor().submit(drain) for _ in range(helpers)]
+    try:
+        drain()
+    finally:
+        for f in futures:
+            f.result()
 
 
 def _grow_to(current: int, needed: int) -> int:
@@ -373,22 +399,15 @@ class HNSW:
             sel = np.zeros((size, top + 1, M), np.int32)
             sel_n = np.zeros((size, top + 1), np.int32)
             entry = int(g.state[0])
-            threads = min(self._n_threads, max(1, size // 8))
 
-            def select(start, step, g=g, chunk=chunk, sel=sel, sel_n=sel_n, entry=entry) -> None:
+            def select(lo, hi, g=g, chunk=chunk, sel=sel, sel_n=sel_n, entry=entry) -> None:
                 visited, vgen = self._visited(g.capacity)
                 kernels.build_select(
                     self._code, g.vectors, g.links0, g.upper, g.upper_off, g.levels, g.deleted,
-                    self._pending, entry, chunk, start, step, self._efc, M, visited, vgen,
-                    sel, sel_n,
+                    self._pending, entry, chunk, lo, hi, self._efc, M, visited, vgen, sel, sel_n,
                 )  # fmt: skip
 
-            if threads == 1:
-                select(0, 1)
-            else:
-                futures = [_executor().submit(select, t, threads) for t in range(threads)]
-                for f in futures:
-                    f.result()
+            _parallel(select, size, _BUILD_GRAIN, self._n_threads)
             kernels.build_link(
                 self._code, g.vectors, g.links0, g.upper, g.upper_off, g.levels, g.deleted,
                 g.state, chunk, sel, sel_n, M,
@@ -471,29 +490,16 @@ class HNSW:
             exact = count * count <= _EXACT_FACTOR * max(ef, k) * max(self._live, 1)
         if nq == 0:
             return out_slots, out_scores
-        threads = min(self._n_threads, nq // _PARALLEL_MIN_QUERIES)
-        if threads <= 1:
-            self._search_rows(g, q, k, ef, mask, mode, need, exact, out_slots, out_scores)
+
+        def rows(lo: int, hi: int) -> None:
+            self._search_rows(
+                g, q[lo:hi], k, ef, mask, mode, need, exact, out_slots[lo:hi], out_scores[lo:hi]
+            )
+
+        if nq < 2 * _SEARCH_GRAIN or self._n_threads == 1:
+            rows(0, nq)
         else:
-            bounds = np.linspace(0, nq, threads + 1).astype(int)
-            futures = [
-                _executor().submit(
-                    self._search_rows,
-                    g,
-                    q[a:b],
-                    k,
-                    ef,
-                    mask,
-                    mode,
-                    need,
-                    exact,
-                    out_slots[a:b],
-                    out_scores[a:b],
-                )  # fmt: skip
-                for a, b in zip(bounds[:-1], bounds[1:], strict=True)
-            ]
-            for f in futures:
-                f.result()
+            _parallel(rows, nq, _SEARCH_GRAIN, self._n_threads)
         return out_slots, out_scores
 
     def _search_rows(self, g, q, k, ef, mask, mode, need, exact, out_slots, out_scores) -> None:

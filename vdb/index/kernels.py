@@ -371,11 +371,11 @@ def _heuristic(metric, vectors, cand_d, cand_i, n, limit, out, out_off):
 
 @njit(fastmath=True, cache=True, nogil=True)
 def build_select(
-    metric, vectors, links0, upper, upper_off, levels, deleted, pending, entry, chunk, start, step,
+    metric, vectors, links0, upper, upper_off, levels, deleted, pending, entry, chunk, lo, hi,
     ef_construction, M, visited, vgen, sel, sel_n,
 ):  # fmt: skip
     """Phase 1 of linking a batch (parallel-safe: reads the graph, writes only its own rows of
-    ``sel``/``sel_n``). For chunk positions ``start, start+step, ...``: search the current graph
+    ``sel``/``sel_n``). For chunk positions ``lo`` to ``hi - 1``: search the current graph
     (batch members in ``pending`` excluded) on every layer of the point, add the batch members
     before it (exactly), and select up to ``M`` neighbours per layer with the heuristic."""
     B = chunk.shape[0]
@@ -387,7 +387,7 @@ def build_select(
     sorted_i = np.empty(ef_construction + B, np.int32)
     flat = sel.reshape(-1)
     width = sel.shape[1] * sel.shape[2]
-    for i in range(start, B, step):
+    for i in range(lo, hi):
         p = chunk[i]
         q = vectors[p]
         lp = levels[p]
