@@ -53,3 +53,6 @@ def test_file_ingest_figures_and_dead_letters(serve, tmp_path):
             "/collections/ing/points/query", json={"query": [3, 1, 0.5, 0.25], "limit": 1}
         ).json()["result"]["points"]
         assert hits[0]["id"] == 3 and hits[0]["score"] == 0.0
+    # shutdown stops ingest first, then closes the database cleanly
+    assert server.stop() == 0
+    assert "database closed" in server.log()

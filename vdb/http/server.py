@@ -1,8 +1,9 @@
 """``python -m vdb serve``: open the data directory, start ingest, serve HTTP with uvicorn.
 
-Shutdown on SIGTERM or SIGINT is graceful: stop accepting connections, let
-requests in flight finish (at most ``--graceful-timeout`` seconds), stop
-ingest, then close the database (which checkpoints). A second signal exits
+Shutdown on SIGTERM or SIGINT is graceful: ingest handles are told to stop
+at once (in a thread) while HTTP stops accepting connections and lets the
+requests in flight finish (at most ``--graceful-timeout`` seconds); then the
+database is closed (which checkpoints). A second signal exits
 at once; nothing acknowledged is lost because every acknowledged write is
 already durable in the WAL.
 """
@@ -38,15 +39,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 class VdbServer(uvicorn.Server):
     """uvicorn's server with vdb's signal rules: first signal graceful, second immediate."""
 
-    def __init__(self, config: uvicorn.Config):
+    def __init__(self, config: uvicorn.Config, on_shutdown: Any = None):
         super().__init__(config)
         self.signals_seen = 0
+        self.on_shutdown = on_shutdown
 
     def handle_exit(self, sig: int, frame: Any) -> None:
         self.signals_seen += 1
         if self.signals_seen == 1:
             log.info("signal %d: shutting down gracefully (send again to exit at once)", sig)
             self.should_exit = True
+            if self.on_shutdown is not None:
+                self.on_shutdown()
         else:
             _exit_now(sig)
 
@@ -105,12 +109,32 @@ def _start_ingest(db: Any, args: argparse.Namespace) -> list[Any]:
     return list(start_from_args(db, args) or [])
 
 
-def _stop_ingest(handles: list[Any]) -> None:
-    for handle in handles:
-        try:
-            handle.stop()
-        except Exception:
-            log.exception("stopping an ingest handle failed")
+class IngestStopper:
+    """Stops the ingest handles once, first thing on shutdown, while HTTP drains."""
+
+    def __init__(self, handles: list[Any]):
+        self.handles = handles
+        self.thread: threading.Thread | None = None
+        self.lock = threading.Lock()
+
+    def start(self) -> None:
+        with self.lock:
+            if self.thread is None and self.handles:
+                self.thread = threading.Thread(target=self._stop, name="vdb-ingest-stop")
+                self.thread.start()
+
+    def _stop(self) -> None:
+        for handle in self.handles:
+            try:
+                handle.stop()
+            except Exception:
+                log.exception("stopping an ingest handle failed")
+
+    def finish(self) -> None:
+        """Make sure every handle is stopped (starting now if no signal came)."""
+        self.start()
+        if self.thread is not None:
+            self.thread.join()
 
 
 def main(args: argparse.Namespace) -> int:
@@ -135,9 +159,10 @@ def main(args: argparse.Namespace) -> int:
     log.info("vdb serve settings: %s", json.dumps(config.describe(), sort_keys=True))
 
     db = vdb.open(config.data, warm=config.warm)
-    handles: list[Any] = []
+    stopper = IngestStopper([])
     try:
         handles = _start_ingest(db, args)
+        stopper.handles = handles
         app = build_app(db, config, handles)
         uv_config = uvicorn.Config(
             app,
@@ -153,11 +178,11 @@ def main(args: argparse.Namespace) -> int:
             server_header=False,
             limit_concurrency=None,
         )
-        server = VdbServer(uv_config)
+        server = VdbServer(uv_config, on_shutdown=stopper.start)
         server.run()
     finally:
         with _second_signal_exits():
-            _stop_ingest(handles)
+            stopper.finish()
             db.close()
             log.info("database closed")
     return 0
