@@ -6,6 +6,8 @@ import threading
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import vdb
 from tests.helpers import recall_at_k
@@ -350,3 +352,50 @@ def test_minilm_end_to_end_string_ids_and_payloads(tmp_path, minilm):
         col = db.collection("debian")
         assert [[h.id for h in hs] for hs in col.search(queries[:20], k=10)] == before
         assert col.get([names[42]])[0].payload["description"] == minilm.texts[42]
+
+
+id_strategy = st.one_of(
+    st.integers(0, 6), st.integers(2**64 - 3, 2**64 - 1), st.sampled_from(["0", "1", "a", "é"])
+)
+op_strategy = st.one_of(
+    st.tuples(st.just("up"), st.lists(id_strategy, min_size=1, max_size=5), st.integers(0, 1000)),
+    st.tuples(st.just("del"), st.lists(id_strategy, min_size=1, max_size=3), st.just(0)),
+    st.tuples(st.just("set"), st.lists(id_strategy, min_size=1, max_size=3), st.integers(0, 1000)),
+)
+
+
+@settings(
+    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(ops=st.lists(op_strategy, min_size=1, max_size=12))
+def test_random_operations_match_a_dict_model(tmp_path_factory, ops):
+    path = tmp_path_factory.mktemp("prop")
+    model: dict = {}
+    with vdb.open(path / "d", warm=False) as db:
+        col = db.create_collection("c", dim=3, metric="l2")
+        for kind, ids, value in ops:
+            if kind == "up":
+                vectors = [[float(value), float(j), 1.0] for j in range(len(ids))]
+                col.upsert(ids, vectors, [{"v": value, "j": j} for j in range(len(ids))])
+                for j, point_id in enumerate(ids):  # the last occurrence wins
+                    model[point_id] = ({"v": value, "j": j}, vectors[j])
+            elif kind == "del":
+                assert col.delete(ids) == len({i for i in ids if i in model})
+                for point_id in ids:
+                    model.pop(point_id, None)
+            else:
+                col.set_payload(ids, {"s": value})
+                for point_id in set(ids):
+                    if point_id in model:
+                        payload, vector = model[point_id]
+                        model[point_id] = ({**payload, "s": value}, vector)
+        records = col.scroll(limit=1000, with_vectors=True)[0]
+        expected_order = sorted(model, key=lambda i: (isinstance(i, str), i))
+        assert [r.id for r in records] == expected_order
+        for r in records:
+            assert r.payload == model[r.id][0]
+            np.testing.assert_array_equal(r.vector, np.asarray(model[r.id][1], np.float32))
+        assert col.count() == len(model)
+    with vdb.open(path / "d", warm=False) as db:
+        again = db.collection("c").scroll(limit=1000, with_vectors=True)[0]
+        assert [(r.id, r.payload) for r in again] == [(r.id, r.payload) for r in records]
