@@ -164,7 +164,8 @@ def parse_vector(value: Any, where: str, dim: int | None = None) -> np.ndarray:
                     raise fail(f"Bad request: `{where}`: multivectors are not supported by vdb")
                 raise fail(f"`{where}` must be an array of numbers, found {_type_name(x)}")
         try:
-            vector = np.array(value, dtype=np.float32)
+            with np.errstate(over="ignore"):  # too big for float32 -> inf -> refused below
+                vector = np.array(value, dtype=np.float32)
         except (OverflowError, ValueError):
             raise fail(f"`{where}`: a number is out of float32 range") from None
     elif isinstance(value, dict):
