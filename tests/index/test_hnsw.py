@@ -10,6 +10,7 @@ import pytest
 
 from tests.helpers import recall_at_k
 from vdb.index import HNSW
+from vdb.index import hnsw as hnsw_module
 
 N_MINILM = 12_000
 
@@ -189,8 +190,13 @@ def test_churn_recall_close_to_fresh_build(minilm, minilm_small):
     assert churned >= baseline - 0.01, (churned, baseline)
 
 
+@pytest.mark.parametrize("walk_only", [False, True], ids=["auto", "walk-only"])
 @pytest.mark.parametrize("fraction", [0.5, 0.05, 0.001])
-def test_filtered_search_matches_brute_force(minilm_index, minilm_small, fraction):
+def test_filtered_search_matches_brute_force(
+    minilm_index, minilm_small, fraction, walk_only, monkeypatch
+):
+    if walk_only:  # never switch to the exact scan: the filtered graph walk must hold up alone
+        monkeypatch.setattr(hnsw_module, "_EXACT_FACTOR", 0.0)
     base, queries, _ = minilm_small
     rng = np.random.default_rng(int(fraction * 1000))
     allowed = rng.random(N_MINILM) < fraction
