@@ -315,3 +315,18 @@ def test_explicit_payload_indexes_are_durable(tmp_path, checkpoint):
         col = db.collection("c")
         assert col.info()["payload_schema"] == {"city": {"data_type": "keyword", "points": 2}}
         assert col.count({"must": [{"key": "city", "match": {"value": "Rome"}}]}) == 1
+
+
+def test_dead_letters_are_kept_up_to_a_limit(tmp_path):
+    from vdb.types import DeadLetter
+
+    with vdb.open(tmp_path / "d", dead_letter_limit=5) as db:
+        col = db.create_collection("c", dim=2)
+        for i in range(8):
+            letter = DeadLetter("src" if i % 2 else "other", "t", 0, i, None, b"x", f"bad {i}")
+            col.apply([], source_offsets={("src", "t", 0): i}, dead_letters=[letter])
+        assert [d.offset for d in db.dead_letters()] == [3, 4, 5, 6, 7]
+        assert [d.offset for d in db.dead_letters(limit=2)] == [6, 7]
+        assert [d.offset for d in db.dead_letters(source="src")] == [3, 5, 7]
+        assert db.stats()["dead_letters"] == 5
+        assert db.source_offsets("src") == {("t", 0): 7}

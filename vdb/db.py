@@ -97,7 +97,8 @@ class Database:
     ``checkpoint_interval_s`` / ``checkpoint_wal_bytes`` (when background
     checkpoints run; ``checkpoint_interval_s=None`` disables the timer),
     ``queue_size`` (bound of the apply queue), ``max_group_ops`` (ops per
-    group commit), ``warm`` (compile the index kernels on open).
+    group commit), ``dead_letter_limit`` (the oldest dead letters beyond it
+    are dropped), ``warm`` (compile the index kernels on open).
     """
 
     def __init__(
@@ -110,12 +111,14 @@ class Database:
         checkpoint_wal_bytes: int | None = 64 << 20,
         queue_size: int = 1024,
         max_group_ops: int = 20000,
+        dead_letter_limit: int = 100_000,
         warm: bool = True,
     ) -> None:
         self.path = Path(path)
         self.checkpoint_interval_s = checkpoint_interval_s
         self.checkpoint_wal_bytes = checkpoint_wal_bytes
         self.max_group_ops = max_group_ops
+        self.dead_letter_limit = dead_letter_limit
         self._closed = False
         self._stats = _Stats()
         self._collections: dict[str, Collection] = {}
@@ -368,11 +371,12 @@ class Database:
                                     i64(offset),
                                     db=store.db("offsets"),
                                 )
-                            for letter in r.dead_letters:
-                                n = store.next_counter(txn, b"dead_letter_seq")
-                                txn.put(
-                                    u64(n), pack(_letter_dict(letter)), db=store.db("deadletters")
-                                )
+                            if r.dead_letters:
+                                dl_db = store.db("deadletters")
+                                for letter in r.dead_letters:
+                                    n = store.next_counter(txn, b"dead_letter_seq")
+                                    txn.put(u64(n), pack(_letter_dict(letter)), db=dl_db)
+                                _trim(txn, dl_db, self.dead_letter_limit)
                             outcomes.append(("ok", rec_seq))
                         elif r.kind == "create":
                             config = dict(r.extra["config"])
@@ -693,6 +697,8 @@ class Database:
             try:
                 with self._store.read() as txn:
                     figures["wal_records_pending"] = txn.stat(self._store.db("wal"))["entries"]
+                    figures["dead_letters"] = txn.stat(self._store.db("deadletters"))["entries"]
+                    figures["source_offsets"] = txn.stat(self._store.db("offsets"))["entries"]
                 figures["disk_bytes"] = self._store.disk_bytes()
                 figures["map_size"] = self._store.map_size()
             except lmdb.Error:
@@ -740,6 +746,18 @@ def _capture(col: Collection, seq: int) -> ckpt.Captured:
             count=len(col._ids),
             payload_indexes=col._payloads.indexes(),
         )
+
+
+def _trim(txn: lmdb.Transaction, db: Any, limit: int) -> None:
+    """Keep at most ``limit`` entries in ``db`` (deleting the oldest keys)."""
+    excess = txn.stat(db)["entries"] - limit
+    if excess <= 0:
+        return
+    cursor = txn.cursor(db=db)
+    cursor.first()
+    for _ in range(excess):
+        if not cursor.delete():
+            break
 
 
 def _letter_dict(letter: DeadLetter) -> dict[str, Any]:
