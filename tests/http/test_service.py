@@ -6,6 +6,7 @@ import re
 
 import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 
 @pytest.fixture(scope="module")
@@ -62,6 +63,8 @@ def test_metrics_count_requests_points_and_wal(http):
         >= 1
     )
     assert metric(text, "vdb_wal_records_written") >= 1
+    families = {f.name for f in text_string_to_metric_families(text)}  # valid exposition format
+    assert {"vdb_http_requests", "vdb_collection_points", "vdb_checkpoints"} <= families
 
 
 def test_dead_letters_route(http):
