@@ -25,6 +25,8 @@ import errno
 import fcntl
 import logging
 import os
+import resource
+import shutil
 import struct
 import threading
 from collections.abc import Callable, Iterator
@@ -119,11 +121,37 @@ class _SharedExclusiveLock:
                 self._cond.notify_all()
 
 
-def _is_disk_full(exc: BaseException) -> bool:
-    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
-        return True
+LOW_DISK_BYTES = 64 << 20
+
+
+def _full_reason(exc: BaseException, path: Path) -> str | None:
+    """Why a failed write means "no room" (``None`` if it does not).
+
+    LMDB reports a short page write as EIO, so an I/O error is classified by
+    looking at the free space of the disk and the process's file-size limit.
+    """
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        return os.strerror(exc.errno)
     text = str(exc).lower()
-    return "no space left" in text or "disk quota" in text
+    for marker in ("no space left", "disk quota", "file too large"):
+        if marker in text:
+            return marker
+    if "input/output error" in text:
+        try:
+            free = shutil.disk_usage(path).free
+        except OSError:
+            free = None
+        if free is not None and free < LOW_DISK_BYTES:
+            return f"disk full ({free} bytes free)"
+        soft, _ = resource.getrlimit(resource.RLIMIT_FSIZE)
+        data = path / "data.mdb"
+        if (
+            soft != resource.RLIM_INFINITY
+            and data.exists()
+            and data.stat().st_size + (1 << 20) >= soft
+        ):
+            return f"file size limit of {soft} bytes reached"
+    return None
 
 
 class Store:
@@ -272,18 +300,15 @@ class Store:
                 return result
             except lmdb.MapFullError:
                 self._grow()
-            except lmdb.Error as exc:
-                if _is_disk_full(exc):
+            except (lmdb.Error, OSError) as exc:
+                reason = _full_reason(exc, self.path)
+                if reason is not None:
                     raise StorageFull(
-                        f"disk full, write refused (nothing was written): {exc}"
+                        f"no room to write ({reason}); write refused, nothing was written: {exc}"
                     ) from exc
+                if isinstance(exc, OSError):
+                    raise
                 raise StorageError(f"LMDB write failed (nothing was written): {exc}") from exc
-            except OSError as exc:
-                if _is_disk_full(exc):
-                    raise StorageFull(
-                        f"disk full, write refused (nothing was written): {exc}"
-                    ) from exc
-                raise
 
     def _grow(self) -> None:
         with self._resize.exclusive():
