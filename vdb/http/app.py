@@ -24,7 +24,7 @@ from prometheus_client import CollectorRegistry
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
@@ -52,8 +52,13 @@ _KNOWN_PREFIXES = (
 )
 
 
+CLIENT_CLOSED = 499  # nginx's code: the client went away before the answer
+
+
 def status_of(exc: BaseException) -> int:
     """The HTTP status for an exception: the one mapping of errors to codes."""
+    if isinstance(exc, ClientDisconnect):
+        return CLIENT_CLOSED
     if isinstance(exc, VdbError):
         return int(exc.status_code)
     if isinstance(exc, HTTPException):
@@ -75,6 +80,8 @@ def message_of(exc: BaseException, status: int) -> str:
 async def handle_error(request: Request, exc: Exception) -> Response:
     """Every error, whatever the request's format, answers in Qdrant's JSON error shape."""
     status = status_of(exc)
+    if status == CLIENT_CLOSED:
+        return Response(status_code=status)
     if status >= 500:
         log.error("%s %s failed", request.method, request.url.path, exc_info=exc)
     headers = {}
@@ -231,6 +238,7 @@ def build_app(
         exception_handlers={
             VdbError: handle_error,
             HTTPException: handle_error,
+            ClientDisconnect: handle_error,
             Exception: handle_error,
         },
         lifespan=lifespan,
