@@ -95,7 +95,9 @@ class Database:
     Options: ``map_size`` (initial LMDB map, grows by itself), ``max_map_size``
     (hard limit; beyond it writes raise ``StorageFull``),
     ``checkpoint_interval_s`` / ``checkpoint_wal_bytes`` (when background
-    checkpoints run; ``checkpoint_interval_s=None`` disables the timer),
+    checkpoints run; ``None`` disables either trigger; the WAL trigger waits
+    for at least ``checkpoint_wal_ratio`` times the size of the last
+    checkpoint, so big collections are not rewritten for a little WAL),
     ``queue_size`` (bound of the apply queue), ``max_group_ops`` (ops per
     group commit), ``dead_letter_limit`` (the oldest dead letters beyond it
     are dropped), ``warm`` (compile the index kernels on open).
@@ -108,7 +110,8 @@ class Database:
         map_size: int = DEFAULT_MAP_SIZE,
         max_map_size: int | None = None,
         checkpoint_interval_s: float | None = 60.0,
-        checkpoint_wal_bytes: int | None = 64 << 20,
+        checkpoint_wal_bytes: int | None = 16 << 20,
+        checkpoint_wal_ratio: float = 0.25,
         queue_size: int = 1024,
         max_group_ops: int = 20000,
         dead_letter_limit: int = 100_000,
@@ -117,6 +120,7 @@ class Database:
         self.path = Path(path)
         self.checkpoint_interval_s = checkpoint_interval_s
         self.checkpoint_wal_bytes = checkpoint_wal_bytes
+        self.checkpoint_wal_ratio = checkpoint_wal_ratio
         self.max_group_ops = max_group_ops
         self.dead_letter_limit = dead_letter_limit
         self._closed = False
@@ -531,15 +535,22 @@ class Database:
             except Exception:
                 log.exception("background checkpoint failed")
 
+    def _checkpoint_bytes(self) -> int:
+        """Size of the current checkpoints (what the next one will roughly write)."""
+        total = 0
+        for manifest in list(self._manifests.values()):
+            for meta in (manifest.get("blobs") or {}).values():
+                total += int(meta["size"])
+        return total
+
     def _checkpoint_due(self) -> bool:
         if not any(
             col.applied_seq > self._covered.get(col.uid, 0)
             for col in list(self._collections.values())
         ):
             return False
-        if (
-            self.checkpoint_wal_bytes is not None
-            and self._stats.wal_bytes_since_checkpoint >= self.checkpoint_wal_bytes
+        if self.checkpoint_wal_bytes is not None and self._stats.wal_bytes_since_checkpoint >= max(
+            self.checkpoint_wal_bytes, self.checkpoint_wal_ratio * self._checkpoint_bytes()
         ):
             return True
         if self.checkpoint_interval_s is not None:
