@@ -139,10 +139,12 @@ def test_body_limit_is_413_before_reading(serve):
     assert r.json()["result"]["count"] == 1
 
 
-def test_rate_limit_is_429_with_retry_after(serve):
-    server = serve("--rate-limit", "0.5", "--rate-burst", "2")
+def test_rate_limit_is_429_with_retry_after_per_key(serve):
+    server = serve(
+        "--rate-limit", "0.5", "--rate-burst", "2", "--api-key", RW, "--read-only-api-key", RO
+    )
     statuses, retry = [], []
-    with httpx.Client(base_url=server.url) as http:
+    with httpx.Client(base_url=server.url, timeout=WAIT, headers={"api-key": RO}) as http:
         for _ in range(8):
             r = http.get("/collections")
             statuses.append(r.status_code)
@@ -152,11 +154,13 @@ def test_rate_limit_is_429_with_retry_after(serve):
     assert statuses[0] == 200
     assert 429 in statuses and set(statuses) <= {200, 429}
     assert all(s >= 1 for s in retry)
-    c = client(server.url, check_compatibility=False)
+    # the other key has a bucket of its own: its first request passes
+    r = httpx.get(timeout=WAIT, url=server.url + "/collections", headers={"api-key": RW})
+    assert r.status_code == 200
+    c = client(server.url, api_key=RW, https=False, check_compatibility=False)
     with pytest.raises(ResourceExhaustedResponse) as err:
         for _ in range(8):
             c.get_collections()
     assert err.value.retry_after_s >= 1
-    assert (
-        httpx.get(timeout=WAIT, url=server.url + "/healthz").status_code == 200
-    )  # health is never limited
+    # health is never limited
+    assert httpx.get(timeout=WAIT, url=server.url + "/healthz").status_code == 200
