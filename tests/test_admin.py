@@ -32,7 +32,7 @@ def loaded(tmp_path, capsys):
     code, out, _ = run(
         capsys, "load", "--data", str(tmp_path / "d"), "--collection", "pk", "--vectors",
         str(tmp_path / "v.npy"), "--ids", str(tmp_path / "ids.txt"), "--payloads",
-        str(tmp_path / "p.jsonl"), "--metric", "l2", "--batch-size", "64",
+        str(tmp_path / "p.jsonl"), "--metric", "l2", "--batch-size", "64", "--text-field", "text",
     )  # fmt: skip
     assert code == 0 and "loaded 300 points" in out
     return tmp_path, vectors
@@ -52,7 +52,7 @@ def test_load_then_info(loaded, capsys):
     with vdb.open(tmp_path / "d") as db:
         col = db.collection("pk")
         rec = col.get(["pkg-7"], with_vectors=True)[0]
-        assert rec.payload == {"n": 7}
+        assert rec.payload == {"n": 7, "text": "description 7"}
         np.testing.assert_allclose(rec.vector, vectors[7])
 
 

@@ -208,6 +208,18 @@ def _read_ids(path: str | None, n: int, int_ids: bool, start: int) -> list[Any]:
     return ids
 
 
+def _read_texts(path: str, n: int) -> list[str | None]:
+    out: list[str | None] = []
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            if len(out) == n:
+                break
+            _, tab, text = line.rstrip("\n").partition("\t")
+            out.append(text if tab else None)
+    out.extend([None] * (n - len(out)))
+    return out
+
+
 def _read_payloads(path: str | None, n: int) -> list[Any] | None:
     if path is None:
         return None
@@ -238,6 +250,16 @@ def cmd_load(args: argparse.Namespace) -> int:
     n = vectors.shape[0] if args.limit is None else min(args.limit, vectors.shape[0])
     ids = _read_ids(args.ids, n, args.int_ids, args.start_id)
     payloads = _read_payloads(args.payloads, n)
+    if args.text_field:
+        if args.ids is None:
+            from vdb.errors import InvalidInput
+
+            raise InvalidInput("--text-field needs --ids (the text after the TAB)")
+        texts = _read_texts(args.ids, n)
+        payloads = [
+            {**(p or {}), args.text_field: t} if t is not None else p
+            for p, t in zip(payloads or [None] * n, texts, strict=True)
+        ]
     with vdb.open(args.data) as db:
         if db.has_collection(args.collection):
             col = db.collection(args.collection)
@@ -338,6 +360,11 @@ def add_subcommands(subparsers: Any) -> None:
         "--start-id", type=int, default=0, help="first id when ids are row numbers (default 0)"
     )
     p.add_argument("--payloads", metavar="JSONL", help="payloads, one JSON object per line")
+    p.add_argument(
+        "--text-field",
+        metavar="KEY",
+        help="store the text after the TAB of each --ids line in the payload under KEY",
+    )
     p.add_argument(
         "--metric",
         default="cosine",
