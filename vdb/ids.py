@@ -150,7 +150,9 @@ class IdMap:
         changed = self.changed
         if int(slots.max()) >= len(changed):
             return True
-        return bool((changed[slots] >= generation).any())
+        if bool((changed[slots] >= generation).any()):
+            return True
+        return changed is not self.changed  # grown meanwhile: marks may be in the new array
 
     def live_mask(self, capacity: int) -> np.ndarray:
         live = self.live
