@@ -82,6 +82,8 @@ def test_upsert_retrieve_query_with_filters_and_uuid_ids(client):
     client.create_collection(
         name, vectors_config=m.VectorParams(size=dim, distance=m.Distance.COSINE)
     )
+    hnsw = client.get_collection(name).config.hnsw_config
+    assert (hnsw.m, hnsw.ef_construct) == (16, 100)  # Qdrant's defaults
     ids, vectors, payloads = make_points(60, dim)
     half = 30
     res = client.upsert(

@@ -39,6 +39,8 @@ from vdb.http.codec import EncodedResponse, encode, envelope, parse_body, wants_
 log = logging.getLogger(__name__)
 
 PEER_ID = 0
+QDRANT_DEFAULT_M = 16
+QDRANT_DEFAULT_EF_CONSTRUCT = 100
 _SNAPSHOT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*\.snapshot$")
 _QUERY_TYPES = (
     "nearest",
@@ -518,7 +520,11 @@ def check_collection_name(name: str) -> None:
 
 
 def parse_create_collection(body: dict[str, Any]) -> dict[str, Any]:
-    """``CreateCollection`` → keyword arguments of ``db.create_collection``."""
+    """``CreateCollection`` → keyword arguments of ``db.create_collection``.
+
+    Unset HNSW parameters take Qdrant's defaults (m 16, ef_construct 100) and
+    the default search beam ``ef`` is ``ef_construct``, as in Qdrant.
+    """
     p.check_fields(
         body,
         "CreateCollection",
@@ -602,6 +608,10 @@ def parse_create_collection(body: dict[str, Any]) -> dict[str, Any]:
             p.parse_int(hnsw["max_indexing_threads"], f"{where}.max_indexing_threads", minimum=0)
     if body.get("metadata") is not None:
         options["metadata"] = p.parse_payload(body["metadata"], "metadata")
+    # Qdrant's defaults, and its default search beam: ef_construct
+    options.setdefault("M", QDRANT_DEFAULT_M)
+    options.setdefault("ef_construction", QDRANT_DEFAULT_EF_CONSTRUCT)
+    options["ef"] = options["ef_construction"]
     return options
 
 
