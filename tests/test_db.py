@@ -295,6 +295,9 @@ def test_group_commit_many_writer_threads(tmp_path):
         assert stats["group_commit_requests_total"] >= n_threads * per_thread
         assert stats["wal_txns_committed"] <= stats["group_commit_requests_total"]
         assert stats["collections"]["c"]["points"] == n_threads * per_thread
+        buckets = stats["group_commit_requests"]
+        assert buckets["+Inf"] == stats["wal_txns_committed"]
+        assert list(buckets.values()) == sorted(buckets.values())
         for key in ("group_commit_max", "checkpoints", "max_checkpoint_pause_s", "recovery_s"):
             assert key in stats
 

@@ -45,6 +45,7 @@ log = logging.getLogger(__name__)
 
 NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]{0,254}$")
 _STOP = object()
+GROUP_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, float("inf"))
 
 
 def validate_name(name: Any) -> str:
@@ -79,6 +80,7 @@ class _Stats:
         self.group_max = 0
         self.group_total = 0
         self.group_ops_max = 0
+        self.group_buckets = dict.fromkeys(GROUP_BUCKETS, 0)
         self.checkpoints = 0
         self.last_checkpoint_at: float | None = None
         self.last_checkpoint_s: float | None = None
@@ -436,6 +438,10 @@ class Database:
                 stats.wal_bytes_since_checkpoint += nbytes
                 size = sum(r.n_ops for r in group)
                 stats.group_sizes.append(len(group))
+                for bound in GROUP_BUCKETS:
+                    if len(group) <= bound:
+                        stats.group_buckets[bound] += 1
+                        break
                 if len(stats.group_sizes) > 1000:
                     del stats.group_sizes[:500]
                 stats.group_max = max(stats.group_max, len(group))
@@ -683,6 +689,8 @@ class Database:
                 "group_commit_max": s.group_max,
                 "group_commit_mean": (s.group_total / s.txns) if s.txns else 0.0,
                 "group_commit_max_ops": s.group_ops_max,
+                # cumulative: transactions that grouped at most `le` requests
+                "group_commit_requests": _cumulative(s.group_buckets),
                 "group_commit_recent_mean": float(np.mean(sizes)) if sizes else 0.0,
                 "checkpoints": s.checkpoints,
                 "last_checkpoint_at": s.last_checkpoint_at,
@@ -757,6 +765,14 @@ def _capture(col: Collection, seq: int) -> ckpt.Captured:
             count=len(col._ids),
             payload_indexes=col._payloads.indexes(),
         )
+
+
+def _cumulative(buckets: dict[float, int]) -> dict[str, int]:
+    out, total = {}, 0
+    for bound, count in buckets.items():
+        total += count
+        out["+Inf" if bound == float("inf") else str(int(bound))] = total
+    return out
 
 
 def _trim(txn: lmdb.Transaction, db: Any, limit: int) -> None:
