@@ -360,3 +360,29 @@ def test_query_by_point_id_legacy_search_and_field_index(server, client):
         httpx.get(timeout=WAIT, url=f"{server.url}/collections/{name}/points/777").status_code
         == 404
     )
+
+
+def test_bulk_upload_helpers(client):
+    """upload_points / upload_collection send wait=false batches; every point must land."""
+    name = "bulk"
+    client.create_collection(
+        name, vectors_config=m.VectorParams(size=4, distance=m.Distance.COSINE)
+    )
+    rng = np.random.default_rng(2)
+    client.upload_points(
+        name,
+        [
+            m.PointStruct(id=i, vector=rng.random(4).tolist(), payload={"g": i % 3})
+            for i in range(100)
+        ],
+        batch_size=16,
+    )
+    client.upload_collection(
+        name, vectors=rng.random((50, 4)), ids=list(range(100, 150)), payload=[{"g": 9}] * 50
+    )
+    assert client.count(name).count == 150
+    nine = m.Filter(must=[m.FieldCondition(key="g", match=m.MatchValue(value=9))])
+    assert client.count(name, count_filter=nine).count == 50
+    with pytest.raises(UnexpectedResponse) as err:
+        client.scroll(name, order_by="g")
+    assert err.value.status_code == 400 and b"order_by" in err.value.content
