@@ -219,7 +219,7 @@ def build_app(
             RateLimitMiddleware,
             rate=config.rate_limit,
             burst=config.rate_burst,
-            exempt=OPEN_PATHS,
+            exempt=OPEN_PATHS | {"/metrics"},
         ),
         Middleware(BodyLimitMiddleware, max_bytes=config.max_body_bytes),
     ]
