@@ -270,6 +270,10 @@ def test_apply_writes_offsets_and_dead_letters_with_partition(db):
         col.apply(
             [Upsert("y", [1, 2, 3]), Upsert("z", [1, 2])], source_offsets={("kafka", "t", 0): 99}
         )
+    with pytest.raises(InvalidInput, match="partition"):
+        col.apply([Upsert("y", [1, 2, 3], partition=-1)])
+    col.apply([Upsert("np", [1, 2, 3], partition=np.int64(5))])
+    assert col.source_partition("np") == 5
     with pytest.raises(InvalidInput, match="operation 0"):
         col.apply([Upsert("z", [1, float("nan"), 3])], source_offsets={("kafka", "t", 0): 99})
     assert db.source_offsets("kafka")[("t", 0)] == 45  # refused batch wrote no offset

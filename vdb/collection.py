@@ -273,7 +273,7 @@ class Collection:
                         ]
                         arr = np.ascontiguousarray(np.stack(rows), dtype=np.float32)
                 payloads = [canonical_payload(ops[i].payload, f"operation {i}") for i in up_pos]
-                partitions = [ops[i].partition for i in up_pos]
+                partitions = [_partition(ops[i].partition, i) for i in up_pos]
             else:
                 arr = np.zeros((0, self.dim), np.float32)
                 payloads, partitions = [], []
@@ -775,6 +775,14 @@ class Collection:
 
     def __len__(self) -> int:
         return len(self._ids)
+
+
+def _partition(value: Any, i: int) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | np.integer) or not 0 <= value < 2**31:
+        raise InvalidInput(f"operation {i}: partition must be a non-negative int32, got {value!r}")
+    return int(value)
 
 
 def _delete_path(payload: dict[str, Any], parts: list[str]) -> None:
