@@ -228,7 +228,12 @@ class Collection:
                     f"source_offsets keys must be (source, topic, partition), got {key!r}"
                 )
             source, topic, partition = key
-            offsets[(str(source), str(topic), int(partition))] = int(offset)
+            try:
+                offsets[(str(source), str(topic), int(partition))] = int(offset)
+            except (TypeError, ValueError):
+                raise InvalidInput(
+                    f"source_offsets: partition and offset must be integers, got {key!r}: {offset!r}"
+                ) from None
         letters = list(dead_letters or [])
         for letter in letters:
             if not isinstance(letter, DeadLetter):
