@@ -89,8 +89,9 @@ async def handle_error(request: Request, exc: Exception) -> Response:
         headers["Retry-After"] = str(max(1, int(exc.retry_after + 0.999)))
     if isinstance(exc, HTTPException) and exc.headers:
         headers.update(exc.headers)
+    started = request.scope.get("state", {}).get("vdb_started")
     return EncodedResponse(
-        error_body(message_of(exc, status)),
+        error_body(message_of(exc, status), started),
         status_code=status,
         headers=headers or None,
     )

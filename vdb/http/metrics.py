@@ -73,6 +73,7 @@ class MetricsMiddleware:
             await self.app(scope, receive, send)
             return
         started = time.perf_counter()
+        scope.setdefault("state", {})["vdb_started"] = started
         status = 500
 
         async def send_wrapper(message: Message) -> None:
