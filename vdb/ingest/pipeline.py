@@ -370,6 +370,7 @@ class IngestHandle:
                 "paused": bool(paused_now) or self._paused,
                 "pause_events": self._pause_events,
                 "resume_events": self._resume_events,
+                "pending_records": len(self._pending),
                 "queued_records": self._queued_records,
                 "max_queued_records": self.max_queued_records,
                 "buffered_records_max": self._buffered_max,
@@ -422,12 +423,10 @@ class IngestHandle:
                 with self._pending_lock:
                     pending = len(self._pending)
                     room = max(1, int(self.batch_target) - pending)
+                    timeout = 0.1  # short enough for stop() to be prompt
                     if pending:
-                        timeout = max(
-                            0.001, self._pending.started + self.max_wait_s - time.monotonic()
-                        )
-                    else:
-                        timeout = 0.1
+                        age_left = self._pending.started + self.max_wait_s - time.monotonic()
+                        timeout = min(timeout, max(0.001, age_left))
                 try:
                     messages = self.source.poll(room, timeout)
                     backoff = 0.1
