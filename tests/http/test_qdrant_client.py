@@ -302,7 +302,7 @@ def test_unsupported_fields_are_named(server, client):
     assert r.status_code == 400 and "Manhattan" in r.json()["status"]["error"]
 
 
-def test_snapshots_create_list_download(server, client):
+def test_snapshots_create_list_download(server, client, tmp_path):
     name = "snap"
     client.create_collection(
         name, vectors_config=m.VectorParams(size=4, distance=m.Distance.COSINE)
@@ -317,6 +317,20 @@ def test_snapshots_create_list_download(server, client):
     assert r.status_code == 200
     assert len(r.content) == snap.size
     assert hashlib.sha256(r.content).hexdigest() == snap.checksum
+    # the downloaded file restores into a database that answers the same
+    import vdb
+
+    path = tmp_path / snap.name
+    path.write_bytes(r.content)
+    vdb.restore(str(path), str(tmp_path / "restored"))
+    query = [0.9, 0.1, 0.0, 0.0]
+    remote = [(p.id, p.score) for p in client.query_points(name, query=query, limit=2).points]
+    with vdb.open(str(tmp_path / "restored")) as db:
+        col = db.collection(name)
+        assert col.count() == 2
+        local = [(h.id, h.score) for h in col.search(np.array(query, np.float32), k=2)]
+    assert [i for i, _ in local] == [i for i, _ in remote]
+    np.testing.assert_allclose([s for _, s in local], [s for _, s in remote], rtol=1e-6)
     r = httpx.get(timeout=WAIT, url=f"{server.url}/collections/{name}/snapshots/nothing.snapshot")
     assert r.status_code == 404
     assert client.delete_snapshot(name, snap.name)
