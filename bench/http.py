@@ -260,6 +260,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--n", type=int, default=100_000, help="points in the searched collection")
     parser.add_argument("--clients", default="1,4,16")
+    parser.add_argument("--ef", type=int, default=64, help="params.hnsw_ef of every search")
     parser.add_argument(
         "--client-procs", type=int, default=2, help="client processes (threads spread over them)"
     )
@@ -287,7 +288,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     vectors = random_unit_vectors(args.n, DIM, seed=11)
     queries = random_unit_vectors(256, DIM, seed=12)
-    query_bodies = [json.dumps({"query": q.tolist(), "limit": 10}).encode() for q in queries]
+    query_bodies = [
+        json.dumps({"query": q.tolist(), "limit": 10, "params": {"hnsw_ef": args.ef}}).encode()
+        for q in queries
+    ]
     upsert_vectors = random_unit_vectors(args.upsert_n, DIM, seed=13)
     with tempfile.TemporaryDirectory(prefix="vdb-bench-http-") as tmp:
         workdir = Path(tmp)
@@ -355,6 +359,7 @@ def main(argv: list[str] | None = None) -> int:
                             "n": args.n,
                             "dim": DIM,
                             "k": 10,
+                            "ef": args.ef,
                             "clients": clients,
                             **results["vdb"],
                             "client": "separate processes, one thread per client, keep-alive http.client, JSON bodies",
