@@ -589,7 +589,9 @@ class Database:
             try:
                 for i, cap in enumerate(captured):
                     gen = gen_base + 1 + i
-                    table = ckpt.write_blobs(store, cap.uid, gen, ckpt.encode(cap))
+                    table = ckpt.write_blobs(
+                        store, cap.uid, gen, ckpt.encode(cap), previous=self._manifests.get(cap.uid)
+                    )
                     new_manifests[cap.uid] = ckpt.new_manifest(gen, cap, table, started)
             except BaseException:
                 # e.g. the disk filled up: give the space of the partial checkpoint back
@@ -608,8 +610,8 @@ class Database:
                         continue
                     manifest = new_manifests.get(uid)
                     if manifest is not None:
-                        ckpt.delete_prefix(
-                            txn, store.db("ckpt"), u64(uid), keep=u64(uid) + u64(manifest["gen"])
+                        ckpt.delete_unreferenced(
+                            txn, store, uid, ckpt.referenced_keys(uid, manifest)
                         )
                     else:
                         raw = txn.get(u64(uid), db=store.db("ckptman"))

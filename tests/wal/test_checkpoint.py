@@ -86,3 +86,32 @@ def test_searches_continue_during_checkpoints(tmp_path):
         assert 0 <= stats["last_checkpoint_pause_s"] <= stats["last_checkpoint_duration_s"]
         assert stats["max_checkpoint_pause_s"] >= stats["last_checkpoint_pause_s"]
         assert searched[0] > 0
+
+
+def test_checkpoints_are_incremental_and_reopen_identically(tmp_path, monkeypatch):
+    monkeypatch.setattr(ckpt, "CHUNK_BYTES", 16 * 1024)
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((2000, 32)).astype(np.float32)
+    with vdb.open(tmp_path / "d", checkpoint_interval_s=None, checkpoint_wal_bytes=None) as db:
+        col = db.create_collection("c", dim=32, metric="l2")
+        col.upsert(list(range(2000)), x, [{"i": i} for i in range(2000)])
+        db.checkpoint()
+        first = db._manifests[col.uid]
+        col.upsert([5000], x[:1], [{"i": 5000}])
+        db.checkpoint()
+        second = db._manifests[col.uid]
+        vectors_old = first["blobs"]["index/vectors"]
+        vectors_new = second["blobs"]["index/vectors"]
+        assert vectors_new["chunks"] >= vectors_old["chunks"] > 10
+        reused = sum(g == first["gen"] for g in vectors_new["chunk_gens"])
+        assert reused >= vectors_old["chunks"] - 1  # only the tail of the vectors was rewritten
+        with db._store.read() as txn:
+            stored = {k for k, _ in txn.cursor(db=db._store.db("ckpt"))}
+        assert stored == ckpt.referenced_keys(col.uid, second)  # nothing stale is left
+        q = rng.standard_normal((10, 32)).astype(np.float32)
+        before = [[(h.id, h.score, h.payload) for h in r] for r in col.search(q, k=5)]
+    with vdb.open(tmp_path / "d") as db:
+        assert db.stats()["recovered_records"] == 0
+        col = db.collection("c")
+        assert [[(h.id, h.score, h.payload) for h in r] for r in col.search(q, k=5)] == before
+        assert col.count() == 2001

@@ -83,12 +83,24 @@ def encode(captured: Captured) -> dict[str, tuple[bytes, dict[str, Any]]]:
 
 
 def write_blobs(
-    store: Store, uid: int, gen: int, blobs: dict[str, tuple[bytes, dict[str, Any]]]
+    store: Store,
+    uid: int,
+    gen: int,
+    blobs: dict[str, tuple[bytes, dict[str, Any]]],
+    previous: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Write every blob's chunks (several transactions); return the manifest's blob table."""
+    """Write every blob's chunks (several transactions); return the manifest's blob table.
+
+    Incremental: a chunk whose digest equals the same chunk of the
+    ``previous`` manifest is not written again; the new manifest points at
+    the generation that holds it (``chunk_gens``). Appends to big arrays (the
+    vectors) therefore rewrite only their tail.
+    """
     table: dict[str, Any] = {}
     pending: list[tuple[bytes, bytes]] = []
     pending_bytes = 0
+    old_blobs = (previous or {}).get("blobs") or {}
+    old_gen = int((previous or {}).get("gen", -1))
 
     def flush() -> None:
         nonlocal pending, pending_bytes
@@ -103,40 +115,95 @@ def write_blobs(
             store.write(put)
         pending, pending_bytes = [], 0
 
+    written = reused = 0
     for name, (data, meta) in blobs.items():
         view = memoryview(data)
         n_chunks = max(1, -(-len(data) // CHUNK_BYTES))
+        old = old_blobs.get(name) or {}
+        old_digests = old.get("chunk_digests") or []
+        old_gens = old.get("chunk_gens") or [old_gen] * len(old_digests)
+        digests, gens = [], []
         for i in range(n_chunks):
-            part = bytes(view[i * CHUNK_BYTES : (i + 1) * CHUNK_BYTES])
-            pending.append((chunk_key(uid, gen, name, i), part))
+            part = view[i * CHUNK_BYTES : (i + 1) * CHUNK_BYTES]
+            d = digest(part)
+            digests.append(d)
+            if i < len(old_digests) and old_digests[i] == d:
+                gens.append(int(old_gens[i]))
+                reused += 1
+                continue
+            gens.append(gen)
+            pending.append((chunk_key(uid, gen, name, i), bytes(part)))
             pending_bytes += len(part)
+            written += 1
             if pending_bytes >= TXN_BYTES:
                 flush()
-        table[name] = {**meta, "size": len(data), "chunks": n_chunks, "blake2b": digest(data)}
+        table[name] = {
+            **meta,
+            "size": len(data),
+            "chunks": n_chunks,
+            "chunk_digests": digests,
+            "chunk_gens": gens,
+            "blake2b": digest("".join(digests).encode()),
+        }
     flush()
+    log.debug("checkpoint of uid %d: %d chunks written, %d reused", uid, written, reused)
     return table
+
+
+def referenced_keys(uid: int, manifest: dict[str, Any] | None) -> set[bytes]:
+    """Every chunk key a manifest points at."""
+    keys: set[bytes] = set()
+    if not manifest or not manifest.get("blobs"):
+        return keys
+    gen = int(manifest["gen"])
+    for name, meta in manifest["blobs"].items():
+        gens = meta.get("chunk_gens") or [gen] * int(meta["chunks"])
+        for i, g in enumerate(gens):
+            keys.add(chunk_key(uid, int(g), name, i))
+    return keys
+
+
+def delete_unreferenced(txn: lmdb.Transaction, store: Store, uid: int, keep: set[bytes]) -> int:
+    """Delete the chunks of collection ``uid`` that are not in ``keep``."""
+    db = store.db("ckpt")
+    prefix = u64(uid)
+    cursor = txn.cursor(db=db)
+    doomed = []
+    if cursor.set_range(prefix):
+        for key in cursor.iternext(keys=True, values=False):
+            if not key.startswith(prefix):
+                break
+            if key not in keep:
+                doomed.append(key)
+    for key in doomed:
+        txn.delete(key, db=db)
+    return len(doomed)
 
 
 def read_blob(
     txn: lmdb.Transaction, store: Store, uid: int, gen: int, name: str, meta: dict[str, Any]
 ) -> bytearray:
-    """Concatenate a blob's chunks and verify its size and digest."""
+    """Concatenate a blob's chunks, verifying each chunk's digest and the blob's size."""
     db = store.db("ckpt")
+    n_chunks = int(meta["chunks"])
+    gens = meta.get("chunk_gens") or [gen] * n_chunks
+    digests = meta.get("chunk_digests")
+    where = f"checkpoint of collection uid {uid}: blob {name!r}"
+    if len(gens) != n_chunks or (digests is not None and len(digests) != n_chunks):
+        raise CorruptData(f"{where} has an inconsistent chunk table")
     out = bytearray()
-    for i in range(int(meta["chunks"])):
-        part = txn.get(chunk_key(uid, gen, name, i), db=db)
+    for i in range(n_chunks):
+        part = txn.get(chunk_key(uid, int(gens[i]), name, i), db=db)
         if part is None:
-            raise CorruptData(
-                f"checkpoint of collection uid {uid}: blob {name!r} is missing chunk {i}"
-            )
+            raise CorruptData(f"{where} is missing chunk {i}")
+        if digests is not None and digest(part) != digests[i]:
+            raise CorruptData(f"{where} fails its checksum (chunk {i})")
         out += part
     if len(out) != int(meta["size"]):
-        raise CorruptData(
-            f"checkpoint of collection uid {uid}: blob {name!r} is truncated "
-            f"({len(out)} of {meta['size']} bytes)"
-        )
-    if digest(out) != meta["blake2b"]:
-        raise CorruptData(f"checkpoint of collection uid {uid}: blob {name!r} fails its checksum")
+        raise CorruptData(f"{where} is truncated ({len(out)} of {meta['size']} bytes)")
+    expected = digest("".join(digests).encode()) if digests is not None else digest(out)
+    if expected != meta["blake2b"]:
+        raise CorruptData(f"{where} fails its checksum")
     return out
 
 
@@ -239,13 +306,11 @@ def remove_orphans(store: Store) -> int:
 
     def clean(txn: lmdb.Transaction) -> int:
         manifests = read_manifests(store, txn)
+        keep: set[bytes] = set()
+        for uid, manifest in manifests.items():
+            keep |= referenced_keys(uid, manifest)
         cursor = txn.cursor(db=store.db("ckpt"))
-        doomed = []
-        for key in cursor.iternext(keys=True, values=False):
-            uid, gen = from_u64(key[:8]), from_u64(key[8:16])
-            manifest = manifests.get(uid)
-            if manifest is None or int(manifest.get("gen", -1)) != gen or not manifest.get("blobs"):
-                doomed.append(key)
+        doomed = [k for k in cursor.iternext(keys=True, values=False) if k not in keep]
         for key in doomed:
             txn.delete(key, db=store.db("ckpt"))
         return len(doomed)
