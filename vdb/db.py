@@ -86,6 +86,8 @@ class _Stats:
         self.last_checkpoint_s: float | None = None
         self.last_checkpoint_pause_s: float | None = None
         self.max_checkpoint_pause_s = 0.0
+        self.last_checkpoint_bytes: int | None = None
+        self.last_checkpoint_bytes_written: int | None = None
         self.recovery_s = 0.0
         self.recovered_records = 0
         self.snapshots = 0
@@ -646,6 +648,16 @@ class Database:
                 stats.last_checkpoint_at = time.time()
                 stats.last_checkpoint_s = duration
                 stats.last_checkpoint_pause_s = pause
+                stats.last_checkpoint_bytes_written = sum(
+                    int(meta.get("written_bytes", meta["size"]))
+                    for manifest in new_manifests.values()
+                    for meta in manifest["blobs"].values()
+                )
+                stats.last_checkpoint_bytes = sum(
+                    int(meta["size"])
+                    for manifest in new_manifests.values()
+                    for meta in manifest["blobs"].values()
+                )
                 stats.max_checkpoint_pause_s = max(stats.max_checkpoint_pause_s, pause)
             self._last_checkpoint_mono = time.monotonic()
             log.info(
@@ -699,6 +711,8 @@ class Database:
                 "last_checkpoint_duration_s": s.last_checkpoint_s,
                 "last_checkpoint_pause_s": s.last_checkpoint_pause_s,
                 "max_checkpoint_pause_s": s.max_checkpoint_pause_s,
+                "last_checkpoint_bytes": s.last_checkpoint_bytes,
+                "last_checkpoint_bytes_written": s.last_checkpoint_bytes_written,
                 "recovery_s": s.recovery_s,
                 "recovered_records": s.recovered_records,
                 "snapshots": s.snapshots,

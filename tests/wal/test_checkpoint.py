@@ -105,6 +105,8 @@ def test_checkpoints_are_incremental_and_reopen_identically(tmp_path, monkeypatc
         assert vectors_new["chunks"] >= vectors_old["chunks"] > 10
         reused = sum(g == first["gen"] for g in vectors_new["chunk_gens"])
         assert reused >= vectors_old["chunks"] - 1  # only the tail of the vectors was rewritten
+        stats = db.stats()
+        assert 0 < stats["last_checkpoint_bytes_written"] < stats["last_checkpoint_bytes"] / 2
         with db._store.read() as txn:
             stored = {k for k, _ in txn.cursor(db=db._store.db("ckpt"))}
         assert stored == ckpt.referenced_keys(col.uid, second)  # nothing stale is left

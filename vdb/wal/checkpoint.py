@@ -123,6 +123,7 @@ def write_blobs(
         old_digests = old.get("chunk_digests") or []
         old_gens = old.get("chunk_gens") or [old_gen] * len(old_digests)
         digests, gens = [], []
+        blob_written = 0
         for i in range(n_chunks):
             part = view[i * CHUNK_BYTES : (i + 1) * CHUNK_BYTES]
             d = digest(part)
@@ -134,6 +135,7 @@ def write_blobs(
             gens.append(gen)
             pending.append((chunk_key(uid, gen, name, i), bytes(part)))
             pending_bytes += len(part)
+            blob_written += len(part)
             written += 1
             if pending_bytes >= TXN_BYTES:
                 flush()
@@ -143,6 +145,7 @@ def write_blobs(
             "chunks": n_chunks,
             "chunk_digests": digests,
             "chunk_gens": gens,
+            "written_bytes": blob_written,
             "blake2b": digest("".join(digests).encode()),
         }
     flush()
