@@ -79,10 +79,7 @@ def parse_int(
     value: Any, where: str, *, minimum: int | None = None, maximum: int | None = None
 ) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
-        if isinstance(value, float) and value.is_integer():
-            value = int(value)
-        else:
-            raise fail(f"`{where}` must be an integer, got {_type_name(value)}")
+        raise fail(f"`{where}` must be an integer, got {_type_name(value)}")
     if minimum is not None and value < minimum:
         raise fail(f"Validation error: `{where}` must be at least {minimum}, got {value}")
     if maximum is not None and value > maximum:
