@@ -68,10 +68,16 @@ def test_collections_lifecycle_and_names(tmp_path):
             20,
         )
         assert info["extra"] == {"metadata": {"x": 1}}
+        updated = db.collection("b").update(ef=99, metadata={"y": 2}, note="n")
+        assert updated["ef"] == 99 and updated["extra"] == {"metadata": {"y": 2}, "note": "n"}
+        db.collection("b").update(note=None)
+        with pytest.raises(InvalidInput):
+            db.collection("b").update(ef=0)
         assert db.drop_collection("a-1.x_y") is True
     with vdb.open(tmp_path / "d") as db:
         assert db.list_collections() == ["b"]
-        assert db.collection("b").info()["extra"] == {"metadata": {"x": 1}}
+        info = db.collection("b").info()
+        assert info["extra"] == {"metadata": {"y": 2}} and info["ef"] == 99
         col = db.create_collection("a-1.x_y", dim=2)  # the name is free again, the data is not back
         assert col.count() == 0
 

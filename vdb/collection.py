@@ -48,7 +48,7 @@ SEARCH_RETRIES = 3
 class WriteRequest:
     """One unit of work for the writer: a WAL record plus what commits with it."""
 
-    kind: str  # "record" | "create" | "drop"
+    kind: str  # "record" | "create" | "drop" | "config"
     collection: Collection | None = None
     record: dict[str, Any] | None = None
     data: bytes | None = None
@@ -376,6 +376,25 @@ class Collection:
     def clear_payload(self, ids: Any, *, filter: Any = None) -> int:
         """Remove the whole payload of each point."""
         return self._payload_op("clear", ids, filter)
+
+    def update(self, *, ef: int | None = None, **extra: Any) -> dict[str, Any]:
+        """Change the default search ``ef`` and/or merge ``extra`` options (``None`` removes a key).
+
+        Durable; returns the new configuration. ``dim``, ``metric``, ``M``
+        and ``ef_construction`` are fixed when the collection is created.
+        """
+        if ef is not None and (
+            isinstance(ef, bool) or not isinstance(ef, int | np.integer) or ef < 1
+        ):
+            raise InvalidInput(f"ef must be a positive integer, got {ef!r}")
+        try:
+            pack(extra)
+        except (TypeError, ValueError, OverflowError) as exc:
+            raise InvalidInput(f"collection options cannot be stored: {exc}") from None
+        request = WriteRequest(
+            "config", extra={"ef": None if ef is None else int(ef), "extra": extra}, n_ops=1
+        )
+        return dict(self._submit(request))
 
     def create_payload_index(self, field: str, schema: Any = "keyword") -> int:
         """Declare an explicit payload index on ``field`` (Qdrant's ``create_payload_index``).

@@ -406,6 +406,18 @@ class Database:
                             txn.delete(u64(uid), db=store.db("ckptman"))
                             ckpt.delete_prefix(txn, store.db("ckpt"), u64(uid))
                             outcomes.append(("ok", uid))
+                        elif r.kind == "config":
+                            col = r.collection
+                            raw = txn.get(col.name.encode(), db=db_cols)
+                            if raw is None or unpack(raw)["uid"] != col.uid:
+                                raise CollectionNotFound(f"collection {col.name!r} was dropped")
+                            config = unpack(raw)
+                            if r.extra.get("ef") is not None:
+                                config["ef"] = r.extra["ef"]
+                            merged = {**(config.get("extra") or {}), **r.extra.get("extra", {})}
+                            config["extra"] = {k: v for k, v in merged.items() if v is not None}
+                            txn.put(col.name.encode(), pack(config), db=db_cols)
+                            outcomes.append(("ok", config))
                         else:
                             raise ValueError(f"unknown request kind {r.kind!r}")
                     except VdbError as exc:
@@ -478,6 +490,9 @@ class Database:
                         except Exception:  # warming is an optimisation only
                             log.warning("warming the index of %s failed", col.name, exc_info=True)
                         r.future.set_result(col)
+                    elif r.kind == "config":
+                        r.collection.config = value
+                        r.future.set_result(value)
                     elif r.kind == "drop":
                         if value is None:
                             r.future.set_result(False)
