@@ -128,6 +128,7 @@ class Database:
         self.max_group_ops = max_group_ops
         self.dead_letter_limit = dead_letter_limit
         self._closed = False
+        self._poisoned: str | None = None
         self._stats = _Stats()
         self._collections: dict[str, Collection] = {}
         self._by_uid: dict[int, Collection] = {}
@@ -282,7 +283,12 @@ class Database:
             pack(config)
         except (TypeError, ValueError, OverflowError) as exc:
             raise InvalidInput(f"collection options cannot be stored: {exc}") from None
-        return self._submit(WriteRequest("create", extra={"config": config}))
+        col = self._submit(WriteRequest("create", extra={"config": config}))
+        try:
+            col._index.warm()  # compile (or load) the kernels now, not on the first query
+        except Exception:  # warming is an optimisation only
+            log.warning("warming the index of %s failed", name, exc_info=True)
+        return col
 
     def collection(self, name: str) -> Collection:
         """The collection called ``name``; raises ``CollectionNotFound``."""
@@ -320,6 +326,11 @@ class Database:
         with self._submit_lock:
             if self._closed:
                 raise DatabaseClosed(f"database {self.path} is closed")
+            if self._poisoned:
+                raise StorageError(
+                    f"writes are refused until the database is reopened ({self._poisoned}); "
+                    "every acknowledged write is in the WAL"
+                )
             self._queue.put(request)
         return request.future.result()
 
@@ -485,10 +496,6 @@ class Database:
                         self._covered[col.uid] = value["created_seq"]
                         self._collections[col.name] = col
                         self._by_uid[col.uid] = col
-                        try:
-                            col._index.warm()
-                        except Exception:  # warming is an optimisation only
-                            log.warning("warming the index of %s failed", col.name, exc_info=True)
                         r.future.set_result(col)
                     elif r.kind == "config":
                         r.collection.config = value
@@ -506,6 +513,7 @@ class Database:
                         r.future.set_result(True)
                 except BaseException as exc:
                     log.exception("applying a committed %s request failed", r.kind)
+                    self._poisoned = f"applying a committed write in memory failed: {exc}"
                     r.future.set_exception(
                         StorageError(
                             f"the write is durable but applying it in memory failed: {exc}; reopen to recover"
@@ -586,6 +594,10 @@ class Database:
         The writer is paused only while the in-memory state is copied;
         searches are never paused. Returns figures of the run.
         """
+        if self._poisoned:
+            raise StorageError(
+                f"no checkpoint: memory may differ from the WAL ({self._poisoned}); reopen"
+            )
         with self._checkpoint_lock:
             started = time.perf_counter()
             pause_start = time.perf_counter()
