@@ -7,10 +7,14 @@ durable (one LMDB transaction per group of writes) and applies them to the
 index, the id map and the payloads; the call returns after both.
 
 Consistency for readers: the writer bumps the collection's generation and
-marks every slot it changes before it changes it. A search checks after
-the fact whether any slot it returns changed while it ran; if so it runs
-again (and after a few tries runs once under the apply lock), so a hit
-never pairs one point's score with another point's id or payload.
+marks every slot whose occupant changes (a point deleted from it or placed
+in it) before it changes it. A search checks after the fact whether any slot
+it returns changed occupant while it ran; if so it runs again (and after a
+few tries runs once under the apply lock), so a hit never pairs one point's
+score with another point's id or payload. While a write is being applied,
+searches admit only slots whose write was applied. A point that is itself
+being upserted while it is found is returned in its old or its new version
+(its score may be computed from either vector).
 
 Duplicate ids in one batch: the last occurrence wins (for ``apply`` the
 last operation on an id wins, so an upsert followed by a delete of the same
@@ -108,6 +112,8 @@ class Collection:
         self._ids = ids
         self._payloads = payloads
         self._generation = 0
+        self.search_retries = 0  # searches that ran again because a write raced them
+        self.search_locked = 0  # ... and that finally ran under the apply lock
         self._apply_lock = threading.RLock()
         self._dropped = False
         self.applied_seq = 0
@@ -479,7 +485,6 @@ class Collection:
                 if slot is None:
                     new_pos.append(i)
                     continue
-                idmap.touch(slot, generation)
                 index.replace(slot, vectors[i])
                 payloads.set(slot, record["p"][i])
                 idmap.set_partition(slot, partitions[i])
@@ -519,7 +524,6 @@ class Collection:
                 new = None
             else:
                 raise ValueError(f"unknown payload op {op!r}")
-            self._ids.touch(slot, generation)
             self._payloads.set(slot, new or None)
             updated += 1
         return {"updated": updated}
@@ -561,14 +565,17 @@ class Collection:
             score_threshold = float(score_threshold)
         parsed = self._filter(filter)
         result = None
-        for _ in range(SEARCH_RETRIES):
+        for attempt in range(SEARCH_RETRIES):
             generation = self._generation
             result = self._search_once(
                 queries, k, ef, parsed, with_payload, with_vectors, score_threshold, generation
             )
             if result is not None:
                 break
+            if attempt == 0:
+                self.search_retries += 1
         if result is None:
+            self.search_locked += 1
             with self._apply_lock:
                 result = self._search_once(
                     queries, k, ef, parsed, with_payload, with_vectors, score_threshold, None
@@ -598,10 +605,15 @@ class Collection:
             n_allowed = int(allowed.sum())
             if n_allowed == 0:
                 return [[] for _ in range(nq)]
+        elif generation is not None and generation % 2:
+            # A write is being applied: admit only points whose write was
+            # applied (the id map's live slots), so points being inserted or
+            # deleted are not returned half-done and the search need not retry.
+            allowed = self._ids.live_mask(int(self._index.capacity))
         slots, scores = self._index.search(queries, k, ef=ef, allowed=allowed)
         slots = np.asarray(slots)
         scores = np.asarray(scores)
-        if allowed is not None:
+        if n_allowed is not None:
             want = min(k, n_allowed)
             for row in range(nq):
                 if int((slots[row] >= 0).sum()) < want:

@@ -752,6 +752,8 @@ class Database:
                 "dim": col.dim,
                 "metric": col.metric,
                 "applied_seq": col.applied_seq,
+                "search_retries": col.search_retries,
+                "search_locked": col.search_locked,
             }
             for name, col in list(self._collections.items())
         }

@@ -110,11 +110,6 @@ class IdMap:
         self.partitions = partitions
         self.live = live
 
-    def touch(self, slot: int, generation: int) -> None:
-        """Mark ``slot`` as changed at ``generation`` (before changing it)."""
-        self._ensure(slot)
-        self.changed[slot] = generation
-
     def assign(self, point_id: PointId, slot: int, partition: int | None, generation: int) -> None:
         self._ensure(slot)
         self.changed[slot] = generation
