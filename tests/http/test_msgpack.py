@@ -147,3 +147,45 @@ def test_real_embeddings_bulk_load_and_recall(http, minilm):
     found = np.array([[p["id"] for p in a["points"]] for a in msgpack.unpackb(r.content)["result"]])
     assert found.shape == (nq, k)
     assert recall_at_k(found, truth, k) >= 0.9
+
+
+def test_retrieve_scroll_count_delete_and_payload_over_msgpack(http):
+    r = post_mp(http, "PUT", "/collections/mpflow", {"vectors": {"size": 3, "distance": "Euclid"}})
+    assert r.status_code == 200 and msgpack.unpackb(r.content)["result"] is True
+    ids = [1, 2, "6f1c5a40-8a6f-4f4e-9a53-3b9a0f2a7c11"]
+    vectors = np.array([[0, 0, 1], [0, 1, 0], [1, 0, 0]], dtype="<f4")
+    body = {
+        "batch": {
+            "ids": ids,
+            "vectors": vectors.tobytes(),
+            "payloads": [{"k": i} for i in range(3)],
+        }
+    }
+    assert post_mp(http, "PUT", "/collections/mpflow/points", body).status_code == 200
+
+    r = post_mp(http, "POST", "/collections/mpflow/points", {"ids": ids[::-1], "with_vector": True})
+    got = msgpack.unpackb(r.content)["result"]
+    assert [p["id"] for p in got] == ids[::-1]
+    for p in got:
+        np.testing.assert_array_equal(
+            np.frombuffer(p["vector"], "<f4"), vectors[ids.index(p["id"])]
+        )
+
+    r = post_mp(http, "POST", "/collections/mpflow/points/scroll", {"limit": 2})
+    page = msgpack.unpackb(r.content)["result"]
+    assert [p["id"] for p in page["points"]] == [1, 2] and page["next_page_offset"] == ids[2]
+
+    flt = {"must": [{"key": "k", "range": {"gte": 1}}]}
+    r = post_mp(http, "POST", "/collections/mpflow/points/count", {"filter": flt})
+    assert msgpack.unpackb(r.content)["result"]["count"] == 2
+
+    r = post_mp(
+        http, "POST", "/collections/mpflow/points/payload", {"payload": {"x": 1}, "points": [1]}
+    )
+    assert r.status_code == 200
+    r = post_mp(http, "POST", "/collections/mpflow/points/delete", {"filter": flt})
+    assert r.status_code == 200
+    r = post_mp(http, "POST", "/collections/mpflow/points/scroll", {"limit": 10})
+    assert [(p["id"], p["payload"]) for p in msgpack.unpackb(r.content)["result"]["points"]] == [
+        (1, {"k": 0, "x": 1})
+    ]
