@@ -240,3 +240,33 @@ def test_backpressure_pauses_partitions_and_bounds_buffers(broker, producer, db)
     assert 0 < final["buffered_records_max"] <= queued + 2 * batch_max
     assert final["batch_size_last"] <= batch_max
     assert db.collection("docs").count() == n
+
+
+def test_read_committed_with_a_transactional_producer(broker, db):
+    from kafka import KafkaProducer
+
+    topic = create_topic(broker.bootstrap, unique("tx"))
+    producer = KafkaProducer(bootstrap_servers=broker.bootstrap, transactional_id=unique("txp"))
+    try:
+        producer.init_transactions()
+        futures = []
+        for t in range(3):
+            producer.begin_transaction()
+            for i in range(t * 10, t * 10 + 10):
+                value = json.dumps({"id": i, "vector": vec(i)}).encode()
+                futures.append(producer.send(topic, key=str(i).encode(), value=value))
+            producer.commit_transaction()
+        last = max(f.get(timeout=30).offset for f in futures)
+    finally:
+        producer.close(timeout=10)
+    source = KafkaSource(broker.bootstrap, topic, isolation_level="read_committed")
+    assert source.consumer_config()["isolation_level"] == "read_committed"
+    handle = db.ingest(source, "docs")
+    wait_until(_records_applied(handle, 30), timeout=60)
+    # Transaction markers take offsets too; they are neither records nor lag.
+    wait_until(lambda: handle.stats()["lag"] == 0, timeout=30)
+    handle.stop()
+    assert handle.stats()["records"] == 30 and handle.stats()["dead_letters"] == 0
+    assert db.collection("docs").count() == 30
+    assert db.source_offsets(source.name) == {(topic, 0): last}
+    assert last > 29  # the markers really are in the log

@@ -129,6 +129,7 @@ class KafkaSource:
         self._assignment: Assignment | None = None
         self._lock = threading.RLock()
         self._next: dict[TopicPartition, int] = {}
+        self._positions: dict[TopicPartition, int] = {}
         self._assigned: list[TopicPartition] = []
         self._paused: set[TopicPartition] = set()
         self._errors = 0
@@ -302,6 +303,16 @@ class KafkaSource:
                     consumer.seek(tp, 0)
                     self._next[(topic, partition)] = 0
                     self._offset_resets += 1
+                    continue
+                try:  # past transaction markers too, unlike the last delivered offset
+                    self._positions[(topic, partition)] = consumer.position(tp, timeout_ms=0)
+                except Exception:
+                    self._positions.pop((topic, partition), None)
+
+    def positions(self) -> dict[TopicPartition, int]:
+        """The next offset to read per partition, as last seen by the reader."""
+        with self._lock:
+            return {tp: pos for tp, pos in self._positions.items() if pos is not None}
 
     # -- partitions ----------------------------------------------------------
 
@@ -354,6 +365,7 @@ class KafkaSource:
             self._assigned = [tp for tp in self._assigned if tp not in gone]
             for tp in gone:
                 self._next.pop(tp, None)
+                self._positions.pop(tp, None)
                 self._paused.discard(tp)
 
     # -- upstream bookkeeping -------------------------------------------------

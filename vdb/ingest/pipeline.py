@@ -40,7 +40,7 @@ from typing import Any
 
 import numpy as np
 
-from vdb.errors import DatabaseClosed, InvalidInput
+from vdb.errors import DatabaseClosed, InvalidInput, NotFound
 from vdb.ingest.formats import Decoder
 from vdb.ingest.source import Message, Source, TopicPartition
 from vdb.types import DeadLetter, Delete, Upsert
@@ -313,6 +313,14 @@ class IngestHandle:
                 paused_now = set()
         elif self._paused:
             paused_now = set(self._assigned)
+        positions: dict[TopicPartition, int] = {}
+        positions_fn = getattr(self.source, "positions", None)
+        if callable(positions_fn):
+            try:
+                positions = dict(positions_fn())
+            except Exception:
+                positions = {}
+        idle = not self._queued_records and not self._pending
         with self._stats_lock:
             assigned = set(self._assigned)
             partitions: dict[str, dict[str, Any]] = {}
@@ -324,6 +332,8 @@ class IngestHandle:
                 lag = None
                 if end is not None and tp in assigned:
                     lag = max(0, end - (ps.offset + 1 if ps.offset is not None else 0))
+                    if idle and tp in positions:  # everything read is applied
+                        lag = min(lag, max(0, end - positions[tp]))
                     total_lag += lag
                     lag_known = True
                 partitions[f"{tp[0]}/{tp[1]}"] = {
@@ -601,6 +611,11 @@ class IngestHandle:
                 break
             except DatabaseClosed:
                 self._error = "database closed"
+                return False
+            except NotFound as exc:  # the collection was dropped
+                self._error = f"{type(exc).__name__}: {exc}"
+                self._state = "failed"
+                log.error("%s: %s; ingest stops", self.name, exc)
                 return False
             except Exception as exc:
                 self._apply_errors += 1
