@@ -385,9 +385,11 @@ class HNSW:
             self._code, g.vectors, g.links0, g.upper, g.upper_off, g.levels, slots.astype(np.int32)
         )
         g.vectors[slots] = x
-        self._link(slots.astype(np.int32))
+        # top up the re-linked lists (see kernels.build_select): measured on debian-minilm 20k
+        # after replacing 50%, recall@10 at ef=32 went from 0.013 below a fresh build to 0.003
+        self._link(slots.astype(np.int32), fill=self._M + self._M // 2)
 
-    def _link(self, slots: np.ndarray) -> None:
+    def _link(self, slots: np.ndarray, fill: int = 0) -> None:
         """Link written slots into the graph in chunks: candidate search and neighbour selection
         for a chunk run in parallel (nogil), then links are written in order by this thread."""
         pos = 0
@@ -400,7 +402,7 @@ class HNSW:
             pos += size
             self._pending[chunk] = 1
             top = int(g.levels[chunk].max())
-            sel = np.zeros((size, top + 1, M), np.int32)
+            sel = np.zeros((size, top + 1, max(M, fill)), np.int32)
             sel_n = np.zeros((size, top + 1), np.int32)
             entry = int(g.state[0])
 
@@ -408,7 +410,7 @@ class HNSW:
                 visited, vgen = self._visited(g.capacity)
                 kernels.build_select(
                     self._code, g.vectors, g.links0, g.upper, g.upper_off, g.levels, g.deleted,
-                    self._pending, entry, chunk, lo, hi, self._efc, M, visited, vgen, sel, sel_n,
+                    self._pending, entry, chunk, lo, hi, self._efc, M, fill, visited, vgen, sel, sel_n,
                 )  # fmt: skip
 
             _parallel(select, size, _BUILD_GRAIN, self._n_threads)

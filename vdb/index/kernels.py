@@ -372,12 +372,15 @@ def _heuristic(metric, vectors, cand_d, cand_i, n, limit, out, out_off):
 @njit(fastmath=True, cache=True, nogil=True)
 def build_select(
     metric, vectors, links0, upper, upper_off, levels, deleted, pending, entry, chunk, lo, hi,
-    ef_construction, M, visited, vgen, sel, sel_n,
+    ef_construction, M, fill, visited, vgen, sel, sel_n,
 ):  # fmt: skip
     """Phase 1 of linking a batch (parallel-safe: reads the graph, writes only its own rows of
     ``sel``/``sel_n``). For chunk positions ``lo`` to ``hi - 1``: search the current graph
     (batch members in ``pending`` excluded) on every layer of the point, add the batch members
-    before it (exactly), and select up to ``M`` neighbours per layer with the heuristic."""
+    before it (exactly), and select up to ``M`` neighbours per layer with the heuristic. When
+    ``fill`` > 0 (re-linked points), the lists are topped up with the nearest pruned candidates to
+    ``fill`` links on layer 0 and ``M`` above: a re-linked point misses the in-links that later
+    inserts give a point in a fresh build, and this keeps its degree (and recall) at par."""
     B = chunk.shape[0]
     res_d = np.empty(ef_construction + 1, np.float32)
     res_i = np.empty(ef_construction + 1, np.int32)
@@ -430,9 +433,23 @@ def build_select(
             for t in range(nm):
                 sorted_d[t] = merged_d[order[t]]
                 sorted_i[t] = merged_i[order[t]]
-            sel_n[i, layer] = _heuristic(
-                metric, vectors, sorted_d, sorted_i, nm, M, flat, i * width + layer * sel.shape[2]
-            )
+            off = i * width + layer * sel.shape[2]
+            ns = _heuristic(metric, vectors, sorted_d, sorted_i, nm, M, flat, off)
+            target = fill if layer == 0 else M
+            if fill > 0 and ns < target:
+                for t in range(nm):
+                    if ns >= target:
+                        break
+                    c = sorted_i[t]
+                    taken = False
+                    for r in range(ns):
+                        if flat[off + r] == c:
+                            taken = True
+                            break
+                    if not taken:
+                        flat[off + ns] = c
+                        ns += 1
+            sel_n[i, layer] = ns
 
 
 @njit(fastmath=True, cache=True, nogil=True)
