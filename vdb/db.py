@@ -31,6 +31,7 @@ from vdb.collection import METRICS, Collection, WriteRequest, index_metric
 from vdb.errors import (
     AlreadyExists,
     CollectionNotFound,
+    CorruptData,
     DatabaseClosed,
     InvalidInput,
     StorageError,
@@ -199,9 +200,14 @@ class Database:
             ids = IdMap()
             payloads = PayloadIndex()
         else:
-            index = HNSW.from_arrays(loaded.arrays)
-            ids = IdMap.from_state(loaded.slots, loaded.ids, loaded.partitions)
-            payloads = PayloadIndex.from_items(loaded.payloads, indexes=loaded.payload_indexes)
+            try:
+                index = HNSW.from_arrays(loaded.arrays)
+                ids = IdMap.from_state(loaded.slots, loaded.ids, loaded.partitions)
+                payloads = PayloadIndex.from_items(loaded.payloads, indexes=loaded.payload_indexes)
+            except (ValueError, KeyError, TypeError, IndexError) as exc:
+                raise CorruptData(
+                    f"checkpoint of collection {config['name']!r} cannot be loaded: {exc}"
+                ) from exc
         return Collection(self, config, index, ids, payloads)
 
     def _recover(self) -> None:
