@@ -555,7 +555,7 @@ class Collection:
         queries = self._vectors(arr.reshape(1, -1) if single else arr, None, what="query")
         if isinstance(k, bool) or not isinstance(k, int | np.integer) or k < 1:
             raise InvalidInput(f"k must be a positive integer, got {k!r}")
-        k = int(k)
+        k = min(int(k), max(1, len(self._ids)))  # no point asking the index for more
         if ef is None:
             ef = int(self.config.get("ef", 64))
         if isinstance(ef, bool) or not isinstance(ef, int | np.integer) or ef < 1:
