@@ -198,6 +198,7 @@ class HNSW:
         self._dim = dim
         self._metric = metric
         self._code = METRICS[metric]
+        self._cosine = metric == "cosine"
         self._M = M
         self._efc = _positive_int(ef_construction, "ef_construction")
         self._ef = _positive_int(ef, "ef")
@@ -471,14 +472,18 @@ class HNSW:
         scanned exactly. Every row holds ``min(k, admissible live points)`` hits, best first,
         then ``-1`` padding.
         """
-        if not isinstance(k, (int, np.integer)) or isinstance(k, bool):
-            raise ValueError(f"k must be an integer, got {type(k).__name__}")
+        if type(k) is not int:
+            if not isinstance(k, np.integer):
+                raise ValueError(f"k must be an integer, got {type(k).__name__}")
+            k = int(k)
         if k < 1:
             raise ValueError(f"k must be >= 1, got {k}")
-        ef = self._ef if ef is None else _positive_int(ef, "ef")
+        if ef is None:
+            ef = self._ef
+        elif type(ef) is not int or ef < 1:
+            ef = _positive_int(ef, "ef")
         q = self._matrix(queries, "queries", normalize=False)
         g = self._g
-        k = int(k)
         nq = q.shape[0]
         out_slots = np.empty((nq, k), np.int32)
         out_scores = np.empty((nq, k), np.float32)
@@ -494,7 +499,9 @@ class HNSW:
             count = int(np.count_nonzero(mask[:n_used] > g.deleted[:n_used]))
             need = min(k, count)
             exact = count * count <= _EXACT_FACTOR * max(ef, k) * max(self._live, 1)
-        if nq == 0:
+        if nq < 2 * _SEARCH_GRAIN or self._n_threads == 1:
+            if nq:
+                self._search_rows(g, q, k, ef, mask, mode, need, exact, out_slots, out_scores)
             return out_slots, out_scores
 
         def rows(lo: int, hi: int) -> None:
@@ -502,18 +509,16 @@ class HNSW:
                 g, q[lo:hi], k, ef, mask, mode, need, exact, out_slots[lo:hi], out_scores[lo:hi]
             )
 
-        if nq < 2 * _SEARCH_GRAIN or self._n_threads == 1:
-            rows(0, nq)
-        else:
-            _parallel(rows, nq, _SEARCH_GRAIN, self._n_threads)
+        _parallel(rows, nq, _SEARCH_GRAIN, self._n_threads)
         return out_slots, out_scores
 
     def _search_rows(self, g, q, k, ef, mask, mode, need, exact, out_slots, out_scores) -> None:
-        visited, vgen = self._visited(g.capacity)
+        v = getattr(self._tls, "v", None)
+        if v is None or v[0].shape[0] < g.vectors.shape[0]:
+            v = self._visited(g.vectors.shape[0])
         kernels.search_batch(
             self._code, g.vectors, g.links0, g.upper, g.upper_off, g.levels, g.deleted, g.state,
-            q, self._metric == "cosine", k, ef, mask, mode, need, exact, visited, vgen, out_slots,
-            out_scores,
+            q, self._cosine, k, ef, mask, mode, need, exact, v[0], v[1], out_slots, out_scores,
         )  # fmt: skip
 
     def _mask(self, allowed: Any, g: _Graph) -> np.ndarray:
