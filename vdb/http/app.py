@@ -1,10 +1,8 @@
 """``build_app(db, config)``: the Starlette app — routes, middleware, error handlers.
 
-Errors are mapped to status codes in exactly one place, ``handle_error``:
-every ``vdb.errors`` type carries its ``status_code``; Starlette's own HTTP
-errors (unknown route 404, wrong method 405) keep theirs; anything else is a
-500. All of them answer in Qdrant's error shape ``{"status": {"error":
-msg}, "time": t}``.
+Errors are mapped to status codes in exactly one place,
+``vdb.http.errors.error_response``; the exception handlers here and the
+middlewares answer through it.
 
 Middleware, outermost first: metrics (times everything, including refusals),
 auth, rate limit, body size limit.
@@ -32,69 +30,19 @@ from vdb.config import ServerConfig
 from vdb.errors import InvalidInput, VdbError
 from vdb.http import metrics as metrics_mod
 from vdb.http.auth import OPEN_PATHS, AuthMiddleware
-from vdb.http.codec import EncodedResponse, envelope, error_body, wants_msgpack
-from vdb.http.limits import BodyLimitMiddleware, RateLimited, RateLimitMiddleware
+from vdb.http.codec import EncodedResponse, envelope, wants_msgpack
+from vdb.http.errors import error_response, status_of
+from vdb.http.limits import BodyLimitMiddleware, RateLimitMiddleware
 from vdb.http.qdrant import QdrantApi
 
 log = logging.getLogger(__name__)
 
-_PREFIX = {400: "Wrong input: ", 404: "Not found: "}
-_KNOWN_PREFIXES = (
-    "Wrong input",
-    "Not found",
-    "Bad request",
-    "Format error",
-    "Validation error",
-    "Service internal error",
-    "Payload too large",
-    "Too many requests",
-    "Deserialize error",
-)
-
-
-CLIENT_CLOSED = 499  # nginx's code: the client went away before the answer
-
-
-def status_of(exc: BaseException) -> int:
-    """The HTTP status for an exception: the one mapping of errors to codes."""
-    if isinstance(exc, ClientDisconnect):
-        return CLIENT_CLOSED
-    if isinstance(exc, VdbError):
-        return int(exc.status_code)
-    if isinstance(exc, HTTPException):
-        return int(exc.status_code)
-    return 500
-
-
-def message_of(exc: BaseException, status: int) -> str:
-    if isinstance(exc, HTTPException):
-        return f"{exc.detail}"
-    if status >= 500 and not isinstance(exc, VdbError):
-        return f"Service internal error: {type(exc).__name__}"
-    text = str(exc) or type(exc).__name__
-    if not text.startswith(_KNOWN_PREFIXES) and status in _PREFIX:
-        text = _PREFIX[status] + text
-    return text
-
 
 async def handle_error(request: Request, exc: Exception) -> Response:
     """Every error, whatever the request's format, answers in Qdrant's JSON error shape."""
-    status = status_of(exc)
-    if status == CLIENT_CLOSED:
-        return Response(status_code=status)
-    if status >= 500:
+    if status_of(exc) == 500:
         log.error("%s %s failed", request.method, request.url.path, exc_info=exc)
-    headers = {}
-    if isinstance(exc, RateLimited):
-        headers["Retry-After"] = str(max(1, int(exc.retry_after + 0.999)))
-    if isinstance(exc, HTTPException) and exc.headers:
-        headers.update(exc.headers)
-    started = request.scope.get("state", {}).get("vdb_started")
-    return EncodedResponse(
-        error_body(message_of(exc, status), started),
-        status_code=status,
-        headers=headers or None,
-    )
+    return error_response(exc, request.scope.get("state", {}).get("vdb_started"))
 
 
 class Service:

@@ -13,7 +13,8 @@ import re
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from vdb.http.codec import EncodedResponse, error_body
+from vdb.errors import ReadOnly
+from vdb.http.errors import Unauthorized, error_response
 
 OPEN_PATHS = frozenset({"/", "/healthz", "/livez", "/readyz"})
 """Paths answered without a key (Qdrant whitelists the same)."""
@@ -74,32 +75,26 @@ class AuthMiddleware:
             return
         key = presented_key(scope)
         if key is None:
-            await self._deny(
-                scope,
-                receive,
-                send,
-                401,
-                "Must provide an API key or an Authorization bearer token",
-            )
+            missing = "Unauthorized: must provide an API key or an Authorization bearer token"
+            await _deny(scope, receive, send, Unauthorized(missing))
             return
         # evaluate both comparisons so timing does not tell which key was close
         is_rw = _matches(key, self.api_key)
         is_ro = _matches(key, self.read_only_api_key)
         if not (is_rw or is_ro):
-            await self._deny(scope, receive, send, 401, "Invalid API key or bearer token")
+            await _deny(
+                scope, receive, send, Unauthorized("Unauthorized: invalid API key or bearer token")
+            )
             return
         if not is_rw and is_write(scope["method"], path):
-            await self._deny(
-                scope, receive, send, 403, "Forbidden: the read-only API key cannot write"
-            )
+            forbidden = "Forbidden: the read-only API key cannot write"
+            await _deny(scope, receive, send, ReadOnly(forbidden))
             return
         state = scope.setdefault("state", {})
         state["role"] = ROLE_WRITE if is_rw else ROLE_READ
         state["client_key"] = "key:" + ("rw" if is_rw else "ro")
         await self.app(scope, receive, send)
 
-    @staticmethod
-    async def _deny(scope: Scope, receive: Receive, send: Send, status: int, message: str) -> None:
-        headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
-        response = EncodedResponse(error_body(message), status_code=status, headers=headers)
-        await response(scope, receive, send)
+
+async def _deny(scope: Scope, receive: Receive, send: Send, exc: Exception) -> None:
+    await error_response(exc)(scope, receive, send)

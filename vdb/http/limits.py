@@ -14,24 +14,8 @@ import time
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from vdb.errors import VdbError
-from vdb.http.codec import EncodedResponse, error_body
-
-
-class PayloadTooLarge(VdbError):
-    """The request body is larger than the configured limit."""
-
-    status_code = 413
-
-
-class RateLimited(VdbError):
-    """Too many requests for this key; retry after ``retry_after`` seconds."""
-
-    status_code = 429
-
-    def __init__(self, message: str, retry_after: float):
-        super().__init__(message)
-        self.retry_after = retry_after
+from vdb.errors import InvalidInput
+from vdb.http.errors import PayloadTooLarge, RateLimited, error_response
 
 
 class BodyLimitMiddleware:
@@ -55,13 +39,10 @@ class BodyLimitMiddleware:
                 break
         if declared is not None and (declared < 0 or declared > self.max_bytes):
             if declared < 0:
-                status, message = 400, "Bad request: invalid Content-Length"
+                exc: Exception = InvalidInput("Bad request: invalid Content-Length")
             else:
-                status, message = 413, self._message(declared)
-            response = EncodedResponse(
-                error_body(message), status_code=status, headers={"Connection": "close"}
-            )
-            await response(scope, receive, send)
+                exc = PayloadTooLarge(self._message(declared))
+            await error_response(exc)(scope, receive, send)
             return
 
         received = 0
@@ -134,15 +115,11 @@ class RateLimitMiddleware:
             bucket = self.buckets[key] = TokenBucket(self.rate, self.burst, now)
         wait = bucket.take(now)
         if wait > 0:
-            retry_after = max(1, math.ceil(wait))
-            response = EncodedResponse(
-                error_body(
-                    f"Too many requests: rate limit of {self.rate:g}/s exceeded, "
-                    f"retry after {retry_after} s"
-                ),
-                status_code=429,
-                headers={"Retry-After": str(retry_after)},
+            exc = RateLimited(
+                f"Too many requests: rate limit of {self.rate:g}/s exceeded, "
+                f"retry after {max(1, math.ceil(wait))} s",
+                retry_after=wait,
             )
-            await response(scope, receive, send)
+            await error_response(exc)(scope, receive, send)
             return
         await self.app(scope, receive, send)
