@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import time
 
@@ -44,6 +45,8 @@ def test_file_ingest_figures_and_dead_letters(serve, tmp_path):
         assert len(letters) == 2
         assert all(d["reason"] and d["source"] for d in letters)
         assert sorted(d["offset"] for d in letters) == [2, 4]
+        values = {d["offset"]: base64.b64decode(d["value"]).decode() for d in letters}
+        assert values == {2: lines[2], 4: lines[4]}
         text = http.get("/metrics").text
         assert metric(text, "vdb_ingest_records", handle="0") == 7
         assert metric(text, "vdb_ingest_dead_letters", handle="0") == 2

@@ -157,16 +157,18 @@ def warm_kernels(dim: int = 8) -> None:
 
 
 def dead_letter_out(letter: Any) -> dict[str, Any]:
-    def text(b: bytes | None) -> str | None:
-        return None if b is None else base64.b64encode(b).decode("ascii")
+    """One dead letter as JSON, the same shape as ``python -m vdb dead-letters --json``."""
+
+    def b64(raw: bytes | None) -> str | None:
+        return None if raw is None else base64.b64encode(raw).decode("ascii")
 
     return {
         "source": letter.source,
         "topic": letter.topic,
         "partition": letter.partition,
         "offset": letter.offset,
-        "key_base64": text(letter.key),
-        "value_base64": text(letter.value),
+        "key": b64(letter.key),
+        "value": b64(letter.value),
         "reason": letter.reason,
         "timestamp_ms": letter.timestamp_ms,
         "extra": letter.extra,
