@@ -115,3 +115,29 @@ def test_broker_killed_and_restarted_mid_stream(own_broker, tmp_path):
             assert np.array_equal(got[i], vec(i, version)), (i, version, got[i])
         assert handle.stats()["records"] == 460
         assert db.source_offsets(source.name) == {(topic, 0): 159}
+
+
+def test_ingest_started_before_the_broker_connects_when_it_comes_up(tmp_path):
+    from kafka import KafkaProducer
+
+    broker = Broker(tmp_path / "late.log")
+    with vdb.open(tmp_path / "data", warm=False) as db:
+        db.create_collection("docs", dim=DIM, metric="l2")
+        topic = unique("late")
+        handle = db.ingest(KafkaSource(broker.bootstrap, topic), "docs")
+        try:
+            down = wait_until(lambda: (s := handle.stats())["source_errors"] > 0 and s, timeout=30)
+            assert not down["connected"] and down["state"] == "running"
+            broker.start()
+            create_topic(broker.bootstrap, topic, partitions=1)
+            producer = KafkaProducer(bootstrap_servers=broker.bootstrap, acks="all")
+            for i in range(50):
+                send_json(producer, topic, {"id": i, "vector": vec(i, 0)})
+            producer.flush()
+            producer.close(timeout=10)
+            wait_until(lambda: handle.stats()["records"] >= 50, timeout=60)
+            assert handle.stats()["connected"]
+        finally:
+            handle.stop()
+            broker.stop()
+        assert db.collection("docs").count() == 50

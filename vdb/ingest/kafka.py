@@ -135,9 +135,12 @@ class KafkaSource:
         self._errors = 0
         self._offset_resets = 0
         self._last_error: str | None = None
-        self._connected = True
+        self._connected = False
+        self._probed = False
         self._closed = threading.Event()
         self._monitor: threading.Thread | None = None
+        self._connect_at = 0.0
+        self._connect_backoff = 0.5
         self._last_truncation_check = 0.0
 
     # -- lifecycle ---------------------------------------------------------
@@ -159,6 +162,7 @@ class KafkaSource:
             "reconnect_backoff_max_ms": 2_000,
             "retry_backoff_ms": 100,
             "request_timeout_ms": 15_000,
+            "bootstrap_timeout_ms": 3_000,
             "max_partition_fetch_bytes": 1 << 20,
             "fetch_max_bytes": 16 << 20,
         }
@@ -166,16 +170,37 @@ class KafkaSource:
         return config
 
     def start(self, assignment: Assignment) -> None:
-        from kafka import KafkaConsumer
-
+        """Start probing the broker; the consumer itself connects on the first ``poll``."""
+        if self._assignment is not None:
+            raise RuntimeError(f"source {self.name} already started")
         self._assignment = assignment
-        self._consumer = KafkaConsumer(**self.consumer_config())
-        if self.group_id:
-            self._consumer.subscribe(self.topics, listener=_Rebalance(self))
         self._monitor = threading.Thread(
             target=self._watch_broker, name=f"vdb-ingest-probe-{self.name}", daemon=True
         )
         self._monitor.start()
+
+    def _connect(self) -> bool:
+        """Create the consumer (and join the group); on failure back off, never raise."""
+        from kafka import KafkaConsumer
+
+        now = time.monotonic()
+        if now < self._connect_at:
+            return False
+        try:
+            consumer = KafkaConsumer(**self.consumer_config())
+            if self.group_id:
+                consumer.subscribe(self.topics, listener=_Rebalance(self))
+        except Exception as exc:
+            self._record_error(exc)
+            self._connect_backoff = min(10.0, self._connect_backoff * 2)
+            self._connect_at = time.monotonic() + self._connect_backoff
+            log.warning(
+                "%s: cannot connect yet; next try in %.1fs", self.name, self._connect_backoff
+            )
+            return False
+        self._connect_backoff = 0.5
+        self._consumer = consumer
+        return True
 
     def close(self) -> None:
         self._closed.set()
@@ -199,9 +224,12 @@ class KafkaSource:
     def poll(self, max_records: int, timeout_s: float) -> list[Message]:
         from kafka.errors import KafkaError
 
-        consumer = self._consumer
-        if consumer is None:
+        if self._closed.is_set() or self._assignment is None:
             raise RuntimeError("KafkaSource.poll before start() or after close()")
+        if self._consumer is None and not self._connect():
+            time.sleep(min(timeout_s, max(0.0, self._connect_at - time.monotonic())))
+            return []
+        consumer = self._consumer
         if not self.group_id and not self._assigned:
             self._assign_all()
             if not self._assigned:
@@ -216,6 +244,9 @@ class KafkaSource:
             time.sleep(min(1.0, max(timeout_s, 0.1)))
             return []
         messages: list[Message] = []
+        if batches and not self._connected:
+            self._connected = True  # records are the best proof; the probe may be backing off
+            log.warning("%s: broker reachable again (records arrive)", self.name)
         with self._lock:
             for tp, records in batches.items():
                 if not records:
@@ -455,18 +486,19 @@ class KafkaSource:
         delay = 1.0
         while not self._closed.is_set():
             reachable = any(probe_broker(server) for server in self.bootstrap_servers)
-            if reachable and not self._connected:
+            if reachable and not self._connected and self._probed:
                 log.warning("%s: broker reachable again at %s", self.name, self.bootstrap_servers)
             elif not reachable:
                 self._errors += 1
                 self._last_error = f"broker unreachable at {','.join(self.bootstrap_servers)}"
-                if self._connected:
+                if self._connected or not self._probed:
                     log.warning("%s: %s; retrying with backoff", self.name, self._last_error)
             if reachable:
                 delay = 1.0
             else:
                 delay = 0.25 if self._connected else min(5.0, delay * 2)
             self._connected = reachable
+            self._probed = True
             self._closed.wait(delay)
 
 
