@@ -160,10 +160,11 @@ class IdMap:
 
     def to_state(self) -> dict[str, Any]:
         """A copy of the map as plain arrays and lists (for checkpoints)."""
-        slots = np.array(sorted(self.slot_of.values()), dtype=np.int32)
+        id_list = self.ids
+        slots = np.flatnonzero(self.live[: len(id_list)]).astype(np.int32)
         return {
             "slots": slots,
-            "ids": [self.ids[s] for s in slots.tolist()],
+            "ids": [id_list[s] for s in slots.tolist()],
             "partitions": self.partitions[slots].copy() if slots.size else np.zeros(0, np.int32),
         }
 
