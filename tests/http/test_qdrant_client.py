@@ -401,3 +401,21 @@ def test_bulk_upload_helpers(client):
     with pytest.raises(UnexpectedResponse) as err:
         client.scroll(name, order_by="g")
     assert err.value.status_code == 400 and b"order_by" in err.value.content
+
+
+def test_exact_search_param_matches_brute_force(client):
+    name = "exact"
+    client.create_collection(
+        name,
+        vectors_config=m.VectorParams(size=12, distance=m.Distance.EUCLID),
+        hnsw_config=m.HnswConfigDiff(m=2, ef_construct=4),  # a deliberately poor graph
+    )
+    rng = np.random.default_rng(4)
+    vectors = rng.standard_normal((600, 12)).astype(np.float32)
+    client.upsert(name, m.Batch(ids=list(range(600)), vectors=vectors.tolist()))
+    for q in rng.standard_normal((5, 12)).astype(np.float32):
+        dist = np.linalg.norm(vectors - q, axis=1)
+        got = client.query_points(
+            name, query=q.tolist(), limit=10, search_params=m.SearchParams(exact=True)
+        )
+        assert [p.id for p in got.points] == np.argsort(dist)[:10].tolist()

@@ -889,6 +889,8 @@ def run_queries(view: CollectionView, queries: list[Query]) -> list[list[dict[st
             raise InvalidInput(
                 f"Wrong input: Vector dimension error: expected dim: {view.dim}, got {q.vector.size}"
             )
+        if q.exact and q.filter is None:
+            q.filter = MATCH_ALL
         key = (
             _filter_key(q.filter),
             q.limit + q.offset + (1 if q.point_id is not None else 0),
@@ -921,9 +923,17 @@ def _filter_key(flt: dict | None) -> Any:
     return json.dumps(flt, sort_keys=True)
 
 
+MATCH_ALL: dict[str, Any] = {"must_not": [{"has_id": []}]}
+
+
 def _effective_ef(q: Query, col: Any) -> int | None:
+    """``params.exact``: a filtered search with ef as large as the collection.
+
+    With a filter (``MATCH_ALL`` when the request has none) and ``ef`` of at
+    least the number of points, the index scans the admitted points exactly
+    instead of walking the graph, so the answer is exact even on a poor graph.
+    """
     if q.exact:
-        # An exhaustive walk: ef as large as the collection makes the search exact.
         return max(int(col.count()), q.limit + q.offset + 1)
     return q.ef
 
