@@ -8,7 +8,8 @@ thread appends an ``attempt`` line to LOG_PATH and fsyncs it; after the call
 returns it appends an ``ack`` line and fsyncs it. An upsert of operation
 ``op`` gives each id the payload ``{"op": op, "id": id}`` and the vector
 :func:`vector_for` ``(op, id)``, so the checker can tell which operation a
-stored point came from.
+stored point came from. Some batches go through ``Collection.apply`` with
+the source offset ``(SOURCE, "t", thread) -> op``, as Kafka ingest does.
 """
 
 from __future__ import annotations
@@ -20,10 +21,13 @@ import threading
 
 import numpy as np
 
+from vdb.types import Delete, Upsert
+
 THREADS = 3
 INTS_PER_THREAD = 40
 STRINGS_PER_THREAD = 15
 DIM = 16
+SOURCE = "crash"
 
 
 def owned_ids(thread: int) -> list:
@@ -62,10 +66,12 @@ def worker(
             counter[0] += 1
             op = seed * 1_000_000 + counter[0]
         r = rng.random()
+        offset = False
         if r < 0.5:
             n = int(rng.integers(1, 9))
             chosen = [ids[i] for i in rng.choice(len(ids), n, replace=False)]
             kind = "up"
+            offset = bool(rng.random() < 0.5)
         elif r < 0.75:
             chosen = [ids[int(rng.integers(len(ids)))]]
             kind = "up"
@@ -73,8 +79,15 @@ def worker(
             n = int(rng.integers(1, 5))
             chosen = [ids[i] for i in rng.choice(len(ids), n, replace=False)]
             kind = "del"
-        log.write({"a": op, "kind": kind, "ids": chosen})
-        if kind == "up":
+            offset = bool(rng.random() < 0.5)
+        log.write({"a": op, "kind": kind, "ids": chosen, "offset": offset})
+        if offset:  # the ingest path: records and the source offset in one transaction
+            if kind == "up":
+                ops = [Upsert(i, vector_for(op, i), {"op": op, "id": i}) for i in chosen]
+            else:
+                ops = [Delete(i) for i in chosen]
+            col.apply(ops, source_offsets={(SOURCE, "t", thread): op})
+        elif kind == "up":
             vectors = np.stack([vector_for(op, i) for i in chosen])
             col.upsert(chosen, vectors, [{"op": op, "id": i} for i in chosen])
         else:

@@ -23,10 +23,16 @@ import pytest
 
 import vdb
 from tests.helpers import REPO
-from tests.wal.crash_writer import vector_for
+from tests.wal.crash_writer import SOURCE, THREADS, owned_ids, vector_for
 
 KILLS = 20
 WRITER = Path(__file__).with_name("crash_writer.py")
+
+
+def thread_of(entry: dict) -> int:
+    """The writer thread that owns an op's ids."""
+    first = entry["ids"][0]
+    return next(t for t in range(THREADS) if first in owned_ids(t))
 
 
 def read_log(path: Path) -> tuple[list[dict], set[int]]:
@@ -56,8 +62,9 @@ def wait_for_acks(path: Path, n: int, proc: subprocess.Popen, timeout: float = 1
     raise AssertionError("the writer did not acknowledge anything in time")
 
 
-def check(db_path: Path, log_path: Path, model: dict) -> dict:
-    """Verify the reopened database against the log; return the new model (id -> op or None)."""
+def check(db_path: Path, log_path: Path, model: dict, offsets: dict) -> tuple[dict, dict]:
+    """Verify the reopened database against the log; return the new model (id -> op or None)
+    and the stored source offsets (thread -> op)."""
     attempts, acks = read_log(log_path)
     per_id: dict = {}
     for entry in attempts:
@@ -75,6 +82,7 @@ def check(db_path: Path, log_path: Path, model: dict) -> dict:
                 f"{point_id!r} was never written"
             )
         new_model = dict(model)
+        prior: dict = {}
         for point_id in set(per_id) | set(model):
             ops = per_id.get(point_id, [])
             acked = [e for e in ops if e["a"] in acks]
@@ -88,6 +96,7 @@ def check(db_path: Path, log_path: Path, model: dict) -> dict:
                 if acked
                 else model.get(point_id)
             )
+            prior[point_id] = after_acked
             allowed = {after_acked}
             if unacked:
                 allowed.add(unacked[0]["a"] if unacked[0]["kind"] == "up" else None)
@@ -102,7 +111,31 @@ def check(db_path: Path, log_path: Path, model: dict) -> dict:
                 assert hits[0].id == point_id
                 assert hits[0].score == pytest.approx(0.0, abs=1e-4)
             new_model[point_id] = actual
-        return new_model
+        # Exactly-once: a thread's stored offset is that of its last acknowledged
+        # offset-carrying op, or of the one in flight, and the records of an op
+        # are present exactly when its offset is.
+        stored_offsets = {part: op for (topic, part), op in db.source_offsets(SOURCE).items()}
+        by_thread: dict[int, list[dict]] = {}
+        for entry in attempts:
+            if entry.get("offset"):
+                by_thread.setdefault(thread_of(entry), []).append(entry)
+        for thread, entries in by_thread.items():
+            acked = [e for e in entries if e["a"] in acks]
+            unacked = [e for e in entries if e["a"] not in acks]
+            last = acked[-1]["a"] if acked else offsets.get(thread)
+            stored = stored_offsets.get(thread)
+            assert stored in {last} | {e["a"] for e in unacked}, (thread, stored, last)
+            for e in unacked:
+                effect = e["a"] if e["kind"] == "up" else None
+                if stored == e["a"]:
+                    assert all(new_model.get(i) == effect for i in e["ids"]), (
+                        f"offset {stored} stored without its records"
+                    )
+                else:
+                    assert all(new_model.get(i) == prior[i] for i in e["ids"]), (
+                        f"records of op {e['a']} stored without its offset"
+                    )
+        return new_model, {**offsets, **stored_offsets}
 
 
 @pytest.mark.slow
@@ -111,6 +144,7 @@ def test_sigkill_at_random_moments_loses_no_acknowledged_write(tmp_path):
     db_path = tmp_path / "data"
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     model: dict = {}
+    offsets: dict = {}
     total_acks = 0
     for i in range(KILLS):
         log_path = tmp_path / f"log-{i}.jsonl"
@@ -127,7 +161,8 @@ def test_sigkill_at_random_moments_loses_no_acknowledged_write(tmp_path):
             proc.wait(timeout=60)
             proc.stderr.close()
         assert proc.returncode == -signal.SIGKILL
-        model = check(db_path, log_path, model)
+        model, offsets = check(db_path, log_path, model, offsets)
         total_acks += len(read_log(log_path)[1])
     assert total_acks >= KILLS
     assert any(v is not None for v in model.values())
+    assert offsets  # the ingest path was exercised
