@@ -51,6 +51,9 @@ def test_upsert_get_search_delete_roundtrip(db):
     assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)
     # int 5 and "5" are different points
     col.upsert(["5"], x[:1], [{"s": True}])
+    col.upsert(["np"], x[:1], [{"f": np.float32(0.5), "i": np.int64(3), "a": np.arange(2)}])
+    assert col.get(["np"])[0].payload == {"f": 0.5, "i": 3, "a": [0, 1]}
+    col.delete(["np"])
     got = {r.id: r.payload for r in col.get([5, "5", "missing"])}
     assert got == {5: {"n": 105, "kind": "int"}, "5": {"s": True}}
     recs = col.get(["p3"], with_vectors=True)

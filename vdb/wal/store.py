@@ -69,9 +69,21 @@ def from_i64(b: bytes) -> int:
     return _I64.unpack(b)[0]
 
 
+def _default(obj: Any) -> Any:
+    """numpy scalars and arrays become plain numbers and lists; anything else is refused."""
+    import numpy as np
+
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    raise TypeError(f"cannot store a value of type {type(obj).__name__}")
+
+
 def pack(obj: Any) -> bytes:
-    """msgpack with bin type for bytes; raises TypeError/ValueError/OverflowError on what it cannot encode."""
-    return msgpack.packb(obj, use_bin_type=True)
+    """msgpack with bin type for bytes (numpy scalars/arrays as plain values); raises
+    TypeError/ValueError/OverflowError on what it cannot encode."""
+    return msgpack.packb(obj, use_bin_type=True, default=_default)
 
 
 def unpack(data: bytes) -> Any:
