@@ -280,7 +280,12 @@ class Store:
     def read(self) -> Iterator[lmdb.Transaction]:
         """A read transaction (a consistent view) for the duration of the block."""
         with self._resize.shared():
-            txn = self.env.begin(buffers=False)
+            try:
+                txn = self.env.begin(buffers=False)
+            except lmdb.MapResizedError:
+                # Another process grew the map: adopt its size (readers only).
+                self.env.set_mapsize(0)
+                txn = self.env.begin(buffers=False)
             try:
                 yield txn
             finally:
