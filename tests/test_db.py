@@ -195,7 +195,7 @@ def test_background_checkpoint_runs_on_wal_bytes(tmp_path):
     with vdb.open(tmp_path / "d", checkpoint_interval_s=None, checkpoint_wal_bytes=10_000) as db:
         col = db.create_collection("c", dim=32, metric="l2")
         fill(col, 200, seed=1)  # ~26 KB of WAL
-        for _ in range(100):
+        for _ in range(600):  # the checkpointer looks every 0.5 s; allow a slow machine
             if db.stats()["checkpoints"]:
                 break
             threading.Event().wait(0.1)
