@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import vdb
-from vdb.errors import AlreadyExists, CorruptData, InvalidInput
+from vdb.errors import AlreadyExists, CorruptData, InvalidInput, StorageError
 from vdb.wal.snapshot import read_manifest, verify
 
 DIM = 16
@@ -114,6 +114,10 @@ def test_restore_refuses_non_empty_directory_unless_told(tmp_path):
     with pytest.raises(AlreadyExists):
         vdb.restore(tmp_path / "snap.vdb", target)
     with vdb.open(target) as db:
+        assert db.list_collections() == ["other"]
+    with vdb.open(target) as db:
+        with pytest.raises(StorageError, match="already open"):
+            vdb.restore(tmp_path / "snap.vdb", target, overwrite=True)
         assert db.list_collections() == ["other"]
     vdb.restore(tmp_path / "snap.vdb", target, overwrite=True)
     with vdb.open(target) as db:

@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
 from vdb.errors import AlreadyExists, CorruptData, InvalidInput, NotFound, StorageError
+from vdb.wal.store import LOCK_FILE, lock_directory, unlock_directory
 
 if TYPE_CHECKING:
     from vdb.db import Database
@@ -274,7 +275,7 @@ def restore(
     target = Path(data_dir)
     if target.exists() and not target.is_dir():
         raise InvalidInput(f"{target} exists and is not a directory")
-    if target.is_dir() and any(target.iterdir()) and not overwrite:
+    if target.is_dir() and any(p.name != LOCK_FILE for p in target.iterdir()) and not overwrite:
         raise AlreadyExists(f"{target} is not empty; pass overwrite=True (--force) to replace it")
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.restore-", dir=target.parent))
@@ -286,22 +287,20 @@ def restore(
                 out.flush()
                 os.fsync(out.fileno())
         target.mkdir(parents=True, exist_ok=True)
-        if overwrite:
-            from vdb.wal.store import LOCK_FILE, Store
-
-            # Refuse to replace a directory a live process has open.
-            probe = Store.__new__(Store)
-            probe.path = target
-            probe._lock_fd = None
-            probe._take_lock()
-            try:
-                for name in ("data.mdb", "lock.mdb"):
-                    (target / name).unlink(missing_ok=True)
-            finally:
-                probe._release_lock()
-                (target / LOCK_FILE).unlink(missing_ok=True)
-        os.replace(staging / "data.mdb", target / "data.mdb")
-        _fsync_dir(target)
+        # Hold the directory's lock: a live process must not have it open, and
+        # none may open it while the files are replaced.
+        fd = lock_directory(target)
+        try:
+            if any(p.name != LOCK_FILE for p in target.iterdir()) and not overwrite:
+                raise AlreadyExists(
+                    f"{target} is not empty; pass overwrite=True (--force) to replace it"
+                )
+            for name in ("data.mdb", "lock.mdb"):
+                (target / name).unlink(missing_ok=True)
+            os.replace(staging / "data.mdb", target / "data.mdb")
+            _fsync_dir(target)
+        finally:
+            unlock_directory(fd)
     except OSError as exc:
         raise StorageError(f"restore into {target} failed: {exc}") from exc
     finally:

@@ -166,6 +166,29 @@ def _full_reason(exc: BaseException, path: Path) -> str | None:
     return None
 
 
+def lock_directory(path: Path) -> int:
+    """Take the data directory's exclusive lock (one writing process); returns its fd."""
+    fd = os.open(path / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise StorageError(
+            f"{path} is already open by another vdb process or handle "
+            "(open it once and share the handle, or use the running server's API)"
+        ) from None
+    os.ftruncate(fd, 0)
+    os.write(fd, f"{os.getpid()}\n".encode())
+    return fd
+
+
+def unlock_directory(fd: int) -> None:
+    try:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
+
+
 class Store:
     """One LMDB environment with vdb's tables.
 
@@ -250,26 +273,12 @@ class Store:
     # -- process lock -------------------------------------------------------
 
     def _take_lock(self) -> None:
-        fd = os.open(self.path / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            raise StorageError(
-                f"{self.path} is already open by another vdb process or handle "
-                "(open it once and share the handle, or use the running server's API)"
-            ) from None
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
-        self._lock_fd = fd
+        self._lock_fd = lock_directory(self.path)
 
     def _release_lock(self) -> None:
         if self._lock_fd is not None:
-            try:
-                fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
-            finally:
-                os.close(self._lock_fd)
-                self._lock_fd = None
+            unlock_directory(self._lock_fd)
+            self._lock_fd = None
 
     # -- transactions -------------------------------------------------------
 
