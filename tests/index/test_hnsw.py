@@ -324,6 +324,8 @@ def test_searches_during_inserts_return_live_slots():
         (lambda h: h.search(np.ones((1, 4)), 2.5), "k must be an integer"),
         (lambda h: h.search(np.ones((1, 4)), 1, ef=0), "ef must be >= 1"),
         (lambda h: h.search(np.full((1, 4), np.nan), 1), "NaN or inf"),
+        (lambda h: h.search(np.array([[0, 1, np.inf, 0]], np.float32), 1), "NaN or inf"),
+        (lambda h: h.search(np.vstack([np.ones((40, 4)), [[np.nan] * 4]]), 1), "NaN or inf"),
         (lambda h: h.search(np.ones((1, 4)), 1, allowed=np.ones((2, 2), bool)), "1-D"),
         (lambda h: h.search(np.ones((1, 4)), 1, allowed=np.ones(5000, bool)), "capacity"),
         (lambda h: h.delete([10]), "slot 10 out of range"),
@@ -351,6 +353,10 @@ def test_cosine_rejects_zero_vector_and_deleted_replace():
     with pytest.raises(ValueError, match="zero vector"):
         h.add(np.zeros((1, 4)))
     h.add(np.eye(4))
+    with pytest.raises(ValueError, match="zero vector"):
+        h.search(np.zeros((1, 4), np.float32), 1)
+    with pytest.raises(ValueError, match="zero vector"):
+        h.search(np.vstack([np.ones((40, 4)), np.zeros((1, 4))]).astype(np.float32), 1)
     h.delete([2])
     with pytest.raises(ValueError, match="slot 2 is deleted"):
         h.replace(2, np.ones(4))

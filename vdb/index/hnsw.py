@@ -265,7 +265,9 @@ class HNSW:
 
     # -- input checks -----------------------------------------------------------------------
 
-    def _matrix(self, x: Any, name: str, normalize: bool = True) -> np.ndarray:
+    def _matrix(
+        self, x: Any, name: str, normalize: bool = True, check_values: bool = True
+    ) -> np.ndarray:
         """``x`` as a C-contiguous float32 [n, dim] array of finite numbers; for cosine the rows
         are non-zero and (when ``normalize``) scaled to unit length."""
         if not (
@@ -283,6 +285,8 @@ class HNSW:
                 x = np.ascontiguousarray(x, dtype=np.float32)
         if x.shape[1] != self._dim:
             raise ValueError(f"expected {self._dim} dimensions, got {x.shape[1]}")
+        if not check_values:
+            return x
         flat = x.reshape(-1)
         total = float(flat @ flat)
         if not math.isfinite(total):
@@ -482,7 +486,15 @@ class HNSW:
             ef = self._ef
         elif type(ef) is not int or ef < 1:
             ef = _positive_int(ef, "ef")
-        q = self._matrix(queries, "queries", normalize=False)
+        q = queries
+        if not (
+            type(q) is np.ndarray
+            and q.dtype == np.float32
+            and q.ndim == 2
+            and q.flags.c_contiguous
+            and q.shape[1] == self._dim
+        ):
+            q = self._matrix(q, "queries", check_values=False)
         g = self._g
         nq = q.shape[0]
         out_slots = np.empty((nq, k), np.int32)
@@ -500,9 +512,13 @@ class HNSW:
             need = min(k, count)
             exact = count * count <= _EXACT_FACTOR * max(ef, k) * max(self._live, 1)
         if nq < 2 * _SEARCH_GRAIN or self._n_threads == 1:
-            if nq:
-                self._search_rows(g, q, k, ef, mask, mode, need, exact, out_slots, out_scores)
+            if nq and self._search_rows(
+                g, q, k, ef, mask, mode, need, exact, out_slots, out_scores
+            ):  # fmt: skip
+                self._bad_queries(q)
             return out_slots, out_scores
+        if kernels.query_status(q, self._cosine):
+            self._bad_queries(q)
 
         def rows(lo: int, hi: int) -> None:
             self._search_rows(
@@ -512,11 +528,16 @@ class HNSW:
         _parallel(rows, nq, _SEARCH_GRAIN, self._n_threads)
         return out_slots, out_scores
 
-    def _search_rows(self, g, q, k, ef, mask, mode, need, exact, out_slots, out_scores) -> None:
+    def _bad_queries(self, q: np.ndarray) -> None:
+        """Raise the ValueError that explains why the kernel refused ``q``."""
+        self._matrix(q, "queries")
+        raise ValueError("queries contain NaN, inf or (for cosine) a zero vector")
+
+    def _search_rows(self, g, q, k, ef, mask, mode, need, exact, out_slots, out_scores) -> int:
         v = getattr(self._tls, "v", None)
         if v is None or v[0].shape[0] < g.vectors.shape[0]:
             v = self._visited(g.vectors.shape[0])
-        kernels.search_batch(
+        return kernels.search_batch(
             self._code, g.vectors, g.links0, g.upper, g.upper_off, g.levels, g.deleted, g.state,
             q, self._cosine, k, ef, mask, mode, need, exact, v[0], v[1], out_slots, out_scores,
         )  # fmt: skip

@@ -292,6 +292,31 @@ def exact_scan(metric, vectors, deleted, mask, mode, q, n_used, k, res_d, res_i)
     return nr
 
 
+BAD_VALUE = 1  # a query holds NaN or inf
+BAD_ZERO = 2  # a cosine query has no direction (all zeros)
+
+
+@njit(cache=True, nogil=True)
+def query_status(queries, normalize):
+    """0 when every query row is finite (and non-zero when ``normalize``), else BAD_VALUE or
+    BAD_ZERO. Tests the exponent bits, so it holds even when compiled into a fastmath caller
+    (which assumes no NaN/inf). The caller (Python) turns a non-zero status into ValueError."""
+    bits = queries.reshape(-1).view(np.uint32)
+    for i in range(bits.shape[0]):
+        if bits[i] & 0x7F800000 == 0x7F800000:
+            return BAD_VALUE
+    if normalize:
+        for qi in range(queries.shape[0]):
+            nonzero = False
+            for j in range(queries.shape[1]):
+                if bits[qi * queries.shape[1] + j] & 0x7FFFFFFF != 0:
+                    nonzero = True
+                    break
+            if not nonzero:
+                return BAD_ZERO
+    return 0
+
+
 @njit(fastmath=True, cache=True, nogil=True)
 def search_batch(
     metric, vectors, links0, upper, upper_off, levels, deleted, state, queries, normalize, k, ef,
@@ -301,7 +326,11 @@ def search_batch(
     upper-layer descent, layer-0 search with
     ``max(ef, k)``, exact fallback when the walk found fewer than ``need`` hits (or when
     ``exact``), then the sorted top-k written to ``out_slots``/``out_scores``
-    (score = distance for l2, similarity ``1 - distance`` for ip/cosine; -1 padding)."""
+    (score = distance for l2, similarity ``1 - distance`` for ip/cosine; -1 padding).
+    Returns ``query_status(queries, normalize)``; nothing is searched unless it is 0."""
+    status = query_status(queries, normalize)
+    if status != 0:
+        return status
     nq = queries.shape[0]
     ef_eff = max(ef, k)
     res_d = np.empty(max(ef_eff, k) + 1, np.float32)
@@ -344,6 +373,7 @@ def search_batch(
         for pos in range(m, k):
             out_slots[qi, pos] = -1
             out_scores[qi, pos] = pad
+    return 0
 
 
 @njit(fastmath=True, cache=True, nogil=True)
