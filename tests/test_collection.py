@@ -216,6 +216,62 @@ def test_filtered_search_returns_min_k_matching_exactly(db, flt):
                 assert hits[0].id == truth[0]
 
 
+def true_scores(vectors: np.ndarray, query: np.ndarray, metric: str) -> np.ndarray:
+    """Float64 scores as vdb defines them (l2: squared distance; ip/cosine: dot of unit vectors)."""
+    x = vectors.astype(np.float64)
+    q = query.astype(np.float64)
+    if metric == "cosine":
+        x = x / np.linalg.norm(x, axis=1, keepdims=True)
+        q = q / np.linalg.norm(q)
+    if metric == "l2":
+        return ((x - q) ** 2).sum(1)
+    return x @ q
+
+
+@pytest.mark.parametrize("metric", ["l2", "ip", "cosine"])
+@pytest.mark.parametrize("filtered", [False, True])
+def test_exact_search_matches_numpy_brute_force(db, metric, filtered):
+    rng = np.random.default_rng(11)
+    # a deliberately poor graph: the approximate walk misses neighbours, the exact scan must not
+    col = db.create_collection("c", dim=12, metric=metric, M=2, ef_construction=4, ef=4)
+    n = 700
+    x = rng.standard_normal((n, 12)).astype(np.float32)
+    col.upsert(list(range(n)), x, [{"g": i % 4} for i in range(n)])
+    deleted = list(range(0, n, 9))
+    col.delete(deleted)
+    flt = {"must": [{"key": "g", "match": {"any": [1, 2]}}]} if filtered else None
+    alive = np.array([i % 9 != 0 and (not filtered or i % 4 in (1, 2)) for i in range(n)])
+    queries = rng.standard_normal((6, 12)).astype(np.float32)
+    k = 15
+    batch = col.search(queries, k=k, filter=flt, exact=True, with_payload=False)
+    missed = 0
+    for q, hits in zip(queries, batch, strict=True):
+        one = col.search(q, k=k, filter=flt, exact=True, with_payload=False)
+        assert [h.id for h in one] == [h.id for h in hits]
+        np.testing.assert_allclose([h.score for h in one], [h.score for h in hits], rtol=1e-5)
+        truth = true_scores(x, q, metric)
+        truth[~alive] = np.nan
+        best = np.sort(truth[alive]) if metric == "l2" else -np.sort(-truth[alive])
+        assert len(hits) == k
+        got = np.array([h.score for h in hits])
+        # the k best scores, in order, and each hit's score is really its own
+        np.testing.assert_allclose(got, best[:k], rtol=1e-4, atol=1e-4)
+        for h in hits:
+            assert alive[h.id]
+            assert h.score == pytest.approx(truth[h.id], rel=1e-4, abs=1e-4)
+        approx = col.search(q, k=k, filter=flt, ef=4, with_payload=False)
+        missed += len({h.id for h in hits} - {h.id for h in approx})
+    if not filtered:  # the walk on this graph is approximate; the scan is what makes it exact
+        assert missed > 0
+    # k beyond the allowed points: every allowed point, best first; nothing for no match
+    few = {"must": [{"has_id": [1, 2, 3, 9]}]}
+    hits = col.search(queries[0], k=10, filter=few, exact=True)
+    assert sorted(h.id for h in hits) == [1, 2, 3]
+    assert col.search(queries[0], k=5, filter={"must": [{"has_id": [9]}]}, exact=True) == []
+    with pytest.raises(InvalidInput):
+        col.search(queries[0], exact="yes")
+
+
 def test_delete_by_filter_and_payload_operations(db):
     col = db.create_collection("c", dim=4, metric="l2")
     x = np.arange(40, dtype=np.float32).reshape(10, 4)

@@ -46,6 +46,7 @@ log = logging.getLogger(__name__)
 
 METRICS = ("cosine", "ip", "l2")
 SEARCH_RETRIES = 3
+_F32_MAX = float(np.finfo(np.float32).max)
 
 
 @dataclass
@@ -539,12 +540,17 @@ class Collection:
         with_payload: bool = True,
         with_vectors: bool = False,
         score_threshold: float | None = None,
+        *,
+        exact: bool = False,
     ) -> list[Hit] | list[list[Hit]]:
         """Nearest points to one query (1-D: a list of hits) or a batch (2-D: a list of lists).
 
         Hits are best first (highest similarity for cosine/ip, smallest
         squared distance for l2). With a filter, only matching points are
-        returned and there are ``min(k, matching)`` hits.
+        returned and there are ``min(k, matching)`` hits. ``exact=True``
+        scans every live (and filter-allowed) point instead of walking the
+        graph: the true top-k (ties broken by slot), slower, same hits format;
+        ``ef`` is then ignored.
         """
         self._check_open()
         try:
@@ -563,6 +569,10 @@ class Collection:
         ef = max(int(ef), k)
         if score_threshold is not None:
             score_threshold = float(score_threshold)
+        if not isinstance(exact, bool | np.bool_):
+            raise InvalidInput(f"exact must be a boolean, got {exact!r}")
+        if exact:
+            ef = 0  # tells _search_once to scan
         parsed = self._filter(filter)
         result = None
         for attempt in range(SEARCH_RETRIES):
@@ -593,13 +603,25 @@ class Collection:
         score_threshold: float | None,
         generation: int | None,
     ) -> list[list[Hit]] | None:
-        """One attempt; ``None`` when a returned slot changed after ``generation``."""
+        """One attempt; ``None`` when a returned slot changed after ``generation``.
+
+        ``ef == 0`` means an exact scan over the live, filter-allowed slots.
+        """
         nq = len(queries)
         if len(self._ids) == 0:
             return [[] for _ in range(nq)]
         allowed = None
         n_allowed = None
-        if parsed is not None:
+        if ef == 0:
+            capacity = int(self._index.capacity)
+            if parsed is None:
+                allowed = self._ids.live_mask(capacity)
+            else:
+                allowed = self._allowed(parsed, capacity)
+            if not allowed.any():
+                return [[] for _ in range(nq)]
+            slots, scores = self._exact(queries, k, allowed)
+        elif parsed is not None:
             capacity = int(self._index.capacity)
             allowed = self._allowed(parsed, capacity)
             n_allowed = int(allowed.sum())
@@ -610,14 +632,16 @@ class Collection:
             # applied (the id map's live slots), so points being inserted or
             # deleted are not returned half-done and the search need not retry.
             allowed = self._ids.live_mask(int(self._index.capacity))
-        slots, scores = self._index.search(queries, k, ef=ef, allowed=allowed)
-        slots = np.asarray(slots)
-        scores = np.asarray(scores)
+        if ef != 0:
+            slots, scores = self._index.search(queries, k, ef=ef, allowed=allowed)
+            slots = np.asarray(slots)
+            scores = np.asarray(scores)
         if n_allowed is not None:
             want = min(k, n_allowed)
             for row in range(nq):
                 if int((slots[row] >= 0).sum()) < want:
-                    slots[row], scores[row] = self._exact(queries[row], k, allowed)
+                    row_slots, row_scores = self._exact(queries[row : row + 1], k, allowed)
+                    slots[row], scores[row] = row_slots[0], row_scores[0]
         id_list = self._ids.ids
         out: list[list[Hit]] = []
         for row in range(nq):
@@ -653,26 +677,53 @@ class Collection:
         return score <= threshold if self.metric == "l2" else score >= threshold
 
     def _exact(
-        self, query: np.ndarray, k: int, allowed: np.ndarray
+        self, queries: np.ndarray, k: int, allowed: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Exact top-k over the allowed slots (used when the graph walk finds too few)."""
+        """Exact top-k of each query over the allowed live slots, by brute force.
+
+        Returns ``(slots int64[nq, k], scores float32[nq, k])``, best first
+        (ties by slot), ``-1``/NaN padding when fewer than ``k`` are allowed.
+        The stored vectors are read in chunks, so memory stays bounded on a
+        big collection.
+        """
+        nq = len(queries)
         live = self._ids.live_mask(len(allowed))
-        candidates = np.flatnonzero(allowed & live)
-        found = np.full(k, -1, dtype=np.int64)
-        found_scores = np.full(k, np.nan, dtype=np.float32)
-        if candidates.size == 0:
-            return found, found_scores
-        sub = self._index.get_vectors(candidates)
-        if self.metric == "l2":
-            diff = sub - query[None, :]
-            score = np.einsum("ij,ij->i", diff, diff)
-            order = np.argsort(score, kind="stable")[:k]
-        else:
-            score = sub @ query
-            order = np.argsort(-score, kind="stable")[:k]
-        found[: len(order)] = candidates[order]
-        found_scores[: len(order)] = score[order]
-        return found, found_scores
+        candidates = np.flatnonzero(np.asarray(allowed, dtype=bool) & live)
+        best_slots = np.full((nq, k), -1, dtype=np.int64)
+        best_keys = np.full((nq, k), np.inf, dtype=np.float32)
+        l2 = self.metric == "l2"
+        chunk = max(256, min(65536, (1 << 22) // (self.dim + nq)))
+        with np.errstate(over="ignore", invalid="ignore"):
+            for start in range(0, candidates.size, chunk):
+                cand = candidates[start : start + chunk]
+                sub = self._index.get_vectors(cand)
+                if l2:  # squared distance, as the index computes it (smaller is better)
+                    keys = np.empty((nq, cand.size), dtype=np.float32)
+                    for row in range(nq):
+                        diff = sub - queries[row]
+                        keys[row] = np.einsum("ij,ij->i", diff, diff)
+                else:  # similarity, negated so that smaller is better
+                    keys = -(queries @ sub.T)
+                # an overflowed score ranks at the far end but before padding
+                np.nan_to_num(keys, copy=False, nan=_F32_MAX, posinf=_F32_MAX, neginf=-_F32_MAX)
+                all_keys = np.concatenate([best_keys, keys], axis=1)
+                all_slots = np.concatenate(
+                    [best_slots, np.broadcast_to(cand.astype(np.int64), (nq, cand.size))], axis=1
+                )
+                if all_keys.shape[1] > k:
+                    part = np.argpartition(all_keys, k - 1, axis=1)[:, :k]
+                    all_keys = np.take_along_axis(all_keys, part, axis=1)
+                    all_slots = np.take_along_axis(all_slots, part, axis=1)
+                for row in range(nq):
+                    # -1 padding sorts after every real slot with the same (infinite) key
+                    tie = np.where(all_slots[row] < 0, np.iinfo(np.int64).max, all_slots[row])
+                    order = np.lexsort((tie, all_keys[row]))
+                    best_keys[row] = all_keys[row, order]
+                    best_slots[row] = all_slots[row, order]
+        scores = best_keys if l2 else -best_keys
+        scores = scores.astype(np.float32)
+        scores[best_slots < 0] = np.nan
+        return best_slots, scores
 
     def get(self, ids: Any, with_payload: bool = True, with_vectors: bool = False) -> list[Record]:
         """The stored points for ``ids``, in the order asked; missing ids are omitted."""

@@ -403,19 +403,61 @@ def test_bulk_upload_helpers(client):
     assert err.value.status_code == 400 and b"order_by" in err.value.content
 
 
-def test_exact_search_param_matches_brute_force(client):
-    name = "exact"
+@pytest.mark.parametrize("distance", [m.Distance.EUCLID, m.Distance.DOT, m.Distance.COSINE])
+def test_exact_search_param_matches_brute_force(client, distance):
+    name = f"exact-{distance.value.lower()}"
     client.create_collection(
         name,
-        vectors_config=m.VectorParams(size=12, distance=m.Distance.EUCLID),
+        vectors_config=m.VectorParams(size=12, distance=distance),
         hnsw_config=m.HnswConfigDiff(m=2, ef_construct=4),  # a deliberately poor graph
     )
     rng = np.random.default_rng(4)
-    vectors = rng.standard_normal((600, 12)).astype(np.float32)
-    client.upsert(name, m.Batch(ids=list(range(600)), vectors=vectors.tolist()))
-    for q in rng.standard_normal((5, 12)).astype(np.float32):
-        dist = np.linalg.norm(vectors - q, axis=1)
-        got = client.query_points(
-            name, query=q.tolist(), limit=10, search_params=m.SearchParams(exact=True)
-        )
-        assert [p.id for p in got.points] == np.argsort(dist)[:10].tolist()
+    n = 600
+    vectors = rng.standard_normal((n, 12)).astype(np.float32)
+    client.upsert(
+        name,
+        m.Batch(
+            ids=list(range(n)), vectors=vectors.tolist(), payloads=[{"g": i % 3} for i in range(n)]
+        ),
+    )
+    x = vectors.astype(np.float64)
+    if distance == m.Distance.COSINE:
+        x /= np.linalg.norm(x, axis=1, keepdims=True)
+    odd_g = m.Filter(must=[m.FieldCondition(key="g", match=m.MatchValue(value=1))])
+    for flt in (None, odd_g):
+        allowed = np.array([flt is None or i % 3 == 1 for i in range(n)])
+        for q in rng.standard_normal((3, 12)).astype(np.float32):
+            q64 = q.astype(np.float64)
+            if distance == m.Distance.EUCLID:
+                truth = np.linalg.norm(x - q64, axis=1)
+            elif distance == m.Distance.DOT:
+                truth = -(x @ q64)
+            else:
+                truth = -(x @ (q64 / np.linalg.norm(q64)))
+            truth[~allowed] = np.inf
+            want = np.argsort(truth, kind="stable")[:10]
+            got = client.query_points(
+                name,
+                query=q.tolist(),
+                query_filter=flt,
+                limit=10,
+                search_params=m.SearchParams(exact=True),
+            ).points
+            assert [p.id for p in got] == want.tolist()
+            sign = 1 if distance == m.Distance.EUCLID else -1
+            np.testing.assert_allclose(
+                [p.score for p in got], sign * truth[want], rtol=1e-4, atol=1e-5
+            )
+            batch = client.query_batch_points(
+                name,
+                [
+                    m.QueryRequest(
+                        query=q.tolist(),
+                        filter=flt,
+                        limit=10,
+                        params=m.SearchParams(exact=True),
+                    )
+                ]
+                * 2,
+            )
+            assert [[p.id for p in r.points] for r in batch] == [want.tolist()] * 2

@@ -889,17 +889,16 @@ def run_queries(view: CollectionView, queries: list[Query]) -> list[list[dict[st
             raise InvalidInput(
                 f"Wrong input: Vector dimension error: expected dim: {view.dim}, got {q.vector.size}"
             )
-        if q.exact and q.filter is None:
-            q.filter = MATCH_ALL
         key = (
             _filter_key(q.filter),
             q.limit + q.offset + (1 if q.point_id is not None else 0),
-            _effective_ef(q, col),
+            q.ef,
+            bool(q.exact),
             q.fetch_payload,
             q.with_vector,
         )
         groups.setdefault(key, []).append(i)
-    for (_, k, ef, fetch_payload, with_vector), members in groups.items():
+    for (_, k, ef, exact, fetch_payload, with_vector), members in groups.items():
         flt = queries[members[0]].filter
         vectors = np.stack([queries[i].vector for i in members])
         hits = col.search(
@@ -909,6 +908,7 @@ def run_queries(view: CollectionView, queries: list[Query]) -> list[list[dict[st
             filter=flt,
             with_payload=fetch_payload,
             with_vectors=with_vector,
+            exact=exact,
         )
         for i, row in zip(members, hits, strict=True):
             results[i] = _shape_hits(view, queries[i], row)
@@ -921,21 +921,6 @@ def _filter_key(flt: dict | None) -> Any:
     import json
 
     return json.dumps(flt, sort_keys=True)
-
-
-MATCH_ALL: dict[str, Any] = {"must_not": [{"has_id": []}]}
-
-
-def _effective_ef(q: Query, col: Any) -> int | None:
-    """``params.exact``: a filtered search with ef as large as the collection.
-
-    With a filter (``MATCH_ALL`` when the request has none) and ``ef`` of at
-    least the number of points, the index scans the admitted points exactly
-    instead of walking the graph, so the answer is exact even on a poor graph.
-    """
-    if q.exact:
-        return max(int(col.count()), q.limit + q.offset + 1)
-    return q.ef
 
 
 def _shape_hits(view: CollectionView, q: Query, hits: list[Any]) -> list[dict[str, Any]]:
