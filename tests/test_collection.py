@@ -129,6 +129,39 @@ def test_bad_input_is_refused_and_nothing_is_written(db, ids, vectors, payloads,
     assert col.get([7]) == []
 
 
+@pytest.mark.parametrize("metric", ["l2", "ip"])
+def test_vectors_whose_scores_would_overflow_float32_are_refused(db, metric):
+    from vdb.collection import MAX_SQUARED_NORM
+
+    col = db.create_collection("c", dim=4, metric=metric)
+    edge = float(np.sqrt(MAX_SQUARED_NORM)) * 0.999  # the largest norm accepted, nearly
+    col.upsert([1, 2, 3], [[edge, 0, 0, 0], [-edge, 0, 0, 0], [1, 2, 3, 4]])
+    seq = db.last_seq
+    big = [3e19, 0, 0, 0]  # finite in float32, but its squared norm is not
+    f32_max = float(np.finfo(np.float32).max)
+    assert big[0] < f32_max < big[0] ** 2
+    spread = [1.6e19, 1.6e19, 1.6e19, 1.6e19]  # every value modest, the norm too big
+    for bad in (big, spread):
+        with pytest.raises(InvalidInput, match="too large.*squared norm.*overflow float32"):
+            col.upsert([7, 8], [[1, 1, 1, 1], bad])
+        with pytest.raises(InvalidInput, match="operation 1 vector.*too large"):
+            col.apply([Upsert(9, [1, 1, 1, 1]), Upsert(10, bad)])
+        with pytest.raises(InvalidInput, match="query.*too large"):
+            col.search(bad, k=2)
+    assert db.last_seq == seq and col.count() == 3
+    # the extreme points that were accepted give finite scores, approximate or exact
+    for exact in (False, True):
+        for q in ([edge, 0, 0, 0], [-edge, 0, 0, 0]):
+            hits = col.search(q, k=3, exact=exact)
+            assert len(hits) == 3
+            assert all(np.isfinite(h.score) for h in hits)
+            assert np.isfinite(np.float32(hits[-1].score))
+    # cosine normalises in float64 first: a large vector is fine there
+    cos = db.create_collection("cos", dim=4, metric="cosine")
+    cos.upsert([1], [big])
+    assert cos.search(big, k=1)[0].score == pytest.approx(1.0)
+
+
 def test_unknown_collection_and_dropped_handle(db):
     with pytest.raises(CollectionNotFound):
         db.collection("nope")

@@ -47,6 +47,10 @@ log = logging.getLogger(__name__)
 METRICS = ("cosine", "ip", "l2")
 SEARCH_RETRIES = 3
 _F32_MAX = float(np.finfo(np.float32).max)
+# l2/ip vectors must keep |x|^2 <= _MAX_SQ_NORM: then |x - y|^2 <= (|x| + |y|)^2 and
+# |x . y| <= |x| |y| stay within float32 for any two of them (and every partial sum
+# of the kernels too), so no score is ever infinite.
+MAX_SQUARED_NORM = _F32_MAX / 4
 
 
 @dataclass
@@ -131,7 +135,12 @@ class Collection:
         self._db._check_open()
 
     def _vectors(self, vectors: Any, n: int | None, what: str = "vectors") -> np.ndarray:
-        """Validate vectors: ``[n, dim]`` float32, finite (normalised for cosine)."""
+        """Validate vectors: ``[n, dim]`` float32, finite (normalised for cosine).
+
+        For l2 and ip the squared norm must be at most ``MAX_SQUARED_NORM``
+        (float32 max / 4, a norm of about 9.2e18), so that every score between
+        two accepted vectors is finite in float32.
+        """
         try:
             arr = np.asarray(vectors, dtype=np.float32)
         except (TypeError, ValueError) as exc:
@@ -155,6 +164,15 @@ class Collection:
         if not np.isfinite(arr).all():
             bad = int(np.flatnonzero(~np.isfinite(arr).all(axis=1))[0])
             raise InvalidInput(f"{what}: vector {bad} contains NaN or infinity")
+        if self.metric != "cosine" and arr.size and _too_big(arr, self.dim):
+            squared = np.einsum("ij,ij->i", arr.astype(np.float64), arr.astype(np.float64))
+            if (squared > MAX_SQUARED_NORM).any():
+                bad = int(np.flatnonzero(squared > MAX_SQUARED_NORM)[0])
+                raise InvalidInput(
+                    f"{what}: vector {bad} is too large for {self.metric}: its squared norm "
+                    f"{squared[bad]:.3g} exceeds {MAX_SQUARED_NORM:.3g} (a quarter of the float32 "
+                    "maximum), so its distances would overflow float32"
+                )
         if self.metric == "cosine":
             norms = np.linalg.norm(arr.astype(np.float64), axis=1)
             if (norms == 0).any():
@@ -862,6 +880,12 @@ class Collection:
 
     def __len__(self) -> int:
         return len(self._ids)
+
+
+def _too_big(arr: np.ndarray, dim: int) -> bool:
+    """Cheap pre-check: could any row's squared norm exceed ``MAX_SQUARED_NORM``?"""
+    peak = float(np.abs(arr).max())
+    return peak * peak * dim > MAX_SQUARED_NORM
 
 
 def _partition(value: Any, i: int) -> int | None:

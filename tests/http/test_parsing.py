@@ -104,3 +104,16 @@ def test_stats_flatten_into_labelled_gauges():
     assert got[("vdb_ingest_partition_lag", (*h, ("partition", "t/0")))] == 4
     assert got[("vdb_ingest_partition_paused", (*h, ("partition", "t/0")))] == 0
     assert not any("state" in name or "topic" in name for name, _ in got)
+
+
+def test_scores_are_always_finite_numbers():
+    from vdb.http.qdrant import F32_MAX, finite_score
+
+    assert finite_score(9.0, euclid=True) == 3.0
+    assert finite_score(-1e-7, euclid=True) == 0.0  # rounding below zero
+    assert finite_score(-2.5, euclid=False) == -2.5
+    assert finite_score(float("inf"), euclid=True) == F32_MAX
+    assert finite_score(float("inf"), euclid=False) == F32_MAX
+    assert finite_score(float("-inf"), euclid=False) == -F32_MAX
+    assert finite_score(float("nan"), euclid=True) == F32_MAX  # the worst distance
+    assert finite_score(float("nan"), euclid=False) == -F32_MAX  # the worst similarity

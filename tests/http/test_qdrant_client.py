@@ -212,6 +212,44 @@ def test_euclid_scores_are_distances(client):
     assert [p.id for p in res.points] == list(np.argsort(dist)[:2])
 
 
+@pytest.mark.parametrize("distance", [m.Distance.EUCLID, m.Distance.DOT])
+def test_overflowing_vectors_are_400_and_scores_are_never_null(server, client, distance):
+    from vdb.collection import MAX_SQUARED_NORM
+
+    name = f"overflow-{distance.value.lower()}"
+    client.create_collection(name, vectors_config=m.VectorParams(size=4, distance=distance))
+    edge = float(np.sqrt(MAX_SQUARED_NORM)) * 0.999
+    client.upsert(
+        name,
+        m.Batch(ids=[1, 2, 3], vectors=[[edge, 0, 0, 0], [-edge, 0, 0, 0], [1, 2, 3, 4]]),
+    )
+    url = f"{server.url}/collections/{name}"
+    big = [3e19, 0.0, 0.0, 0.0]  # finite in float32; its squared norm is not
+    r = httpx.put(
+        timeout=WAIT, url=url + "/points?wait=true", json={"points": [{"id": 9, "vector": big}]}
+    )
+    assert r.status_code == 400, r.text
+    assert "too large" in r.json()["status"]["error"]
+    with pytest.raises(UnexpectedResponse) as err:
+        client.upsert(name, [m.PointStruct(id=10, vector=[1.6e19] * 4)])
+    assert err.value.status_code == 400 and b"squared norm" in err.value.content
+    r = httpx.post(timeout=WAIT, url=url + "/points/query", json={"query": big, "limit": 3})
+    assert r.status_code == 400 and "too large" in r.json()["status"]["error"]
+    assert client.count(name).count == 3
+    # the most extreme vectors accepted: every score is a finite JSON number
+    for q in ([edge, 0, 0, 0], [-edge, 0, 0, 0]):
+        for exact in (False, True):
+            body = {"query": q, "limit": 3, "params": {"exact": exact}}
+            r = httpx.post(timeout=WAIT, url=url + "/points/query", json=body)
+            assert r.status_code == 200, r.text
+            scores = [p["score"] for p in r.json()["result"]["points"]]
+            assert len(scores) == 3
+            assert all(isinstance(x, float) and np.isfinite(x) for x in scores), scores
+        got = client.query_points(name, query=q, limit=3).points
+        assert [p.id for p in got][0] == (1 if q[0] > 0 else 2)
+        assert all(np.isfinite(p.score) for p in got)
+
+
 def test_payload_updates_and_deletes(client):
     name = "payloads"
     client.create_collection(

@@ -923,15 +923,31 @@ def _filter_key(flt: dict | None) -> Any:
     return json.dumps(flt, sort_keys=True)
 
 
+F32_MAX = float(np.finfo(np.float32).max)
+
+
+def finite_score(score: float, euclid: bool) -> float:
+    """The score Qdrant reports, always a finite number (JSON has no inf or NaN).
+
+    Euclid: the distance (square root of vdb's squared distance). Writes
+    refuse vectors whose distances could overflow float32, so an infinite
+    score can only come from data stored before that check; it is clamped
+    to the float32 maximum on its own side (NaN counts as the worst score).
+    """
+    if math.isnan(score):
+        return F32_MAX if euclid else -F32_MAX
+    if euclid:
+        score = math.sqrt(max(score, 0.0))
+    return max(-F32_MAX, min(F32_MAX, score))
+
+
 def _shape_hits(view: CollectionView, q: Query, hits: list[Any]) -> list[dict[str, Any]]:
     out = []
     euclid = view.metric == "l2"
     for hit in hits:
         if q.point_id is not None and hit.id == q.point_id:
             continue
-        score = float(hit.score)
-        if euclid:
-            score = math.sqrt(max(score, 0.0))
+        score = finite_score(float(hit.score), euclid)
         if q.score_threshold is not None:
             if (score > q.score_threshold) if euclid else (score < q.score_threshold):
                 continue
