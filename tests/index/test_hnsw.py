@@ -67,16 +67,23 @@ def test_recall_synthetic_mixture():
     assert np.all(np.diff(scores, axis=1) >= -1e-4), "l2 distances must be ascending"
 
 
-def test_parallel_build_recall_matches_serial(minilm_small):
-    base, queries, truth = minilm_small
+def test_parallel_build_recall_matches_serial(minilm_small, monkeypatch):
+    base, queries, _ = minilm_small
     base = base[:6000]
     truth = exact_topk(base, queries, 10, "cosine")
-    recalls = []
-    for threads in (1, 2):
-        h = HNSW(384, "cosine", seed=5, n_threads=threads)
-        h.add(base)
-        recalls.append(recall_at_k(h.search(queries, 10, ef=32)[0], truth))
-    assert abs(recalls[0] - recalls[1]) <= 0.005
+    parallel = HNSW(384, "cosine", seed=5, n_threads=2)
+    parallel.add(base)
+    one_thread = HNSW(384, "cosine", seed=5, n_threads=1)
+    one_thread.add(base)
+    for name, arr in parallel.to_arrays().items():  # the thread count never changes the graph
+        assert np.array_equal(arr, one_thread.to_arrays()[name]), name
+    monkeypatch.setattr(hnsw_module, "_CHUNK_MIN", 1)
+    monkeypatch.setattr(hnsw_module, "_CHUNK_MAX", 1)
+    serial = HNSW(384, "cosine", seed=5, n_threads=1)  # classic one-point-at-a-time insertion
+    serial.add(base)
+    recall_parallel = recall_at_k(parallel.search(queries, 10, ef=32)[0], truth)
+    recall_serial = recall_at_k(serial.search(queries, 10, ef=32)[0], truth)
+    assert abs(recall_parallel - recall_serial) <= 0.005, (recall_parallel, recall_serial)
 
 
 @pytest.mark.parametrize("metric", ["l2", "ip", "cosine"])

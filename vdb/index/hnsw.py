@@ -63,6 +63,11 @@ _METRIC_CODES = {"l2": 0, "ip": 1, "cosine": 2}
 _METRIC_NAMES = {v: k for k, v in _METRIC_CODES.items()}
 _FORMAT_VERSION = 1
 _MAX_LEVEL = 30
+# Points linked per batch: their candidate search and neighbour selection run in parallel
+# against the graph as it was before the batch, plus an exact comparison with the batch members
+# before them; then the links are written in order. The result does not depend on the number of
+# threads. With both bounds at 1 this is the classic one-point-at-a-time build.
+_CHUNK_MIN = 32
 _CHUNK_MAX = 256
 # Filtered search scans the allowed slots exactly when allowed_count**2 <= _EXACT_FACTOR * ef * live.
 # The walk costs about ef * degree / selectivity distances, the scan allowed_count, so the
@@ -185,7 +190,10 @@ class HNSW:
     ``metric`` is ``"l2"`` (squared Euclidean), ``"ip"`` (distance ``1 - dot``) or
     ``"cosine"`` (vectors and queries normalised, then ``ip``). Layer 0 keeps up to ``2*M``
     links, upper layers ``M``; levels are drawn with multiplier ``1/ln(M)`` from a generator
-    seeded with ``seed`` (reproducible builds). Bad input raises ``ValueError``.
+    seeded with ``seed`` (reproducible builds: the graph depends on the seed and the data only,
+    not on ``n_threads``). ``add`` links large batches with ``n_threads`` threads (default: all
+    cores); batch searches of 32 or more queries are split the same way. Bad input raises
+    ``ValueError``.
     """
 
     def __init__(
@@ -412,7 +420,7 @@ class HNSW:
         M = self._M
         while pos < total:
             g = self._g
-            size = min(total - pos, max(32, min(_CHUNK_MAX, self._live // 2)))
+            size = min(total - pos, _CHUNK_MAX, max(_CHUNK_MIN, self._live // 2))
             chunk = np.ascontiguousarray(slots[pos : pos + size])
             pos += size
             self._pending[chunk] = 1
