@@ -71,6 +71,15 @@ def test_collections_lifecycle_and_names(tmp_path):
         updated = db.collection("b").update(ef=99, metadata={"y": 2}, note="n")
         assert updated["ef"] == 99 and updated["extra"] == {"metadata": {"y": 2}, "note": "n"}
         db.collection("b").update(note=None)
+        # merge_metadata merges key by key, None removes a key; metadata= replaces
+        merged = db.collection("b").update(merge_metadata={"z": 3, "y": None, "w": [1]})
+        assert merged["extra"]["metadata"] == {"z": 3, "w": [1]}
+        assert db.collection("b").info()["metadata"] == {"z": 3, "w": [1]}
+        db.collection("b").update(merge_metadata={"z": None, "w": None})
+        assert "metadata" not in db.collection("b").info()["extra"]
+        db.collection("b").update(merge_metadata={"y": 2})
+        with pytest.raises(InvalidInput):
+            db.collection("b").update(merge_metadata={"bad": object()})
         with pytest.raises(InvalidInput):
             db.collection("b").update(ef=0)
         assert db.drop_collection("a-1.x_y") is True

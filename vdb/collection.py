@@ -402,22 +402,40 @@ class Collection:
         """Remove the whole payload of each point."""
         return self._payload_op("clear", ids, filter)
 
-    def update(self, *, ef: int | None = None, **extra: Any) -> dict[str, Any]:
+    def update(
+        self,
+        *,
+        ef: int | None = None,
+        merge_metadata: dict[str, Any] | None = None,
+        **extra: Any,
+    ) -> dict[str, Any]:
         """Change the default search ``ef`` and/or merge ``extra`` options (``None`` removes a key).
 
-        Durable; returns the new configuration. ``dim``, ``metric``, ``M``
-        and ``ef_construction`` are fixed when the collection is created.
+        ``merge_metadata`` is merged key by key into the ``metadata`` option
+        (a ``None`` value removes that key; Qdrant's ``update_collection``),
+        atomically with respect to other updates; ``metadata=...`` in
+        ``extra`` replaces it whole. Durable; returns the new configuration.
+        ``dim``, ``metric``, ``M`` and ``ef_construction`` are fixed when the
+        collection is created.
         """
         if ef is not None and (
             isinstance(ef, bool) or not isinstance(ef, int | np.integer) or ef < 1
         ):
             raise InvalidInput(f"ef must be a positive integer, got {ef!r}")
+        if merge_metadata is not None:
+            merge_metadata = canonical_payload(merge_metadata, "merge_metadata")
         try:
             pack(extra)
         except (TypeError, ValueError, OverflowError) as exc:
             raise InvalidInput(f"collection options cannot be stored: {exc}") from None
         request = WriteRequest(
-            "config", extra={"ef": None if ef is None else int(ef), "extra": extra}, n_ops=1
+            "config",
+            extra={
+                "ef": None if ef is None else int(ef),
+                "extra": extra,
+                "merge_metadata": merge_metadata,
+            },
+            n_ops=1,
         )
         return dict(self._submit(request))
 

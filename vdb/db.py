@@ -433,6 +433,14 @@ class Database:
                                 config["ef"] = r.extra["ef"]
                             merged = {**(config.get("extra") or {}), **r.extra.get("extra", {})}
                             config["extra"] = {k: v for k, v in merged.items() if v is not None}
+                            patch = r.extra.get("merge_metadata")
+                            if patch is not None:
+                                meta = {**(config["extra"].get("metadata") or {}), **patch}
+                                meta = {k: v for k, v in meta.items() if v is not None}
+                                if meta:
+                                    config["extra"]["metadata"] = meta
+                                else:
+                                    config["extra"].pop("metadata", None)
                             txn.put(col.name.encode(), pack(config), db=db_cols)
                             outcomes.append(("ok", config))
                         else:

@@ -499,3 +499,99 @@ def test_exact_search_param_matches_brute_force(client, distance):
                 * 2,
             )
             assert [[p.id for p in r.points] for r in batch] == [want.tolist()] * 2
+
+
+def test_payload_indexes_are_created_reported_and_deleted(server, client):
+    name = "fieldindex"
+    client.create_collection(name, vectors_config=m.VectorParams(size=4, distance=m.Distance.DOT))
+    rng = np.random.default_rng(31)
+    n = 40
+    client.upsert(
+        name,
+        m.Batch(
+            ids=list(range(n)),
+            vectors=rng.standard_normal((n, 4)).tolist(),
+            payloads=[
+                {"tag": f"t{i % 4}", "n": i, "body": "Quick brown fox" if i % 5 == 0 else "dog"}
+                for i in range(n)
+            ],
+        ),
+    )
+    assert client.get_collection(name).payload_schema == {}
+    res = client.create_payload_index(name, "tag", field_schema=m.PayloadSchemaType.KEYWORD)
+    assert res.status == m.UpdateStatus.COMPLETED
+    client.create_payload_index(
+        name,
+        "body",
+        field_schema=m.TextIndexParams(type=m.TextIndexType.TEXT, tokenizer=m.TokenizerType.WORD),
+    )
+    r = httpx.put(  # no field_schema: the type of the stored values
+        timeout=WAIT, url=f"{server.url}/collections/{name}/index", json={"field_name": "n"}
+    )
+    assert r.status_code == 200, r.text
+    schema = client.get_collection(name).payload_schema
+    assert set(schema) == {"tag", "body", "n"}
+    assert schema["tag"].data_type == m.PayloadSchemaType.KEYWORD and schema["tag"].points == n
+    assert schema["body"].data_type == m.PayloadSchemaType.TEXT
+    assert schema["n"].data_type == m.PayloadSchemaType.INTEGER
+    # the text index answers full-text matches
+    fox = m.Filter(must=[m.FieldCondition(key="body", match=m.MatchText(text="fox"))])
+    assert client.count(name, count_filter=fox).count == n // 5
+    res = client.delete_payload_index(name, "tag")
+    assert res.status == m.UpdateStatus.COMPLETED
+    assert set(client.get_collection(name).payload_schema) == {"body", "n"}
+    # the filter on the field still works without its explicit index
+    t1 = m.Filter(must=[m.FieldCondition(key="tag", match=m.MatchValue(value="t1"))])
+    assert client.count(name, count_filter=t1).count == n // 4
+    for body, word in (
+        ({"field_name": "tag", "field_schema": "vector"}, "vector"),
+        ({"field_name": "loc", "field_schema": "geo"}, "geo"),
+        ({"field_name": "missing"}, "field_schema"),
+        ({"field_name": "tag", "field_schema": "keyword", "extra": 1}, "extra"),
+    ):
+        r = httpx.put(timeout=WAIT, url=f"{server.url}/collections/{name}/index", json=body)
+        assert r.status_code == 400 and word in r.json()["status"]["error"], r.text
+    with pytest.raises(UnexpectedResponse) as err:
+        client.create_payload_index("nope", "tag", field_schema=m.PayloadSchemaType.KEYWORD)
+    assert err.value.status_code == 404
+
+
+def test_update_collection_metadata_and_unsupported_fields(server, client):
+    name = "patched"
+    client.create_collection(
+        name,
+        vectors_config=m.VectorParams(size=4, distance=m.Distance.COSINE),
+        hnsw_config=m.HnswConfigDiff(m=12, ef_construct=64),
+        metadata={"owner": "a", "keep": 1},
+    )
+    assert client.update_collection(name, metadata={"owner": "b", "team": "x"})
+    assert client.get_collection(name).config.metadata == {"owner": "b", "keep": 1, "team": "x"}
+    url = f"{server.url}/collections/{name}"
+    r = httpx.patch(timeout=WAIT, url=url, json={"metadata": {"team": None}})
+    assert r.status_code == 200 and r.json()["result"] is True
+    assert client.get_collection(name).config.metadata == {"owner": "b", "keep": 1}
+    # unchanged graph parameters and replication 1 are accepted (clients resend them)
+    assert client.update_collection(
+        name,
+        hnsw_config=m.HnswConfigDiff(m=12, ef_construct=64),
+        collection_params=m.CollectionParamsDiff(replication_factor=1),
+    )
+    info = client.get_collection(name)
+    assert (info.config.hnsw_config.m, info.config.hnsw_config.ef_construct) == (12, 64)
+    for kwargs, word in (
+        ({"hnsw_config": m.HnswConfigDiff(ef_construct=200)}, "ef_construct"),
+        ({"hnsw_config": m.HnswConfigDiff(m=32)}, "hnsw_config.m"),
+        ({"hnsw_config": m.HnswConfigDiff(on_disk=True)}, "on_disk"),
+        ({"optimizers_config": m.OptimizersConfigDiff(indexing_threshold=0)}, "optimizers_config"),
+        ({"collection_params": m.CollectionParamsDiff(replication_factor=2)}, "replication_factor"),
+    ):
+        with pytest.raises(UnexpectedResponse) as err:
+            client.update_collection(name, **kwargs)
+        assert err.value.status_code == 400, kwargs
+        assert word.encode() in err.value.content, err.value.content
+    assert client.get_collection(name).config.metadata == {"owner": "b", "keep": 1}
+    r = httpx.patch(timeout=WAIT, url=url, json={"metadata": "no"})
+    assert r.status_code == 400
+    with pytest.raises(UnexpectedResponse) as err:
+        client.update_collection("nope", metadata={"a": 1})
+    assert err.value.status_code == 404

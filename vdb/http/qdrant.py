@@ -165,12 +165,18 @@ class QdrantApi:
         return await self.run(request, job, write=True, body=True)
 
     async def update_collection(self, request: Request) -> Response:
-        def job(_: Any) -> Any:
-            raise InvalidInput(
-                "Bad request: updating collection parameters is not supported by vdb"
-            )
+        """``PATCH /collections/{name}`` (``update_collection``): metadata merges; the rest
+        is accepted only where vdb has the same setting (or the value does not change)."""
+        name = request.path_params["name"]
 
-        return await self.run(request, job, body=False)
+        def job(body: dict[str, Any]) -> bool:
+            col = self.view(name).col
+            update = parse_update_collection(body, col.info())
+            if update:
+                col.update(**update)
+            return True
+
+        return await self.run(request, job, write=True, body=False)
 
     async def delete_collection(self, request: Request) -> Response:
         name = request.path_params["name"]
@@ -357,7 +363,7 @@ class QdrantApi:
     # -- payload indexes ----------------------------------------------------
 
     async def create_field_index(self, request: Request) -> Response:
-        """Accepted for compatibility: vdb indexes every payload field as it is written."""
+        """``PUT /collections/{name}/index``: a durable explicit payload index."""
         p.parse_wait(request.query_params.get("wait"))
         name = request.path_params["name"]
 
@@ -368,25 +374,24 @@ class QdrantApi:
             field = p.parse_str(body["field_name"], "field_name")
             if not field:
                 raise InvalidInput("`field_name` must not be empty")
-            schema = body.get("field_schema")
-            if isinstance(schema, dict):
-                schema = schema.get("type")
-            if schema is not None and schema not in _SCHEMA_TYPES:
-                raise InvalidInput(f"Bad request: field_schema {schema!r} is not supported by vdb")
-            self.view(name)
+            col = self.view(name).col
+            schema = parse_field_schema(body.get("field_schema"), field, col)
+            col.create_payload_index(field, schema)
             return self.update_result()
 
-        return await self.run(request, job, body=True)
+        return await self.run(request, job, write=True, body=True)
 
     async def delete_field_index(self, request: Request) -> Response:
+        """``DELETE /collections/{name}/index/{field}``: forget an explicit payload index."""
         p.parse_wait(request.query_params.get("wait"))
         name = request.path_params["name"]
+        field = request.path_params["field"]
 
         def job(_: Any) -> dict[str, Any]:
-            self.view(name)
+            self.view(name).col.delete_payload_index(field)
             return self.update_result()
 
-        return await self.run(request, job)
+        return await self.run(request, job, write=True)
 
     # -- snapshots ----------------------------------------------------------
 
@@ -613,6 +618,93 @@ def parse_create_collection(body: dict[str, Any]) -> dict[str, Any]:
     options.setdefault("ef_construction", QDRANT_DEFAULT_EF_CONSTRUCT)
     options["ef"] = options["ef_construction"]
     return options
+
+
+def parse_update_collection(body: dict[str, Any], info: dict[str, Any]) -> dict[str, Any]:
+    """``UpdateCollection`` → keyword arguments of ``col.update`` (empty: nothing changes).
+
+    ``metadata`` is merged into the collection's metadata (``null`` removes
+    a key). vdb builds its graph once, with the ``m`` and ``ef_construct``
+    it was created with, so those are accepted only when they do not
+    change; settings vdb does not have are refused, naming the field.
+    """
+    p.check_fields(
+        body,
+        "UpdateCollection",
+        ("hnsw_config", "params", "metadata"),
+        (
+            "vectors",
+            "optimizers_config",
+            "quantization_config",
+            "sparse_vectors",
+            "strict_mode_config",
+        ),
+    )
+    hnsw = body.get("hnsw_config")
+    if hnsw is not None:
+        hnsw = p.check_object(hnsw, "hnsw_config")
+        p.check_fields(
+            hnsw,
+            "hnsw_config",
+            ("m", "ef_construct", "max_indexing_threads"),
+            ("full_scan_threshold", "on_disk", "payload_m", "memory", "inline_storage"),
+        )
+        for key, current in (("m", info["M"]), ("ef_construct", info["ef_construction"])):
+            if hnsw.get(key) is None:
+                continue
+            value = p.parse_int(hnsw[key], f"hnsw_config.{key}", minimum=0)
+            if value != int(current):
+                raise InvalidInput(
+                    f"Bad request: `hnsw_config.{key}` cannot be changed by vdb: the graph keeps "
+                    f"the value it was built with ({current}); create a new collection instead"
+                )
+        if hnsw.get("max_indexing_threads") is not None:  # as on create: vdb picks its threads
+            p.parse_int(hnsw["max_indexing_threads"], "hnsw_config.max_indexing_threads", minimum=0)
+    params = body.get("params")
+    if params is not None:
+        params = p.check_object(params, "params")
+        p.check_fields(
+            params,
+            "CollectionParamsDiff",
+            ("replication_factor", "write_consistency_factor", "on_disk_payload"),
+            ("read_fan_out_factor", "read_fan_out_delay_ms", "payload", "id_tracker"),
+        )
+        for key in ("replication_factor", "write_consistency_factor"):
+            if params.get(key) is not None and p.parse_int(params[key], f"params.{key}") != 1:
+                raise InvalidInput(
+                    f"Bad request: `params.{key}` other than 1 is not supported by vdb"
+                )
+        if params.get("on_disk_payload") is not None:
+            p.parse_bool(params["on_disk_payload"], "params.on_disk_payload")  # always in LMDB
+    update: dict[str, Any] = {}
+    metadata = p.parse_payload(body.get("metadata"), "metadata")
+    if metadata:
+        update["merge_metadata"] = metadata
+    return update
+
+
+def parse_field_schema(value: Any, field: str, col: Any) -> Any:
+    """``field_schema`` (a type name or a params object with ``type``); when absent, the
+    type vdb inferred from the values stored at ``field`` (400 when there is none)."""
+    if value is None:
+        inferred = col.payload_index().schema(include_auto=True).get(field, {}).get("data_type")
+        if inferred not in _SCHEMA_TYPES:
+            raise InvalidInput(
+                f"Bad request: `field_schema` is required for `{field}` "
+                "(no single type can be inferred from the stored values)"
+            )
+        return inferred
+    if isinstance(value, dict):
+        kind = value.get("type")
+    else:
+        kind = value
+    if not isinstance(kind, str):
+        raise InvalidInput(
+            "Format error in JSON body: `field_schema` must be a type name or an object with `type`"
+        )
+    if kind not in _SCHEMA_TYPES:
+        raise InvalidInput(f"Bad request: field_schema {kind!r} is not supported by vdb")
+    return value
 
 
 def parse_upsert(
