@@ -264,7 +264,7 @@ def test_round_trip_identical_results():
         assert np.array_equal(arr, g.to_arrays()[name]), name
 
 
-def test_searches_during_inserts_return_live_slots():
+def test_searches_during_writes_return_live_slots():
     data = mixture(12_000, 32, 50, seed=12)
     h = HNSW(32, seed=12)
     h.add(data[:2000])
@@ -305,6 +305,7 @@ def test_searches_during_inserts_return_live_slots():
         for i in range(2000, 12_000, 500):
             h.add(data[i : i + 500])
             h.delete(np.arange(i - 2000, i - 1900))
+            h.replace(np.arange(i - 1900, i - 1850), data[i - 1850 : i - 1800])
     finally:
         stop.set()
         for t in threads:
