@@ -370,3 +370,18 @@ def test_cosine_rejects_zero_vector_and_deleted_replace():
         h.replace(2, np.ones(4))
     assert h.is_deleted(2) and not h.is_deleted(1)
     np.testing.assert_allclose(np.linalg.norm(h.get_vectors([0, 1]), axis=1), 1.0, rtol=1e-6)
+
+
+def test_read_only_inputs_reuse_the_compiled_kernel():
+    from vdb.index import kernels
+
+    h = HNSW(8, "cosine", seed=1)
+    data = mixture(300, 8, 5, seed=1)
+    h.add(np.frombuffer(data.tobytes(), np.float32).reshape(300, 8))  # read-only input
+    h.search(data[:2], 3)
+    compiled = len(kernels.search_batch.signatures)
+    queries = np.frombuffer(data[:40].tobytes(), np.float32).reshape(40, 8)
+    mask = np.frombuffer(np.ones(300, bool).tobytes(), bool)
+    found, _ = h.search(queries, 1, allowed=mask)
+    assert found[:, 0].tolist() == list(range(40))
+    assert len(kernels.search_batch.signatures) == compiled

@@ -509,10 +509,12 @@ class HNSW:
             type(q) is np.ndarray
             and q.dtype == np.float32
             and q.ndim == 2
-            and q.flags.c_contiguous
             and q.shape[1] == self._dim
+            and _kernel_ready(q.flags)
         ):
             q = self._matrix(q, "queries", check_values=False)
+            if not _kernel_ready(q.flags):
+                q = q.copy()
         g = self._g
         nq = q.shape[0]
         out_slots = np.empty((nq, k), np.int32)
@@ -580,7 +582,10 @@ class HNSW:
             full = np.zeros(cap, np.bool_)
             full[: mask.shape[0]] = mask
             mask = full
-        return np.ascontiguousarray(mask).view(np.uint8)
+        mask = np.ascontiguousarray(mask)
+        if not _kernel_ready(mask.flags):
+            mask = mask.copy()
+        return mask.view(np.uint8)
 
     def is_deleted(self, slot: int) -> bool:
         """True when ``slot`` was deleted (or is not linked yet)."""
@@ -677,6 +682,12 @@ class HNSW:
         h.delete([1, 2])
         h.add(rng.standard_normal((1, self._dim)).astype(np.float32) + 0.1)
         h.replace(3, rng.standard_normal(self._dim).astype(np.float32) + 0.1)
+
+
+def _kernel_ready(flags: Any) -> bool:
+    """C-contiguous, aligned and writeable: the one array type the kernels are compiled for
+    (a read-only or unaligned array would make Numba compile another specialization)."""
+    return flags.c_contiguous and flags.aligned and flags.writeable
 
 
 def _positive_int(value: Any, name: str) -> int:
