@@ -607,15 +607,14 @@ class Collection:
             score_threshold = float(score_threshold)
         if not isinstance(exact, bool | np.bool_):
             raise InvalidInput(f"exact must be a boolean, got {exact!r}")
-        if exact:
-            ef = 0  # tells _search_once to scan
         parsed = self._filter(filter)
         result = None
         for attempt in range(SEARCH_RETRIES):
             generation = self._generation
             result = self._search_once(
-                queries, k, ef, parsed, with_payload, with_vectors, score_threshold, generation
-            )
+                queries, k, ef, parsed, with_payload, with_vectors, score_threshold, generation,
+                exact,
+            )  # fmt: skip
             if result is not None:
                 break
             if attempt == 0:
@@ -624,8 +623,9 @@ class Collection:
             self.search_locked += 1
             with self._apply_lock:
                 result = self._search_once(
-                    queries, k, ef, parsed, with_payload, with_vectors, score_threshold, None
-                )
+                    queries, k, ef, parsed, with_payload, with_vectors, score_threshold, None,
+                    exact,
+                )  # fmt: skip
         return result[0] if single else result
 
     def _search_once(
@@ -638,17 +638,18 @@ class Collection:
         with_vectors: bool,
         score_threshold: float | None,
         generation: int | None,
+        exact: bool = False,
     ) -> list[list[Hit]] | None:
         """One attempt; ``None`` when a returned slot changed after ``generation``.
 
-        ``ef == 0`` means an exact scan over the live, filter-allowed slots.
+        ``exact``: scan the live, filter-allowed slots instead of walking the graph.
         """
         nq = len(queries)
         if len(self._ids) == 0:
             return [[] for _ in range(nq)]
         allowed = None
         n_allowed = None
-        if ef == 0:
+        if exact:
             capacity = int(self._index.capacity)
             if parsed is None:
                 allowed = self._ids.live_mask(capacity)
@@ -668,7 +669,7 @@ class Collection:
             # applied (the id map's live slots), so points being inserted or
             # deleted are not returned half-done and the search need not retry.
             allowed = self._ids.live_mask(int(self._index.capacity))
-        if ef != 0:
+        if not exact:
             slots, scores = self._index.search(queries, k, ef=ef, allowed=allowed)
             slots = np.asarray(slots)
             scores = np.asarray(scores)
