@@ -78,6 +78,8 @@ _EXACT_FACTOR = 30.0
 _SEARCH_GRAIN = 16  # queries per parallel block of a batch search
 _BUILD_GRAIN = 8  # points per parallel block of candidate selection
 
+_FLOAT32 = np.dtype(np.float32)
+
 _pool_lock = threading.Lock()
 _pool: ThreadPoolExecutor | None = None
 
@@ -505,13 +507,19 @@ class HNSW:
         elif type(ef) is not int or ef < 1:
             ef = _positive_int(ef, "ef")
         q = queries
-        if not (
-            type(q) is np.ndarray
-            and q.dtype == np.float32
-            and q.ndim == 2
-            and q.shape[1] == self._dim
-            and _kernel_ready(q.flags)
-        ):
+        if type(q) is np.ndarray:
+            flags = q.flags
+            fast = (
+                q.dtype is _FLOAT32
+                and q.ndim == 2
+                and q.shape[1] == self._dim
+                and flags.c_contiguous
+                and flags.aligned
+                and flags.writeable
+            )
+        else:
+            fast = False
+        if not fast:
             q = self._matrix(q, "queries", check_values=False)
             if not _kernel_ready(q.flags):
                 q = q.copy()
@@ -532,10 +540,16 @@ class HNSW:
             need = min(k, count)
             exact = count * count <= _EXACT_FACTOR * max(ef, k) * max(self._live, 1)
         if nq < 2 * _SEARCH_GRAIN or self._n_threads == 1:
-            if nq and self._search_rows(
-                g, q, k, ef, mask, mode, need, exact, out_slots, out_scores
-            ):  # fmt: skip
-                self._bad_queries(q)
+            if nq:
+                v = getattr(self._tls, "v", None)
+                if v is None or v[0].shape[0] < g.vectors.shape[0]:
+                    v = self._visited(g.vectors.shape[0])
+                if kernels.search_batch(
+                    self._code, g.vectors, g.links0, g.upper, g.upper_off, g.levels, g.deleted,
+                    g.state, q, self._cosine, k, ef, mask, mode, need, exact, v[0], v[1],
+                    out_slots, out_scores,
+                ):  # fmt: skip
+                    self._bad_queries(q)
             return out_slots, out_scores
         if kernels.query_status(q, self._cosine):
             self._bad_queries(q)
