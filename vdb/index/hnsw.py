@@ -80,6 +80,8 @@ _BUILD_GRAIN = 8  # points per parallel block of candidate selection
 
 _FLOAT32 = np.dtype(np.float32)
 
+_batch_lock = threading.Lock()
+_batch_calls = [0]  # batch searches in progress (all indexes)
 _pool_lock = threading.Lock()
 _pool: ThreadPoolExecutor | None = None
 
@@ -559,7 +561,15 @@ class HNSW:
                 g, q[lo:hi], k, ef, mask, mode, need, exact, out_slots[lo:hi], out_scores[lo:hi]
             )
 
-        _parallel(rows, nq, _SEARCH_GRAIN, self._n_threads)
+        # batch searches running at the same time share the cores instead of each taking all
+        with _batch_lock:
+            _batch_calls[0] += 1
+            threads = max(1, self._n_threads - _batch_calls[0] + 1)
+        try:
+            _parallel(rows, nq, _SEARCH_GRAIN, threads)
+        finally:
+            with _batch_lock:
+                _batch_calls[0] -= 1
         return out_slots, out_scores
 
     def _bad_queries(self, q: np.ndarray) -> None:
