@@ -209,7 +209,7 @@ def add_ingest_arguments(parser: argparse.ArgumentParser) -> None:
         "latency_target_ms",
         type=float,
         metavar="MS",
-        help="batch apply time the size adapts to (default 50)",
+        help="batch apply time the size adapts to (default 100)",
     )
     spec(
         "--max-queued-records",

@@ -186,7 +186,7 @@ class IngestHandle:
     ``batch_max``         largest batch (1024); ``batch_min`` smallest target (16);
     ``batch_start``       initial size target (256)
     ``max_wait_ms``       a batch is cut when its oldest record is this old (20)
-    ``latency_target_ms`` batch apply time the size target adapts to (50)
+    ``latency_target_ms`` smoothed batch apply time the size target adapts to (100)
     ``max_queued_records`` queue bound before partitions are paused (4 x batch_max)
     ``max_rate``          records/s ceiling for this pipeline (None: unlimited)
     ``commit_interval_ms`` how often durable offsets are committed upstream (500)
@@ -215,7 +215,7 @@ class IngestHandle:
         start = int(options.get("batch_start") or min(256, self.batch_max))
         self.batch_target = float(min(max(start, self.batch_min), self.batch_max))
         self.max_wait_s = float(options.get("max_wait_ms") or 20) / 1000.0
-        self.latency_target_s = float(options.get("latency_target_ms") or 50) / 1000.0
+        self.latency_target_s = float(options.get("latency_target_ms") or 100) / 1000.0
         self.max_queued_records = int(options.get("max_queued_records") or 4 * self.batch_max)
         max_rate = options.get("max_rate")
         self.max_rate = float(max_rate) if max_rate else None
@@ -253,6 +253,7 @@ class IngestHandle:
         self._batch_size_last = 0
         self._batch_latency = _Recent(512)
         self._batch_latency_last: float | None = None
+        self._latency_smooth: float | None = None
         self._rate = _Rate()
         self._freshness = FreshnessHistogram()
         self._partitions: dict[TopicPartition, _PartitionStats] = {}
@@ -681,9 +682,14 @@ class IngestHandle:
                 ps.offset = batch.offsets[tp]
         for tp, off in batch.offsets.items():
             self._durable[tp] = off
-        if elapsed > self.latency_target_s:
+        # Adapt on a smoothed latency so that one slow batch (a checkpoint, a busy
+        # core) does not ratchet the target down; grow only on full batches.
+        smooth = self._latency_smooth
+        smooth = elapsed if smooth is None else 0.7 * smooth + 0.3 * elapsed
+        self._latency_smooth = smooth
+        if smooth > self.latency_target_s:
             self.batch_target = max(float(self.batch_min), self.batch_target * 0.8)
-        elif elapsed < self.latency_target_s / 2 and len(batch) >= int(self.batch_target) * 0.9:
+        elif smooth < self.latency_target_s / 2 and len(batch) >= int(self.batch_target) * 0.9:
             self.batch_target = min(float(self.batch_max), self.batch_target * 1.1)
 
 
