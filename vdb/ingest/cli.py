@@ -15,7 +15,8 @@ Or a config file (JSON, or TOML with ``[[ingest]]`` tables)::
 
 Keys of a spec: ``kind``, ``collection``, ``format``, ``key_format``,
 ``bootstrap``, ``topics``, ``group``, ``name``, ``isolation``,
-``offset_reset``, ``dead_letter_topic`` (kafka); ``path``, ``follow``
+``offset_reset``, ``dead_letter_topic``, ``kafka_options`` (a table of
+KafkaConsumer settings, or ``--kafka-option KEY=VALUE``) (kafka); ``path``, ``follow``
 (file); ``batch_max``, ``max_wait_ms``, ``latency_target_ms``,
 ``max_queued_records``, ``max_rate`` (pipeline); ``dim`` and ``metric`` to
 create the collection when it does not exist.

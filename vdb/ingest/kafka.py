@@ -183,6 +183,8 @@ class KafkaSource:
         """Create the consumer (and join the group); on failure back off, never raise."""
         from kafka import KafkaConsumer
 
+        _warn_without_crc32c()
+
         now = time.monotonic()
         if now < self._connect_at:
             return False
@@ -500,6 +502,25 @@ class KafkaSource:
             self._connected = reachable
             self._probed = True
             self._closed.wait(delay)
+
+
+_crc_warned = False
+
+
+def _warn_without_crc32c() -> None:
+    """kafka-python checks record CRCs in pure Python unless ``crc32c`` is installed (~100x slower)."""
+    global _crc_warned
+    if _crc_warned:
+        return
+    _crc_warned = True
+    import importlib.util
+
+    if importlib.util.find_spec("crc32c") is None:
+        log.warning(
+            "the crc32c package is not installed: kafka-python verifies record checksums in pure "
+            "Python, which limits ingest to a few hundred large records per second "
+            "(pip install crc32c)"
+        )
 
 
 class _Rebalance(ConsumerRebalanceListener):
