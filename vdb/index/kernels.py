@@ -39,6 +39,10 @@ ADMIT_MASK = 1  # live slots with mask[slot] != 0 (filtered search)
 ADMIT_NOT_MASK = 2  # live slots with mask[slot] == 0 (build: mask marks the batch being linked)
 
 _VISIT_MAX = 65535
+# How many neighbours ahead the layer search fetches whole vectors. Measured on debian-minilm
+# (10k, ef=32, one query per call): 3 ahead was ~10% faster than fetching all of them up front,
+# and no slower on 128-d data that fits in cache.
+_AHEAD = 3
 
 
 @intrinsic
@@ -242,7 +246,8 @@ def search_layer(
         cnt = links[row, 0]
         if cnt > maxc:
             cnt = maxc
-        # first pass: mark unvisited neighbours and prefetch their vectors; second: score them
+        # first pass: mark the unvisited neighbours and touch the first line of each vector;
+        # second pass: score them, fetching whole vectors _AHEAD neighbours in advance
         nb = 0
         for j in range(1, cnt + 1):
             c = links[row, j]
@@ -251,9 +256,13 @@ def search_layer(
             visited[c] = tag
             fresh[nb] = c
             nb += 1
-            _prefetch_row(vectors, c)
+            _prefetch(vectors, c, 0)
+        for j in range(min(nb, _AHEAD)):
+            _prefetch_row(vectors, fresh[j])
         for j in range(nb):
             c = fresh[j]
+            if j + _AHEAD < nb:
+                _prefetch_row(vectors, fresh[j + _AHEAD])
             d = distance(metric, vectors[c], q)
             if nr < ef or d < res_d[0]:
                 if nc == cand_d.shape[0]:
