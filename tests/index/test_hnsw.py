@@ -197,6 +197,56 @@ def test_churn_recall_close_to_fresh_build(minilm, minilm_small):
     assert churned >= baseline - 0.01, (churned, baseline)
 
 
+def churn(metric: str, M: int, n_ids: int, steps: int, seed: int) -> tuple[HNSW, dict]:
+    """Random single-point writes as the core issues them: 60% upserts (a new id takes a freed
+    slot or a new one, an existing id is replaced in place), 40% deletes (the slot is freed)."""
+    dim = 16
+    h = HNSW(dim, metric, M=M, ef_construction=128, seed=1)
+    rng = np.random.default_rng(seed)
+    slot_of: dict[int, int] = {}
+    for _ in range(steps * 20):
+        point_id = int(rng.integers(n_ids))
+        if rng.random() < 0.6:
+            vector = rng.standard_normal(dim).astype(np.float32)
+            if point_id in slot_of:
+                h.replace(slot_of[point_id], vector)
+            else:
+                slot_of[point_id] = int(h.add(vector[None, :])[0])
+        elif point_id in slot_of:
+            h.delete([slot_of.pop(point_id)])
+    return h, slot_of
+
+
+def layer0_reachable(h: HNSW) -> np.ndarray:
+    """bool per used slot: reached on layer 0 from the entry point (read from the checkpoint)."""
+    arrays = h.to_arrays()
+    links, entry = arrays["links0"], int(arrays["params"][8])
+    seen = np.zeros(links.shape[0], bool)
+    seen[entry] = True
+    stack = [entry]
+    while stack:
+        row = links[stack.pop()]
+        for nb in row[1 : 1 + row[0]].tolist():
+            if not seen[nb]:
+                seen[nb] = True
+                stack.append(nb)
+    return seen
+
+
+@pytest.mark.parametrize("metric", ["l2", "cosine"])
+@pytest.mark.parametrize("M, n_ids, steps, seed", [(8, 165, 1500, 0), (16, 3000, 500, 3)])
+def test_every_live_point_reachable_after_churn(metric, M, n_ids, steps, seed):
+    h, slot_of = churn(metric, M, n_ids, steps, seed)
+    slots = np.array(sorted(slot_of.values()), np.int64)
+    assert len(h) == slots.size and h.live_mask().sum() == slots.size
+    n_used = int(h.to_arrays()["params"][10])
+    unreached = slots[~layer0_reachable(h)[slots]]
+    assert unreached.size == 0, f"{unreached.size} live points unreachable: {unreached[:10]}"
+    found, _ = h.search(h.get_vectors(slots), 10, ef=n_used)
+    lost = slots[~(found == slots[:, None]).any(axis=1)]
+    assert lost.size == 0, f"{lost.size} of {slots.size} live points not found by their vector"
+
+
 @pytest.mark.parametrize("walk_only", [False, True], ids=["auto", "walk-only"])
 @pytest.mark.parametrize("fraction", [0.5, 0.05, 0.001])
 def test_filtered_search_matches_brute_force(

@@ -75,6 +75,12 @@ _CHUNK_MAX = 256
 # the scan was faster at 20% allowed (281 vs 710 us/query, ratio 12.7) and slower at 50%
 # (ratio 77); the crossover sits near 30.
 _EXACT_FACTOR = 30.0
+# Reachability check after writes (kernels.repair_reachability): a walk over layer 0 costs about
+# 0.2 us per point. Up to _CHECK_ALWAYS_MAX live points it runs after every add/replace; above,
+# once the points (re)linked since the last check reach 1/_CHECK_SHARE of the live points (a few
+# us per written point, against hundreds for linking it).
+_CHECK_ALWAYS_MAX = 50_000
+_CHECK_SHARE = 128
 _SEARCH_GRAIN = 16  # queries per parallel block of a batch search
 _BUILD_GRAIN = 8  # points per parallel block of candidate selection
 
@@ -234,6 +240,7 @@ class HNSW:
         self._g = _Graph.empty(capacity, dim, M, max(16, capacity // M))
         self._free: list[int] = []
         self._live = 0
+        self._unchecked = 0  # points (re)linked since the last reachability check
         self._pending = np.zeros(capacity, np.uint8)
         self._write_lock = threading.RLock()
         self._tls = threading.local()
@@ -369,6 +376,7 @@ class HNSW:
             if n_new:
                 self._link(new)
             self._live += n
+            self._repair(n)
         return np.concatenate([reuse, new]) if n_reuse else new
 
     def _allocate(self, x: np.ndarray) -> np.ndarray:
@@ -408,6 +416,7 @@ class HNSW:
     def _relink(self, slots: np.ndarray, x: np.ndarray) -> None:
         """Give existing slots new vectors and re-link them into the graph."""
         g = self._g
+        self._move_entry_off(g, slots)
         kernels.unlink(
             self._code, g.vectors, g.links0, g.upper, g.upper_off, g.levels, slots.astype(np.int32)
         )
@@ -415,6 +424,41 @@ class HNSW:
         # top up the re-linked lists (see kernels.build_select): measured on debian-minilm 20k
         # after replacing 50%, recall@10 at ef=32 went from 0.013 below a fresh build to 0.003
         self._link(slots.astype(np.int32), fill=self._M + self._M // 2)
+
+    def _move_entry_off(self, g: _Graph, slots: np.ndarray) -> None:
+        """When the entry point is among ``slots`` (about to get new vectors), make the highest
+        slot outside them the entry point first, so that no search or insert starts from a
+        point whose links are being rebuilt; the re-linked point takes the entry back in
+        ``build_link`` when its level is higher."""
+        entry = int(g.state[0])
+        if entry < 0 or not np.any(slots == entry):
+            return
+        n = int(g.state[2])
+        levels = g.levels[:n].astype(np.int16)
+        levels[slots] = -1
+        levels[g.deleted[:n] != 0] -= 64  # prefer live slots, but any slot outside is walkable
+        best = int(np.argmax(levels))
+        if levels[best] == -1 or best == entry or np.any(slots == best):
+            return
+        g.state[1] = g.levels[best]
+        g.state[0] = best
+
+    def _repair(self, written: int) -> None:
+        """Re-attach live slots that the entry point no longer reaches (see
+        ``kernels.repair_reachability``) after ``written`` points were (re)linked; on large
+        indexes the check is amortised over several writes (see ``_CHECK_SHARE``)."""
+        self._unchecked += written
+        if self._live > _CHECK_ALWAYS_MAX and self._unchecked * _CHECK_SHARE < self._live:
+            return
+        self._unchecked = 0
+        g = self._g
+        visited, vgen = self._visited(g.capacity)
+        fixed = kernels.repair_reachability(
+            self._code, g.vectors, g.links0, g.upper, g.upper_off, g.levels, g.deleted, g.state,
+            self._efc, visited, vgen,
+        )  # fmt: skip
+        if fixed:
+            log.debug("re-attached %d unreachable points", fixed)
 
     def _link(self, slots: np.ndarray, fill: int = 0) -> None:
         """Link written slots into the graph in chunks: candidate search and neighbour selection
@@ -476,6 +520,7 @@ class HNSW:
             if dead.any():
                 raise ValueError(f"slot {int(arr[dead][0])} is deleted; add a new point instead")
             self._relink(arr.astype(np.int32), x)
+            self._repair(arr.shape[0])
 
     # -- reads ------------------------------------------------------------------------------
 

@@ -601,3 +601,88 @@ def unlink(metric, vectors, links0, upper, upper_off, levels, slots):
                 else:
                     links[row_n, pos] = links[row_n, cnt_n]
                     links[row_n, 0] = cnt_n - 1
+
+
+@njit(cache=True, nogil=True)
+def _mark_from(links0, start, seen, stack):
+    """Mark every slot reachable from ``start`` on layer 0 (``start`` itself included)."""
+    maxc = links0.shape[1] - 1
+    seen[start] = 1
+    stack[0] = start
+    top = 1
+    while top > 0:
+        top -= 1
+        x = stack[top]
+        cnt = min(links0[x, 0], maxc)
+        for j in range(1, cnt + 1):
+            y = links0[x, j]
+            if seen[y] == 0:
+                seen[y] = 1
+                stack[top] = y
+                top += 1
+
+
+@njit(fastmath=True, cache=True, nogil=True)
+def repair_reachability(
+    metric, vectors, links0, upper, upper_off, levels, deleted, state, ef, visited, vgen
+):  # fmt: skip
+    """Make every live slot reachable on layer 0 from the entry point; returns how many slots
+    were re-attached.
+
+    Marks what the entry point reaches; for each live slot left unmarked, searches the graph
+    for its vector and adds a link to it from the nearest reached live slot whose row has room
+    (adding a link never cuts a path, so nothing reached before is lost), or, when every
+    candidate row is full, from the nearest one with the usual heuristic pruning (the marking
+    is then redone). The slot's own out-links make what it reaches reachable too."""
+    n = state[2]
+    ep = state[0]
+    if ep < 0 or n == 0:
+        return 0
+    m0 = links0.shape[1] - 1
+    seen = np.zeros(n, np.uint8)
+    stack = np.empty(n, np.int32)
+    _mark_from(links0, ep, seen, stack)
+    res_d = np.empty(ef + 1, np.float32)
+    res_i = np.empty(ef + 1, np.int32)
+    repaired = 0
+    for _rounds in range(4):
+        pruned = False
+        for u in range(n):
+            if seen[u] != 0 or deleted[u] != 0:
+                continue
+            q = vectors[u]
+            cur = ep
+            curd = distance(metric, vectors[ep], q)
+            for layer in range(levels[ep], 0, -1):
+                cur, curd = greedy(metric, vectors, upper, upper_off, layer, q, cur, curd)
+            tag = _next_tag(visited, vgen)
+            nr = search_layer(
+                metric, vectors, links0, upper_off, 0, deleted, seen, ADMIT_MASK, q, cur, curd,
+                ef, visited, tag, res_d, res_i,
+            )  # fmt: skip
+            if nr == 0:
+                continue
+            order = np.argsort(res_d[:nr])
+            host = -1
+            for t in range(nr):
+                c = res_i[order[t]]
+                if c != u and links0[c, 0] < m0:
+                    host = c
+                    break
+            if host >= 0:
+                cnt = links0[host, 0]
+                links0[host, cnt + 1] = u
+                links0[host, 0] = cnt + 1
+                _mark_from(links0, u, seen, stack)
+            else:
+                host = res_i[order[0]]
+                if host == u:
+                    continue
+                _add_link(metric, vectors, links0, upper_off, 0, host, u, m0)
+                pruned = True
+            repaired += 1
+        if not pruned:
+            break
+        seen[:] = 0
+        _mark_from(links0, ep, seen, stack)
+    return repaired
