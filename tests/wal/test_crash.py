@@ -111,6 +111,14 @@ def check(db_path: Path, log_path: Path, model: dict, offsets: dict) -> tuple[di
                 assert hits[0].id == point_id
                 assert hits[0].score == pytest.approx(0.0, abs=1e-4)
             new_model[point_id] = actual
+        if stored:
+            # and plain search finds every point by its own vector (the graph walk, no filter:
+            # after recovery the graph must reach every live point)
+            ids = list(stored)
+            queries = np.stack([stored[i].vector for i in ids])
+            results = col.search(queries, k=10, ef=max(len(ids), 10), with_payload=False)
+            for point_id, hits in zip(ids, results, strict=True):
+                assert point_id in [h.id for h in hits], f"{point_id!r} not found by its vector"
         # Exactly-once: a thread's stored offset is that of its last acknowledged
         # offset-carrying op, or of the one in flight, and the records of an op
         # are present exactly when its offset is.
