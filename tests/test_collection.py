@@ -80,6 +80,34 @@ def test_upsert_replaces_vector_and_payload(db):
     assert col.get([3])[0].payload is None
 
 
+def test_batch_upsert_replacing_many_existing_ids(tmp_path):
+    rng = np.random.default_rng(21)
+    ids = list(range(300)) + [f"p{i}" for i in range(100)]
+    x = rng.standard_normal((400, 16)).astype(np.float32)
+    with vdb.open(tmp_path / "data") as db:
+        col = db.create_collection("c", dim=16, metric="cosine")
+        col.upsert(ids, x, [{"gen": 0}] * 400)
+        # one batch: 150 existing ids (ints and strings) get new vectors, 50 ids are new
+        changed = ids[::4] + ids[1::8][:50]
+        fresh = [f"n{i}" for i in range(50)]
+        y = rng.standard_normal((len(changed) + 50, 16)).astype(np.float32)
+        col.upsert(changed + fresh, y, [{"gen": 1}] * len(y))
+        assert col.count() == 450
+        expect = dict(zip(ids, x, strict=True)) | dict(zip(changed + fresh, y, strict=True))
+        records = col.get(list(expect), with_vectors=True)
+        assert len(records) == 450
+        for rec in records:
+            want = expect[rec.id] / np.linalg.norm(expect[rec.id])
+            np.testing.assert_allclose(rec.vector, want, rtol=1e-5, atol=1e-6)
+            assert rec.payload == {"gen": int(rec.id in set(changed + fresh))}
+        hits = col.search(y, k=1, ef=128, with_payload=False)
+        assert [h[0].id for h in hits] == changed + fresh
+        assert all(h[0].score == pytest.approx(1.0, abs=1e-5) for h in hits)
+    with vdb.open(tmp_path / "data", warm=False) as db:  # recovery replays the same batch
+        hits = db.collection("c").search(y, k=1, ef=128, with_payload=False)
+        assert [h[0].id for h in hits] == changed + fresh
+
+
 def test_duplicate_ids_in_one_batch_last_wins(db):
     col = db.create_collection("c", dim=4, metric="l2")
     v = np.eye(4, dtype=np.float32)

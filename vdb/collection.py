@@ -517,14 +517,21 @@ class Collection:
                 vectors = np.frombuffer(record["v"], dtype=np.float32).reshape(-1, self.dim)
             partitions = record.get("pt") or [None] * len(up_ids)
             new_pos = []
+            replaced: dict[int, int] = {}  # slot -> position in the record (the last one wins)
             for i, point_id in enumerate(up_ids):
                 slot = idmap.get(point_id)
                 if slot is None:
                     new_pos.append(i)
                     continue
-                index.replace(slot, vectors[i])
-                payloads.set(slot, record["p"][i])
-                idmap.set_partition(slot, partitions[i])
+                replaced[slot] = i
+            if replaced:
+                # one batched call: candidate search and neighbour selection run in parallel
+                rep_slots = np.fromiter(replaced, np.int64, len(replaced))
+                rep_pos = np.fromiter(replaced.values(), np.int64, len(replaced))
+                index.replace(rep_slots, vectors[rep_pos])
+                for slot, i in replaced.items():
+                    payloads.set(slot, record["p"][i])
+                    idmap.set_partition(slot, partitions[i])
             if new_pos:
                 slots = index.add(vectors[new_pos])
                 for i, slot in zip(new_pos, np.asarray(slots).tolist(), strict=True):
