@@ -5,8 +5,11 @@ engines need S3 or PostgreSQL servers), so the restarted broker is empty:
 the topic is re-created and its offsets start again at 0. That is the
 harder case for a consumer that positions itself from its own WAL: the
 stored offset now lies beyond the new log's end, and the source must notice
-it and read the new log from its start. Messages the producer sent while the
-broker was down are delivered by its retries once the broker is back.
+it and read the new log from its start (with a fresh consumer). Records
+are produced again right after the restart, while the ingest is still
+reconnecting. (Records a producer buffered across the restart are sometimes
+acknowledged by this in-memory broker yet never readable, even by a new
+independent consumer, so the test does not depend on them.)
 What this test cannot show with this broker is a restart that keeps the log
 (resuming at stored offset + 1 in the same log); the crash test covers that
 resume path against a live broker.
@@ -87,7 +90,6 @@ def test_broker_killed_and_restarted_mid_stream(own_broker, tmp_path):
                 lambda: (s := handle.stats()) and not s["connected"] and s, timeout=30
             )
             assert down["source_errors"] > 0 and "unreachable" in down["last_source_error"]
-            send(range(250, 350), 1)  # buffered by the producer while the broker is down
             time.sleep(1.0)
             assert handle.stats()["records"] == 300
 
@@ -96,6 +98,7 @@ def test_broker_killed_and_restarted_mid_stream(own_broker, tmp_path):
                 create_topic(own_broker.bootstrap, topic, partitions=1)
             except TopicAlreadyExistsError:
                 pass
+            send(range(250, 350), 1)  # while the ingest is still reconnecting
             producer.flush(timeout=60)
             wait_until(lambda: handle.stats()["connected"], timeout=30)
             wait_until(lambda: handle.stats()["records"] >= 400, timeout=90)
@@ -126,8 +129,13 @@ def test_ingest_started_before_the_broker_connects_when_it_comes_up(tmp_path):
         topic = unique("late")
         handle = db.ingest(KafkaSource(broker.bootstrap, topic), "docs")
         try:
-            down = wait_until(lambda: (s := handle.stats())["source_errors"] > 0 and s, timeout=30)
-            assert not down["connected"] and down["state"] == "running"
+            down = wait_until(
+                lambda: (
+                    (s := handle.stats())["source_errors"] > 0 and s["state"] == "running" and s
+                ),
+                timeout=30,
+            )
+            assert not down["connected"] and down["error"] is None
             broker.start()
             create_topic(broker.bootstrap, topic, partitions=1)
             producer = KafkaProducer(bootstrap_servers=broker.bootstrap, acks="all")

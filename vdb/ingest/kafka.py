@@ -130,6 +130,8 @@ class KafkaSource:
         self._lock = threading.RLock()
         self._next: dict[TopicPartition, int] = {}
         self._positions: dict[TopicPartition, int] = {}
+        self._recreated: set[TopicPartition] = set()
+        self._reconnect = False
         self._assigned: list[TopicPartition] = []
         self._paused: set[TopicPartition] = set()
         self._errors = 0
@@ -152,6 +154,7 @@ class KafkaSource:
             "client_id": self.client_id,
             "group_id": self.group_id,
             "enable_auto_commit": False,
+            "allow_auto_create_topics": False,
             "auto_offset_reset": self.auto_offset_reset,
             "isolation_level": self.isolation_level,
             "fetch_max_wait_ms": 5,
@@ -221,6 +224,20 @@ class KafkaSource:
         if self._monitor is not None:
             self._monitor.join(timeout=5)
 
+    def _drop_consumer(self) -> None:
+        """Close the consumer (the pipeline makes what it read durable on revoke); reconnect later."""
+        consumer, self._consumer = self._consumer, None
+        with self._lock:
+            self._assigned = []
+            self._paused.clear()
+            self._positions.clear()
+        if consumer is not None:
+            try:
+                consumer.close(autocommit=False)
+            except Exception as exc:
+                log.warning("%s: closing the consumer: %s", self.name, exc)
+        log.warning("%s: reconnecting with a fresh consumer", self.name)
+
     # -- reading -----------------------------------------------------------
 
     def poll(self, max_records: int, timeout_s: float) -> list[Message]:
@@ -228,6 +245,9 @@ class KafkaSource:
 
         if self._closed.is_set() or self._assignment is None:
             raise RuntimeError("KafkaSource.poll before start() or after close()")
+        if self._reconnect:
+            self._reconnect = False
+            self._drop_consumer()
         if self._consumer is None and not self._connect():
             time.sleep(min(timeout_s, max(0.0, self._connect_at - time.monotonic())))
             return []
@@ -258,6 +278,7 @@ class KafkaSource:
                     ts = r.timestamp if r.timestamp is not None and r.timestamp >= 0 else None
                     messages.append(Message(topic, partition, r.offset, r.key, r.value, ts))
                 self._next[(topic, partition)] = records[-1].offset + 1
+                self._recreated.discard((topic, partition))
         now = time.monotonic()
         if now - self._last_truncation_check >= 0.5:
             self._last_truncation_check = now
@@ -292,6 +313,8 @@ class KafkaSource:
             for topic, partition in partitions:
                 tp = KafkaTP(topic, partition)
                 stored = self._assignment.stored_offset(topic, partition)
+                if (topic, partition) in self._recreated:
+                    stored = None  # the stored offset belongs to the lost log
                 if stored is not None:
                     self._consumer.seek(tp, stored + 1)
                     self._next[(topic, partition)] = stored + 1
@@ -312,35 +335,49 @@ class KafkaSource:
                 )
 
     def _check_truncation(self) -> None:
-        """Rewind partitions whose log end fell behind our position (log lost or re-created)."""
+        """Rewind partitions whose log end fell behind our position (log lost or re-created).
+
+        Never holds ``_lock`` while calling into the consumer: ``position`` may wait
+        for kafka-python's IO thread, which may be running our rebalance listener.
+        """
         from kafka import TopicPartition as KafkaTP
 
         consumer = self._consumer
         with self._lock:
-            for (topic, partition), position in list(self._next.items()):
-                tp = KafkaTP(topic, partition)
-                try:
-                    highwater = consumer.highwater(tp)
-                except Exception:
-                    continue
-                if highwater is not None and highwater < position:
-                    log.warning(
-                        "%s: %s[%d] log ends at %d, before our position %d: the log was "
-                        "truncated or re-created; reading it again from the beginning",
-                        self.name,
-                        topic,
-                        partition,
-                        highwater,
-                        position,
-                    )
-                    consumer.seek(tp, 0)
+            items = list(self._next.items())
+        for (topic, partition), position in items:
+            tp = KafkaTP(topic, partition)
+            try:
+                highwater = consumer.highwater(tp)
+            except Exception:
+                continue
+            if highwater is not None and highwater < position:
+                log.warning(
+                    "%s: %s[%d] log ends at %d, before our position %d: the log was "
+                    "truncated or re-created; reading it again from the beginning",
+                    self.name,
+                    topic,
+                    partition,
+                    highwater,
+                    position,
+                )
+                with self._lock:
+                    self._recreated.add((topic, partition))
                     self._next[(topic, partition)] = 0
                     self._offset_resets += 1
-                    continue
-                try:  # past transaction markers too, unlike the last delivered offset
-                    self._positions[(topic, partition)] = consumer.position(tp, timeout_ms=0)
-                except Exception:
+                # A fresh consumer: kafka-python can keep fetching a re-created topic
+                # with stale state and never see its new records.
+                self._reconnect = True
+                continue
+            try:  # past transaction markers too, unlike the last delivered offset
+                fetch_position = consumer.position(tp, timeout_ms=0)
+            except Exception:
+                fetch_position = None
+            with self._lock:
+                if fetch_position is None:
                     self._positions.pop((topic, partition), None)
+                else:
+                    self._positions[(topic, partition)] = fetch_position
 
     def positions(self) -> dict[TopicPartition, int]:
         """The next offset to read per partition, as last seen by the reader."""

@@ -411,7 +411,7 @@ class IngestHandle:
         gone = set(partitions)
         with self._stats_lock:
             self._assigned = [tp for tp in self._assigned if tp not in gone]
-        offsets = {tp: off for tp, off in self._durable.items() if tp in gone}
+        offsets = {tp: off for tp, off in self._durable_offsets().items() if tp in gone}
         if offsets:
             try:
                 self.source.commit(offsets)
@@ -554,8 +554,13 @@ class IngestHandle:
                 self._cond.wait(0.1 if remaining is None else min(0.1, remaining))
         return True
 
+    def _durable_offsets(self) -> dict[TopicPartition, int]:
+        with self._stats_lock:
+            return dict(self._durable)
+
     def _commit_upstream(self) -> None:
-        changed = {tp: off for tp, off in self._durable.items() if self._committed.get(tp) != off}
+        durable = self._durable_offsets()
+        changed = {tp: off for tp, off in durable.items() if self._committed.get(tp) != off}
         if not changed:
             return
         try:
@@ -680,8 +685,8 @@ class IngestHandle:
                 ps.batch_latency_ms_last = round(elapsed * 1000.0, 3)
                 ps.rate.add(n, now)
                 ps.offset = batch.offsets[tp]
-        for tp, off in batch.offsets.items():
-            self._durable[tp] = off
+        with self._stats_lock:
+            self._durable.update(batch.offsets)
         # Adapt on a smoothed latency so that one slow batch (a checkpoint, a busy
         # core) does not ratchet the target down; grow only on full batches.
         smooth = self._latency_smooth
