@@ -348,3 +348,43 @@ def test_dead_letters_are_kept_up_to_a_limit(tmp_path):
         assert [d.offset for d in db.dead_letters(source="src")] == [3, 5, 7]
         assert db.stats()["dead_letters"] == 5
         assert db.source_offsets("src") == {("t", 0): 7}
+
+
+FIRST_QUERY_CHILD = textwrap.dedent(
+    """
+    import json, sys
+    import numpy as np
+    import vdb
+    after_import = sorted(m for m in sys.modules if m.split(".")[0] in HEAVY)
+    db = vdb.open(sys.argv[1])
+    hits = db.collection("c").search(np.ones(8, np.float32), k=3)
+    from vdb.index import kernels
+    loaded = {"search_batch": bool(kernels.search_batch.signatures)}
+    after_search = sorted(m for m in sys.modules if m.split(".")[0] in HEAVY)
+    print(json.dumps({"hits": [h.id for h in hits], "after_import": after_import,
+                      "after_search": after_search, "loaded": loaded}))
+    db.close(checkpoint=False)
+    """
+).replace("HEAVY", repr({"numba", "starlette", "uvicorn", "kafka", "prometheus_client", "lmdb"}))
+
+
+def test_first_query_in_a_new_process_loads_only_what_it_needs(tmp_path):
+    with vdb.open(tmp_path / "d") as db:
+        col = db.create_collection("c", dim=8, metric="l2")
+        col.upsert([1, 2, 3], np.eye(8, dtype=np.float32)[:3] + 0.5)
+    script = tmp_path / "child.py"
+    script.write_text(FIRST_QUERY_CHILD)
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.run(
+        [sys.executable, str(script), str(tmp_path / "d")],
+        env=env,
+        capture_output=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr.decode()[-2000:]
+    out = json.loads(proc.stdout.decode().strip().splitlines()[-1])
+    assert sorted(out["hits"]) == [1, 2, 3]
+    assert out["after_import"] == []  # `import vdb` pulls in no engine, server or client
+    # opening loads storage and the index, never the HTTP server, Kafka or metrics stacks
+    assert {m.split(".")[0] for m in out["after_search"]} == {"numba", "lmdb"}
+    assert out["loaded"]["search_batch"]

@@ -145,7 +145,9 @@ class Database:
             self._recover()
             if warm:
                 for col in self._collections.values():
-                    col._index.warm()
+                    # search kernels now; write kernels in the background, so that the
+                    # first query after open does not wait for them
+                    col._index.warm(background=True)
         except BaseException:
             self._store.close()
             raise

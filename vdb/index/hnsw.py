@@ -735,22 +735,53 @@ class HNSW:
 
     # -- warm-up ----------------------------------------------------------------------------
 
-    def warm(self) -> None:
-        """Compile (or load from the cache) and run every kernel, on a tiny throw-away index."""
+    def warm(self, writes: bool = True, background: bool = False) -> None:
+        """Load (from Numba's cache, or compile) the kernels before they are first needed.
+
+        The kernels are typed on array dtypes only, not on ``dim`` or the metric, so this
+        runs once per process: later calls return at once. The search kernels are loaded
+        now; the write kernels (add, delete, replace, reachability repair) too when
+        ``writes``, in a daemon thread when ``background`` (so a first query does not wait
+        for kernels only writes use)."""
+        with _warm_lock:
+            if not _warmed["search"]:
+                _warm_search(self._dim, self._metric)
+                _warmed["search"] = True
+            if not writes or _warmed["write"] != "":
+                return
+            _warmed["write"] = "background" if background else "done"
+        if background:
+            threading.Thread(
+                target=_warm_writes, args=(self._dim, self._metric), name="vdb-warm", daemon=True
+            ).start()
+        else:
+            _warm_writes(self._dim, self._metric)
+
+
+_warm_lock = threading.Lock()
+_warmed: dict[str, Any] = {"search": False, "write": ""}
+
+
+def _warm_search(dim: int, metric: str) -> None:
+    """Run the search kernels (one query, a batch, a masked search) on an empty index."""
+    h = HNSW(dim, metric, capacity=64, seed=0)
+    q = np.full((1, dim), 0.5, np.float32)
+    h.search(q, 3)
+    h.search(q, 3, allowed=np.ones(8, bool))
+    kernels.query_status(np.repeat(q, 2 * _SEARCH_GRAIN, axis=0), metric == "cosine")
+
+
+def _warm_writes(dim: int, metric: str) -> None:
+    """Run every write kernel on a tiny throw-away index."""
+    try:
         rng = np.random.default_rng(0)
-        h = HNSW(self._dim, self._metric, M=self._M, ef_construction=16, capacity=64, seed=0)
-        h.add(rng.standard_normal((40, self._dim)).astype(np.float32) + 0.1)
-        q = rng.standard_normal((2, self._dim)).astype(np.float32) + 0.1
-        h.search(q, 3)
-        mask = np.zeros(40, bool)
-        mask[::3] = True
-        h.search(q, 3, allowed=mask)
-        mask[:] = False
-        mask[:2] = True
-        h.search(q, 3, allowed=mask)
+        h = HNSW(dim, metric, M=4, ef_construction=16, capacity=64, seed=0, n_threads=1)
+        h.add(rng.standard_normal((40, dim)).astype(np.float32) + 0.1)
         h.delete([1, 2])
-        h.add(rng.standard_normal((1, self._dim)).astype(np.float32) + 0.1)
-        h.replace(3, rng.standard_normal(self._dim).astype(np.float32) + 0.1)
+        h.add(rng.standard_normal((1, dim)).astype(np.float32) + 0.1)
+        h.replace(3, rng.standard_normal(dim).astype(np.float32) + 0.1)
+    except Exception:  # warming is an optimisation only; the first write compiles instead
+        log.warning("warming the index write kernels failed", exc_info=True)
 
 
 def _kernel_ready(flags: Any) -> bool:
