@@ -247,6 +247,19 @@ def test_every_live_point_reachable_after_churn(metric, M, n_ids, steps, seed):
     assert lost.size == 0, f"{lost.size} of {slots.size} live points not found by their vector"
 
 
+def test_amortised_reachability_check_repairs_large_indexes(monkeypatch):
+    # as on an index above _CHECK_ALWAYS_MAX: the check runs once enough points were written
+    monkeypatch.setattr(hnsw_module, "_CHECK_ALWAYS_MAX", 0)
+    monkeypatch.setattr(hnsw_module, "_CHECK_SHARE", 0)  # never during the churn
+    h, slot_of = churn("l2", 8, 165, 1500, 0)
+    slots = np.array(sorted(slot_of.values()), np.int64)
+    assert not layer0_reachable(h)[slots].all()  # the churn did cut points off
+    monkeypatch.setattr(hnsw_module, "_CHECK_SHARE", 4)
+    extra = np.random.default_rng(5).standard_normal((len(h) // 4 + 1, 16)).astype(np.float32)
+    slots = np.concatenate([slots, h.add(extra)])  # enough written: this add runs the check
+    assert layer0_reachable(h)[slots].all()
+
+
 @pytest.mark.parametrize("walk_only", [False, True], ids=["auto", "walk-only"])
 @pytest.mark.parametrize("fraction", [0.5, 0.05, 0.001])
 def test_filtered_search_matches_brute_force(
