@@ -247,17 +247,31 @@ def test_every_live_point_reachable_after_churn(metric, M, n_ids, steps, seed):
     assert lost.size == 0, f"{lost.size} of {slots.size} live points not found by their vector"
 
 
-def test_amortised_reachability_check_repairs_large_indexes(monkeypatch):
-    # as on an index above _CHECK_ALWAYS_MAX: the check runs once enough points were written
+def test_reachability_check_reattaches_cut_off_points(monkeypatch):
+    data = mixture(600, 16, 6, seed=13)
+    h = HNSW(16, "l2", M=8, seed=13)
+    h.add(data)
+    arrays = h.to_arrays()
+    entry = int(arrays["params"][8])
+    cut = [s for s in np.flatnonzero(arrays["levels"] == 0)[:40:8].tolist() if s != entry]
+    links = arrays["links0"]
+    for row in links:  # remove every layer-0 link into the cut slots
+        kept = [nb for nb in row[1 : 1 + row[0]].tolist() if nb not in cut]
+        row[1:] = 0
+        row[0] = len(kept)
+        row[1 : 1 + len(kept)] = kept
+    h = HNSW.from_arrays(arrays)
+    assert not layer0_reachable(h)[cut].any()
+    # as on a large index: the check waits until the writes since the last one reach a share
     monkeypatch.setattr(hnsw_module, "_CHECK_ALWAYS_MAX", 0)
-    monkeypatch.setattr(hnsw_module, "_CHECK_SHARE", 0)  # never during the churn
-    h, slot_of = churn("l2", 8, 165, 1500, 0)
-    slots = np.array(sorted(slot_of.values()), np.int64)
-    assert not layer0_reachable(h)[slots].all()  # the churn did cut points off
     monkeypatch.setattr(hnsw_module, "_CHECK_SHARE", 4)
-    extra = np.random.default_rng(5).standard_normal((len(h) // 4 + 1, 16)).astype(np.float32)
-    slots = np.concatenate([slots, h.add(extra)])  # enough written: this add runs the check
-    assert layer0_reachable(h)[slots].all()
+    extra = mixture(200, 16, 6, seed=14)
+    h.add(extra[:1])
+    assert not layer0_reachable(h)[cut].any()  # 1 of 601 written: not checked yet
+    h.add(extra[1:])
+    assert layer0_reachable(h)[: len(h)].all()
+    found, _ = h.search(data[cut], 1, ef=800)
+    assert found[:, 0].tolist() == cut
 
 
 @pytest.mark.parametrize("walk_only", [False, True], ids=["auto", "walk-only"])

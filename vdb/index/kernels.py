@@ -686,3 +686,33 @@ def repair_reachability(
         seen[:] = 0
         _mark_from(links0, ep, seen, stack)
     return repaired
+
+
+@njit(fastmath=True, cache=True, nogil=True)
+def hand_over(metric, vectors, links0, upper_off, slots, skip):
+    """Before slots get new vectors: each layer-0 out-neighbour ``n`` of a slot is about to lose
+    the link slot -> n, so it gets a link from the slot's other neighbour closest to it (not
+    one in ``skip``, the slots being re-linked), added with the usual pruning. This keeps most
+    paths that went through the slot; ``repair_reachability`` catches the rest."""
+    maxc = links0.shape[1] - 1
+    for idx in range(slots.shape[0]):
+        p = slots[idx]
+        cnt_p = min(links0[p, 0], maxc)
+        old = links0[p, 1 : cnt_p + 1].copy()
+        for a in range(cnt_p):
+            n = old[a]
+            if n == p or skip[n] != 0:
+                continue
+            best = -1
+            bestd = np.float32(np.inf)
+            vn = vectors[n]
+            for b in range(cnt_p):
+                c = old[b]
+                if c == n or c == p or skip[c] != 0:
+                    continue
+                d = distance(metric, vectors[c], vn)
+                if d < bestd:
+                    bestd = d
+                    best = c
+            if best >= 0:
+                _add_link(metric, vectors, links0, upper_off, 0, best, n, maxc)
