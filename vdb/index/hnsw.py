@@ -36,6 +36,14 @@ same time as the writer. Search kernels run with the GIL released.
   ``replace`` writes the new vector in place, so a concurrent reader may score
   that one point with a half-written vector; it still returns valid slots.
 
+Churn: re-linking a reused or replaced slot hands the in-links it gave its old
+neighbours over to its other neighbours (``kernels.hand_over``), and after
+writes the writer re-attaches any live point the entry point no longer reaches
+on layer 0 (``kernels.repair_reachability``; after every write up to
+``_CHECK_ALWAYS_MAX`` live points, amortised above). Both add links the same way
+as inserts (row first, count last). The entry point is moved off a slot before
+that slot is re-linked.
+
 Each searching thread has its own visited array (generation-tagged uint16),
 so searches share nothing writable.
 """
