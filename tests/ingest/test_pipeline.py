@@ -90,7 +90,12 @@ def test_stop_applies_the_batch_in_flight(db, tmp_path):
     path.write_text("\n".join(line(i) for i in range(50)) + "\n")
     # A batch that would wait a minute to be cut: stop() must apply it anyway.
     handle = db.ingest(
-        FileSource(path, follow=True), "c", max_wait_ms=60_000, batch_start=1000, batch_max=1000
+        FileSource(path, follow=True),
+        "c",
+        max_wait_ms=60_000,
+        batch_start=1000,
+        batch_max=1000,
+        eager=False,
     )
     s = wait_until(lambda: (s := handle.stats())["pending_records"] == 50 and s)
     assert s["records"] == 0 and db.collection("c").count() == 0
@@ -98,6 +103,22 @@ def test_stop_applies_the_batch_in_flight(db, tmp_path):
     assert not handle.running and handle.stats()["state"] == "stopped"
     assert db.collection("c").count() == 50
     assert db.source_offsets(f"file:{path}") == {(str(path), 0): 49}
+
+
+def test_idle_writer_applies_a_partial_batch_without_waiting_for_its_age(db, tmp_path):
+    path = tmp_path / "in.jsonl"
+    path.write_text("\n".join(line(i) for i in range(50)) + "\n")
+    # Neither size (1000) nor age (10 minutes) would cut this batch: the idle writer takes it.
+    handle = db.ingest(
+        FileSource(path, follow=True), "c", max_wait_ms=600_000, batch_start=1000, batch_max=1000
+    )
+    try:
+        wait_until(lambda: db.collection("c").count() == 50)
+        s = wait_until(lambda: (s := handle.stats())["records"] == 50 and s)
+        assert s["pending_records"] == 0 and s["queued_records"] == 0
+        assert db.source_offsets(f"file:{path}") == {(str(path), 0): 49}
+    finally:
+        handle.stop()
 
 
 def test_bad_collection_and_options_are_refused(db, tmp_path):

@@ -186,6 +186,8 @@ class IngestHandle:
     ``batch_max``         largest batch (1024); ``batch_min`` smallest target (16);
     ``batch_start``       initial size target (256)
     ``max_wait_ms``       a batch is cut when its oldest record is this old (20)
+    ``eager``             cut a batch at once when the writer is idle (True: latency first;
+                          False: only by size or age)
     ``latency_target_ms`` smoothed batch apply time the size target adapts to (100)
     ``max_queued_records`` queue bound before partitions are paused (4 x batch_max)
     ``max_rate``          records/s ceiling for this pipeline (None: unlimited)
@@ -221,6 +223,7 @@ class IngestHandle:
         self.max_rate = float(max_rate) if max_rate else None
         self.commit_interval_s = float(options.get("commit_interval_ms") or 500) / 1000.0
         self.stop_at_end = bool(options.get("stop_at_end", True))
+        self.eager = bool(options.get("eager", True))
         self.name = f"{source.name}->{collection}"
         self.started_at = time.time()
 
@@ -451,8 +454,11 @@ class IngestHandle:
                     if messages:
                         self._add(messages)
                     batch = self._pending
+                    # Latency first: an idle writer gets what there is now; while it is
+                    # busy records accumulate (group commit) up to the size target or age.
                     if batch and (
-                        len(batch) >= int(self.batch_target)
+                        (self.eager and not self._writer_busy)
+                        or len(batch) >= int(self.batch_target)
                         or time.monotonic() - batch.started >= self.max_wait_s
                     ):
                         self._flush_pending()
@@ -573,13 +579,9 @@ class IngestHandle:
 
     def _write_loop(self) -> None:
         while True:
-            with self._cond:
-                while not self._queue:
-                    if self._reader_done.is_set():
-                        return
-                    self._cond.wait(0.1)
-                batch = self._queue[0]
-                self._writer_busy = True
+            batch = self._take()
+            if batch is None:
+                return
             try:
                 ok = self._apply(batch)
             except Exception as exc:
@@ -588,7 +590,6 @@ class IngestHandle:
                 self._state = "failed"
                 log.exception("%s: ingest writer failed", self.name)
             with self._cond:
-                self._queue.popleft()
                 self._queued_records -= len(batch)
                 self._writer_busy = False
                 self._cond.notify_all()
@@ -601,6 +602,47 @@ class IngestHandle:
                     self._cond.notify_all()
                 self._stop.set()
                 return
+
+    def _take(self) -> _Batch | None:
+        """The next batch to apply: every queued batch up to ``batch_max`` records, merged.
+
+        When nothing is queued the writer takes the reader's partial batch itself
+        rather than waiting for its age. ``None`` once the reader is done and
+        nothing is left. Marks the writer busy; the records stay counted in
+        ``_queued_records`` until applied (back-pressure sees them).
+        """
+        while True:
+            with self._cond:
+                while not self._queue and not (self.eager and self._pending):
+                    if self._reader_done.is_set():
+                        return None
+                    self._cond.wait(0.1)
+                if self._queue:
+                    self._writer_busy = True
+                    return self._merge_queued()
+            with self._pending_lock:  # lock order: _pending_lock, then _cond
+                self._flush_pending()
+
+    def _merge_queued(self) -> _Batch:
+        """Pop queued batches, in order, up to ``batch_max`` records (caller holds ``_cond``)."""
+        batch = self._queue.popleft()
+        if not self._queue or len(batch) + len(self._queue[0]) > self.batch_max:
+            return batch
+        merged = _Batch(started=batch.started)
+        while True:
+            merged.ops.extend(batch.ops)
+            merged.messages.extend(batch.messages)
+            merged.dead.extend(batch.dead)
+            for tp, off in batch.offsets.items():
+                if off > merged.offsets.get(tp, -1):
+                    merged.offsets[tp] = off
+            for tp, n in batch.counts.items():
+                merged.counts[tp] = merged.counts.get(tp, 0) + n
+            for tp, n in batch.dead_counts.items():
+                merged.dead_counts[tp] = merged.dead_counts.get(tp, 0) + n
+            if not self._queue or len(merged) + len(self._queue[0]) > self.batch_max:
+                return merged
+            batch = self._queue.popleft()
 
     def _apply(self, batch: _Batch) -> bool:
         offsets = {(self.source.name, t, p): off for (t, p), off in batch.offsets.items()}
@@ -710,6 +752,7 @@ _OPTIONS = {
     "max_rate",
     "commit_interval_ms",
     "stop_at_end",
+    "eager",
 }
 
 
