@@ -39,6 +39,7 @@ from bench.common import (
     host_info,
     log,
     percentiles,
+    random_unit_vectors,
     subprocess_env,
 )
 
@@ -126,9 +127,8 @@ import numpy as np
 from kafka import KafkaProducer
 bootstrap, topic, rate, count, linger, fmt, out, id_offset, partitions = sys.argv[1:10]
 rate, count, linger, id_offset, partitions = float(rate), int(count), int(linger), int(id_offset), int(partitions)
-rng = np.random.default_rng(12345 + id_offset)
-vectors = rng.normal(size=(count, 128)).astype(np.float32)
-vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+from bench.common import random_unit_vectors
+vectors = random_unit_vectors(count, 128, seed=12345 + id_offset)
 if fmt == "msgpack":
     values = [msgpack.packb({"id": id_offset + i, "vector": vectors[i].astype("<f4").tobytes()}) for i in range(count)]
 else:
@@ -192,10 +192,7 @@ class Producer:
 
 def vectors_for(count: int, id_offset: int = 0) -> np.ndarray:
     """The vectors the producer process sends (same seed and order)."""
-    rng = np.random.default_rng(12345 + id_offset)
-    vectors = rng.normal(size=(count, DIM)).astype(np.float32)
-    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
-    return vectors
+    return random_unit_vectors(count, DIM, seed=12345 + id_offset)
 
 
 # ------------------------------------------------------------------- floor
