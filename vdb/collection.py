@@ -482,6 +482,128 @@ class Collection:
             finally:
                 self._generation += 1
 
+    def _apply_records(self, items: Sequence[tuple[dict[str, Any], int]]) -> list[dict[str, Any]]:
+        """Apply committed records (in seq order) to memory; one result per record.
+
+        Runs of consecutive point writes (``"w"`` records) are merged into ONE
+        index operation: the last operation on an id in the run wins, new ids
+        go to one ``index.add`` and existing ones to one batched
+        ``index.replace``, under one generation bump. The end state equals
+        applying the records one by one. Called by the writer (one group
+        commit) and by recovery (a batch of replayed records).
+        """
+        results: list[dict[str, Any]] = []
+        with self._apply_lock:
+            i = 0
+            while i < len(items):
+                j = i
+                while j < len(items) and items[j][0]["t"] == "w":
+                    j += 1
+                if j == i:
+                    results.append(self._apply_record(*items[i]))
+                    i += 1
+                    continue
+                self._generation += 1
+                generation = self._generation
+                try:
+                    results.extend(self._apply_writes(items[i:j], generation))
+                finally:
+                    self._generation += 1
+                self.applied_seq = items[j - 1][1]
+                self._sorted_cache = None
+                i = j
+        return results
+
+    def _apply_writes(
+        self, items: Sequence[tuple[dict[str, Any], int]], generation: int
+    ) -> list[dict[str, Any]]:
+        """Merge consecutive write records into one delete pass, one replace and one add."""
+        if len(items) == 1:
+            record, seq = items[0]
+            result = self._apply_write(record, generation)
+            result["seq"] = seq
+            return [result]
+        index, idmap, payloads = self._index, self._ids, self._payloads
+        exists: dict[PointId, bool] = {}
+        final: dict[PointId, tuple[int, int] | None] = {}  # None: deleted
+        results: list[dict[str, Any]] = []
+        for r, (record, seq) in enumerate(items):
+            deleted = 0
+            for point_id in record["d"]:
+                present = exists.get(point_id)
+                if present is None:
+                    present = point_id in idmap
+                if present:
+                    deleted += 1
+                exists[point_id] = False
+                final[point_id] = None
+            for pos, point_id in enumerate(record["u"]):
+                exists[point_id] = True
+                final[point_id] = (r, pos)
+            results.append({"deleted": deleted, "upserted": len(record["u"]), "seq": seq})
+
+        deleted_slots = []
+        rep_slots: list[int] = []
+        rep_src: list[tuple[int, int]] = []
+        new_ids: list[PointId] = []
+        new_src: list[tuple[int, int]] = []
+        for point_id, src in final.items():
+            if src is None:
+                slot = idmap.remove(point_id, generation)
+                if slot is not None:
+                    deleted_slots.append(slot)
+                    payloads.remove(slot)
+                continue
+            slot = idmap.get(point_id)
+            if slot is None:
+                new_ids.append(point_id)
+                new_src.append(src)
+            else:
+                rep_slots.append(slot)
+                rep_src.append(src)
+        if deleted_slots:
+            index.delete(np.asarray(deleted_slots, dtype=np.int32))
+        if not rep_src and not new_src:
+            return results
+
+        # one matrix of every record's vectors; a (record, position) pair is a row of it
+        mats = []
+        starts = []
+        total = 0
+        for record, _ in items:
+            vectors = record.get("_vectors")
+            if vectors is None:
+                vectors = np.frombuffer(record["v"], dtype=np.float32).reshape(-1, self.dim)
+            mats.append(vectors)
+            starts.append(total)
+            total += len(vectors)
+        allvec = np.concatenate(mats) if len(mats) > 1 else mats[0]
+
+        def rows(srcs: list[tuple[int, int]]) -> np.ndarray:
+            return np.fromiter((starts[r] + pos for r, pos in srcs), np.int64, len(srcs))
+
+        def meta(src: tuple[int, int]) -> tuple[Any, int | None]:
+            record = items[src[0]][0]
+            pt = record.get("pt")
+            return record["p"][src[1]], (pt[src[1]] if pt else None)
+
+        if rep_src:
+            # one batched call: candidate search and neighbour selection run in parallel
+            index.replace(np.asarray(rep_slots, dtype=np.int64), allvec[rows(rep_src)])
+            for slot, src in zip(rep_slots, rep_src, strict=True):
+                payload, partition = meta(src)
+                payloads.set(slot, payload)
+                idmap.set_partition(slot, partition)
+        if new_src:
+            slots = index.add(allvec[rows(new_src)])
+            for point_id, src, slot in zip(
+                new_ids, new_src, np.asarray(slots).tolist(), strict=True
+            ):
+                payload, partition = meta(src)
+                idmap.assign(point_id, slot, partition, generation)
+                payloads.set(slot, payload)
+        return results
+
     def _apply_locked(self, record: dict[str, Any], seq: int, generation: int) -> dict[str, Any]:
         if record["t"] == "w":
             result = self._apply_write(record, generation)

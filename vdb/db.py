@@ -46,6 +46,7 @@ log = logging.getLogger(__name__)
 
 NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]{0,254}$")
 _STOP = object()
+REPLAY_BATCH_OPS = 50_000  # ops per merged apply during WAL replay
 GROUP_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, float("inf"))
 
 
@@ -234,6 +235,18 @@ class Database:
                 self._by_uid[uid] = col
         start = min(self._covered.values(), default=self._last_seq)
         replayed = 0
+        # Replayed records are applied in big batches per collection (one merged,
+        # parallel index operation per batch), not record by record.
+        batch: list[tuple[dict[str, Any], int]] = []
+        batch_col: Collection | None = None
+        batch_ops = 0
+
+        def flush() -> None:
+            nonlocal batch, batch_col, batch_ops
+            if batch_col is not None and batch:
+                batch_col._apply_records(batch)
+            batch, batch_col, batch_ops = [], None, 0
+
         with store.read() as txn:
             cursor = txn.cursor(db=store.db("wal"))
             if cursor.set_range(u64(start + 1)):
@@ -243,8 +256,13 @@ class Database:
                     col = self._by_uid.get(record.get("c"))
                     if col is None or seq <= self._covered[col.uid]:
                         continue
-                    col._apply_record(record, seq)
+                    if col is not batch_col or batch_ops >= REPLAY_BATCH_OPS:
+                        flush()
+                        batch_col = col
+                    batch.append((record, seq))
+                    batch_ops += len(record.get("u") or ()) + len(record.get("d") or ()) + 1
                     replayed += 1
+            flush()
         self._stats.recovery_s = time.perf_counter() - started
         self._stats.recovered_records = replayed
         log.info(
@@ -489,23 +507,27 @@ class Database:
                 stats.group_total += len(group)
                 stats.group_ops_max = max(stats.group_ops_max, size)
 
+            # Consecutive committed records of one collection are applied together
+            # (one merged index operation); their futures resolve after it.
+            run: list[tuple[WriteRequest, int]] = []
             for r, (status, value) in zip(group, outcomes, strict=True):
                 if status == "error":
                     r.future.set_exception(value)
                     continue
+                if r.kind == "record" and value is not None:
+                    if run and run[0][0].collection is not r.collection:
+                        self._apply_run(run)
+                        run = []
+                    run.append((r, value))
+                    continue
+                if run:
+                    self._apply_run(run)
+                    run = []
                 try:
                     if r.kind == "record":
-                        if value is None:
-                            result = {
-                                "seq": self._last_seq,
-                                "deleted": 0,
-                                "upserted": 0,
-                                "updated": 0,
-                            }
-                        else:
-                            result = r.collection._apply_record(r.record, value)
-                            self._last_seq = value
-                        r.future.set_result(result)
+                        r.future.set_result(
+                            {"seq": self._last_seq, "deleted": 0, "upserted": 0, "updated": 0}
+                        )
                     elif r.kind == "create":
                         col = self._new_collection(value, None)
                         col.applied_seq = value["created_seq"]
@@ -535,6 +557,26 @@ class Database:
                             f"the write is durable but applying it in memory failed: {exc}; reopen to recover"
                         )
                     )
+            if run:
+                self._apply_run(run)
+
+    def _apply_run(self, run: list[tuple[WriteRequest, int]]) -> None:
+        """Apply committed records of one collection (seq order) and resolve their futures."""
+        col = run[0][0].collection
+        try:
+            results = col._apply_records([(r.record, seq) for r, seq in run])
+        except BaseException as exc:
+            log.exception("applying %d committed records failed", len(run))
+            self._poisoned = f"applying a committed write in memory failed: {exc}"
+            error = StorageError(
+                f"the write is durable but applying it in memory failed: {exc}; reopen to recover"
+            )
+            for r, _ in run:
+                r.future.set_exception(error)
+            return
+        self._last_seq = max(self._last_seq, run[-1][1])
+        for (r, _), result in zip(run, results, strict=True):
+            r.future.set_result(result)
 
     # -- ingest-facing API -------------------------------------------------------------------
 
