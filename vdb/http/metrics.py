@@ -55,10 +55,18 @@ class HttpMetrics:
             registry=registry,
         )
 
+        self._children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+
     def observe(self, route: str, method: str, status: int, seconds: float) -> None:
-        labels = (route, method, str(status))
-        self.requests.labels(*labels).inc()
-        self.latency.labels(*labels).observe(seconds)
+        key = (route, method, status)
+        children = self._children.get(key)
+        if children is None:  # the labelled children are looked up once per label set
+            labels = (route, method, str(status))
+            children = (self.requests.labels(*labels), self.latency.labels(*labels))
+            if len(self._children) < 10_000:  # methods and routes are few; stay bounded
+                self._children[key] = children
+        children[0].inc()
+        children[1].observe(seconds)
 
 
 class MetricsMiddleware:

@@ -113,6 +113,49 @@ class QdrantApi:
         content, media_type = await anyio.to_thread.run_sync(work, limiter=limiter)
         return Response(content, status_code=status_code, media_type=media_type)
 
+    async def run_search(
+        self,
+        request: Request,
+        parse: Callable[[dict[str, Any]], Query],
+        execute: Callable[[Query], Any],
+        *,
+        body_required: bool,
+    ) -> Response:
+        """One search: run on the event loop when it is cheap, else in the thread pool.
+
+        Handing a request to a worker thread and back costs more than a small
+        graph search itself, so a small body is decoded and parsed inline and a
+        query that ``is_light`` (no filter, not exact, modest ``limit`` and
+        ``ef``) runs inline too. Anything else, and every big body, goes to the
+        thread pool so the event loop is never held up for long. Errors and
+        answers are the same either way.
+        """
+        started = time.perf_counter()
+        raw = await request.body()
+        content_type = request.headers.get("content-type")
+        msgpack_out = wants_msgpack(request)
+        if len(raw) <= INLINE_BODY_MAX:
+            decoded = parse_body(raw, content_type, required=body_required)
+            query = parse({} if decoded is None else decoded)
+            if is_light(query):
+                content, media_type = encode(
+                    envelope(execute(query), started), msgpack_out=msgpack_out
+                )
+                return Response(content, media_type=media_type)
+
+            def work() -> tuple[bytes, str]:
+                return encode(envelope(execute(query), started), msgpack_out=msgpack_out)
+
+        else:
+
+            def work() -> tuple[bytes, str]:
+                decoded = parse_body(raw, content_type, required=body_required)
+                query = parse({} if decoded is None else decoded)
+                return encode(envelope(execute(query), started), msgpack_out=msgpack_out)
+
+        content, media_type = await anyio.to_thread.run_sync(work, limiter=self.read_limiter)
+        return Response(content, media_type=media_type)
+
     def update_result(self) -> dict[str, Any]:
         # vdb applies every write before answering, so "completed" is true even for wait=false
         return {"operation_id": next(self._operation_ids), "status": "completed"}
@@ -318,11 +361,13 @@ class QdrantApi:
         name = request.path_params["name"]
         max_limit = self.config.max_limit
 
-        def job(body: dict[str, Any]) -> dict[str, Any]:
-            query = parse_query_request(body, "QueryRequest", max_limit)
+        def parse(body: dict[str, Any]) -> Query:
+            return parse_query_request(body, "QueryRequest", max_limit)
+
+        def execute(query: Query) -> dict[str, Any]:
             return {"points": run_query(self.view(name), query)}
 
-        return await self.run(request, job, body=False)
+        return await self.run_search(request, parse, execute, body_required=False)
 
     async def query_batch(self, request: Request) -> Response:
         name = request.path_params["name"]
@@ -341,11 +386,15 @@ class QdrantApi:
         """Legacy ``/points/search`` (removed from Qdrant 1.19, still used by old clients)."""
         name = request.path_params["name"]
 
-        def job(body: dict[str, Any]) -> list[dict[str, Any]]:
-            query = parse_search_request(body, "SearchRequest", self.config.max_limit)
+        max_limit = self.config.max_limit
+
+        def parse(body: dict[str, Any]) -> Query:
+            return parse_search_request(body, "SearchRequest", max_limit)
+
+        def execute(query: Query) -> list[dict[str, Any]]:
             return run_query(self.view(name), query)
 
-        return await self.run(request, job, body=True)
+        return await self.run_search(request, parse, execute, body_required=True)
 
     async def search_batch(self, request: Request) -> Response:
         name = request.path_params["name"]
@@ -481,6 +530,9 @@ class QdrantApi:
     def routes(self) -> list[Route]:
         c = "/collections/{name}"
         return [
+            # the hot search routes first: the router tries routes in order
+            Route(c + "/points/query", self.query_points, methods=["POST"]),
+            Route(c + "/points/search", self.search_points, methods=["POST"]),
             Route("/", self.root, methods=["GET"]),
             Route("/collections", self.list_collections, methods=["GET"]),
             Route(c, self.get_collection, methods=["GET"]),
@@ -497,9 +549,7 @@ class QdrantApi:
             Route(c + "/points/payload/clear", self.clear_payload, methods=["POST"]),
             Route(c + "/points/scroll", self.scroll_points, methods=["POST"]),
             Route(c + "/points/count", self.count_points, methods=["POST"]),
-            Route(c + "/points/query", self.query_points, methods=["POST"]),
             Route(c + "/points/query/batch", self.query_batch, methods=["POST"]),
-            Route(c + "/points/search", self.search_points, methods=["POST"]),
             Route(c + "/points/search/batch", self.search_batch, methods=["POST"]),
             Route(c + "/points/{id}", self.get_point, methods=["GET"]),
             Route(c + "/index", self.create_field_index, methods=["PUT"]),
@@ -957,6 +1007,30 @@ def parse_search_request(body: dict[str, Any], where: str, max_limit: int) -> Qu
 
 
 # -- running searches ---------------------------------------------------------------
+
+
+INLINE_BODY_MAX = 32 * 1024
+"""Search bodies up to this size are decoded on the event loop (a 1,536-d vector is ~30 KB)."""
+INLINE_MAX_K = 100
+INLINE_MAX_EF = 256
+INLINE_MAX_DIM = 4096
+
+
+def is_light(query: Query) -> bool:
+    """Whether a parsed query is cheap enough to run on the event loop.
+
+    Only a plain graph search by vector qualifies: no filter (building the
+    allowed set scans payloads), not exact (a full scan), not by point id
+    (a storage read), ``limit + offset`` and ``ef`` within small bounds.
+    """
+    return (
+        query.vector is not None
+        and query.filter is None
+        and not query.exact
+        and query.limit + query.offset <= INLINE_MAX_K
+        and (query.ef or 0) <= INLINE_MAX_EF
+        and query.vector.size <= INLINE_MAX_DIM
+    )
 
 
 def run_query(view: CollectionView, query: Query) -> list[dict[str, Any]]:
