@@ -101,9 +101,13 @@ class Database:
     Options: ``map_size`` (initial LMDB map, grows by itself), ``max_map_size``
     (hard limit; beyond it writes raise ``StorageFull``),
     ``checkpoint_interval_s`` / ``checkpoint_wal_bytes`` (when background
-    checkpoints run; ``None`` disables either trigger; the WAL trigger waits
-    for at least ``checkpoint_wal_ratio`` times the size of the last
-    checkpoint, so big collections are not rewritten for a little WAL),
+    checkpoints run; ``None`` disables either trigger). By default the WAL
+    trigger is a fixed bound (16 MB), whatever the size of the database, so
+    the WAL a crash leaves to replay stays bounded (a few seconds); a
+    checkpoint writes only the chunks that changed. ``checkpoint_wal_ratio``
+    (default 0) makes the WAL trigger wait for at least that fraction of the
+    last checkpoint's size instead (fewer checkpoints of a big database, a
+    longer replay after a crash),
     ``queue_size`` (bound of the apply queue), ``max_group_ops`` (ops per
     group commit), ``dead_letter_limit`` (the oldest dead letters beyond it
     are dropped), ``warm`` (compile the index kernels on open).
@@ -117,7 +121,7 @@ class Database:
         max_map_size: int | None = None,
         checkpoint_interval_s: float | None = 60.0,
         checkpoint_wal_bytes: int | None = 16 << 20,
-        checkpoint_wal_ratio: float = 0.25,
+        checkpoint_wal_ratio: float = 0.0,
         queue_size: int = 1024,
         max_group_ops: int = 20000,
         dead_letter_limit: int = 100_000,
@@ -398,13 +402,16 @@ class Database:
                 seq = store.last_seq(txn)
                 outcomes: list[tuple[str, Any]] = []
                 db_cols = store.db("collections")
+                checked: set[int] = set()  # collections seen live in this transaction
                 for r in group:
                     try:
                         if r.kind == "record":
                             col = r.collection
-                            raw = txn.get(col.name.encode(), db=db_cols)
-                            if raw is None or unpack(raw)["uid"] != col.uid:
-                                raise CollectionNotFound(f"collection {col.name!r} was dropped")
+                            if col.uid not in checked:  # once per collection and group
+                                raw = txn.get(col.name.encode(), db=db_cols)
+                                if raw is None or unpack(raw)["uid"] != col.uid:
+                                    raise CollectionNotFound(f"collection {col.name!r} was dropped")
+                                checked.add(col.uid)
                             rec_seq = None
                             if r.data is not None:
                                 seq += 1
@@ -439,6 +446,7 @@ class Database:
                                 outcomes.append(("ok", None))
                                 continue
                             uid = unpack(raw)["uid"]
+                            checked.discard(uid)
                             txn.delete(key, db=db_cols)
                             txn.delete(u64(uid), db=store.db("ckptman"))
                             ckpt.delete_prefix(txn, store.db("ckpt"), u64(uid))
@@ -632,12 +640,14 @@ class Database:
                 total += int(meta["size"])
         return total
 
-    def _checkpoint_due(self) -> bool:
+    def _checkpoint_due(self, any_change: bool = False) -> bool:
         if not any(
             col.applied_seq > self._covered.get(col.uid, 0)
             for col in list(self._collections.values())
         ):
             return False
+        if any_change:
+            return True
         if self.checkpoint_wal_bytes is not None and self._stats.wal_bytes_since_checkpoint >= max(
             self.checkpoint_wal_bytes, self.checkpoint_wal_ratio * self._checkpoint_bytes()
         ):
@@ -766,6 +776,9 @@ class Database:
         self._check_open()
         from vdb.wal.snapshot import create_snapshot
 
+        if not self._poisoned and self._checkpoint_due(any_change=True):
+            # a restored snapshot then opens from a checkpoint, not by replaying the WAL
+            self.checkpoint()
         manifest = create_snapshot(self, path, progress=progress)
         with self._stats.lock:
             self._stats.snapshots += 1

@@ -126,3 +126,19 @@ def test_restore_refuses_non_empty_directory_unless_told(tmp_path):
     with pytest.raises(InvalidInput):
         with vdb.open(tmp_path / "x") as db:
             db.snapshot(tmp_path)  # a directory is not a snapshot file name
+
+
+def test_restored_snapshot_opens_from_a_checkpoint(tmp_path):
+    queries = np.random.default_rng(7).standard_normal((10, DIM)).astype(np.float32)
+    with vdb.open(tmp_path / "src", checkpoint_interval_s=None, checkpoint_wal_bytes=None) as db:
+        col = db.create_collection("c", dim=DIM, metric="l2")
+        for i in range(6):
+            col.upsert(*batch(i))
+        assert db.stats()["wal_records_pending"] == 6  # no checkpoint yet
+        db.snapshot(tmp_path / "snap.vdb")
+        expected = results(col, queries)
+    vdb.restore(tmp_path / "snap.vdb", tmp_path / "restored")
+    with vdb.open(tmp_path / "restored") as db:
+        assert db.stats()["recovered_records"] == 0  # nothing to replay
+        assert db.collection("c").count() == 6 * BATCH
+        assert results(db.collection("c"), queries) == expected
