@@ -3,10 +3,13 @@
 Two threads per pipeline:
 
 * the **reader** polls the source, decodes each message on its own (bad ones
-  become dead letters), and cuts batches by size or by age, whichever comes
-  first. The size target adapts: x0.8 when a batch took longer than the
-  latency target, x1.1 when it took less than half of it, within bounds.
-* the **writer** applies one batch at a time, in order, with
+  become dead letters), and cuts a batch at once when the writer is idle
+  (latency first), otherwise by size or by age, whichever comes first. The
+  size target adapts: x0.8 when a batch took longer than the latency target,
+  x1.1 when it took less than half of it, within bounds.
+* the **writer** applies one batch at a time, in order: everything queued
+  while it was busy, merged up to ``batch_max`` records (group commit), or,
+  when nothing is queued, the reader's partial batch. It calls
   ``col.apply(ops, source_offsets=..., dead_letters=...)``: records, dead
   letters and each partition's last offset land in ONE durable transaction,
   and the call returns when they are searchable. Only then are the offsets
