@@ -16,6 +16,7 @@ from typing import Any
 
 import msgpack
 import numpy as np
+import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -34,6 +35,23 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not a valid JSON value")
 
 
+# orjson parses an integer beyond 64 bits as a float where ``json`` keeps it exact, so a
+# body with a long run of integer digits is left to ``json``. The check maps digits to
+# "0", "-" and "." to themselves and all else to " ": an integer literal is then a run of
+# "0" after " " or "-" (a fraction's digits follow ".").
+_DIGIT_CLASSES = bytes(
+    ord("0") if chr(c).isdigit() and c < 128 else c if c in b"-." else ord(" ") for c in range(256)
+)
+_LONG_INT = b" " + b"0" * 20
+_LONG_NEGATIVE_INT = b"-" + b"0" * 19
+
+
+def _orjson_safe(raw: bytes) -> bool:
+    """Whether orjson decodes ``raw`` exactly as ``json`` would (no integer wider than 64 bits)."""
+    classes = b" " + raw.translate(_DIGIT_CLASSES)
+    return _LONG_INT not in classes and _LONG_NEGATIVE_INT not in classes
+
+
 def is_msgpack(content_type: str | None) -> bool:
     if not content_type:
         return False
@@ -47,6 +65,11 @@ def decode(raw: bytes, content_type: str | None) -> Any:
             return msgpack.unpackb(raw, raw=False, strict_map_key=True)
         except Exception as exc:  # msgpack raises several unrelated types
             raise BodyError(f"Format error in msgpack body: {exc}") from None
+    if _orjson_safe(raw):
+        try:
+            return orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            pass  # json below decides, and words the error as it always has
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -103,6 +126,12 @@ def encode(content: Any, *, msgpack_out: bool) -> tuple[bytes, str]:
     """Serialise a response body; numpy vectors become lists (JSON) or float32 bytes (msgpack)."""
     if msgpack_out:
         return msgpack.packb(content, default=_msgpack_default, use_bin_type=True), MSGPACK
+    try:
+        # non-finite floats become null, as _sanitize does; what orjson refuses
+        # (an integer beyond 64 bits, a lone surrogate) goes the json way below
+        return orjson.dumps(content, default=_json_default, option=orjson.OPT_NON_STR_KEYS), JSON
+    except TypeError:
+        pass
     try:
         text = json.dumps(content, default=_json_default, allow_nan=False, separators=(",", ":"))
     except ValueError:  # a non-finite float in a payload

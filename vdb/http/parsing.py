@@ -148,6 +148,9 @@ def id_out(point_id: Any) -> Any:
 # -- vectors --------------------------------------------------------------------
 
 
+_NUMBER_TYPES = frozenset({float, int})
+
+
 def parse_vector(value: Any, where: str, dim: int | None = None) -> np.ndarray:
     """A dense vector: an array of numbers, or raw little-endian float32 bytes (msgpack)."""
     if isinstance(value, bytes | bytearray):
@@ -155,11 +158,12 @@ def parse_vector(value: Any, where: str, dim: int | None = None) -> np.ndarray:
             raise fail(f"`{where}`: float32 bytes must be a multiple of 4 long, got {len(value)}")
         vector = np.frombuffer(value, dtype="<f4").astype(np.float32)
     elif isinstance(value, list):
-        for x in value:
-            if type(x) is not float and type(x) is not int:
-                if isinstance(x, list):
-                    raise fail(f"Bad request: `{where}`: multivectors are not supported by vdb")
-                raise fail(f"`{where}` must be an array of numbers, found {_type_name(x)}")
+        if not set(map(type, value)) <= _NUMBER_TYPES:  # one C-level pass over the list
+            for x in value:  # name the first culprit
+                if type(x) is not float and type(x) is not int:
+                    if isinstance(x, list):
+                        raise fail(f"Bad request: `{where}`: multivectors are not supported by vdb")
+                    raise fail(f"`{where}` must be an array of numbers, found {_type_name(x)}")
         try:
             with np.errstate(over="ignore"):  # too big for float32 -> inf -> refused below
                 vector = np.array(value, dtype=np.float32)

@@ -1113,7 +1113,9 @@ def _shape_hits(view: CollectionView, q: Query, hits: list[Any]) -> list[dict[st
     for hit in hits:
         if q.point_id is not None and hit.id == q.point_id:
             continue
-        score = finite_score(float(hit.score), euclid)
+        score = float(hit.score)
+        if euclid or not -F32_MAX <= score <= F32_MAX:  # NaN fails the comparison too
+            score = finite_score(score, euclid)
         if q.score_threshold is not None:
             if (score > q.score_threshold) if euclid else (score < q.score_threshold):
                 continue
