@@ -1034,7 +1034,24 @@ def is_light(query: Query) -> bool:
 
 
 def run_query(view: CollectionView, query: Query) -> list[dict[str, Any]]:
-    return run_queries(view, [query])[0]
+    """One query; a plain vector query skips the batching of ``run_queries``."""
+    q = query
+    if q.vector is None or q.point_id is not None:
+        return run_queries(view, [q])[0]
+    if q.vector.size != view.dim:
+        raise InvalidInput(
+            f"Wrong input: Vector dimension error: expected dim: {view.dim}, got {q.vector.size}"
+        )
+    hits = view.col.search(
+        q.vector,
+        k=q.limit + q.offset,
+        ef=q.ef,
+        filter=q.filter,
+        with_payload=q.fetch_payload,
+        with_vectors=q.with_vector,
+        exact=bool(q.exact),
+    )
+    return _shape_hits(view, q, hits)
 
 
 def run_queries(view: CollectionView, queries: list[Query]) -> list[list[dict[str, Any]]]:
