@@ -869,7 +869,7 @@ def _capture(col: Collection, seq: int) -> ckpt.Captured:
     with col._apply_lock:
         arrays = col._index.to_arrays()  # copies
         state = col._ids.to_state()
-        payloads = list(col._payloads.items())
+        payloads = _payload_copy(col._payloads)
         return ckpt.Captured(
             uid=col.uid,
             seq=seq,
@@ -881,6 +881,19 @@ def _capture(col: Collection, seq: int) -> ckpt.Captured:
             count=len(col._ids),
             payload_indexes=col._payloads.indexes(),
         )
+
+
+def _payload_copy(index: Any) -> dict[int, Any] | list[tuple[int, Any]]:
+    """The payloads as ``{slot: payload}``: a shallow copy (one quick C-level dict copy).
+
+    Payloads are replaced, never mutated, once handed to the payload index, so
+    a shallow copy is a consistent capture; sorting and encoding happen later,
+    outside the writer pause (``ckpt.encode``).
+    """
+    raw = getattr(index, "_payloads", None)
+    if isinstance(raw, dict):
+        return dict(raw)
+    return list(index.items())
 
 
 def _cumulative(buckets: dict[float, int]) -> dict[str, int]:

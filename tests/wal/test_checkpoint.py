@@ -117,3 +117,20 @@ def test_checkpoints_are_incremental_and_reopen_identically(tmp_path, monkeypatc
         col = db.collection("c")
         assert [[(h.id, h.score, h.payload) for h in r] for r in col.search(q, k=5)] == before
         assert col.count() == 2001
+
+
+def test_sliced_encoding_equals_one_pack():
+    """The payload and id blobs are built a slice / a pair at a time; the bytes are
+    those of one msgpack of the whole list (what ``load`` unpacks)."""
+    from vdb.wal.store import pack, unpack
+
+    rng = np.random.default_rng(3)
+    for n in (0, 5, 15, 16, 4095, 4096, 4097, 70_000):
+        ids = [f"p{i}" if i % 3 else i for i in range(n)]
+        assert ckpt.pack_list(lambda a, b, ids=ids: ids[a:b], n) == pack(ids)
+        slots = rng.permutation(n).tolist()
+        payloads = {s: ({"i": s, "t": [1.5, "x"]} if s % 4 else None) for s in slots}
+        expected = pack([[s, payloads[s]] for s in sorted(payloads)])
+        assert ckpt._pack_payloads(payloads) == expected
+        assert ckpt._pack_payloads(list(payloads.items())) == expected
+        assert unpack(expected) == [[s, payloads[s]] for s in sorted(payloads)]

@@ -25,15 +25,17 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import lmdb
+import msgpack
 import numpy as np
 
 from vdb.errors import CorruptData
-from vdb.wal.store import Store, from_u64, pack, u64, unpack
+from vdb.wal.store import Store, _default, from_u64, pack, u64, unpack
 
 log = logging.getLogger(__name__)
 
 CHUNK_BYTES = 4 << 20
 TXN_BYTES = 32 << 20
+PACK_CHUNK_ITEMS = 4096
 _U32 = struct.Struct(">I")
 
 
@@ -47,7 +49,7 @@ class Captured:
     slots: np.ndarray
     ids: list[Any]
     partitions: np.ndarray
-    payloads: list[tuple[int, Any]]
+    payloads: list[tuple[int, Any]] | dict[int, Any]  # a dict: slot -> payload, any order
     count: int
     payload_indexes: dict[str, Any] = field(default_factory=dict)
     blobs: dict[str, tuple[bytes, dict[str, Any]]] = field(default_factory=dict)
@@ -61,24 +63,70 @@ def chunk_key(uid: int, gen: int, name: str, chunk: int) -> bytes:
     return u64(uid) + u64(gen) + name.encode() + b"\x00" + _U32.pack(chunk)
 
 
-def _array_blob(arr: np.ndarray) -> tuple[bytes, dict[str, Any]]:
+def _array_blob(arr: np.ndarray) -> tuple[memoryview, dict[str, Any]]:
+    # a byte view, not a copy: only the chunks that changed are copied when written
     arr = np.ascontiguousarray(arr)
-    return arr.tobytes(), {"kind": "array", "dtype": arr.dtype.str, "shape": list(arr.shape)}
+    view = memoryview(arr.reshape(-1).view(np.uint8)) if arr.size else memoryview(b"")
+    return view, {"kind": "array", "dtype": arr.dtype.str, "shape": list(arr.shape)}
 
 
-def encode(captured: Captured) -> dict[str, tuple[bytes, dict[str, Any]]]:
+def _array_header(n: int) -> bytes:
+    if n < 16:
+        return bytes([0x90 | n])
+    if n < 1 << 16:
+        return b"\xdc" + struct.pack(">H", n)
+    return b"\xdd" + struct.pack(">I", n)
+
+
+def pack_list(items: Any, n: int, chunk: int = PACK_CHUNK_ITEMS) -> bytes:
+    """``pack(list(items))`` (the same bytes) for ``n`` items, built a slice at a time.
+
+    ``items(start, stop)`` returns the slice as a list. One ``pack`` of a long
+    list holds the GIL for its whole run and building every item at once
+    wakes the garbage collector over all of them; slices keep both short,
+    so searches in other threads run in between.
+    """
+    parts = [_array_header(n)]
+    for start in range(0, n, chunk):
+        part = items(start, min(n, start + chunk))
+        parts.append(pack(part)[len(_array_header(len(part))) :])
+    return b"".join(parts)
+
+
+def _pack_payloads(payloads: list[tuple[int, Any]] | dict[int, Any]) -> bytes:
+    """``pack([[slot, payload], ...])`` ascending by slot (stable chunks for incremental writes).
+
+    Each pair is packed straight to bytes (``0x92`` + slot + payload): no
+    list per pair, so a big collection does not wake the garbage collector
+    (a full collection holds the GIL for a long time).
+    """
+    if isinstance(payloads, dict):
+        slots = np.fromiter(payloads.keys(), np.int64, len(payloads))
+        slots.sort()  # numpy sort: no long GIL hold for a Python sort of tuples
+        order = slots.tolist()
+        get = payloads.__getitem__
+    else:
+        pairs = dict(payloads)
+        order = sorted(pairs)
+        get = pairs.__getitem__
+    packer = msgpack.Packer(use_bin_type=True, default=_default)
+    pk = packer.pack
+    parts = [_array_header(len(order))]
+    parts.extend(b"\x92" + pk(slot) + pk(get(slot)) for slot in order)
+    return b"".join(parts)
+
+
+def encode(captured: Captured) -> dict[str, tuple[bytes | memoryview, dict[str, Any]]]:
     """Serialise a captured state into named blobs (runs outside any lock)."""
-    blobs: dict[str, tuple[bytes, dict[str, Any]]] = {}
+    blobs: dict[str, tuple[bytes | memoryview, dict[str, Any]]] = {}
     for name, arr in captured.arrays.items():
         blobs[f"index/{name}"] = _array_blob(arr)
     blobs["idmap/slots"] = _array_blob(captured.slots)
     blobs["idmap/partitions"] = _array_blob(captured.partitions)
-    blobs["idmap/ids"] = (pack(captured.ids), {"kind": "msgpack"})
+    ids = captured.ids
+    blobs["idmap/ids"] = (pack_list(lambda a, b: ids[a:b], len(ids)), {"kind": "msgpack"})
     blobs["payload_indexes"] = (pack(captured.payload_indexes), {"kind": "msgpack"})
-    blobs["payloads"] = (
-        pack([[slot, payload] for slot, payload in captured.payloads]),
-        {"kind": "msgpack"},
-    )
+    blobs["payloads"] = (_pack_payloads(captured.payloads), {"kind": "msgpack"})
     return blobs
 
 
