@@ -135,3 +135,26 @@ def test_codec_edge_cases_keep_their_old_answers():
         msgpack_out=False,
     )
     assert json.loads(body) == {"nan": None, "vec": [0.0, 1.0, 2.0], "7": "x", "s": "\ud800"}
+
+
+def test_concurrent_searches_get_their_own_hits(http, server):
+    from concurrent.futures import ThreadPoolExecutor
+
+    rng = np.random.default_rng(23)
+    queries = [rng.standard_normal(DIM).tolist() for _ in range(48)]
+    bodies = [
+        {"query": q, "limit": 3 + i % 3, "with_payload": i % 2 == 0} for i, q in enumerate(queries)
+    ]
+    alone = [post(http, "/collections/fast/points/query", b).json()["result"] for b in bodies]
+    bodies.append({"query": [0.5] * (DIM + 1)})  # a bad one among them errs alone
+
+    def one(i: int) -> httpx.Response:
+        with httpx.Client(base_url=server.url, timeout=60) as c:
+            return post(c, "/collections/fast/points/query", bodies[i])
+
+    with ThreadPoolExecutor(8) as pool:
+        together = list(pool.map(one, range(len(bodies))))
+    assert [r.json()["result"] for r in together[:-1]] == alone
+    assert together[-1].status_code == 400
+    assert all(len(r["points"]) == 3 + i % 3 for i, r in enumerate(alone))
+    assert all(("payload" in p) == (i % 2 == 0) for i, r in enumerate(alone) for p in r["points"])

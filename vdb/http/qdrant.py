@@ -14,6 +14,7 @@ Dot → ``ip``.
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import hashlib
 import itertools
@@ -77,6 +78,7 @@ class QdrantApi:
         self.read_limiter = anyio.CapacityLimiter(config.search_concurrency)
         self.write_limiter = anyio.CapacityLimiter(config.write_threads)
         self._operation_ids = itertools.count(1)
+        self._pending: dict[tuple, list[tuple[Query, asyncio.Future]]] = {}
 
     # -- plumbing -----------------------------------------------------------
 
@@ -116,8 +118,9 @@ class QdrantApi:
     async def run_search(
         self,
         request: Request,
+        name: str,
         parse: Callable[[dict[str, Any]], Query],
-        execute: Callable[[Query], Any],
+        shape: Callable[[list[dict[str, Any]]], Any],
         *,
         body_required: bool,
     ) -> Response:
@@ -128,8 +131,13 @@ class QdrantApi:
         query that ``is_light`` (no filter, not exact, modest ``limit`` and
         ``ef``) runs inline too. Anything else, and every big body, goes to the
         thread pool so the event loop is never held up for long. Errors and
-        answers are the same either way.
+        answers are the same either way. ``shape`` wraps the hits for the
+        route's result.
         """
+
+        def execute(query: Query) -> Any:
+            return shape(run_query(self.view(name), query))
+
         started = time.perf_counter()
         raw = await request.body()
         content_type = request.headers.get("content-type")
@@ -138,8 +146,9 @@ class QdrantApi:
             decoded = parse_body(raw, content_type, required=body_required)
             query = parse({} if decoded is None else decoded)
             if is_light(query):
+                points = await self.search_together(name, query)
                 content, media_type = encode(
-                    envelope(execute(query), started), msgpack_out=msgpack_out
+                    envelope(shape(points), started), msgpack_out=msgpack_out
                 )
                 return Response(content, media_type=media_type)
 
@@ -155,6 +164,54 @@ class QdrantApi:
 
         content, media_type = await anyio.to_thread.run_sync(work, limiter=self.read_limiter)
         return Response(content, media_type=media_type)
+
+    async def search_together(self, name: str, query: Query) -> list[dict[str, Any]]:
+        """Run a light query on the event loop, batched with the like queries that are ready.
+
+        Queries that reach this point in the same turn of the event loop (the
+        requests that arrived together) and agree on collection, ``k``,
+        ``ef`` and what to return share one ``Collection.search`` call, which
+        pays the per-call cost once. Each query gets exactly the hits it would
+        get alone; if the shared call fails, each runs alone for its own answer.
+        """
+        view = self.view(name)
+        check_dim(view, query)
+        key = (name, id(view.col), query.limit + query.offset, query.ef)
+        key += (query.fetch_payload, query.with_vector)
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future = loop.create_future()
+        group = self._pending.get(key)
+        if group is None:
+            group = self._pending[key] = []
+            loop.call_soon(self._search_group, key, view)
+        group.append((query, future))
+        return await future
+
+    def _search_group(self, key: tuple, view: CollectionView) -> None:
+        group = self._pending.pop(key, [])
+        rows = None
+        if len(group) > 1:
+            first = group[0][0]
+            try:
+                rows = view.col.search(
+                    np.stack([q.vector for q, _ in group]),
+                    k=first.limit + first.offset,
+                    ef=first.ef,
+                    with_payload=first.fetch_payload,
+                    with_vectors=first.with_vector,
+                )
+            except Exception:  # each query alone below gets its own answer or error
+                rows = None
+        for i, (query, future) in enumerate(group):
+            if future.done():
+                continue  # the request went away
+            try:
+                if rows is None:
+                    future.set_result(run_query(view, query))
+                else:
+                    future.set_result(_shape_hits(view, query, rows[i]))
+            except Exception as exc:
+                future.set_exception(exc)
 
     def update_result(self) -> dict[str, Any]:
         # vdb applies every write before answering, so "completed" is true even for wait=false
@@ -364,10 +421,10 @@ class QdrantApi:
         def parse(body: dict[str, Any]) -> Query:
             return parse_query_request(body, "QueryRequest", max_limit)
 
-        def execute(query: Query) -> dict[str, Any]:
-            return {"points": run_query(self.view(name), query)}
+        def shape(points: list[dict[str, Any]]) -> dict[str, Any]:
+            return {"points": points}
 
-        return await self.run_search(request, parse, execute, body_required=False)
+        return await self.run_search(request, name, parse, shape, body_required=False)
 
     async def query_batch(self, request: Request) -> Response:
         name = request.path_params["name"]
@@ -391,10 +448,7 @@ class QdrantApi:
         def parse(body: dict[str, Any]) -> Query:
             return parse_search_request(body, "SearchRequest", max_limit)
 
-        def execute(query: Query) -> list[dict[str, Any]]:
-            return run_query(self.view(name), query)
-
-        return await self.run_search(request, parse, execute, body_required=True)
+        return await self.run_search(request, name, parse, list, body_required=True)
 
     async def search_batch(self, request: Request) -> Response:
         name = request.path_params["name"]
@@ -1033,15 +1087,19 @@ def is_light(query: Query) -> bool:
     )
 
 
+def check_dim(view: CollectionView, q: Query) -> None:
+    if q.vector.size != view.dim:
+        raise InvalidInput(
+            f"Wrong input: Vector dimension error: expected dim: {view.dim}, got {q.vector.size}"
+        )
+
+
 def run_query(view: CollectionView, query: Query) -> list[dict[str, Any]]:
     """One query; a plain vector query skips the batching of ``run_queries``."""
     q = query
     if q.vector is None or q.point_id is not None:
         return run_queries(view, [q])[0]
-    if q.vector.size != view.dim:
-        raise InvalidInput(
-            f"Wrong input: Vector dimension error: expected dim: {view.dim}, got {q.vector.size}"
-        )
+    check_dim(view, q)
     hits = view.col.search(
         q.vector,
         k=q.limit + q.offset,
