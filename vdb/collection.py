@@ -4,7 +4,11 @@ Reads (search, get, scroll, count) run in the caller's thread and never
 wait for a commit. Writes are validated and encoded here, in the caller's
 thread, then handed to the database's single writer, which makes them
 durable (one LMDB transaction per group of writes) and applies them to the
-index, the id map and the payloads; the call returns after both.
+index, the id map and the payloads; the call returns after both. The point
+writes of one group (and of a batch of replayed WAL records) are applied
+as one merged operation: one index ``add`` for new ids, one batched
+``replace`` for existing ones, in WAL order (the last operation on an id
+wins).
 
 Consistency for readers: the writer bumps the collection's generation and
 marks every slot whose occupant changes (a point deleted from it or placed
