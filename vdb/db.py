@@ -778,7 +778,10 @@ class Database:
 
         if not self._poisoned and self._checkpoint_due(any_change=True):
             # a restored snapshot then opens from a checkpoint, not by replaying the WAL
-            self.checkpoint()
+            try:
+                self.checkpoint()
+            except VdbError:  # the snapshot is still complete: it holds the WAL
+                log.warning("checkpoint before the snapshot failed", exc_info=True)
         manifest = create_snapshot(self, path, progress=progress)
         with self._stats.lock:
             self._stats.snapshots += 1
