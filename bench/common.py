@@ -10,9 +10,12 @@ from __future__ import annotations
 import json
 import os
 import platform
+import signal
 import socket
+import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -125,6 +128,42 @@ def subprocess_env(**extra: str) -> dict[str, str]:
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH", "")) if p)
     env.update(extra)
     return env
+
+
+class Server:
+    """A child process serving HTTP on a free port, stopped by its pid."""
+
+    def __init__(self, argv: list[str], port: int, log_path: Path, ready_path: str):
+        self.port = port
+        self.log_file = open(log_path, "ab")  # noqa: SIM115 - closed in stop()
+        self.process = subprocess.Popen(
+            argv, stdout=self.log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            env=subprocess_env(), cwd=str(REPO),
+        )  # fmt: skip
+        self.log_path = log_path
+        wait_for_port(port, timeout=120)
+        deadline = time.monotonic() + 300
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}{ready_path}", timeout=5) as r:
+                    if r.status == 200:
+                        return
+            except Exception:
+                pass
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"server did not get ready: {log_path.read_text()[-2000:]}")
+            time.sleep(0.1)
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            os.kill(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(30)
+            except subprocess.TimeoutExpired:
+                os.kill(self.process.pid, signal.SIGKILL)
+                self.process.wait()
+        self.log_file.close()
 
 
 # ---------------------------------------------------------------- datasets

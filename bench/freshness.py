@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 
 from bench.common import (
+    Server,
     emit,
     free_port,
     host_info,
@@ -439,35 +440,13 @@ def measure_server(
             "--ingest", "kafka", "--kafka-bootstrap", broker.bootstrap, "--kafka-topic", topic,
             "--kafka-group", f"bench-{topic}", "--collection", COLLECTION, "--format", fmt,
             "--create-dim", str(DIM), "--create-metric", "cosine"]  # fmt: skip
-    log_file = open(workdir / f"server-{int(rate)}.log", "ab")  # noqa: SIM115 - closed below
-    server = subprocess.Popen(argv, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                              env=subprocess_env())  # fmt: skip
+    server = Server(argv, port, workdir / f"server-{int(rate)}.log", "/readyz")
     try:
-        deadline = time.monotonic() + 300
-        while True:
-            try:
-                import urllib.request
-
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except Exception:
-                pass
-            if server.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError("vdb serve did not get ready (see its log)")
-            time.sleep(0.1)
         result = follow(
             HttpTarget(port, COLLECTION), broker, topic, rate, count, linger_ms, fmt, workdir
         )
     finally:
-        if server.poll() is None:
-            os.kill(server.pid, signal.SIGTERM)
-            try:
-                server.wait(30)
-            except subprocess.TimeoutExpired:
-                os.kill(server.pid, signal.SIGKILL)
-                server.wait()
-        log_file.close()
+        server.stop()
     return {
         "system": "vdb serve --ingest kafka → REST count/query (watcher in another process)",
         **result,

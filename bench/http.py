@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import signal
 import subprocess
 import sys
 import tempfile
@@ -31,7 +29,7 @@ import msgpack
 import numpy as np
 
 from bench.common import (
-    REPO,
+    Server,
     emit,
     free_port,
     host_info,
@@ -39,7 +37,6 @@ from bench.common import (
     percentiles,
     random_unit_vectors,
     subprocess_env,
-    wait_for_port,
 )
 
 DIM = 128
@@ -110,42 +107,6 @@ for w in workers:
 np.save(out, np.asarray([x for lat in latencies for x in lat], dtype=np.float64))
 print(json.dumps({"errors": sum(errors)}), flush=True)
 """
-
-
-class Server:
-    """A child process serving HTTP on a free port, stopped by its pid."""
-
-    def __init__(self, argv: list[str], port: int, log_path: Path, ready_path: str):
-        self.port = port
-        self.log_file = open(log_path, "ab")  # noqa: SIM115 - closed in stop()
-        self.process = subprocess.Popen(
-            argv, stdout=self.log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            env=subprocess_env(), cwd=str(REPO),
-        )  # fmt: skip
-        self.log_path = log_path
-        wait_for_port(port, timeout=120)
-        deadline = time.monotonic() + 300
-        while True:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}{ready_path}", timeout=5) as r:
-                    if r.status == 200:
-                        return
-            except Exception:
-                pass
-            if self.process.poll() is not None or time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError(f"server did not get ready: {log_path.read_text()[-2000:]}")
-            time.sleep(0.1)
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            os.kill(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(20)
-            except subprocess.TimeoutExpired:
-                os.kill(self.process.pid, signal.SIGKILL)
-                self.process.wait()
-        self.log_file.close()
 
 
 def request(
