@@ -366,11 +366,18 @@ class HNSW:
 
     # -- writes -----------------------------------------------------------------------------
 
-    def add(self, vectors: Any) -> np.ndarray:
+    def add(self, vectors: Any, slots: Any = None) -> np.ndarray:
         """Insert ``vectors`` ([n, dim]); returns their slots (int32[n]). Freed slots are reused
-        first (smallest first), then new slots are appended; capacity doubles as needed."""
+        first (smallest first), then new slots are appended; capacity doubles as needed.
+
+        ``slots`` (distinct ints, one per vector) places the points at those slots instead:
+        each must be a deleted slot or one at or beyond the end of the used range (the slots
+        skipped on the way there are allocated as deleted, free slots). A caller that keeps
+        its own slot numbering (the collection's segments) uses this."""
         x = self._matrix(vectors, "vectors")
         n = x.shape[0]
+        if slots is not None:
+            return self._add_at(x, self._target_slots(slots, n))
         if n == 0:
             return np.empty(0, np.int32)
         with self._write_lock:
@@ -387,6 +394,55 @@ class HNSW:
             self._live += n
             self._repair(n)
         return np.concatenate([reuse, new]) if n_reuse else new
+
+    def _target_slots(self, slots: Any, n: int) -> np.ndarray:
+        if np.asarray(slots).dtype.kind == "b":
+            raise ValueError("slots must be integers, not booleans")
+        arr = _numeric(slots, "slots").reshape(-1)
+        if arr.size and arr.dtype.kind == "f" and not np.all(arr == np.floor(arr)):
+            raise ValueError("slots must be integers")
+        arr = arr.astype(np.int64)
+        if arr.shape[0] != n:
+            raise ValueError(f"got {arr.shape[0]} slots for {n} vectors")
+        if n and (arr.min() < 0 or arr.max() >= 2**31 - 1):
+            raise ValueError("slots must be in [0, 2**31 - 1)")
+        if np.unique(arr).shape[0] != n:
+            raise ValueError("slots to add must be distinct")
+        return arr
+
+    def _add_at(self, x: np.ndarray, slots: np.ndarray) -> np.ndarray:
+        n = x.shape[0]
+        if n == 0:
+            return np.empty(0, np.int32)
+        with self._write_lock:
+            g = self._g
+            n_used = int(g.state[2])
+            old = slots < n_used
+            reuse = slots[old]
+            if reuse.size and not np.all(g.deleted[reuse] != 0):
+                live = reuse[g.deleted[reuse] == 0]
+                raise ValueError(f"slot {int(live[0])} is live; delete it first")
+            new_pos = np.flatnonzero(~old)
+            if new_pos.size:
+                top = int(slots[new_pos].max()) + 1
+                rows = np.zeros((top - n_used, self._dim), np.float32)
+                rows[slots[new_pos] - n_used] = x[new_pos]
+                self._allocate(rows)
+                wanted = np.zeros(top - n_used, bool)
+                wanted[slots[new_pos] - n_used] = True
+                holes = np.flatnonzero(~wanted) + n_used
+                for slot in holes.tolist():
+                    heapq.heappush(self._free, slot)
+            if reuse.size:
+                taken = set(reuse.tolist())
+                self._free = [s for s in self._free if s not in taken]
+                heapq.heapify(self._free)
+                self._relink(reuse.astype(np.int32), x[old])
+            if new_pos.size:
+                self._link(slots[new_pos].astype(np.int32))
+            self._live += n
+            self._repair(n)
+        return slots.astype(np.int32)
 
     def _allocate(self, x: np.ndarray) -> np.ndarray:
         """Write new points (hidden: deleted flag set) into fresh slots; returns the slots."""
