@@ -298,6 +298,7 @@ def test_exact_search_matches_numpy_brute_force(db, metric, filtered):
     n = 700
     x = rng.standard_normal((n, 12)).astype(np.float32)
     col.upsert(list(range(n)), x, [{"g": i % 4} for i in range(n)])
+    assert col.wait_indexed(timeout=60)  # the walk below is over the graph
     deleted = list(range(0, n, 9))
     col.delete(deleted)
     flt = {"must": [{"key": "g", "match": {"any": [1, 2]}}]} if filtered else None
@@ -471,6 +472,7 @@ def test_minilm_end_to_end_string_ids_and_payloads(tmp_path, minilm):
         flt = {"must": [{"key": "section", "match": {"value": 1}}]}
         fhits = col.search(queries[:10], k=10, filter=flt)
         assert all(len(hs) == 10 and all(h.payload["section"] == 1 for h in hs) for hs in fhits)
+        assert col.wait_indexed(timeout=120)  # the same graph is then checkpointed
         before = [[h.id for h in hs] for hs in col.search(queries[:20], k=10)]
     with vdb.open(tmp_path / "data") as db:
         col = db.collection("debian")

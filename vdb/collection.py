@@ -30,6 +30,7 @@ from __future__ import annotations
 import copy
 import logging
 import threading
+import time
 from bisect import bisect_left
 from collections.abc import Iterable, Sequence
 from concurrent.futures import Future
@@ -40,6 +41,7 @@ import numpy as np
 
 from vdb.errors import CollectionNotFound, DimensionMismatch, InvalidInput, PointNotFound
 from vdb.ids import IdMap, normalize_id, normalize_ids, sort_key
+from vdb.segments import DEFAULT_FRESH_LIMIT, Segments
 from vdb.types import DeadLetter, Delete, Hit, PointId, Record, Upsert
 from vdb.wal.store import pack, unpack
 
@@ -118,6 +120,7 @@ class Collection:
         self.dim: int = int(config["dim"])
         self.metric: str = config["metric"]
         self._index = index
+        self._segs = Segments(index, int(config.get("fresh_limit") or DEFAULT_FRESH_LIMIT))
         self._ids = ids
         self._payloads = payloads
         self._generation = 0
@@ -201,7 +204,11 @@ class Collection:
         return np.asarray(self._payloads.mask(parsed, capacity, live, self._resolve), dtype=bool)
 
     def _vector_of(self, slot: int) -> np.ndarray:
-        return self._index.get_vectors(np.array([slot]))[0]
+        return self._segs.get_vectors(np.array([slot]))[0]
+
+    def _capacity(self) -> int:
+        """Slots the id map covers (masks over slots have this length)."""
+        return len(self._ids.ids)
 
     def _submit(self, request: WriteRequest) -> Any:
         self._check_open()
@@ -521,13 +528,12 @@ class Collection:
     def _apply_writes(
         self, items: Sequence[tuple[dict[str, Any], int]], generation: int
     ) -> list[dict[str, Any]]:
-        """Merge consecutive write records into one delete pass, one replace and one add."""
-        if len(items) == 1:
-            record, seq = items[0]
-            result = self._apply_write(record, generation)
-            result["seq"] = seq
-            return [result]
-        index, idmap, payloads = self._index, self._ids, self._payloads
+        """Merge consecutive write records into one remove pass and one append.
+
+        Every upsert takes a new slot in the fresh segment (an existing id gives its old
+        slot up), so applying is a memory copy; the graph follows in the background.
+        """
+        idmap, payloads, segs = self._ids, self._payloads, self._segs
         exists: dict[PointId, bool] = {}
         final: dict[PointId, tuple[int, int] | None] = {}  # None: deleted
         results: list[dict[str, Any]] = []
@@ -546,28 +552,23 @@ class Collection:
                 final[point_id] = (r, pos)
             results.append({"deleted": deleted, "upserted": len(record["u"]), "seq": seq})
 
-        deleted_slots = []
-        rep_slots: list[int] = []
-        rep_src: list[tuple[int, int]] = []
+        gone: list[int] = []
         new_ids: list[PointId] = []
         new_src: list[tuple[int, int]] = []
+        old_slots: list[int | None] = []
         for point_id, src in final.items():
             if src is None:
                 slot = idmap.remove(point_id, generation)
                 if slot is not None:
-                    deleted_slots.append(slot)
+                    gone.append(slot)
                     payloads.remove(slot)
                 continue
-            slot = idmap.get(point_id)
-            if slot is None:
-                new_ids.append(point_id)
-                new_src.append(src)
-            else:
-                rep_slots.append(slot)
-                rep_src.append(src)
-        if deleted_slots:
-            index.delete(np.asarray(deleted_slots, dtype=np.int32))
-        if not rep_src and not new_src:
+            new_ids.append(point_id)
+            new_src.append(src)
+            old_slots.append(idmap.get(point_id))
+        if not new_src:
+            if gone:
+                segs.remove(gone)
             return results
 
         # one matrix of every record's vectors; a (record, position) pair is a row of it
@@ -582,35 +583,52 @@ class Collection:
             starts.append(total)
             total += len(vectors)
         allvec = np.concatenate(mats) if len(mats) > 1 else mats[0]
-
-        def rows(srcs: list[tuple[int, int]]) -> np.ndarray:
-            return np.fromiter((starts[r] + pos for r, pos in srcs), np.int64, len(srcs))
-
-        def meta(src: tuple[int, int]) -> tuple[Any, int | None]:
-            record = items[src[0]][0]
+        rows = np.fromiter((starts[r] + pos for r, pos in new_src), np.int64, len(new_src))
+        slots = segs.allocate(len(new_src))
+        segs.append(slots, allvec[rows])
+        for point_id, (r, pos), slot, old in zip(
+            new_ids, new_src, slots.tolist(), old_slots, strict=True
+        ):
+            record = items[r][0]
             pt = record.get("pt")
-            return record["p"][src[1]], (pt[src[1]] if pt else None)
-
-        if rep_src:
-            # one batched call: candidate search and neighbour selection run in parallel
-            index.replace(np.asarray(rep_slots, dtype=np.int64), allvec[rows(rep_src)])
-            for slot, src in zip(rep_slots, rep_src, strict=True):
-                payload, partition = meta(src)
-                payloads.set(slot, payload)
-                idmap.set_partition(slot, partition)
-        if new_src:
-            slots = index.add(allvec[rows(new_src)])
-            for point_id, src, slot in zip(
-                new_ids, new_src, np.asarray(slots).tolist(), strict=True
-            ):
-                payload, partition = meta(src)
-                idmap.assign(point_id, slot, partition, generation)
-                payloads.set(slot, payload)
+            payloads.set(slot, record["p"][pos])
+            # the id moves to its new slot at once (a reader by id never misses it), then
+            # the old slot is given up; both are marked, so a search that saw either reruns
+            idmap.assign(point_id, slot, pt[pos] if pt else None, generation)
+            if old is not None:
+                idmap.release(old, generation)
+                payloads.remove(old)
+                gone.append(old)
+        if gone:
+            segs.remove(gone)
         return results
+
+    def wait_indexed(self, timeout: float | None = None) -> bool:
+        """Block until every point written so far is in the graph (the fresh segment is
+        empty and removed points are deleted from the graph); ``False`` on timeout.
+
+        Never needed for correctness (fresh points are searched exactly); useful before
+        measuring the graph, or to make a search's cost predictable.
+        """
+        self._check_open()
+        deadline = None if timeout is None else time.monotonic() + timeout
+        segs = self._segs
+        while segs.has_work() or segs.has_doomed_linking:
+            if self._dropped or self._db._closed:
+                return False
+            if deadline is not None and time.monotonic() >= deadline:
+                return False
+            self._db._indexer.wake()
+            time.sleep(0.005)
+        return True
+
+    def _index_once(self) -> int:
+        """One indexer cycle (called by the database's indexer thread)."""
+        return self._segs.index_once(self._apply_lock)
 
     def _apply_locked(self, record: dict[str, Any], seq: int, generation: int) -> dict[str, Any]:
         if record["t"] == "w":
-            result = self._apply_write(record, generation)
+            result = self._apply_writes([(record, seq)], generation)[0]
         elif record["t"] == "pl":
             result = self._apply_payload(record, generation)
         elif record["t"] == "ix":
@@ -625,45 +643,6 @@ class Collection:
         self._sorted_cache = None
         result["seq"] = seq
         return result
-
-    def _apply_write(self, record: dict[str, Any], generation: int) -> dict[str, Any]:
-        index, idmap, payloads = self._index, self._ids, self._payloads
-        deleted_slots = []
-        for point_id in record["d"]:
-            slot = idmap.remove(point_id, generation)
-            if slot is not None:
-                deleted_slots.append(slot)
-                payloads.remove(slot)
-        if deleted_slots:
-            index.delete(np.asarray(deleted_slots, dtype=np.int32))
-        up_ids = record["u"]
-        if up_ids:
-            vectors = record.get("_vectors")
-            if vectors is None:
-                vectors = np.frombuffer(record["v"], dtype=np.float32).reshape(-1, self.dim)
-            partitions = record.get("pt") or [None] * len(up_ids)
-            new_pos = []
-            replaced: dict[int, int] = {}  # slot -> position in the record (the last one wins)
-            for i, point_id in enumerate(up_ids):
-                slot = idmap.get(point_id)
-                if slot is None:
-                    new_pos.append(i)
-                    continue
-                replaced[slot] = i
-            if replaced:
-                # one batched call: candidate search and neighbour selection run in parallel
-                rep_slots = np.fromiter(replaced, np.int64, len(replaced))
-                rep_pos = np.fromiter(replaced.values(), np.int64, len(replaced))
-                index.replace(rep_slots, vectors[rep_pos])
-                for slot, i in replaced.items():
-                    payloads.set(slot, record["p"][i])
-                    idmap.set_partition(slot, partitions[i])
-            if new_pos:
-                slots = index.add(vectors[new_pos])
-                for i, slot in zip(new_pos, np.asarray(slots).tolist(), strict=True):
-                    idmap.assign(up_ids[i], slot, partitions[i], generation)
-                    payloads.set(slot, record["p"][i])
-        return {"deleted": len(deleted_slots), "upserted": len(up_ids)}
 
     def _apply_payload(self, record: dict[str, Any], generation: int) -> dict[str, Any]:
         op = record["op"]
@@ -782,8 +761,8 @@ class Collection:
             return [[] for _ in range(nq)]
         allowed = None
         n_allowed = None
+        capacity = self._capacity()
         if exact:
-            capacity = int(self._index.capacity)
             if parsed is None:
                 allowed = self._ids.live_mask(capacity)
             else:
@@ -792,7 +771,6 @@ class Collection:
                 return [[] for _ in range(nq)]
             slots, scores = self._exact(queries, k, allowed)
         elif parsed is not None:
-            capacity = int(self._index.capacity)
             allowed = self._allowed(parsed, capacity)
             n_allowed = int(allowed.sum())
             if n_allowed == 0:
@@ -801,11 +779,9 @@ class Collection:
             # A write is being applied: admit only points whose write was
             # applied (the id map's live slots), so points being inserted or
             # deleted are not returned half-done and the search need not retry.
-            allowed = self._ids.live_mask(int(self._index.capacity))
+            allowed = self._ids.live_mask(capacity)
         if not exact:
-            slots, scores = self._index.search(queries, k, ef=ef, allowed=allowed)
-            slots = np.asarray(slots)
-            scores = np.asarray(scores)
+            slots, scores = self._segs.search(queries, k, ef, allowed, self._ids.live)
         if n_allowed is not None:
             want = min(k, n_allowed)
             for row in range(nq):
@@ -866,7 +842,7 @@ class Collection:
         with np.errstate(over="ignore", invalid="ignore"):
             for start in range(0, candidates.size, chunk):
                 cand = candidates[start : start + chunk]
-                sub = self._index.get_vectors(cand)
+                sub = self._segs.get_vectors(cand)
                 if l2:  # squared distance, as the index computes it (smaller is better)
                     keys = np.empty((nq, cand.size), dtype=np.float32)
                     for row in range(nq):
@@ -1010,12 +986,14 @@ class Collection:
             "ef_construction": self.config["ef_construction"],
             "ef": self.config["ef"],
             "count": len(self._ids),
-            "capacity": int(self._index.capacity),
+            "capacity": max(int(self._index.capacity), self._capacity()),
             "extra": dict(self.config.get("extra") or {}),
             "metadata": (self.config.get("extra") or {}).get("metadata"),
             "payload_schema": schema,
             "applied_seq": self.applied_seq,
-            "status": "green",
+            # Qdrant's colours: yellow while points wait to be indexed (still searchable)
+            "status": "yellow" if self._segs.fresh_points else "green",
+            "segments": self._segs.stats(),
         }
 
     def source_partition(self, point_id: Any) -> int | None:

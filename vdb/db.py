@@ -14,6 +14,7 @@ and removes the WAL records the checkpoint covers.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import queue
@@ -38,6 +39,7 @@ from vdb.errors import (
     VdbError,
 )
 from vdb.ids import IdMap
+from vdb.segments import DEFAULT_FRESH_LIMIT, Indexer
 from vdb.types import DeadLetter
 from vdb.wal import checkpoint as ckpt
 from vdb.wal.store import DEFAULT_MAP_SIZE, Store, from_i64, from_u64, i64, pack, u64, unpack
@@ -110,7 +112,12 @@ class Database:
     longer replay after a crash),
     ``queue_size`` (bound of the apply queue), ``max_group_ops`` (ops per
     group commit), ``dead_letter_limit`` (the oldest dead letters beyond it
-    are dropped), ``warm`` (compile the index kernels on open).
+    are dropped), ``warm`` (compile the index kernels on open),
+    ``fresh_limit`` (default bound of a collection's fresh segment, in points:
+    writes are durable and searchable at once and indexed in the background;
+    at the bound writers wait for the indexer; ``create_collection(...,
+    fresh_limit=n)`` sets it per collection), ``indexing`` (``False`` opens
+    with the background indexer paused; see :meth:`pause_indexing`).
     """
 
     def __init__(
@@ -126,6 +133,8 @@ class Database:
         max_group_ops: int = 20000,
         dead_letter_limit: int = 100_000,
         warm: bool = True,
+        fresh_limit: int = DEFAULT_FRESH_LIMIT,
+        indexing: bool = True,
     ) -> None:
         self.path = Path(path)
         self.checkpoint_interval_s = checkpoint_interval_s
@@ -133,6 +142,7 @@ class Database:
         self.checkpoint_wal_ratio = checkpoint_wal_ratio
         self.max_group_ops = max_group_ops
         self.dead_letter_limit = dead_letter_limit
+        self.fresh_limit = _positive_int(fresh_limit, "fresh_limit")
         self._closed = False
         self._poisoned: str | None = None
         self._stats = _Stats()
@@ -149,6 +159,8 @@ class Database:
         try:
             self._recover()
             if warm:
+                if self._collections:
+                    _warm_scan()
                 for col in self._collections.values():
                     # search kernels now; write kernels in the background, so that the
                     # first query after open does not wait for them
@@ -156,6 +168,12 @@ class Database:
         except BaseException:
             self._store.close()
             raise
+        self._indexer = Indexer(
+            lambda: list(self._by_uid.values()), name=f"vdb-indexer:{self.path.name}"
+        )
+        if not indexing:
+            self._indexer.pause()
+        self._indexer.start()
         self._writer = threading.Thread(
             target=self._writer_loop, name=f"vdb-writer:{self.path.name}", daemon=True
         )
@@ -215,7 +233,16 @@ class Database:
                 raise CorruptData(
                     f"checkpoint of collection {config['name']!r} cannot be loaded: {exc}"
                 ) from exc
-        return Collection(self, config, index, ids, payloads)
+        col = Collection(self, config, index, ids, payloads)
+        col._segs.fresh_limit = int(config.get("fresh_limit") or self.fresh_limit)
+        if loaded is not None:
+            try:
+                col._segs.restore(loaded.fresh, np.asarray(loaded.slots, np.int64))
+            except (ValueError, KeyError, TypeError, IndexError) as exc:
+                raise CorruptData(
+                    f"checkpoint of collection {config['name']!r} is inconsistent: {exc}"
+                ) from exc
+        return col
 
     def _recover(self) -> None:
         started = time.perf_counter()
@@ -277,6 +304,20 @@ class Database:
             self._stats.recovery_s,
         )
 
+    # -- background indexing -------------------------------------------------------------
+
+    def pause_indexing(self) -> None:
+        """Stop moving fresh points into the graphs (after the current cycle).
+
+        Writes stay durable and searchable (fresh points are scanned exactly) until a
+        collection's fresh segment reaches its bound; then writers wait. For bulk loads
+        that index afterwards, and for tests that need a fixed graph.
+        """
+        self._indexer.pause()
+
+    def resume_indexing(self) -> None:
+        self._indexer.resume()
+
     # -- collections ------------------------------------------------------------------
 
     def create_collection(
@@ -287,12 +328,15 @@ class Database:
         M: int = 16,  # noqa: N803 - the HNSW parameter's usual name
         ef_construction: int = 128,
         ef: int = 64,
+        fresh_limit: int | None = None,
         **extra: Any,
     ) -> Collection:
         """Create a collection; raises ``AlreadyExists`` if the name is taken.
 
-        ``extra`` keyword arguments are stored with the collection's
-        configuration (returned by ``info()["extra"]``).
+        ``fresh_limit``: bound of the collection's fresh segment (points written
+        but not yet indexed; default: the database's). ``extra`` keyword
+        arguments are stored with the collection's configuration (returned by
+        ``info()["extra"]``).
         """
         self._check_open()
         validate_name(name)
@@ -306,6 +350,9 @@ class Database:
             "M": _positive_int(M, "M", 2, 512),
             "ef_construction": _positive_int(ef_construction, "ef_construction", 1, 1 << 20),
             "ef": _positive_int(ef, "ef", 1, 1 << 20),
+            "fresh_limit": None
+            if fresh_limit is None
+            else _positive_int(fresh_limit, "fresh_limit", 1, 1 << 31),
             "extra": extra,
             "created_at": time.time(),
         }
@@ -315,6 +362,7 @@ class Database:
             raise InvalidInput(f"collection options cannot be stored: {exc}") from None
         col = self._submit(WriteRequest("create", extra={"config": config}))
         try:
+            _warm_scan()
             col._index.warm()  # compile (or load) the kernels now, not on the first query
         except Exception:  # warming is an optimisation only
             log.warning("warming the index of %s failed", name, exc_info=True)
@@ -382,6 +430,7 @@ class Database:
                     break
                 group.append(nxt)
                 ops += nxt.n_ops
+            self._wait_for_room(group)
             try:
                 self._process(group)
             except BaseException as exc:  # never let the writer die silently
@@ -393,6 +442,24 @@ class Database:
                             if isinstance(exc, VdbError)
                             else StorageError(f"write failed: {exc}")
                         )
+
+    def _wait_for_room(self, group: list[WriteRequest]) -> None:
+        """Hold the group while a collection it writes has a full fresh segment.
+
+        Writers (HTTP requests, ingest batches) wait for their futures meanwhile,
+        so the bound holds memory without refusing anything; Kafka partitions
+        pause through the ingest queue's back-pressure.
+        """
+        seen = set()
+        for r in group:
+            col = r.collection
+            if r.kind != "record" or col is None or col.uid in seen:
+                continue
+            seen.add(col.uid)
+            segs = col._segs
+            while segs.fresh_rows >= segs.fresh_limit and not col._dropped and not self._closed:
+                if self._indexer.wait_below(segs, segs.fresh_limit, timeout=1.0):
+                    break
 
     def _process(self, group: list[WriteRequest]) -> None:
         store = self._store
@@ -583,6 +650,7 @@ class Database:
                 r.future.set_exception(error)
             return
         self._last_seq = max(self._last_seq, run[-1][1])
+        self._indexer.wake()
         for (r, _), result in zip(run, results, strict=True):
             r.future.set_result(result)
 
@@ -640,11 +708,12 @@ class Database:
                 total += int(meta["size"])
         return total
 
+    def _changed(self, col: Collection) -> bool:
+        """Written to (WAL) or re-indexed since its last checkpoint."""
+        return col.applied_seq > self._covered.get(col.uid, 0) or col._segs.dirty
+
     def _checkpoint_due(self, any_change: bool = False) -> bool:
-        if not any(
-            col.applied_seq > self._covered.get(col.uid, 0)
-            for col in list(self._collections.values())
-        ):
+        if not any(self._changed(col) for col in list(self._collections.values())):
             return False
         if any_change:
             return True
@@ -668,16 +737,26 @@ class Database:
             )
         with self._checkpoint_lock:
             started = time.perf_counter()
-            pause_start = time.perf_counter()
-            with self._write_lock:
-                seq = self._last_seq
-                captured = []
-                for col in list(self._collections.values()):
-                    if col.applied_seq > self._covered.get(col.uid, 0):
-                        captured.append(_capture(col, seq))
-                uids = [col.uid for col in self._collections.values()]
-                wal_bytes = self._stats.wal_bytes_since_checkpoint
-            pause = time.perf_counter() - pause_start
+            changed = [col for col in list(self._collections.values()) if self._changed(col)]
+            with contextlib.ExitStack() as held:
+                # The graphs first, each under its indexer lock only (the writer never
+                # writes a graph, so it keeps running); the indexer waits until the
+                # collection state is captured too, so graph and state agree.
+                graphs = []
+                for col in changed:
+                    held.enter_context(col._segs.index_lock)
+                    col._segs.dirty = False
+                    graphs.append(col._index.to_arrays())  # copies
+                pause_start = time.perf_counter()
+                with self._write_lock:
+                    seq = self._last_seq
+                    captured = [
+                        _capture(col, seq, arrays)
+                        for col, arrays in zip(changed, graphs, strict=True)
+                    ]
+                    uids = [col.uid for col in self._collections.values()]
+                    wal_bytes = self._stats.wal_bytes_since_checkpoint
+                pause = time.perf_counter() - pause_start
             store = self._store
             new_manifests: dict[int, dict[str, Any]] = {}
             with store.read() as txn:
@@ -828,6 +907,7 @@ class Database:
                 "applied_seq": col.applied_seq,
                 "search_retries": col.search_retries,
                 "search_locked": col.search_locked,
+                **col._segs.stats(),
             }
             for name, col in list(self._collections.items())
         }
@@ -856,6 +936,7 @@ class Database:
             self._closed = True
             self._queue.put(_STOP)
         self._writer.join()
+        self._indexer.stop()
         self._stop_checkpointer.set()
         self._checkpointer.join()
         try:
@@ -867,10 +948,11 @@ class Database:
             self._store.close()
 
 
-def _capture(col: Collection, seq: int) -> ckpt.Captured:
-    """Copy a collection's state (the writer is paused by the caller)."""
+def _capture(col: Collection, seq: int, arrays: dict[str, np.ndarray]) -> ckpt.Captured:
+    """Copy a collection's state (the writer is paused by the caller; ``arrays`` is its
+    graph, captured just before under the collection's indexer lock)."""
     with col._apply_lock:
-        arrays = col._index.to_arrays()  # copies
+        fresh = col._segs.capture_fresh()
         state = col._ids.to_state()
         payloads = _payload_copy(col._payloads)
         return ckpt.Captured(
@@ -883,7 +965,14 @@ def _capture(col: Collection, seq: int) -> ckpt.Captured:
             payloads=payloads,
             count=len(col._ids),
             payload_indexes=col._payloads.indexes(),
+            fresh=fresh,
         )
+
+
+def _warm_scan() -> None:
+    from vdb.index import flat
+
+    flat.warm()
 
 
 def _payload_copy(index: Any) -> dict[int, Any] | list[tuple[int, Any]]:

@@ -131,6 +131,13 @@ class IdMap:
         self.partitions[slot] = NO_PARTITION
         return slot
 
+    def release(self, slot: int, generation: int) -> None:
+        """Empty ``slot`` whose id already moved to another slot (``assign`` did)."""
+        self.changed[slot] = generation
+        self.live[slot] = False
+        self.ids[slot] = None
+        self.partitions[slot] = NO_PARTITION
+
     def changed_since(self, slots: np.ndarray, generation: int) -> bool:
         """True if any of ``slots`` (``-1`` ignored) was marked at ``generation`` or later.
 

@@ -10,6 +10,7 @@ surrogates, non-finite numbers), which ``json`` then handles.
 from __future__ import annotations
 
 import json
+import time
 
 import httpx
 import numpy as np
@@ -37,6 +38,12 @@ def http(server):
         ]
         r = c.put("/collections/fast/points?wait=true", json={"points": points})
         assert r.status_code == 200, r.text
+        # searched, the points are at once; compared across calls, they must stay put: wait
+        # until the background indexer reports the collection green (all in the graph)
+        deadline = time.monotonic() + 60
+        while c.get("/collections/fast").json()["result"]["status"] != "green":
+            assert time.monotonic() < deadline, "collection never turned green"
+            time.sleep(0.05)
         yield c
 
 

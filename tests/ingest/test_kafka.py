@@ -270,3 +270,32 @@ def test_read_committed_with_a_transactional_producer(broker, db):
     assert db.collection("docs").count() == 30
     assert db.source_offsets(source.name) == {(topic, 0): last}
     assert last > 29  # the markers really are in the log
+
+
+def test_full_fresh_segment_pauses_partitions_until_the_indexer_drains_it(
+    broker, producer, tmp_path
+):
+    topic = create_topic(broker.bootstrap, unique("fresh"), partitions=2)
+    n, limit = 1200, 200
+    for i in range(n):
+        send_json(producer, topic, {"id": i, "vector": vec(i)})
+    producer.flush()
+    with vdb.open(tmp_path / "d", warm=False, indexing=False) as db:
+        col = db.create_collection("docs", dim=DIM, metric="l2", fresh_limit=limit)
+        handle = db.ingest(
+            KafkaSource(broker.bootstrap, topic), "docs", batch_max=50, max_queued_records=100
+        )
+        # the indexer is paused: the writer holds the batch that would pass the bound, the
+        # queue fills and the partitions pause; nothing grows past the bound
+        wait_until(lambda: (s := handle.stats())["paused"] and s, timeout=60)
+        held = col.count()
+        assert 0 < held <= limit + 50
+        assert col.info()["segments"]["fresh_rows"] <= limit + 50
+        assert handle.stats()["buffered_records_max"] <= 100 + 2 * 50
+        db.resume_indexing()
+        final = wait_until(lambda: (s := handle.stats())["records"] >= n and s, timeout=120)
+        handle.stop()
+        assert final["pause_events"] >= 1 and final["resume_events"] >= 1
+        assert col.count() == n
+        assert col.wait_indexed(timeout=120)
+        assert [h.id for h in col.search(vec(77), k=1)] == [77]

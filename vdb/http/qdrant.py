@@ -1269,12 +1269,13 @@ def collection_info(info: dict[str, Any]) -> dict[str, Any]:
     metadata = (info.get("extra") or {}).get("metadata")
     if metadata:
         config["metadata"] = metadata
+    segments = info.get("segments") or {}
     return {
-        "status": "green",
+        "status": info.get("status", "green"),
         "optimizer_status": "ok",
-        "segments_count": 1,
+        "segments_count": 2 if segments.get("fresh_points") else 1,
         "points_count": count,
-        "indexed_vectors_count": count,
+        "indexed_vectors_count": int(segments.get("indexed_points", count)),
         "config": config,
         "payload_schema": payload_schema_out(info.get("payload_schema") or {}),
     }

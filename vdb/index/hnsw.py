@@ -249,6 +249,8 @@ class HNSW:
         self._g = _Graph.empty(capacity, dim, M, max(16, capacity // M))
         self._free: list[int] = []
         self._live = 0
+        self._hidden: set[int] = set()  # hidden by ``hide``, not yet deleted
+        self._swap_lock = threading.Lock()  # ``hide`` against the growth swap
         self._unchecked = 0  # points (re)linked since the last reachability check
         self._pending = np.zeros(capacity, np.uint8)
         self._write_lock = threading.RLock()
@@ -291,14 +293,19 @@ class HNSW:
     def seed(self) -> int:
         return self._seed
 
+    @property
+    def used(self) -> int:
+        """Slots in use: every slot below this was allocated once (live, deleted or a hole)."""
+        return int(self._g.state[2])
+
     def __len__(self) -> int:
-        """Number of live (added and not deleted) points."""
-        return self._live
+        """Number of live (added and not deleted or hidden) points."""
+        return self._live - len(self._hidden)
 
     def __repr__(self) -> str:
         return (
             f"HNSW(dim={self._dim}, metric={self._metric!r}, M={self._M}, "
-            f"ef_construction={self._efc}, len={self._live}, capacity={self.capacity})"
+            f"ef_construction={self._efc}, len={len(self)}, capacity={self.capacity})"
         )
 
     # -- input checks -----------------------------------------------------------------------
@@ -454,12 +461,13 @@ class HNSW:
         if start + n > g.capacity or rows_needed > g.upper.shape[0]:
             cap = _grow_to(g.capacity, start + n)
             rows = _grow_to(g.upper.shape[0], rows_needed)
-            g = g.grown(cap, rows)
+            with self._swap_lock:  # no ``hide`` between the copy and the swap
+                g = g.grown(cap, rows)
+                self._g = g
             if cap > self._pending.shape[0]:
                 pending = np.zeros(cap, np.uint8)
                 pending[: self._pending.shape[0]] = self._pending
                 self._pending = pending
-            self._g = g
             log.debug("index grown to capacity %d, %d upper rows", cap, rows)
         slots = np.arange(start, start + n, dtype=np.int32)
         offsets = int(g.state[3]) + np.cumsum(levels, dtype=np.int64) - levels
@@ -564,11 +572,31 @@ class HNSW:
         arr = self._slots(slots)
         with self._write_lock:
             g = self._g
+            hidden = self._hidden
             for slot in np.unique(arr).tolist():
-                if not g.deleted[slot]:
+                if slot in hidden:
+                    hidden.discard(slot)
+                    heapq.heappush(self._free, slot)
+                    self._live -= 1
+                elif not g.deleted[slot]:
                     g.deleted[slot] = 1
                     heapq.heappush(self._free, slot)
                     self._live -= 1
+
+    def hide(self, slots: Any) -> None:
+        """Stop returning live, linked ``slots`` at once, without waiting for the writer.
+
+        Only the deleted flags are written (searches walk through hidden slots as through
+        deleted ones), so a second thread may call this while the writer links other points;
+        the caller guarantees that ``slots`` are linked and not being (re)linked. A later
+        ``delete`` of the same slots frees them for reuse."""
+        arr = self._slots(slots)
+        with self._swap_lock:
+            g = self._g
+            for slot in np.unique(arr).tolist():
+                if not g.deleted[slot] and slot not in self._hidden:
+                    g.deleted[slot] = 1
+                    self._hidden.add(slot)
 
     def replace(self, slot: Any, vector: Any) -> None:
         """Give live ``slot`` a new vector and re-link it. Also accepts a 1-D array of slots with
@@ -644,7 +672,7 @@ class HNSW:
         if allowed is None:
             mask = self._no_mask
             mode = kernels.ADMIT_ALL
-            need = min(k, self._live)
+            need = min(k, len(self))
             exact = False
         else:
             mask = self._mask(allowed, g)
@@ -652,7 +680,7 @@ class HNSW:
             n_used = int(g.state[2])
             count = int(np.count_nonzero(mask[:n_used] > g.deleted[:n_used]))
             need = min(k, count)
-            exact = count * count <= _EXACT_FACTOR * max(ef, k) * max(self._live, 1)
+            exact = count * count <= _EXACT_FACTOR * max(ef, k) * max(len(self), 1)
         if nq < 2 * _SEARCH_GRAIN or self._n_threads == 1:
             if nq:
                 v = getattr(self._tls, "v", None)
@@ -744,7 +772,7 @@ class HNSW:
 
     def to_arrays(self) -> dict[str, np.ndarray]:
         """The whole index as named numpy arrays (copies), for ``HNSW.from_arrays``."""
-        with self._write_lock:
+        with self._write_lock, self._swap_lock:
             g = self._g
             n = int(g.state[2])
             rows = int(g.state[3])
@@ -752,7 +780,7 @@ class HNSW:
                 [
                     _FORMAT_VERSION, self._dim, _METRIC_CODES[self._metric], self._M, self._efc,
                     self._ef, self._seed, self._draws, g.state[0], g.state[1], n, rows,
-                    g.capacity, self._live,
+                    g.capacity, self._live - len(self._hidden),
                 ],
                 dtype=np.int64,
             )  # fmt: skip
@@ -764,7 +792,7 @@ class HNSW:
                 "upper_off": g.upper_off[:n].copy(),
                 "levels": g.levels[:n].copy(),
                 "deleted": g.deleted[:n].copy(),
-                "free": np.array(sorted(self._free), np.int32),
+                "free": np.array(sorted([*self._free, *self._hidden]), np.int32),
             }
 
     @classmethod

@@ -52,6 +52,7 @@ class Captured:
     payloads: list[tuple[int, Any]] | dict[int, Any]  # a dict: slot -> payload, any order
     count: int
     payload_indexes: dict[str, Any] = field(default_factory=dict)
+    fresh: dict[str, np.ndarray] = field(default_factory=dict)  # the fresh segment's rows
     blobs: dict[str, tuple[bytes, dict[str, Any]]] = field(default_factory=dict)
 
 
@@ -121,6 +122,8 @@ def encode(captured: Captured) -> dict[str, tuple[bytes | memoryview, dict[str, 
     blobs: dict[str, tuple[bytes | memoryview, dict[str, Any]]] = {}
     for name, arr in captured.arrays.items():
         blobs[f"index/{name}"] = _array_blob(arr)
+    for name, arr in captured.fresh.items():
+        blobs[f"fresh/{name}"] = _array_blob(arr)
     blobs["idmap/slots"] = _array_blob(captured.slots)
     blobs["idmap/partitions"] = _array_blob(captured.partitions)
     ids = captured.ids
@@ -276,6 +279,7 @@ class Loaded:
     partitions: np.ndarray
     payloads: list[tuple[int, Any]]
     payload_indexes: dict[str, Any] = field(default_factory=dict)
+    fresh: dict[str, np.ndarray] | None = None  # None: a checkpoint without a fresh segment
 
 
 def load(store: Store, txn: lmdb.Transaction, uid: int, manifest: dict[str, Any]) -> Loaded | None:
@@ -285,6 +289,7 @@ def load(store: Store, txn: lmdb.Transaction, uid: int, manifest: dict[str, Any]
         return None
     gen = int(manifest["gen"])
     arrays: dict[str, np.ndarray] = {}
+    fresh: dict[str, np.ndarray] = {}
     parts: dict[str, Any] = {}
     for name, meta in blobs.items():
         data = read_blob(txn, store, uid, gen, name, meta)
@@ -294,6 +299,8 @@ def load(store: Store, txn: lmdb.Transaction, uid: int, manifest: dict[str, Any]
             value = unpack(bytes(data))
         if name.startswith("index/"):
             arrays[name[len("index/") :]] = value
+        elif name.startswith("fresh/"):
+            fresh[name[len("fresh/") :]] = value
         else:
             parts[name] = value
     try:
@@ -304,6 +311,7 @@ def load(store: Store, txn: lmdb.Transaction, uid: int, manifest: dict[str, Any]
             partitions=parts["idmap/partitions"],
             payloads=[(int(s), p) for s, p in parts["payloads"]],
             payload_indexes=dict(parts.get("payload_indexes") or {}),
+            fresh=fresh or None,
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise CorruptData(f"checkpoint of collection uid {uid} is incomplete: {exc}") from exc

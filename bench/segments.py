@@ -1,0 +1,274 @@
+"""Segments benchmark: acknowledged ingest at WAL speed, background indexing, search meanwhile.
+
+    python -m bench.segments --data DIR            # debian-minilm 50k x 384, batches of 1,000
+    python -m bench.segments --data DIR --n 20000 --only burst
+
+Lines (anchors from the same run):
+
+* ``burst``: durable + searchable upserts of the whole set in batches, against
+  Qdrant Edge ``EdgeShard.update(upsert_points)`` of the same batches, LanceDB
+  ``table.add`` and hnswlib ``add_items`` (2 threads); the time until vdb has
+  indexed everything against hnswlib's build time; recall@10 and single-query
+  QPS right after the last acknowledgement and after indexing, against
+  hnswlib's graph at the same ef.
+* ``single``: single-vector upserts from 16 threads against batched upserts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bench.common import debian_minilm, emit, host_info, log, recall_at_k
+
+BATCH = 1000
+EF = 64
+PARAMS = {"M": 16, "ef_construction": 128}
+
+
+def _load() -> float:
+    return round(os.getloadavg()[0], 2)
+
+
+def _qps(search, queries: np.ndarray, seconds: float = 2.0) -> float:
+    done = 0
+    started = time.perf_counter()
+    while time.perf_counter() - started < seconds:
+        search(queries[done % len(queries)])
+        done += 1
+    return done / (time.perf_counter() - started)
+
+
+def _vdb_found(col, queries: np.ndarray, row_of: dict) -> np.ndarray:
+    hits = col.search(queries, k=10, ef=EF, with_payload=False)
+    return np.array([[row_of[h.id] for h in hs] + [-1] * (10 - len(hs)) for hs in hits])
+
+
+def bench_burst(ds, workdir: Path) -> None:
+    base, queries, gt = ds.base, ds.queries, ds.gt
+    n, dim = base.shape
+    row_of = {i: i for i in range(n)}
+
+    # hnswlib, 2 threads, the same batches, no durability
+    import hnswlib
+
+    index = hnswlib.Index(space="cosine", dim=dim)
+    index.init_index(max_elements=n, M=PARAMS["M"], ef_construction=PARAMS["ef_construction"])
+    index.set_num_threads(2)
+    started = time.perf_counter()
+    for lo in range(0, n, BATCH):
+        index.add_items(base[lo : lo + BATCH], np.arange(lo, min(n, lo + BATCH)))
+    hnsw_build = time.perf_counter() - started
+    index.set_ef(EF)
+    labels, _ = index.knn_query(queries, k=10)
+    hnsw_recall = recall_at_k(labels, gt, 10)
+    index.set_num_threads(1)
+    knn = index.knn_query
+    hnsw_qps = _qps(lambda q: knn(q, k=10), queries)
+    anchors: dict[str, Any] = {
+        "hnswlib": {
+            "add_items_2threads_vectors_per_s": round(n / hnsw_build, 1),
+            "build_s": round(hnsw_build, 3),
+            "recall_at_10": round(hnsw_recall, 4),
+            "single_qps": round(hnsw_qps, 1),
+        }
+    }
+    index = knn = None  # free the graph before the next system runs
+
+    try:
+        import qdrant_edge as qe
+
+        path = workdir / "edge"
+        config = qe.EdgeConfig(
+            vectors=qe.EdgeVectorParams(size=dim, distance=qe.Distance.Cosine),
+            hnsw_config=qe.HnswIndexConfig(
+                m=PARAMS["M"], ef_construct=PARAMS["ef_construction"], full_scan_threshold=10000
+            ),
+        )
+        shard = qe.EdgeShard.create(str(path), config)
+        started = time.perf_counter()
+        for lo in range(0, n, BATCH):
+            points = [qe.Point(i, base[i].tolist()) for i in range(lo, min(n, lo + BATCH))]
+            shard.update(qe.UpdateOperation.upsert_points(points))
+        edge_ack = time.perf_counter() - started
+        started = time.perf_counter()
+        shard.optimize()
+        edge_opt = time.perf_counter() - started
+        shard.close()
+        anchors["qdrant_edge"] = {
+            "upsert_vectors_per_s": round(n / edge_ack, 1),
+            "optimize_s": round(edge_opt, 3),
+        }
+        shutil.rmtree(path, ignore_errors=True)
+    except ImportError:
+        log("qdrant-edge-py not installed: no Qdrant Edge anchor")
+
+    try:
+        import lancedb
+        import pyarrow as pa
+
+        ldb = lancedb.connect(str(workdir / "lance"))
+        schema = pa.schema([("id", pa.int64()), ("vector", pa.list_(pa.float32(), dim))])
+        table = ldb.create_table("t", schema=schema)
+        started = time.perf_counter()
+        for lo in range(0, n, BATCH):
+            hi = min(n, lo + BATCH)
+            vectors = pa.FixedSizeListArray.from_arrays(pa.array(base[lo:hi].reshape(-1)), dim)
+            table.add(pa.table({"id": pa.array(np.arange(lo, hi)), "vector": vectors}))
+        lance_ack = time.perf_counter() - started
+        anchors["lancedb"] = {"add_vectors_per_s": round(n / lance_ack, 1)}
+    except ImportError:
+        log("lancedb not installed: no LanceDB anchor")
+
+    import vdb
+
+    with vdb.open(workdir / "vdb") as db:
+        warm = db.create_collection("warm", dim=dim, metric="cosine", **PARAMS)
+        warm.upsert(list(range(2000)), base[:2000])
+        warm.wait_indexed()
+        warm.search(queries[:2], k=10)
+        db.drop_collection("warm")
+        col = db.create_collection("burst", dim=dim, metric="cosine", ef=EF, **PARAMS)
+        started = time.perf_counter()
+        for lo in range(0, n, BATCH):
+            col.upsert(list(range(lo, min(n, lo + BATCH))), base[lo : lo + BATCH])
+        acked = time.perf_counter() - started
+        segs = col.info()["segments"]
+        right_after = {
+            "fresh_points": segs["fresh_points"],
+            "recall_at_10": round(recall_at_k(_vdb_found(col, queries, row_of), gt, 10), 4),
+            "single_qps": round(
+                _qps(lambda q: col.search(q, k=10, with_payload=False), queries), 1
+            ),
+        }
+        col.wait_indexed()
+        indexed = time.perf_counter() - started
+        after = {
+            "recall_at_10": round(recall_at_k(_vdb_found(col, queries, row_of), gt, 10), 4),
+            "single_qps": round(
+                _qps(lambda q: col.search(q, k=10, with_payload=False), queries), 1
+            ),
+        }
+    emit(
+        {
+            "bench": "segments",
+            "measure": "burst",
+            "dataset": ds.name,
+            "n": n,
+            "dim": dim,
+            "batch": BATCH,
+            "ef": EF,
+            "system": "vdb",
+            "acknowledged_vectors_per_s": round(n / acked, 1),
+            "fully_indexed_s": round(indexed, 3),
+            "right_after_last_ack": right_after,
+            "after_indexing": after,
+            "anchors": anchors,
+            "ratios": {
+                "ack_over_qdrant_edge_upsert": round(
+                    n / acked / anchors["qdrant_edge"]["upsert_vectors_per_s"], 3
+                )
+                if "qdrant_edge" in anchors
+                else None,
+                "ack_over_lancedb_add": round(
+                    n / acked / anchors["lancedb"]["add_vectors_per_s"], 3
+                )
+                if "lancedb" in anchors
+                else None,
+                "indexed_time_over_hnswlib_build": round(indexed / hnsw_build, 3),
+                "qps_right_after_over_indexed": round(
+                    right_after["single_qps"] / after["single_qps"], 3
+                ),
+                "indexed_qps_over_hnswlib": round(after["single_qps"] / hnsw_qps, 3),
+            },
+            "host": {**host_info(), "load1": _load()},
+        }
+    )
+
+
+def bench_single(ds, workdir: Path, threads: int, seconds: float) -> None:
+    import vdb
+
+    base = ds.base
+    n, dim = base.shape
+    with vdb.open(workdir / "single") as db:
+        col = db.create_collection("batched", dim=dim, metric="cosine", **PARAMS)
+        m = min(n, 20_000)
+        started = time.perf_counter()
+        for lo in range(0, m, BATCH):
+            col.upsert(list(range(lo, min(m, lo + BATCH))), base[lo : lo + BATCH])
+        batched = m / (time.perf_counter() - started)
+        col = db.create_collection("single", dim=dim, metric="cosine", **PARAMS)
+        counts = [0] * threads
+        stop = threading.Event()
+
+        def work(t: int) -> None:
+            i = t
+            while not stop.is_set():
+                col.upsert([i], base[i % n])
+                counts[t] += 1
+                i += threads
+
+        workers = [threading.Thread(target=work, args=(t,)) for t in range(threads)]
+        started = time.perf_counter()
+        for w in workers:
+            w.start()
+        time.sleep(seconds)
+        stop.set()
+        for w in workers:
+            w.join()
+        single = sum(counts) / (time.perf_counter() - started)
+        group = db.stats()["group_commit_mean"]
+    emit(
+        {
+            "bench": "segments",
+            "measure": "single",
+            "dataset": ds.name,
+            "dim": dim,
+            "threads": threads,
+            "single_upserts_per_s": round(single, 1),
+            "group_commit_mean": round(group, 2),
+            "anchor": {
+                "system": "vdb batched upserts (1,000 per call)",
+                "vectors_per_s": round(batched, 1),
+            },
+            "ratio_single_over_batched": round(single / batched, 3),
+            "host": {**host_info(), "load1": _load()},
+        }
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--only", default="burst,single")
+    parser.add_argument("--n", type=int, default=None, help="base vectors (default: all)")
+    parser.add_argument("--threads", type=int, default=16)
+    parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--workdir", default=None)
+    args = parser.parse_args(argv)
+    ds = debian_minilm(n=args.n)
+    only = set(args.only.split(","))
+    workdir = Path(args.workdir or tempfile.mkdtemp(prefix="vdb-bench-segments-"))
+    try:
+        if "burst" in only:
+            bench_burst(ds, workdir)
+        if "single" in only:
+            bench_single(ds, workdir, args.threads, args.seconds)
+    finally:
+        if args.workdir is None:
+            shutil.rmtree(workdir, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,504 @@
+"""A collection's vectors in two segments: a fresh one (flat, scanned exactly) and the graph.
+
+A write is acknowledged once it is durable and its points are appended to
+the **fresh segment**: flat arrays (``vectors``, ``slots``) that a search
+scans exactly with a nogil kernel (``vdb.index.flat``). A background
+**indexer** (``Indexer``, one thread per database) moves fresh points into the
+**indexed segment**, the HNSW graph, in large batches with the parallel bulk
+build, and deletes from the graph the points that were removed or replaced.
+A search asks both and merges the top-k by score, without duplicates.
+
+Slots: the collection numbers its points with dense int32 slots (the id
+map, the payload index and filter masks are indexed by them); the graph
+stores a point at the same slot (``HNSW.add(vectors, slots=...)``). Every
+upsert takes a new slot (smallest free first) and every remove or replace
+gives the old slot up, so a slot's vector never changes while it is
+occupied. A slot is in one of these states:
+
+* free: in ``_free`` (or at or beyond ``_next``), allocatable;
+* fresh: a row of the fresh buffer (``buffer.pos[slot]``);
+* indexed: linked and live in the graph;
+* doomed: removed by the writer but still in the graph (hidden at once when
+  it was fully indexed: ``HNSW.hide``), deleted from the graph by the indexer
+  at the start of its next cycle, and only then free again.
+
+Publication (one writer, one indexer, any number of readers):
+
+* Rows are only appended to a ``_Buffer``; its row count ``n`` is published
+  after the rows are written. A reader takes ``self.view`` once (a buffer and
+  the first row that is still fresh) and reads ``n`` once.
+* Growth copies the fresh rows into a new buffer and swaps ``self.view``;
+  readers that hold the old view keep a consistent, older picture.
+* The indexer copies a prefix of the fresh rows, links them into the graph
+  (holding ``index_lock``), and only then publishes a view that starts after
+  them. A search takes the view before it searches the graph, so a point
+  being moved is found in the fresh rows it holds, in the graph, or in both
+  (merged by slot): never in neither. While moved points that were removed
+  meanwhile may still be live in the graph (``has_doomed_linking``), graph
+  searches are given the live mask.
+* Removal of a fresh row writes ``-1`` into its slot cell; the kernel also
+  checks the id map's live flags, and the collection's seqlock (generation
+  marks on changed slots) makes a search that raced a change run again.
+"""
+
+from __future__ import annotations
+
+import heapq
+import logging
+import os
+import threading
+import time
+from typing import Any
+
+import numpy as np
+
+from vdb.index import flat
+
+log = logging.getLogger(__name__)
+
+DEFAULT_FRESH_LIMIT = 50_000
+INDEX_BATCH = 16_384  # points moved into the graph per indexer cycle
+LINK_CHUNK = 2_048  # points per HNSW.add call (a checkpoint waits at most one of these)
+
+
+class _Buffer:
+    """Append-only flat rows of the fresh segment (one generation of its arrays)."""
+
+    __slots__ = ("vectors", "slots", "stamps", "pos", "n")
+
+    def __init__(self, capacity: int, dim: int) -> None:
+        self.vectors = np.zeros((capacity, dim), np.float32)
+        self.slots = np.full(capacity, -1, np.int32)
+        self.stamps = np.zeros(capacity, np.float64)  # when each row was appended
+        self.pos: dict[int, int] = {}  # slot -> row, for the rows that are still fresh
+        self.n = 0
+
+    @property
+    def capacity(self) -> int:
+        return self.slots.shape[0]
+
+
+class _View:
+    __slots__ = ("buffer", "start")
+
+    def __init__(self, buffer: _Buffer, start: int) -> None:
+        self.buffer = buffer
+        self.start = start
+
+
+class Segments:
+    """The fresh segment and the graph of one collection, and the slots they share."""
+
+    def __init__(self, index: Any, fresh_limit: int = DEFAULT_FRESH_LIMIT) -> None:
+        self.index = index
+        self.dim = int(index.dim)
+        self.metric_code = flat.L2 if index.metric == "l2" else flat.IP
+        self.fresh_limit = int(fresh_limit)
+        self.view = _View(_Buffer(256, self.dim), 0)
+        self.index_lock = threading.Lock()  # the indexer holds it while it writes the graph
+        self._free: list[int] = []
+        self._next = int(index.used)
+        self._doomed: list[int] = []  # to delete from the graph, then free
+        self._doomed_linking: set[int] = set()  # removed while being linked
+        self._linking = 0  # rows from view.start being linked by the indexer
+        self.dirty = False  # graph changed since the last checkpoint capture
+        self.indexed_total = 0
+        self.index_seconds = 0.0
+        self.last_rate = 0.0
+        self.cycles = 0
+
+    # -- figures ---------------------------------------------------------------------------
+
+    @property
+    def fresh_rows(self) -> int:
+        """Rows held by the fresh segment (removed rows included until they are moved)."""
+        view = self.view
+        return view.buffer.n - view.start
+
+    @property
+    def fresh_points(self) -> int:
+        return len(self.view.buffer.pos)
+
+    @property
+    def has_doomed_linking(self) -> bool:
+        return bool(self._doomed_linking)
+
+    def backlog_age(self) -> float:
+        view = self.view
+        buf = view.buffer
+        if buf.n <= view.start:
+            return 0.0
+        return max(0.0, time.time() - float(buf.stamps[view.start]))
+
+    def has_work(self) -> bool:
+        return self.fresh_rows > 0 or bool(self._doomed)
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "fresh_points": self.fresh_points,
+            "fresh_rows": self.fresh_rows,
+            "fresh_limit": self.fresh_limit,
+            "indexed_points": len(self.index),
+            "doomed_points": len(self._doomed),
+            "indexing_rate": self.last_rate,
+            "indexed_total": self.indexed_total,
+            "index_cycles": self.cycles,
+            "backlog_age_s": self.backlog_age(),
+        }
+
+    # -- the writer (the caller holds the collection's apply lock) ------------------------
+
+    def allocate(self, n: int) -> np.ndarray:
+        """``n`` free slots, smallest first."""
+        out = np.empty(n, np.int32)
+        free = self._free
+        for i in range(n):
+            if free:
+                out[i] = heapq.heappop(free)
+            else:
+                out[i] = self._next
+                self._next += 1
+        return out
+
+    @property
+    def slot_bound(self) -> int:
+        """Every slot ever allocated is below this."""
+        return self._next
+
+    def append(self, slots: np.ndarray, vectors: np.ndarray) -> None:
+        """Make points searchable in the fresh segment (rows written, then published)."""
+        n = len(slots)
+        if n == 0:
+            return
+        view = self.view
+        buf = view.buffer
+        if buf.n + n > buf.capacity:
+            buf = self._regrow(n)
+        lo, hi = buf.n, buf.n + n
+        buf.vectors[lo:hi] = vectors
+        buf.slots[lo:hi] = slots
+        buf.stamps[lo:hi] = time.time()
+        pos = buf.pos
+        for row, slot in enumerate(slots.tolist(), lo):
+            pos[slot] = row
+        buf.n = hi
+
+    def _regrow(self, extra: int) -> _Buffer:
+        """Copy the fresh rows into a new buffer with room for ``extra`` more; swap the view."""
+        view = self.view
+        old = view.buffer
+        keep = old.n - view.start
+        capacity = max(256, 1 << int(np.ceil(np.log2(max(1, 2 * (keep + extra))))))
+        new = _Buffer(capacity, self.dim)
+        new.vectors[:keep] = old.vectors[view.start : old.n]
+        new.slots[:keep] = old.slots[view.start : old.n]
+        new.stamps[:keep] = old.stamps[view.start : old.n]
+        new.pos = {slot: row - view.start for slot, row in old.pos.items()}
+        new.n = keep
+        self.view = _View(new, 0)
+        return new
+
+    def remove(self, slots: list[int]) -> None:
+        """Give up the slots of removed or replaced points."""
+        view = self.view
+        buf = view.buffer
+        linking_end = view.start + self._linking
+        hide = []
+        for slot in slots:
+            row = buf.pos.pop(slot, None)
+            if row is None:  # indexed: hidden now, deleted from the graph by the indexer
+                hide.append(slot)
+                self._doomed.append(slot)
+                continue
+            buf.slots[row] = -1
+            if row < linking_end:  # being linked right now: the indexer deletes it after
+                self._doomed_linking.add(slot)
+                self._doomed.append(slot)
+            else:
+                heapq.heappush(self._free, slot)
+        if hide:
+            self.index.hide(np.asarray(hide, np.int64))
+
+    # -- reads -----------------------------------------------------------------------------
+
+    def search(
+        self,
+        queries: np.ndarray,
+        k: int,
+        ef: int,
+        allowed: np.ndarray | None,
+        live: np.ndarray,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Merged top-``k`` of the graph and the fresh rows: ``(slots int64, scores float32)``.
+
+        ``allowed`` (a mask over slots, or ``None``) restricts both; ``live`` is the id map's
+        live flags (fresh rows of points whose write is not applied are skipped). Rows are
+        best first, padded with ``-1`` / NaN.
+        """
+        view = self.view  # before the graph: see the module docstring
+        buf = view.buffer
+        start, stop = view.start, buf.n
+        index = self.index
+        graph_allowed = allowed
+        if graph_allowed is None and self._doomed_linking:
+            graph_allowed = live
+        if graph_allowed is not None:
+            cap = index.capacity
+            graph_allowed = graph_allowed[:cap]
+        nq = len(queries)
+        graph = None
+        if len(index):
+            gs, gd = index.search(queries, k, ef=ef, allowed=graph_allowed)
+            graph = (np.asarray(gs, np.int64), np.asarray(gd, np.float32))
+        if stop <= start:
+            if graph is None:
+                return np.full((nq, k), -1, np.int64), np.full((nq, k), np.nan, np.float32)
+            return graph
+        fs = np.empty((nq, k), np.int64)
+        fd = np.empty((nq, k), np.float32)
+        use = allowed is not None
+        flat.scan(
+            self.metric_code, buf.vectors, buf.slots, start, stop, queries, k, live,
+            allowed if use else live, use, fs, fd,
+        )  # fmt: skip
+        if graph is None:
+            return fs, fd
+        return merge_top_k(graph[0], graph[1], fs, fd, k, self.metric_code == flat.L2)
+
+    def get_vectors(self, slots: np.ndarray) -> np.ndarray:
+        """Stored vectors of occupied ``slots`` (fresh or indexed)."""
+        slots = np.asarray(slots, np.int64).reshape(-1)
+        out = np.empty((len(slots), self.dim), np.float32)
+        buf = self.view.buffer
+        pos = buf.pos
+        rows = np.fromiter((pos.get(s, -1) for s in slots.tolist()), np.int64, len(slots))
+        fresh = rows >= 0
+        if fresh.any():
+            out[fresh] = buf.vectors[rows[fresh]]
+        if not fresh.all():
+            out[~fresh] = self.index.get_vectors(slots[~fresh])
+        return out
+
+    # -- the indexer -----------------------------------------------------------------------
+
+    def index_once(self, apply_lock: Any, max_rows: int = INDEX_BATCH) -> int:
+        """One indexer cycle: delete doomed slots from the graph, link up to ``max_rows``
+        fresh rows, publish. Returns the points linked."""
+        started = time.perf_counter()
+        with apply_lock:
+            doomed, self._doomed = self._doomed, []
+            view = self.view
+            buf = view.buffer
+            rows = min(max_rows, buf.n - view.start)
+            self._linking = rows
+            sl = buf.slots[view.start : view.start + rows]
+            keep = sl >= 0
+            slots = sl[keep].copy()
+            vectors = buf.vectors[view.start : view.start + rows][keep].copy()
+        index = self.index
+        if doomed:
+            used = index.used
+            in_graph = np.asarray([s for s in doomed if s < used], np.int64)
+            with self.index_lock:
+                if in_graph.size:
+                    index.delete(in_graph)
+                self.dirty = True
+            with apply_lock:
+                for slot in doomed:
+                    heapq.heappush(self._free, slot)
+        for lo in range(0, len(slots), LINK_CHUNK):
+            with self.index_lock:
+                index.add(vectors[lo : lo + LINK_CHUNK], slots=slots[lo : lo + LINK_CHUNK])
+                self.dirty = True
+        with apply_lock:
+            view = self.view  # may have been regrown: row numbers are relative to view.start
+            buf = view.buffer
+            end = view.start + rows
+            pos = buf.pos
+            for slot in buf.slots[view.start : end].tolist():
+                if slot >= 0:
+                    pos.pop(slot, None)
+            self.view = _View(buf, end)
+            self._linking = 0
+            linked = set(slots.tolist())
+            hide = [s for s in self._doomed_linking if s in linked]
+            self._doomed_linking.clear()
+            if hide:
+                index.hide(np.asarray(hide, np.int64))
+        elapsed = time.perf_counter() - started
+        if len(slots):
+            self.indexed_total += len(slots)
+            self.index_seconds += elapsed
+            self.last_rate = len(slots) / elapsed if elapsed > 0 else 0.0
+        self.cycles += 1
+        return len(slots)
+
+    # -- checkpoints -------------------------------------------------------------------------
+
+    def capture_fresh(self) -> dict[str, np.ndarray]:
+        """Copies of the fresh rows that hold points (the caller holds the apply lock)."""
+        view = self.view
+        buf = view.buffer
+        sl = buf.slots[view.start : buf.n]
+        keep = sl >= 0
+        return {
+            "slots": sl[keep].copy(),
+            "vectors": buf.vectors[view.start : buf.n][keep].copy(),
+        }
+
+    def restore(self, fresh: dict[str, np.ndarray] | None, live_slots: np.ndarray) -> None:
+        """Rebuild the slot states after loading a checkpoint (before any reader exists).
+
+        Graph points that the id map no longer holds are deleted (they were doomed at the
+        capture); fresh rows already linked into the graph are dropped (they were being
+        moved); every other slot below the bound is free.
+        """
+        index = self.index
+        live = np.zeros(
+            max(int(index.used), int(live_slots.max()) + 1 if live_slots.size else 0), bool
+        )
+        live[live_slots] = True
+        graph_live = index.live_mask()[: index.used]
+        doomed = np.flatnonzero(graph_live & ~live[: len(graph_live)])
+        if doomed.size:
+            index.delete(doomed)
+        graph_live = index.live_mask()[: index.used]
+        slots = np.zeros(0, np.int32)
+        vectors = np.zeros((0, self.dim), np.float32)
+        if fresh is not None and len(fresh["slots"]):
+            slots = np.asarray(fresh["slots"], np.int32)
+            vectors = np.asarray(fresh["vectors"], np.float32).reshape(-1, self.dim)
+            in_graph = np.zeros(len(slots), bool)
+            below = slots < len(graph_live)
+            in_graph[below] = graph_live[slots[below]]
+            keep = ~in_graph & (slots < len(live))
+            keep[keep] = live[slots[keep]]
+            slots, vectors = slots[keep], vectors[keep]
+        occupied = np.zeros(len(live), bool)
+        occupied[: len(graph_live)] = graph_live
+        occupied[slots] = True
+        missing = live & ~occupied
+        if missing.any():
+            raise ValueError(
+                f"{int(missing.sum())} points of the id map are in neither segment "
+                f"(first slot {int(np.flatnonzero(missing)[0])})"
+            )
+        self._next = len(live)
+        self._free = np.flatnonzero(~live).astype(np.int64).tolist()
+        heapq.heapify(self._free)
+        self.view = _View(_Buffer(256, self.dim), 0)
+        self.append(slots, vectors)
+
+
+def merge_top_k(
+    slots_a: np.ndarray,
+    scores_a: np.ndarray,
+    slots_b: np.ndarray,
+    scores_b: np.ndarray,
+    k: int,
+    ascending: bool,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Merge two best-first top-k lists per row (``-1`` padded), dropping duplicate slots."""
+    nq = slots_a.shape[0]
+    slots = np.concatenate([slots_a, slots_b], axis=1)
+    scores = np.concatenate([scores_a, scores_b], axis=1).astype(np.float32)
+    keys = scores if ascending else -scores
+    keys = np.where(slots < 0, np.inf, keys)
+    out_slots = np.full((nq, k), -1, np.int64)
+    out_scores = np.full((nq, k), np.nan, np.float32)
+    for row in range(nq):
+        order = np.lexsort((slots[row], keys[row]))
+        taken = 0
+        seen: set[int] = set()
+        for j in order.tolist():
+            slot = int(slots[row, j])
+            if slot < 0:
+                break
+            # a point being moved is in both lists; its two scores may differ in the last
+            # bit (the kernels sum in different orders), so duplicates need not be adjacent
+            if slot in seen:
+                continue
+            seen.add(slot)
+            out_slots[row, taken] = slot
+            out_scores[row, taken] = scores[row, j]
+            taken += 1
+            if taken == k:
+                break
+    return out_slots, out_scores
+
+
+class Indexer:
+    """One background thread per database that moves fresh points into the graphs.
+
+    It works on the collection with the oldest backlog, one cycle at a time, and sleeps
+    while there is nothing to do. ``wake()`` is called by the writer after it appended.
+    The thread lowers its own scheduling priority (Linux), so searches and the writer
+    get the cores first when both want them.
+    """
+
+    def __init__(self, collections: Any, name: str) -> None:
+        self._collections = collections  # callable -> list of collections
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._paused = threading.Event()
+        self._drained = threading.Condition()
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self.failures = 0
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def pause(self) -> None:
+        """Stop moving points into the graphs after the current cycle (writes go on)."""
+        self._paused.set()
+
+    def resume(self) -> None:
+        self._paused.clear()
+        self._wake.set()
+
+    @property
+    def paused(self) -> bool:
+        return self._paused.is_set()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        self._thread.join()
+
+    def wait_below(self, segs: Segments, limit: int, timeout: float) -> bool:
+        """Block until ``segs`` holds fewer than ``limit`` fresh rows (or ``timeout``)."""
+        deadline = time.monotonic() + timeout
+        with self._drained:
+            while segs.fresh_rows >= limit and not self._stop.is_set():
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._wake.set()
+                self._drained.wait(min(left, 0.1))
+        return True
+
+    def _run(self) -> None:
+        try:
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 5)
+        except (AttributeError, OSError):  # not Linux, or not permitted
+            pass
+        while not self._stop.is_set():
+            busy = []
+            if not self._paused.is_set():
+                busy = [c for c in self._collections() if c._segs.has_work()]
+            if not busy:
+                self._wake.wait(0.5)
+                self._wake.clear()
+                continue
+            col = max(busy, key=lambda c: c._segs.backlog_age())
+            try:
+                col._index_once()
+            except Exception:
+                self.failures += 1
+                log.exception("indexing collection %s failed", col.name)
+                self._stop.wait(1.0)
+            with self._drained:
+                self._drained.notify_all()
