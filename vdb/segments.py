@@ -58,6 +58,11 @@ log = logging.getLogger(__name__)
 
 DEFAULT_FRESH_LIMIT = 50_000
 INDEX_BATCH = 16_384  # points moved into the graph per indexer cycle
+# The indexer waits for this many points (or this long) before a cycle: linking a few points
+# at a time costs far more per point (a reachability check, thread hand-offs) and fresh points
+# are searchable anyway.
+INDEX_MIN_BATCH = 1_024
+INDEX_MAX_WAIT_S = 0.2
 LINK_CHUNK = 2_048  # points per HNSW.add call (a checkpoint waits at most one of these)
 
 
@@ -102,6 +107,7 @@ class Segments:
         self._doomed_linking: set[int] = set()  # removed while being linked
         self._linking = 0  # rows from view.start being linked by the indexer
         self.dirty = False  # graph changed since the last checkpoint capture
+        self._work_since: float | None = None  # monotonic time work became pending
         self.indexed_total = 0
         self.index_seconds = 0.0
         self.last_rate = 0.0
@@ -132,6 +138,16 @@ class Segments:
 
     def has_work(self) -> bool:
         return self.fresh_rows > 0 or bool(self._doomed)
+
+    def ready(self, now: float) -> float:
+        """0 when a cycle is worth running now, else the seconds to wait for one."""
+        if not self.has_work():
+            return INDEX_MAX_WAIT_S
+        enough = min(INDEX_MIN_BATCH, self.fresh_limit)
+        if self.fresh_rows >= enough or len(self._doomed) >= enough:
+            return 0.0
+        since = self._work_since if self._work_since is not None else now
+        return max(0.0, since + INDEX_MAX_WAIT_S - now)
 
     def stats(self) -> dict[str, Any]:
         return {
@@ -182,6 +198,8 @@ class Segments:
         for row, slot in enumerate(slots.tolist(), lo):
             pos[slot] = row
         buf.n = hi
+        if self._work_since is None:
+            self._work_since = time.monotonic()
 
     def _regrow(self, extra: int) -> _Buffer:
         """Copy the fresh rows into a new buffer with room for ``extra`` more; swap the view."""
@@ -218,6 +236,8 @@ class Segments:
                 heapq.heappush(self._free, slot)
         if hide:
             self.index.hide(np.asarray(hide, np.int64))
+        if self._work_since is None:
+            self._work_since = time.monotonic()
 
     # -- reads -----------------------------------------------------------------------------
 
@@ -229,7 +249,7 @@ class Segments:
         allowed: np.ndarray | None,
         live: np.ndarray,
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Merged top-``k`` of the graph and the fresh rows: ``(slots int64, scores float32)``.
+        """Merged top-``k`` of the graph and the fresh rows: ``(slots, scores float32)``.
 
         ``allowed`` (a mask over slots, or ``None``) restricts both; ``live`` is the id map's
         live flags (fresh rows of points whose write is not applied are skipped). Rows are
@@ -248,12 +268,11 @@ class Segments:
         nq = len(queries)
         graph = None
         if len(index):
-            gs, gd = index.search(queries, k, ef=ef, allowed=graph_allowed)
-            graph = (np.asarray(gs, np.int64), np.asarray(gd, np.float32))
+            graph = index.search(queries, k, ef=ef, allowed=graph_allowed)
         if stop <= start:
             if graph is None:
                 return np.full((nq, k), -1, np.int64), np.full((nq, k), np.nan, np.float32)
-            return graph
+            return graph  # int32 slots: the common case pays no conversion
         fs = np.empty((nq, k), np.int64)
         fd = np.empty((nq, k), np.float32)
         use = allowed is not None
@@ -287,6 +306,7 @@ class Segments:
         started = time.perf_counter()
         with apply_lock:
             doomed, self._doomed = self._doomed, []
+            self._work_since = None
             view = self.view
             buf = view.buffer
             rows = min(max_rows, buf.n - view.start)
@@ -325,6 +345,8 @@ class Segments:
             self._doomed_linking.clear()
             if hide:
                 index.hide(np.asarray(hide, np.int64))
+            if self.has_work() and self._work_since is None:
+                self._work_since = time.monotonic()
         elapsed = time.perf_counter() - started
         if len(slots):
             self.indexed_total += len(slots)
@@ -487,10 +509,17 @@ class Indexer:
             pass
         while not self._stop.is_set():
             busy = []
+            wait = 0.5
             if not self._paused.is_set():
-                busy = [c for c in self._collections() if c._segs.has_work()]
+                now = time.monotonic()
+                for c in self._collections():
+                    left = c._segs.ready(now)
+                    if left == 0.0:
+                        busy.append(c)
+                    elif c._segs.has_work():
+                        wait = min(wait, left)
             if not busy:
-                self._wake.wait(0.5)
+                self._wake.wait(wait)
                 self._wake.clear()
                 continue
             col = max(busy, key=lambda c: c._segs.backlog_age())

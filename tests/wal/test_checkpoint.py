@@ -41,8 +41,8 @@ def test_crash_between_chunks_and_manifest_leaves_the_old_checkpoint(tmp_path):
         # a checkpoint that died after writing its chunks, before its manifest
         from vdb.db import _capture
 
-        with db._write_lock:
-            captured = _capture(col, db.last_seq)
+        with col._segs.index_lock, db._write_lock:
+            captured = _capture(col, db.last_seq, col._index.to_arrays())
         ckpt.write_blobs(db._store, col.uid, 999, ckpt.encode(captured))
         db.close(checkpoint=False)
     with vdb.open(tmp_path / "d") as db:
