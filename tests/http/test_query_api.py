@@ -1,78 +1,37 @@
 """vdb.http.query_api against the bodies the real qdrant-client sends.
 
-The client talks to a small recording HTTP server (stdlib, on a free port) that
-keeps every request body and answers with the minimal success envelope; the
-recorded bodies are exactly what the client puts on the wire, and they are
-what the parsers are fed.
+The client talks to a recording endpoint (``tests/http/wire.py``) that keeps
+every request body and answers with the minimal success envelope; the recorded
+bodies are exactly what the client puts on the wire, and they are what the
+parsers are fed.
 """
 
 from __future__ import annotations
-
-import json
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
 import pytest
 from qdrant_client import QdrantClient, models
 
+from tests.http.wire import Wire
 from vdb.errors import DimensionMismatch, InvalidInput
 from vdb.http import query_api as qa
 
 
-class _Recorder(BaseHTTPRequestHandler):
-    def log_message(self, *args) -> None:  # quiet
-        pass
-
-    def _reply(self) -> None:
-        length = int(self.headers.get("Content-Length") or 0)
-        raw = self.rfile.read(length) if length else b""
-        body = json.loads(raw) if raw else None
-        self.server.requests.append((self.command, self.path.split("?")[0], body))
-        path = self.path.split("?")[0]
-        if path.endswith("/points/query/batch"):
-            result = [{"points": []} for _ in body["searches"]]
-        elif path.endswith("/points/query"):
-            result = {"points": []}
-        elif path.endswith("/points") and self.command == "PUT":
-            result = {"operation_id": 1, "status": "completed"}
-        else:
-            result = True
-        out = json.dumps({"result": result, "status": "ok", "time": 0.0}).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(out)))
-        self.end_headers()
-        self.wfile.write(out)
-
-    do_GET = do_PUT = do_POST = do_DELETE = do_PATCH = _reply
-
-
 @pytest.fixture(scope="module")
 def wire():
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Recorder)
-    server.requests = []
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    client = QdrantClient(
-        url=f"http://127.0.0.1:{server.server_address[1]}",
-        prefer_grpc=False,
-        check_compatibility=False,
-    )
+    with Wire() as server:
+        client = QdrantClient(url=server.url, prefer_grpc=False, check_compatibility=False)
 
-    def sent(call):
-        """Run ``call(client)`` and return the body of the one request it made."""
-        before = len(server.requests)
-        call(client)
-        bodies = server.requests[before:]
-        assert len(bodies) == 1, bodies
-        return bodies[0][2]
+        def sent(call):
+            """Run ``call(client)`` and return the body of the one request it made."""
+            before = len(server.requests)
+            call(client)
+            made = server.requests[before:]
+            assert len(made) == 1, made
+            return made[0][3]
 
-    yield sent
-    client.close()
-    server.shutdown()
-    server.server_close()
-    thread.join()
+        yield sent
+        client.close()
 
 
 # -- collection config -------------------------------------------------------------------------
