@@ -275,6 +275,14 @@ def test_from_arrays_refuses_broken_checkpoints():
         SparseIndex.from_arrays(bad)
 
 
+def test_warm_loads_every_kernel_and_leaves_the_index_alone():
+    h = SparseIndex()
+    h.put([1], [([2], [3.0])])
+    h.warm()
+    assert len(h) == 1 and sparse_mod._warmed[0] is True
+    assert h.search([([2], [1.0])], 1)[1].tolist() == [[3.0]]
+
+
 def test_memory_bytes_grows_with_data():
     h = SparseIndex()
     before = h.memory_bytes()

@@ -136,6 +136,80 @@ def build_postings(row_slots, ptr, idx, val):
     return dims, dptr, pslots, pvals
 
 
+@njit(cache=True, nogil=True)
+def merge_postings(o_dims, o_ptr, o_slots, o_vals, keep, n_dims, n_ptr, n_slots, n_vals):
+    """A new posting set: the postings of ``o_*`` whose slot has ``keep[slot] != 0``, merged
+    with all of ``n_*``. Both inputs hold each dimension's postings in ascending slot order
+    and so does the output (a linear merge, no sort); dimensions left empty are dropped."""
+    nd_o = o_dims.shape[0]
+    nd_n = n_dims.shape[0]
+    nd = 0
+    total = 0
+    i = 0
+    j = 0
+    while i < nd_o or j < nd_n:
+        if j >= nd_n or (i < nd_o and o_dims[i] < n_dims[j]):
+            take_o, take_n = True, False
+        elif i >= nd_o or n_dims[j] < o_dims[i]:
+            take_o, take_n = False, True
+        else:
+            take_o, take_n = True, True
+        count = 0
+        if take_o:
+            for p in range(o_ptr[i], o_ptr[i + 1]):
+                if keep[o_slots[p]] != 0:
+                    count += 1
+            i += 1
+        if take_n:
+            count += n_ptr[j + 1] - n_ptr[j]
+            j += 1
+        if count:
+            nd += 1
+            total += count
+    dims = np.empty(nd, np.uint32)
+    dptr = np.empty(nd + 1, np.int64)
+    slots = np.empty(total, np.int32)
+    vals = np.empty(total, np.float32)
+    i = 0
+    j = 0
+    d = 0
+    out = 0
+    while i < nd_o or j < nd_n:
+        if j >= nd_n or (i < nd_o and o_dims[i] < n_dims[j]):
+            dim = o_dims[i]
+            a, a_end, b, b_end = o_ptr[i], o_ptr[i + 1], 0, 0
+            i += 1
+        elif i >= nd_o or n_dims[j] < o_dims[i]:
+            dim = n_dims[j]
+            a, a_end, b, b_end = 0, 0, n_ptr[j], n_ptr[j + 1]
+            j += 1
+        else:
+            dim = o_dims[i]
+            a, a_end, b, b_end = o_ptr[i], o_ptr[i + 1], n_ptr[j], n_ptr[j + 1]
+            i += 1
+            j += 1
+        start = out
+        while a < a_end or b < b_end:
+            if a < a_end and keep[o_slots[a]] == 0:
+                a += 1
+                continue
+            if b >= b_end or (a < a_end and o_slots[a] < n_slots[b]):
+                slots[out] = o_slots[a]
+                vals[out] = o_vals[a]
+                a += 1
+            else:
+                slots[out] = n_slots[b]
+                vals[out] = n_vals[b]
+                b += 1
+            out += 1
+        if out > start:
+            dims[d] = dim
+            dptr[d] = start
+            d += 1
+    dptr[nd] = total
+    return dims, dptr, slots, vals
+
+
 @njit(inline="always", cache=True)
 def _find(dims, dim):
     """Position of ``dim`` in the sorted ``dims``, or -1."""
