@@ -453,3 +453,50 @@ def test_legacy_named_vectors():
     assert name == "text-sparse" and vector.indices.tolist() == [3]
     with pytest.raises(InvalidInput, match=r"`vector\.vector\.indices`"):
         qa.parse_named_vector({"name": "s", "vector": {"indices": [3, 3], "values": [1.0, 1.0]}})
+
+
+def test_update_and_delete_vectors(wire):
+    body = wire(
+        lambda c: c.update_vectors(
+            "c",
+            points=[
+                models.PointVectors(
+                    id=1,
+                    vector={
+                        "text-dense": [1.0, 2.0, 3.0],
+                        "text-sparse": models.SparseVector(indices=[1], values=[2.0]),
+                    },
+                )
+            ],
+        )
+    )
+    (update,) = qa.parse_update_vectors(body, CONFIG)
+    assert update.id == 1 and set(update.vectors) == {"text-dense", "text-sparse"}
+    body = wire(lambda c: c.delete_vectors("c", vectors=["text-dense"], points=[1, 2]))
+    assert qa.parse_delete_vectors(body, CONFIG) == qa.DeleteVectors(("text-dense",), [1, 2], None)
+    body = wire(
+        lambda c: c.delete_vectors(
+            "c",
+            vectors=["text-sparse"],
+            points=models.FilterSelector(
+                filter=models.Filter(must=[models.HasIdCondition(has_id=[1])])
+            ),
+        )
+    )
+    deleted = qa.parse_delete_vectors(body, CONFIG)
+    assert deleted.ids is None and deleted.filter == {"must": [{"has_id": [1]}]}
+    with pytest.raises(InvalidInput, match="Not existing vector name error: nope"):
+        qa.parse_delete_vectors({"points": [1], "vector": ["nope"]}, CONFIG)
+    with pytest.raises(InvalidInput, match="exactly one of `points` or `filter`"):
+        qa.parse_delete_vectors({"vector": ["text-dense"]}, CONFIG)
+    with pytest.raises(InvalidInput, match=r"`points\[0\]\.vector\.text-sparse\.indices`"):
+        qa.parse_update_vectors(
+            {
+                "points": [
+                    {"id": 1, "vector": {"text-sparse": {"indices": [2, 2], "values": [1, 1]}}}
+                ]
+            },
+            CONFIG,
+        )
+    with pytest.raises(InvalidInput, match=r"`points\[0\]\.vector` must hold at least one"):
+        qa.parse_update_vectors({"points": [{"id": 1, "vector": {}}]}, CONFIG)

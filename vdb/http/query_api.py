@@ -457,6 +457,65 @@ def parse_named_vector(value: Any, where: str = "vector") -> tuple[str, Vector]:
     return DEFAULT_VECTOR, p.parse_vector(value, where)
 
 
+@dataclass(frozen=True)
+class PointVectors:
+    """One entry of ``update_vectors``: the point and the vectors it gets (others kept)."""
+
+    id: int | str
+    vectors: dict[str, Vector]
+
+
+@dataclass(frozen=True)
+class DeleteVectors:
+    """``delete_vectors``: drop the vectors ``names`` of the points ``ids`` or of the points
+    matching ``filter`` (exactly one of the two is set)."""
+
+    names: tuple[str, ...]
+    ids: list[int | str] | None
+    filter: dict[str, Any] | None
+
+
+def parse_update_vectors(body: Any, config: VectorsConfig | None = None) -> list[PointVectors]:
+    """A ``PUT /collections/{c}/points/vectors`` body (``UpdateVectors``)."""
+    body = p.check_object(body, "UpdateVectors")
+    p.check_fields(body, "UpdateVectors", ("points",), ("shard_key", "update_filter"))
+    points = body.get("points")
+    if not isinstance(points, list):
+        raise p.fail("Format error in JSON body: `points` must be an array of point vectors")
+    out = []
+    for i, point in enumerate(points):
+        where = f"points[{i}]"
+        point = p.check_object(point, where)
+        p.check_fields(point, f"PointVectors `{where}`", ("id", "vector"))
+        for key in ("id", "vector"):
+            if key not in point:
+                raise p.fail(f"Format error in JSON body: `{where}.{key}` is required")
+        vectors = parse_point_vector(point["vector"], f"{where}.vector", config)
+        if not vectors:
+            raise p.fail(f"Validation error: `{where}.vector` must hold at least one vector")
+        out.append(PointVectors(p.parse_id(point["id"], f"{where}.id"), vectors))
+    return out
+
+
+def parse_delete_vectors(body: Any, config: VectorsConfig | None = None) -> DeleteVectors:
+    """A ``POST /collections/{c}/points/vectors/delete`` body (``DeleteVectors``)."""
+    body = p.check_object(body, "DeleteVectors")
+    p.check_fields(body, "DeleteVectors", ("points", "filter", "vector"), ("shard_key",))
+    raw = body.get("vector")
+    if not isinstance(raw, list):
+        raise p.fail("Format error in JSON body: `vector` must be an array of vector names")
+    names = tuple(parse_name(n, f"vector[{i}]") for i, n in enumerate(raw))
+    if config is not None:
+        for name in names:
+            if name not in config.dense and name not in config.sparse:
+                raise p.fail(f"Wrong input: Not existing vector name error: {name}")
+    ids = None if body.get("points") is None else p.parse_ids(body["points"], "points")
+    flt = p.parse_filter(body.get("filter"))
+    if (ids is None) == (flt is None):
+        raise p.fail("Bad request: `delete_vectors` needs exactly one of `points` or `filter`")
+    return DeleteVectors(names, ids, flt)
+
+
 # -- Query API --------------------------------------------------------------------------------
 
 
@@ -678,10 +737,12 @@ def check_query_vectors(
 
 __all__ = [
     "DEFAULT_VECTOR",
+    "DeleteVectors",
     "DenseVectorConfig",
     "Fusion",
     "Mmr",
     "Nearest",
+    "PointVectors",
     "Prefetch",
     "QueryRequest",
     "SearchParams",
@@ -692,6 +753,7 @@ __all__ = [
     "check_query_vectors",
     "parse_batch_vectors",
     "parse_collection_vectors",
+    "parse_delete_vectors",
     "parse_named_vector",
     "parse_one_vector",
     "parse_point_vector",
@@ -700,6 +762,7 @@ __all__ = [
     "parse_query_request",
     "parse_sparse_vector",
     "parse_sparse_vectors_config",
+    "parse_update_vectors",
     "parse_vector_params",
     "parse_vectors_config",
     "parse_with_vector",
