@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from qdrant_client import QdrantClient, models
 
 from tests.http.wire import Wire
@@ -500,3 +502,61 @@ def test_update_and_delete_vectors(wire):
         )
     with pytest.raises(InvalidInput, match=r"`points\[0\]\.vector` must hold at least one"):
         qa.parse_update_vectors({"points": [{"id": 1, "vector": {}}]}, CONFIG)
+
+
+_json_scalars = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(min_value=-(2**40), max_value=2**40),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.text(max_size=3),
+)
+_json = st.recursive(
+    _json_scalars,
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=4), st.dictionaries(st.text(max_size=8), inner, max_size=4)
+    ),
+    max_leaves=12,
+)
+_sparse_like = st.fixed_dictionaries(
+    {
+        "indices": st.lists(
+            st.one_of(st.integers(min_value=-3, max_value=2**32 + 3), _json_scalars), max_size=6
+        ),
+        "values": st.lists(
+            st.one_of(st.floats(allow_nan=True, allow_infinity=True), _json_scalars), max_size=6
+        ),
+    }
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.one_of(_sparse_like, _json))
+def test_sparse_vectors_either_parse_valid_or_are_refused(value):
+    try:
+        vector = qa.parse_sparse_vector(value, "v")
+    except InvalidInput as e:
+        assert "`v" in str(e)
+        return
+    indices = vector.indices.tolist()
+    assert len(indices) == len(set(indices)) == vector.values.shape[0]
+    assert all(0 <= i < 2**32 for i in indices)
+    assert np.isfinite(vector.values).all()
+    assert indices == value["indices"]
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.dictionaries(
+        st.sampled_from(["query", "prefetch", "using", "limit", "filter", "offset", "params"]),
+        _json,
+        max_size=4,
+    )
+)
+def test_query_requests_parse_or_are_refused_cleanly(body):
+    try:
+        request = qa.parse_query_request(body)
+    except InvalidInput:
+        return
+    assert isinstance(request, qa.QueryRequest)
+    assert request.limit >= 0 and request.offset >= 0

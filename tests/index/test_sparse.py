@@ -8,6 +8,8 @@ import threading
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from vdb.index import sparse as sparse_mod
 from vdb.index.sparse import SparseIndex
@@ -412,3 +414,43 @@ def test_bad_queries_and_arguments():
     h.put(np.array([3], np.int32), [{"indices": np.array([7], np.uint32), "values": [2.0]}])
     slots, scores = h.search([{"indices": [7], "values": [1.0]}], 1)
     assert slots[0].tolist() == [3] and scores[0].tolist() == [2.0]
+
+
+_items = st.one_of(
+    st.integers(min_value=-5, max_value=2**32 + 5),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.booleans(),
+    st.text(max_size=2),
+    st.none(),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(
+        st.one_of(
+            st.tuples(st.lists(_items, max_size=5), st.lists(_items, max_size=5)),
+            st.tuples(
+                st.lists(st.integers(0, 40), max_size=6, unique=True),
+                st.lists(st.floats(-10, 10, width=32), min_size=6, max_size=6),
+            ).map(lambda t: (t[0], t[1][: len(t[0])])),
+            _items,
+        ),
+        max_size=4,
+    )
+)
+def test_put_validates_or_refuses_and_never_half_writes(vectors):
+    h = SparseIndex()
+    h.put([100], [([1], [1.0])])
+    try:
+        h.put(np.arange(len(vectors)), vectors)
+    except ValueError as e:
+        assert "vectors[" in str(e) or "vectors must" in str(e)
+        assert len(h) == 1 and h.get(np.arange(len(vectors))) == [None] * len(vectors)
+        return
+    assert len(h) == 1 + len(vectors)
+    for s, (idx, val) in enumerate(vectors):
+        got = h.get([s])[0]
+        order = np.argsort(np.asarray(idx, np.int64), kind="stable")
+        assert got[0].tolist() == np.asarray(idx, np.int64)[order].tolist()
+        assert got[1].tolist() == pytest.approx(np.asarray(val, np.float64)[order].tolist())
