@@ -86,6 +86,7 @@ def test_langchain_modes(mode):
             ids=[1, 2, 3, "0b8e4c4e-3f4b-4a8e-9a53-0d6c2f7a9b10"],
             url=wire.url,
             collection_name="docs",
+            check_compatibility=False,  # passed through to QdrantClient
         )
         store.similarity_search_with_score("red fruit", k=2, filter=FILTER)
         if mode == RetrievalMode.DENSE:
@@ -136,7 +137,7 @@ def test_langchain_uuid_hex_ids_are_sent_unhyphenated():
     with Wire() as wire:
         QdrantVectorStore.from_texts(
             TEXTS[:1], embedding=DeterministicFakeEmbedding(size=DIM), url=wire.url,
-            collection_name="docs",
+            collection_name="docs", check_compatibility=False,
         )  # fmt: skip
         (upsert,) = wire.bodies("PUT", "/points")
         point_id = upsert["points"][0]["id"]
