@@ -233,6 +233,41 @@ def test_idf_formula_by_hand():
     assert scores[0][1:3].tolist() == pytest.approx([w1, w1], rel=1e-6)
 
 
+def test_idf_over_several_indexes_by_the_caller():
+    """Segments: the caller sums N and df over the indexes, scales the query with idf_weights
+    and searches each with idf=False; the merged top-k equals one index holding everything."""
+    rng = np.random.default_rng(8)
+    vectors = random_vectors(rng, 200, dims=25, nnz=6)
+    whole = SparseIndex("idf")
+    whole.put(np.arange(200), vectors)
+    parts = [SparseIndex("idf"), SparseIndex("idf")]
+    parts[0].put(np.arange(0, 200, 2), vectors[0::2])
+    parts[1].put(np.arange(1, 200, 2), vectors[1::2])
+    for q in random_vectors(rng, 10, dims=25, nnz=6):
+        idx = np.asarray(q[0], np.int64)
+        df = sum(p.document_frequencies(idx) for p in parts)
+        assert df.tolist() == whole.document_frequencies(idx).tolist()
+        weights = sparse_mod.idf_weights(sum(len(p) for p in parts), df)
+        scaled = [(idx, (np.asarray(q[1], np.float32) * weights).astype(np.float32))]
+        hits = []
+        for p in parts:
+            slots, scores = p.search(scaled, 10, idf=False)
+            hits += [
+                (sc, s)
+                for s, sc in zip(slots[0].tolist(), scores[0].tolist(), strict=True)
+                if s >= 0
+            ]
+        hits.sort(key=lambda h: (-h[0], h[1]))
+        w_slots, w_scores = whole.search([q], 10)
+        got = hits[:10]
+        assert [s for _, s in got] == [s for s in w_slots[0].tolist() if s >= 0]
+        assert [sc for sc, _ in got] == pytest.approx(
+            [x for x in w_scores[0].tolist() if x > -np.inf], rel=1e-6
+        )
+    with pytest.raises(ValueError, match="indices must be"):
+        whole.document_frequencies([-1])
+
+
 def test_persistence_round_trip_answers_identically(monkeypatch):
     monkeypatch.setattr(sparse_mod, "_DELTA_MIN", 64)
     monkeypatch.setattr(sparse_mod, "_DELTA_SQRT", 1.0)

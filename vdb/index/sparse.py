@@ -285,19 +285,23 @@ class SparseIndex:
     # -- reads ------------------------------------------------------------------------------
 
     def search(
-        self, queries: Sequence[Any], k: int, allowed: Any = None
+        self, queries: Sequence[Any], k: int, allowed: Any = None, idf: bool | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
         """Exact top-``k`` of each query: ``(slots int64[nq, k], scores float32[nq, k])``.
 
         ``queries`` is a sequence of sparse vectors (validated like ``put``'s). ``allowed`` is
         an optional boolean mask over slots (shorter masks mean "not allowed" beyond their
         end), applied inside the kernel. Rows hold the hits best first (equal scores: smaller
-        slot first), then slot ``-1`` with score ``-inf``."""
+        slot first), then slot ``-1`` with score ``-inf``. ``idf`` overrides the modifier for
+        this call (``None``: the index's own); a caller holding several indexes (segments)
+        scales the query itself with ``idf_weights`` over their summed ``document_frequencies``
+        and passes ``idf=False``."""
         if isinstance(k, bool) or not isinstance(k, int | np.integer):
             raise ValueError(f"k must be an integer, got {type(k).__name__}")
         k = int(k)
         if k < 1:
             raise ValueError(f"k must be >= 1, got {k}")
+        use_idf = self._modifier == "idf" if idf is None else bool(idf)
         q_ptr, q_idx, q_val = parse_vectors(queries, "queries")
         st = self._state
         cap = st.capacity
@@ -312,7 +316,7 @@ class SparseIndex:
         b, d = st.base, st.delta
         kernels.search_batch(
             q_ptr, q_idx, q_val, k, b[0], b[1], b[2], b[3], d[0], d[1], d[2], d[3], st.loc,
-            mask, use_mask, self._modifier == "idf", float(st.live), acc, seen, touched,
+            mask, use_mask, use_idf, float(st.live), acc, seen, touched,
             out_slots, out_scores,
         )  # fmt: skip
         return out_slots, out_scores
@@ -324,6 +328,19 @@ class SparseIndex:
             buf = (np.zeros(size, np.float32), np.zeros(size, np.uint8), np.empty(size, np.int32))
             self._tls.buf = buf
         return buf
+
+    def document_frequencies(self, indices: Any) -> np.ndarray:
+        """int64[n]: how many live documents hold each of ``indices`` (the ``n(q_i)`` of idf)."""
+        ind = np.asarray(indices)
+        if ind.ndim != 1 or (ind.size and ind.dtype.kind not in "iu"):
+            raise ValueError("indices must be a 1-D array of integers")
+        if ind.size and (int(ind.min()) < 0 or int(ind.max()) > _MAX_INDEX):
+            raise ValueError(f"indices must be in [0, {_MAX_INDEX}]")
+        st = self._state
+        b, d = st.base, st.delta
+        return kernels.doc_freq(
+            np.ascontiguousarray(ind, np.uint32), b[0], b[1], b[2], d[0], d[1], d[2], st.loc
+        )
 
     def get(self, slots: Any) -> list[tuple[np.ndarray, np.ndarray] | None]:
         """The stored vectors of ``slots`` as ``(indices uint32, values float32)`` copies
@@ -445,6 +462,13 @@ def _merged(st: _State) -> _State:
         base=kernels.build_postings(present.astype(np.int32), ptr, idx, val),
         delta=_empty_postings(), live=st.live, live_nnz=nnz, base_nnz=nnz, base_stale=0,
     )  # fmt: skip
+
+
+def idf_weights(n_docs: int, df: Any) -> np.ndarray:
+    """Qdrant's IDF ``ln((N - n + 0.5) / (n + 0.5) + 1)`` of each document frequency ``n``
+    (float32), for ``N = n_docs`` documents; the same formula the search kernel applies."""
+    n = np.asarray(df, np.float64)
+    return np.log((n_docs - n + 0.5) / (n + 0.5) + 1.0).astype(np.float32)
 
 
 def _copy_grown(a: np.ndarray, size: int, fill: Any) -> np.ndarray:
@@ -615,6 +639,7 @@ def _warm() -> None:
         h.put([0, 1, 2], [([3, 1], [1.0, 2.0]), ([1], [0.5]), ([], [])])
         h.search([([1, 3], [1.0, 1.0])], 2)
         h.search([([1], [1.0])], 2, allowed=np.ones(3, bool))
+        h.document_frequencies([1, 3])
         h.remove([1])
         SparseIndex.from_arrays(h.to_arrays())
         _warmed[0] = True

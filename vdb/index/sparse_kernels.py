@@ -271,6 +271,20 @@ def _df(dptr, pslots, pos, loc, where):
 
 
 @njit(cache=True, nogil=True)
+def doc_freq(idx, b_dims, b_ptr, b_slots, d_dims, d_ptr, d_slots, loc):
+    """Live documents holding each index of ``idx`` (base and delta postings of indexed slots)."""
+    out = np.zeros(idx.shape[0], np.int64)
+    for j in range(idx.shape[0]):
+        bp = _find(b_dims, idx[j])
+        if bp >= 0:
+            out[j] += _df(b_ptr, b_slots, bp, loc, IN_BASE)
+        dp = _find(d_dims, idx[j])
+        if dp >= 0:
+            out[j] += _df(d_ptr, d_slots, dp, loc, IN_DELTA)
+    return out
+
+
+@njit(cache=True, nogil=True)
 def search_batch(
     q_ptr, q_idx, q_val, k, b_dims, b_ptr, b_slots, b_vals, d_dims, d_ptr, d_slots, d_vals,
     loc, mask, use_mask, idf, n_docs, acc, seen, touched, out_slots, out_scores,
