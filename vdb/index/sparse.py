@@ -53,10 +53,10 @@ it writes. The search kernel runs with the GIL released.
 * Everything a reader uses sits in one immutable ``_State`` (``loc``, ``off``,
   ``length``, the forward arrays, both posting sets, the live count). A reader
   takes the current state once at the start of a call and uses nothing else.
-* A write never changes an array a published state holds: it builds the new
-  ``loc``/``off``/``length`` as copies, appends to the forward store only past
-  every published region (or into a grown copy), builds new posting sets, and
-  then publishes the new state by replacing one reference. Old states stay
+* A write never changes anything a published state reads: it builds the new
+  ``loc``/``off``/``length`` as copies, writes to the forward arrays only past
+  every published state's ``fwd_used`` (or into a grown copy), builds new
+  posting sets, and then publishes the new state by replacing one reference. Old states stay
   valid for readers that hold them and are freed when the last one lets go.
 * So a reader sees each write completely or not at all: every slot it returns
   was live in its snapshot, with the score of exactly the vector it had there
