@@ -1,11 +1,13 @@
-"""vdb's HNSW index: flat numpy arrays and Numba kernels (imports only numpy and numba).
+"""vdb's indexes: flat numpy arrays and Numba kernels (imports only numpy and numba).
 
-``HNSW`` is the one public class; see ``vdb.index.hnsw`` for the contract
-(scores, ordering, the one-writer-many-readers scheme).
+``HNSW`` (dense vectors) and ``SparseIndex`` (sparse vectors, exact) are the public
+classes; see ``vdb.index.hnsw`` and ``vdb.index.sparse`` for their contracts (scores,
+ordering, the one-writer-many-readers schemes).
 """
 
 from __future__ import annotations
 
 from vdb.index.hnsw import HNSW
+from vdb.index.sparse import SparseIndex
 
-__all__ = ["HNSW"]
+__all__ = ["HNSW", "SparseIndex"]
