@@ -95,6 +95,7 @@ def test_checkpoints_are_incremental_and_reopen_identically(tmp_path, monkeypatc
     with vdb.open(tmp_path / "d", checkpoint_interval_s=None, checkpoint_wal_bytes=None) as db:
         col = db.create_collection("c", dim=32, metric="l2")
         col.upsert(list(range(2000)), x, [{"i": i} for i in range(2000)])
+        assert col.wait_indexed(timeout=60)  # the vectors are then in the graph's arrays
         db.checkpoint()
         first = db._manifests[col.uid]
         col.upsert([5000], x[:1], [{"i": 5000}])
@@ -111,6 +112,7 @@ def test_checkpoints_are_incremental_and_reopen_identically(tmp_path, monkeypatc
             stored = {k for k, _ in txn.cursor(db=db._store.db("ckpt"))}
         assert stored == ckpt.referenced_keys(col.uid, second)  # nothing stale is left
         q = rng.standard_normal((10, 32)).astype(np.float32)
+        assert col.wait_indexed(timeout=60)  # the closing checkpoint holds this graph
         before = [[(h.id, h.score, h.payload) for h in r] for r in col.search(q, k=5)]
     with vdb.open(tmp_path / "d") as db:
         assert db.stats()["recovered_records"] == 0
