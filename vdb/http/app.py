@@ -4,8 +4,9 @@ Errors are mapped to status codes in exactly one place,
 ``vdb.http.errors.error_response``; the exception handlers here and the
 middlewares answer through it.
 
-Middleware, outermost first: metrics (times everything, including refusals),
-auth, rate limit, body size limit.
+Middleware, outermost first: tracing (only while ``vdb.telemetry`` is on when
+the app is built), metrics (times everything, including refusals), auth,
+rate limit, body size limit.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
+from vdb import telemetry
 from vdb.config import ServerConfig
 from vdb.errors import InvalidInput, VdbError
 from vdb.http import metrics as metrics_mod
@@ -199,6 +201,10 @@ def build_app(
         ),
         Middleware(BodyLimitMiddleware, max_bytes=config.max_body_bytes),
     ]
+    if telemetry.enabled():
+        from vdb.http.tracing import TracingMiddleware
+
+        middleware.insert(0, Middleware(TracingMiddleware))
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
