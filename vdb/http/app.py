@@ -30,6 +30,7 @@ from starlette.routing import Route
 from vdb import telemetry
 from vdb.config import ServerConfig
 from vdb.errors import InvalidInput, VdbError
+from vdb.http import dashboard as dashboard_mod
 from vdb.http import metrics as metrics_mod
 from vdb.http.auth import OPEN_PATHS, AuthMiddleware
 from vdb.http.codec import EncodedResponse, envelope, wants_msgpack
@@ -188,6 +189,7 @@ def build_app(
     config = config or ServerConfig()
     service = Service(db, config, ingest_handles)
     api = QdrantApi(db, config)
+    dashboard = dashboard_mod.Dashboard(db, service.ingest_handles)
     middleware = [
         Middleware(metrics_mod.MetricsMiddleware, metrics=service.http_metrics),
         Middleware(
@@ -197,7 +199,7 @@ def build_app(
             RateLimitMiddleware,
             rate=config.rate_limit,
             burst=config.rate_burst,
-            exempt=OPEN_PATHS | {"/metrics"},
+            exempt=OPEN_PATHS | dashboard_mod.PATHS | {"/metrics"},
         ),
         Middleware(BodyLimitMiddleware, max_bytes=config.max_body_bytes),
     ]
@@ -215,7 +217,7 @@ def build_app(
         yield
 
     app = Starlette(
-        routes=service.routes() + api.routes(),
+        routes=service.routes() + api.routes() + dashboard.routes(),
         middleware=middleware,
         exception_handlers={
             VdbError: handle_error,
