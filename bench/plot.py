@@ -168,17 +168,40 @@ def _freshness_lines(lines: list[dict[str, Any]]) -> list[dict[str, Any]]:
     ]
 
 
-def _series_label(line: dict[str, Any]) -> str:
+KIND_COLORS = {
+    "broker floor": "#d97706",
+    "vdb embedded": "#2563eb",
+    "vdb serve": "#059669",
+}
+RATE_STYLES = ["-", "--", ":", "-."]
+
+
+def _kind(line: dict[str, Any]) -> str:
+    """``broker floor``, ``vdb serve`` or ``vdb embedded`` (what the line measured)."""
     system = str(line.get("system", "?"))
     if line.get("measure") == "broker_floor":
-        short = "broker floor (kafka-python consumer)"
-    elif system.startswith("vdb serve"):
-        short = "vdb serve (REST probe)"
-    elif system.startswith("vdb"):
-        short = "vdb embedded"
-    else:
-        short = system
-    return f"{short}, {line.get('rate', 0):,.0f} msg/s"
+        return "broker floor"
+    if system.startswith("vdb serve"):
+        return "vdb serve"
+    if system.startswith("vdb"):
+        return "vdb embedded"
+    return system
+
+
+KIND_LABELS = {
+    "broker floor": "broker floor (kafka-python consumer)",
+    "vdb serve": "vdb serve (REST probe)",
+    "vdb embedded": "vdb embedded (search probe)",
+}
+
+
+def _series_label(line: dict[str, Any]) -> str:
+    kind = _kind(line)
+    return f"{KIND_LABELS.get(kind, kind)}, {line.get('rate', 0):,.0f} msg/s"
+
+
+def _rate_style(rates: list[Any], rate: Any) -> str:
+    return RATE_STYLES[rates.index(rate) % len(RATE_STYLES)]
 
 
 def _workload(lines: list[dict[str, Any]]) -> str:
@@ -194,43 +217,38 @@ def plot_freshness(lines: list[dict[str, Any]], out: Path) -> list[Path]:
         return []
     written = []
     fig, (cdf, per_rate) = plt.subplots(1, 2, figsize=(11, 4.6), constrained_layout=True)
-    styles = {"broker floor": ":", "vdb serve": "--", "vdb embedded": "-"}
     rates = sorted({line.get("rate") for line in rows})
-    shades = {rate: 0.45 + 0.55 * i / max(1, len(rates) - 1) for i, rate in enumerate(rates)}
-    for line in rows:
+    for line in sorted(rows, key=lambda x: (_kind(x), x.get("rate", 0))):
         label = _series_label(line)
-        style = next((v for k, v in styles.items() if label.startswith(k)), "-")
-        base = "hnswlib" if label.startswith("broker") else "vdb"
-        color = COLORS[base] if not label.startswith("vdb serve") else EXTRA_COLORS[0]
-        alpha = shades[line.get("rate")]
+        color = KIND_COLORS.get(_kind(line), EXTRA_COLORS[0])
+        style = _rate_style(rates, line.get("rate"))
         quantiles = line.get("latency_ms_quantiles")
         if quantiles:
             ms = [max(v, 1e-3) for v in quantiles["ms"]]
-            cdf.plot(ms, [q / 100 for q in quantiles["q"]], style, color=color, alpha=alpha,
-                     label=label, linewidth=1.6)  # fmt: skip
+            cdf.plot(ms, [q / 100 for q in quantiles["q"]], style, color=color, label=label,
+                     linewidth=1.6)  # fmt: skip
         else:  # older lines: the percentiles they carry, as points
             pct = line.get("latency_ms") or {}
             points = sorted((float(k[1:]), v) for k, v in pct.items() if k.startswith("p"))
             cdf.plot([v for _, v in points], [q / 100 for q, _ in points], "o", color=color,
-                     alpha=alpha, label=label)  # fmt: skip
+                     label=label)  # fmt: skip
     cdf.set_xscale("log")
     cdf.set_xlabel("latency, ms (log scale)")
     cdf.set_ylabel("fraction of messages at or below")
     cdf.set_ylim(0, 1.01)
     cdf.set_title("CDF per rate", fontsize=9)
     cdf.legend(fontsize=7, loc="lower right")
-    by_system: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    by_kind: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for line in rows:
-        by_system[_series_label(line).rsplit(",", 1)[0]].append(line)
-    for short, group in sorted(by_system.items()):
+        by_kind[_kind(line)].append(line)
+    for kind, group in sorted(by_kind.items()):
         group = sorted(group, key=lambda x: x.get("rate", 0))
         xs = [g.get("rate") for g in group]
-        base = "hnswlib" if short.startswith("broker") else "vdb"
-        color = COLORS[base] if not short.startswith("vdb serve") else EXTRA_COLORS[0]
+        color = KIND_COLORS.get(kind, EXTRA_COLORS[0])
         for key, marker, style in (("p50", "o", "-"), ("p99", "^", "--")):
             ys = [(g.get("latency_ms") or {}).get(key) for g in group]
             per_rate.plot(xs, ys, marker=marker, linestyle=style, color=color,
-                          label=f"{short} {key}")  # fmt: skip
+                          label=f"{KIND_LABELS.get(kind, kind)} {key}")  # fmt: skip
     per_rate.set_xscale("log")
     per_rate.set_yscale("log")
     per_rate.set_xlabel("producer rate, messages/s (log scale)")
@@ -250,20 +268,23 @@ def plot_freshness(lines: list[dict[str, Any]], out: Path) -> list[Path]:
     timed = [line for line in rows if (line.get("series") or {}).get("t_s")]
     if timed:
         fig, (rate_ax, lag_ax) = plt.subplots(1, 2, figsize=(11, 4.2), constrained_layout=True)
-        others: dict[str, str] = {}
-        for line in timed:
+        timed_rates = sorted({line.get("rate") for line in timed})
+        for line in sorted(timed, key=lambda x: (_kind(x), x.get("rate", 0))):
             series = line["series"]
             t, seen, lag = series["t_s"], series["searchable"], series["lag"]
-            rate = [0.0] + [
-                (seen[i] - seen[i - 1]) / max(1e-6, t[i] - t[i - 1]) for i in range(1, len(t))
+            # rate over a 1 s window (4 samples), so that one batch does not make a spike
+            rate = [
+                (seen[i] - seen[max(0, i - 4)]) / max(1e-6, t[i] - t[max(0, i - 4)]) if i else 0.0
+                for i in range(len(t))
             ]
             label = _series_label(line)
-            color = _color(label, others)
-            rate_ax.plot(t, rate, color=color, label=label, linewidth=1.4)
-            lag_ax.plot(t, lag, color=color, label=label, linewidth=1.4)
+            color = KIND_COLORS.get(_kind(line), EXTRA_COLORS[0])
+            style = _rate_style(timed_rates, line.get("rate"))
+            rate_ax.plot(t, rate, style, color=color, label=label, linewidth=1.4)
+            lag_ax.plot(t, lag, style, color=color, label=label, linewidth=1.4)
         rate_ax.set_xlabel("time since the producer started, s")
         rate_ax.set_ylabel("searchable messages per second")
-        rate_ax.set_title("ingest rate (searchable count per 0.25 s sample)", fontsize=9)
+        rate_ax.set_title("ingest rate: newly searchable per second (1 s window)", fontsize=9)
         lag_ax.set_xlabel("time since the producer started, s")
         lag_ax.set_ylabel("lag: sent − searchable, messages")
         lag_ax.set_title("lag", fontsize=9)
