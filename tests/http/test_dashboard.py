@@ -238,3 +238,50 @@ def test_a_wrong_key_is_asked_again(ingesting, browser):
     )
     assert "needed" in browser.find_element(By.ID, "key-form").get_attribute("class")
     assert browser.find_elements(By.CSS_SELECTOR, "#collections tbody tr") == []
+
+
+def test_text_search_is_offered_only_where_an_embedder_is_named(serve, browser, tmp_path):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select, WebDriverWait
+
+    import vdb
+
+    data_dir = tmp_path / "embedded-data"
+    with vdb.open(data_dir, warm=False) as db:
+        texts = db.create_collection("texts", dim=DIM, metric="cosine")
+        texts.update(embedder={"model": "minilm-test"})
+        texts.upsert([1], vectors(1))
+        db.create_collection("plain", dim=DIM, metric="cosine")
+    server = serve("--read-only-api-key", RO, "--api-key", RW, data_dir=data_dir)
+    stats = httpx.get(server.url + "/stats", headers={"api-key": RO}).json()["result"]
+    embedders = {c["name"]: c["embedder"] for c in stats["collections"]}
+    assert embedders["plain"] is None
+    assert embedders["texts"]["model"] == "minilm-test"
+
+    wait = WebDriverWait(browser, WAIT)
+    browser.get(server.url + "/dashboard")
+    browser.find_element(By.ID, "api-key").send_keys(RO)
+    browser.find_element(By.CSS_SELECTOR, "#key-form button").click()
+    wait.until(lambda d: len(Select(d.find_element(By.ID, "search-collection")).options) == 2)
+
+    def modes() -> list[str]:
+        return browser.execute_script(
+            "return [...document.querySelectorAll('#search-mode option')].map(o => o.value)"
+        )
+
+    Select(browser.find_element(By.ID, "search-collection")).select_by_value("plain")
+    wait.until(lambda d: modes() == ["vector", "id"])
+    Select(browser.find_element(By.ID, "search-collection")).select_by_value("texts")
+    wait.until(lambda d: modes() == ["vector", "id", "text"])
+    Select(browser.find_element(By.ID, "search-mode")).select_by_value("text")
+    box = browser.find_element(By.ID, "search-input")
+    assert "words" in box.get_attribute("placeholder")
+    box.send_keys("a package manager")
+    browser.find_element(By.ID, "search-go").click()
+    # the query is sent as {"text", "model"}: the server answers with hits or names the problem
+    wait.until(
+        lambda d: (
+            d.find_element(By.ID, "search-error").text
+            or d.find_element(By.ID, "search-results").is_displayed()
+        )
+    )
