@@ -159,3 +159,38 @@ def test_kafka_headers_round_trip_to_a_link():
     assert telemetry.message_link([("traceparent", b"garbage")]) is None
     assert telemetry.message_link([("other", b"x")]) is None
     assert telemetry.message_link(None) is None
+
+
+OFF_CHILD = """
+import sys
+import numpy as np
+import vdb
+from vdb.http.app import build_app
+with vdb.open(sys.argv[1], warm=False) as db:
+    col = db.create_collection("c", dim=4, metric="l2")
+    col.upsert([1, 2], np.eye(4, dtype=np.float32)[:2])
+    col.search(np.ones(4, np.float32), k=1)
+    db.checkpoint()
+    build_app(db, warm_in_background=False)
+print(sorted(m for m in sys.modules if m.startswith("opentelemetry")))
+"""
+
+
+def test_tracing_off_imports_nothing_of_opentelemetry(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from tests.helpers import REPO
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
+    env["PYTHONPATH"] = str(REPO)
+    proc = subprocess.run(
+        [sys.executable, "-c", OFF_CHILD, str(tmp_path / "d")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip().splitlines()[-1] == "[]"
