@@ -65,6 +65,11 @@ class TreeServer:
                 raise RuntimeError(f"server did not get ready: {log_path.read_text()[-2000:]}")
             time.sleep(0.2)
 
+    def cpu_s(self) -> float:
+        """CPU seconds (user + system) the server process has used (Linux ``/proc``)."""
+        fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
     def stop(self) -> None:
         if self.process.poll() is None:
             os.kill(self.process.pid, signal.SIGTERM)
@@ -166,14 +171,22 @@ def main(argv: list[str] | None = None) -> int:
                 create_collection(servers[name].port, COLLECTION)
                 upload(servers[name].port, COLLECTION, vectors, 1000, "msgpack")
             qps: dict[str, list[float]] = {name: [] for name in servers}
+            cpu_us: dict[str, list[float]] = {name: [] for name in servers}
             for round_no in range(args.rounds):
                 order = list(servers) if round_no % 2 == 0 else list(reversed(servers))
                 for name in order:
+                    cpu_before = servers[name].cpu_s()
                     result = load_clients(
                         servers[name].port, path, bodies, args.clients, args.client_procs,
                         args.seconds, args.warmup, work,
                     )  # fmt: skip
                     qps[name].append(result["qps"])
+                    # server CPU per search: far less sensitive than QPS to a busy box
+                    # (warm-up requests included in the CPU, so divide by all requests)
+                    all_requests = result["qps"] * (args.seconds + args.warmup)
+                    used = servers[name].cpu_s() - cpu_before
+                    result["server_cpu_us_per_search"] = used / max(1.0, all_requests) * 1e6
+                    cpu_us[name].append(result["server_cpu_us_per_search"])
                     log(f"round {round_no} {name}: {result['qps']:.0f} QPS")
                     emit(
                         {"bench": "trace_cost", "round": round_no, "target": name, **result,
@@ -208,10 +221,19 @@ def main(argv: list[str] | None = None) -> int:
         "ef": args.ef,
         "host": host_info(),
     }
+    cpu = {name: statistics.median(values) for name, values in cpu_us.items()}
+    summary["server_cpu_us_per_search_median"] = cpu["this"]
+    summary["anchor"]["server_cpu_us_per_search_median"] = cpu["base"]
+    summary["cpu_ratio_this_over_base"] = cpu["this"] / cpu["base"]
+    summary["cpu_us_rounds"] = {
+        name: [round(v, 1) for v in values] for name, values in cpu_us.items()
+    }
     ns = noop_path_ns()
     summary["noop_path_ns_per_search"] = round(ns, 1)
     # closed loop: each client has one request in flight, so a request takes clients / QPS
-    summary["noop_path_share_of_request"] = ns * 1e-9 / (args.clients / medians["this"])
+    request_s = args.clients / medians["this"]
+    summary["noop_path_percent_of_request"] = round(100 * ns * 1e-9 / request_s, 5)
+    summary["noop_path_percent_of_server_cpu"] = round(100 * ns * 1e-3 / cpu["this"], 5)
     if "this_traced" in medians:
         summary["traced_console"] = {
             "qps_median": medians["this_traced"],
