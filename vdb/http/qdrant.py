@@ -997,13 +997,13 @@ def _common_query(body: dict[str, Any], max_limit: int, default_payload: bool) -
         raise InvalidInput(f"Bad request: `limit` + `offset` must be at most {max_limit}")
     ef, exact = parse_params(body.get("params"), "params")
     threshold = body.get("score_threshold")
+    fetch_payload, selector = p.parse_with_payload(
+        body.get("with_payload"), "with_payload", default_payload
+    )
     flt = body.get("filter")
     if flt is not None:
         with telemetry.span("vdb.http.filter"):
             flt = p.parse_filter(flt)
-    fetch_payload, selector = p.parse_with_payload(
-        body.get("with_payload"), "with_payload", default_payload
-    )
     return {
         "filter": flt,
         "limit": limit,
