@@ -199,6 +199,19 @@ def vectors_for(count: int, id_offset: int = 0) -> np.ndarray:
 # ------------------------------------------------------------------- floor
 
 
+QUANTILES = (0, 1, 2, 5, 10, 20, 30, 40, 50, 60, 70, 80, 90, 95, 98, 99, 99.5, 99.9, 100)
+
+
+def distribution(latency_ms: np.ndarray) -> dict[str, Any]:
+    """The latency at fixed quantiles (enough for a CDF plot: ``python -m bench.plot``)."""
+    if latency_ms.size == 0:
+        return {}
+    values = np.percentile(latency_ms, QUANTILES)
+    return {
+        "latency_ms_quantiles": {"q": list(QUANTILES), "ms": [round(float(v), 3) for v in values]}
+    }
+
+
 def halves(latency_ms: np.ndarray) -> dict[str, Any]:
     """p50 of the first and second half of the messages: rising means the consumer falls behind."""
     if latency_ms.size < 2:
@@ -249,6 +262,7 @@ def measure_floor(
         "delivered": int(ok.sum()),
         "latency_ms": percentiles(latency_ms),
         **halves(latency_ms),
+        **distribution(latency_ms),
         "producer_rate_achieved": count / elapsed,
     }
 
@@ -377,10 +391,15 @@ def follow(target, broker: Broker, topic: str, rate: float, count: int, linger_m
     t_go = time.monotonic_ns()
     producer.go()
     lag: list[int] = []
+    series: dict[str, list[float]] = {"t_s": [], "lag": [], "searchable": []}
     while producer.process.poll() is None:
         time.sleep(0.25)
         elapsed = (time.monotonic_ns() - t_go) / 1e9
-        lag.append(min(count, int(elapsed * rate)) - watcher.seen)
+        seen = watcher.seen
+        lag.append(min(count, int(elapsed * rate)) - seen)
+        series["t_s"].append(round(elapsed, 3))
+        series["lag"].append(lag[-1])
+        series["searchable"].append(seen)
     sent, elapsed = producer.wait()
     drain_deadline = time.monotonic() + 120
     while watcher.seen < count and time.monotonic() < drain_deadline:
@@ -396,6 +415,7 @@ def follow(target, broker: Broker, topic: str, rate: float, count: int, linger_m
         "delivered_searchable": int(ok.sum()),
         "latency_ms": percentiles(latency_ms),
         **halves(latency_ms),
+        **distribution(latency_ms),
         "producer_rate_achieved": count / elapsed,
         "group_join_s": join_s,
         "lag_mean_first_half": first_half,
@@ -405,6 +425,7 @@ def follow(target, broker: Broker, topic: str, rate: float, count: int, linger_m
         "drain_after_last_send_s": drained_s,
         "search_checks": watcher.search_checks,
         "search_check_misses": watcher.search_misses,
+        "series": series,  # every 0.25 s while producing: lag and searchable count over time
     }
 
 

@@ -28,6 +28,7 @@ from typing import Any
 import lmdb
 import numpy as np
 
+from vdb import telemetry
 from vdb.collection import METRICS, Collection, WriteRequest, index_metric
 from vdb.errors import (
     AlreadyExists,
@@ -409,6 +410,7 @@ class Database:
                     f"writes are refused until the database is reopened ({self._poisoned}); "
                     "every acknowledged write is in the WAL"
                 )
+            telemetry.carry(request)  # the writer's span is a child of the caller's
             self._queue.put(request)
         return request.future.result()
 
@@ -461,6 +463,8 @@ class Database:
                 if self._indexer.wait_below(segs, segs.fresh_limit, timeout=1.0):
                     break
 
+
+    @telemetry.group_commit
     def _process(self, group: list[WriteRequest]) -> None:
         store = self._store
         with self._write_lock:
@@ -546,7 +550,8 @@ class Database:
                 return outcomes
 
             try:
-                outcomes = store.write(txn_fn)
+                with telemetry.span("vdb.wal.commit", {"db.operation.batch.size": len(group)}):
+                    outcomes = store.write(txn_fn)
             except VdbError as exc:
                 with self._stats.lock:
                     self._stats.txn_failures += 1
@@ -635,6 +640,7 @@ class Database:
             if run:
                 self._apply_run(run)
 
+    @telemetry.traced("vdb.apply", telemetry.apply_attributes)
     def _apply_run(self, run: list[tuple[WriteRequest, int]]) -> None:
         """Apply committed records of one collection (seq order) and resolve their futures."""
         col = run[0][0].collection
@@ -725,6 +731,7 @@ class Database:
             return time.monotonic() - self._last_checkpoint_mono >= self.checkpoint_interval_s
         return False
 
+    @telemetry.traced("vdb.checkpoint")
     def checkpoint(self) -> dict[str, Any]:
         """Checkpoint every changed collection now and remove the WAL records it covers.
 
@@ -850,6 +857,9 @@ class Database:
 
     # -- snapshots ----------------------------------------------------------------------------
 
+    @telemetry.traced(
+        "vdb.snapshot", lambda self, path, progress=None: {"vdb.snapshot.path": str(path)}
+    )
     def snapshot(self, path: str | os.PathLike[str], progress: Any = None) -> dict[str, Any]:
         """Write a consistent hot snapshot of the whole database to one file; return its manifest."""
         self._check_open()

@@ -29,7 +29,8 @@ Qdrant routes (bodies and answers shaped as Qdrant's, ``{"result", "status":
     POST/GET /snapshots, GET/DELETE /snapshots/{file}   (whole database)
 
 vdb's own: ``GET /healthz``, ``/livez``, ``/readyz``, ``/metrics``
-(Prometheus), ``/dead-letters?limit=N``. Every write answers only once it
+(Prometheus), ``/dead-letters?limit=N``, ``/stats`` (the figures the
+dashboard draws) and ``/dashboard`` (a static page; ``vdb.http.dashboard``). Every write answers only once it
 is durable and searchable. Bodies may be msgpack (``Content-Type:
 application/msgpack``; vectors as lists or raw little-endian float32 bytes,
 a batch's vectors also as one ``n x dim`` blob); ``Accept:

@@ -4,8 +4,9 @@ Errors are mapped to status codes in exactly one place,
 ``vdb.http.errors.error_response``; the exception handlers here and the
 middlewares answer through it.
 
-Middleware, outermost first: metrics (times everything, including refusals),
-auth, rate limit, body size limit.
+Middleware, outermost first: tracing (only while ``vdb.telemetry`` is on when
+the app is built), metrics (times everything, including refusals), auth,
+rate limit, body size limit.
 """
 
 from __future__ import annotations
@@ -26,8 +27,10 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
+from vdb import telemetry
 from vdb.config import ServerConfig
 from vdb.errors import InvalidInput, VdbError
+from vdb.http import dashboard as dashboard_mod
 from vdb.http import metrics as metrics_mod
 from vdb.http.auth import OPEN_PATHS, AuthMiddleware
 from vdb.http.codec import EncodedResponse, envelope, wants_msgpack
@@ -186,6 +189,7 @@ def build_app(
     config = config or ServerConfig()
     service = Service(db, config, ingest_handles)
     api = QdrantApi(db, config)
+    dashboard = dashboard_mod.Dashboard(db, service.ingest_handles)
     middleware = [
         Middleware(metrics_mod.MetricsMiddleware, metrics=service.http_metrics),
         Middleware(
@@ -195,10 +199,14 @@ def build_app(
             RateLimitMiddleware,
             rate=config.rate_limit,
             burst=config.rate_burst,
-            exempt=OPEN_PATHS | {"/metrics"},
+            exempt=OPEN_PATHS | dashboard_mod.PATHS | {"/metrics"},
         ),
         Middleware(BodyLimitMiddleware, max_bytes=config.max_body_bytes),
     ]
+    if telemetry.enabled():
+        from vdb.http.tracing import TracingMiddleware
+
+        middleware.insert(0, Middleware(TracingMiddleware))
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -209,7 +217,7 @@ def build_app(
         yield
 
     app = Starlette(
-        routes=service.routes() + api.routes(),
+        routes=service.routes() + api.routes() + dashboard.routes(),
         middleware=middleware,
         exception_handlers={
             VdbError: handle_error,

@@ -16,8 +16,19 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from vdb.errors import ReadOnly
 from vdb.http.errors import Unauthorized, error_response
 
-OPEN_PATHS = frozenset({"/", "/healthz", "/livez", "/readyz"})
-"""Paths answered without a key (Qdrant whitelists the same)."""
+OPEN_PATHS = frozenset(
+    {
+        "/",
+        "/healthz",
+        "/livez",
+        "/readyz",
+        "/dashboard",
+        "/dashboard/app.js",
+        "/dashboard/style.css",
+    }
+)
+"""Paths answered without a key (Qdrant whitelists the first four; the dashboard page and its
+assets hold no data: the page asks for the key and sends it with its JSON requests)."""
 
 _READ_POST = re.compile(
     r"^/collections/[^/]+/(points|points/scroll|points/count|points/query|points/query/batch"

@@ -33,6 +33,7 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, Response
 from starlette.routing import Route
 
+from vdb import telemetry
 from vdb.errors import CollectionNotFound, InvalidInput, NotFound, PointNotFound
 from vdb.http import parsing as p
 from vdb.http.codec import EncodedResponse, encode, envelope, parse_body, wants_msgpack
@@ -106,10 +107,13 @@ class QdrantApi:
         def work() -> tuple[bytes, str]:
             decoded = None
             if body is not None:
-                decoded = parse_body(raw, content_type, required=body)
+                with telemetry.span("vdb.http.parse"):
+                    decoded = parse_body(raw, content_type, required=body)
                 if decoded is None:
                     decoded = {}
-            return encode(envelope(job(decoded), started), msgpack_out=msgpack_out)
+            result = job(decoded)
+            with telemetry.span("vdb.http.encode"):
+                return encode(envelope(result, started), msgpack_out=msgpack_out)
 
         limiter = self.write_limiter if write else self.read_limiter
         content, media_type = await anyio.to_thread.run_sync(work, limiter=limiter)
@@ -136,31 +140,40 @@ class QdrantApi:
         """
 
         def execute(query: Query) -> Any:
-            return shape(run_query(self.view(name), query))
+            with telemetry.span("vdb.search", search_attributes(name, query)) as span:
+                points = run_query(self.view(name), query)
+                span.set_attribute("db.response.returned_rows", len(points))
+            return shape(points)
+
+        def decode_query() -> Query:
+            with telemetry.span("vdb.http.parse"):
+                decoded = parse_body(raw, content_type, required=body_required)
+                return parse({} if decoded is None else decoded)
+
+        def respond(result: Any) -> tuple[bytes, str]:
+            with telemetry.span("vdb.http.encode"):
+                return encode(envelope(result, started), msgpack_out=msgpack_out)
 
         started = time.perf_counter()
         raw = await request.body()
         content_type = request.headers.get("content-type")
         msgpack_out = wants_msgpack(request)
         if len(raw) <= INLINE_BODY_MAX:
-            decoded = parse_body(raw, content_type, required=body_required)
-            query = parse({} if decoded is None else decoded)
+            query = decode_query()
             if is_light(query):
-                points = await self.search_together(name, query)
-                content, media_type = encode(
-                    envelope(shape(points), started), msgpack_out=msgpack_out
-                )
+                with telemetry.span("vdb.search", search_attributes(name, query)) as span:
+                    points = await self.search_together(name, query)
+                    span.set_attribute("db.response.returned_rows", len(points))
+                content, media_type = respond(shape(points))
                 return Response(content, media_type=media_type)
 
             def work() -> tuple[bytes, str]:
-                return encode(envelope(execute(query), started), msgpack_out=msgpack_out)
+                return respond(execute(query))
 
         else:
 
             def work() -> tuple[bytes, str]:
-                decoded = parse_body(raw, content_type, required=body_required)
-                query = parse({} if decoded is None else decoded)
-                return encode(envelope(execute(query), started), msgpack_out=msgpack_out)
+                return respond(execute(decode_query()))
 
         content, media_type = await anyio.to_thread.run_sync(work, limiter=self.read_limiter)
         return Response(content, media_type=media_type)
@@ -987,8 +1000,12 @@ def _common_query(body: dict[str, Any], max_limit: int, default_payload: bool) -
     fetch_payload, selector = p.parse_with_payload(
         body.get("with_payload"), "with_payload", default_payload
     )
+    flt = body.get("filter")
+    if flt is not None:
+        with telemetry.span("vdb.http.filter"):
+            flt = p.parse_filter(flt)
     return {
-        "filter": p.parse_filter(body.get("filter")),
+        "filter": flt,
         "limit": limit,
         "offset": offset,
         "ef": ef,
@@ -1087,6 +1104,22 @@ def is_light(query: Query) -> bool:
     )
 
 
+def search_attributes(name: str, query: Query) -> dict[str, Any] | None:
+    """The ``vdb.search`` span's attributes (``None`` while tracing is off: nothing is built)."""
+    if not telemetry.enabled():
+        return None
+    return {
+        "db.system.name": "vdb",
+        "db.operation.name": "search",
+        "db.collection.name": name,
+        "vdb.search.k": query.limit + query.offset,
+        "vdb.search.ef": query.ef or 0,
+        "vdb.search.exact": bool(query.exact),
+        "vdb.search.filtered": query.filter is not None,
+        "vdb.search.by": "id" if query.point_id is not None else "vector",
+    }
+
+
 def check_dim(view: CollectionView, q: Query) -> None:
     if q.vector.size != view.dim:
         raise InvalidInput(
@@ -1098,7 +1131,7 @@ def run_query(view: CollectionView, query: Query) -> list[dict[str, Any]]:
     """One query; a plain vector query skips the batching of ``run_queries``."""
     q = query
     if q.vector is None or q.point_id is not None:
-        return run_queries(view, [q])[0]
+        return _run_queries(view, [q])[0]
     check_dim(view, q)
     hits = view.col.search(
         q.vector,
@@ -1114,6 +1147,25 @@ def run_query(view: CollectionView, query: Query) -> list[dict[str, Any]]:
 
 def run_queries(view: CollectionView, queries: list[Query]) -> list[list[dict[str, Any]]]:
     """Run parsed queries against one collection; similar queries share one batched search."""
+    with telemetry.span("vdb.search", batch_attributes(view, queries)) as span:
+        results = _run_queries(view, queries)
+        span.set_attribute("db.response.returned_rows", sum(len(r) for r in results))
+        return results
+
+
+def batch_attributes(view: CollectionView, queries: list[Query]) -> dict[str, Any] | None:
+    """The attributes of a batch's ``vdb.search`` span (``None`` while tracing is off)."""
+    if not telemetry.enabled():
+        return None
+    return {
+        "db.system.name": "vdb",
+        "db.operation.name": "search",
+        "db.collection.name": view.col.name,
+        "db.operation.batch.size": len(queries),
+    }
+
+
+def _run_queries(view: CollectionView, queries: list[Query]) -> list[list[dict[str, Any]]]:
     col = view.col
     results: list[list[dict[str, Any]] | None] = [None] * len(queries)
     groups: dict[tuple, list[int]] = {}

@@ -140,10 +140,12 @@ class IngestStopper:
 def main(args: argparse.Namespace) -> int:
     """Run the server until a signal; return the exit code."""
     import vdb
+    from vdb import telemetry
     from vdb.http.app import build_app
 
     config = ServerConfig.from_sources(args)
     _setup_logging(config.log_level)
+    telemetry.configure()  # OTEL_TRACES_EXPORTER etc.; off unless set
     if not config.auth_enabled:
         if config.host and config.host not in ("127.0.0.1", "localhost", "::1"):
             log.warning(
@@ -185,4 +187,5 @@ def main(args: argparse.Namespace) -> int:
             stopper.finish()
             db.close()
             log.info("database closed")
+            telemetry.shutdown()  # flush the spans still buffered
     return 0

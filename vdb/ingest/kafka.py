@@ -276,7 +276,9 @@ class KafkaSource:
                 topic, partition = tp.topic, tp.partition
                 for r in records:
                     ts = r.timestamp if r.timestamp is not None and r.timestamp >= 0 else None
-                    messages.append(Message(topic, partition, r.offset, r.key, r.value, ts))
+                    messages.append(
+                        Message(topic, partition, r.offset, r.key, r.value, ts, r.headers or None)
+                    )
                 self._next[(topic, partition)] = records[-1].offset + 1
                 self._recreated.discard((topic, partition))
         now = time.monotonic()

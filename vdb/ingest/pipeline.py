@@ -43,6 +43,7 @@ from typing import Any
 
 import numpy as np
 
+from vdb import telemetry
 from vdb.errors import DatabaseClosed, InvalidInput, NotFound
 from vdb.ingest.formats import Decoder
 from vdb.ingest.source import Message, Source, TopicPartition
@@ -61,6 +62,28 @@ def handles() -> list[IngestHandle]:
 
 
 @dataclass(slots=True)
+class _BatchTrace:
+    """When a batch was polled and decoded (kept only while tracing is on), in epoch ns."""
+
+    poll_start: int
+    poll_end: int
+    polls: int = 0
+    decode_start: int = 0
+    decode_ns: int = 0
+    first_offsets: dict[TopicPartition, int] = field(default_factory=dict)
+
+    def merge(self, other: _BatchTrace) -> None:
+        self.poll_start = min(self.poll_start, other.poll_start)
+        self.poll_end = max(self.poll_end, other.poll_end)
+        self.polls += other.polls
+        self.decode_start = min(self.decode_start, other.decode_start)
+        self.decode_ns += other.decode_ns
+        for tp, offset in other.first_offsets.items():
+            if offset < self.first_offsets.get(tp, offset + 1):
+                self.first_offsets[tp] = offset
+
+
+@dataclass(slots=True)
 class _Batch:
     ops: list[Upsert | Delete] = field(default_factory=list)
     messages: list[Message] = field(default_factory=list)  # parallel to ops
@@ -69,6 +92,7 @@ class _Batch:
     counts: dict[TopicPartition, int] = field(default_factory=dict)
     dead_counts: dict[TopicPartition, int] = field(default_factory=dict)
     started: float = 0.0
+    trace: _BatchTrace | None = None
 
     def __len__(self) -> int:
         return len(self.ops) + len(self.dead)
@@ -259,6 +283,7 @@ class IngestHandle:
         self._batch_size_last = 0
         self._batch_latency = _Recent(512)
         self._batch_latency_last: float | None = None
+        self._last_dead_letters = 0
         self._latency_smooth: float | None = None
         self._rate = _Rate()
         self._freshness = FreshnessHistogram()
@@ -445,7 +470,9 @@ class IngestHandle:
                         age_left = self._pending.started + self.max_wait_s - time.monotonic()
                         timeout = min(timeout, max(0.001, age_left))
                 try:
+                    poll_start = time.time_ns() if telemetry.enabled() else 0
                     messages = self.source.poll(room, timeout)
+                    poll_end = time.time_ns() if poll_start else 0
                     backoff = 0.1
                 except Exception as exc:
                     self._poll_errors += 1
@@ -455,7 +482,7 @@ class IngestHandle:
                     continue
                 with self._pending_lock:
                     if messages:
-                        self._add(messages)
+                        self._add(messages, poll_start, poll_end)
                     batch = self._pending
                     # Latency first: an idle writer gets what there is now; while it is
                     # busy records accumulate (group commit) up to the size target or age.
@@ -499,10 +526,11 @@ class IngestHandle:
                 self._state = "stopped"
             self._done.set()
 
-    def _add(self, messages: list[Message]) -> None:
+    def _add(self, messages: list[Message], poll_start: int = 0, poll_end: int = 0) -> None:
         batch = self._pending
         if not batch:
             batch.started = time.monotonic()
+        decode_start = time.time_ns() if poll_start else 0
         decode = self.decoder
         for message in messages:
             op = decode(message)
@@ -516,7 +544,25 @@ class IngestHandle:
             batch.counts[tp] = batch.counts.get(tp, 0) + 1
             if message.offset > batch.offsets.get(tp, -1):
                 batch.offsets[tp] = message.offset
+        if decode_start:
+            self._note_trace(batch, messages, poll_start, poll_end, decode_start)
         self._note_buffered()
+
+    @staticmethod
+    def _note_trace(
+        batch: _Batch, messages: list[Message], poll_start: int, poll_end: int, decode_start: int
+    ) -> None:
+        """Keep when this poll and its decoding happened, for the batch's span."""
+        now = time.time_ns()
+        trace = _BatchTrace(poll_start, poll_end, 1, decode_start, now - decode_start)
+        for message in messages:
+            tp = (message.topic, message.partition)
+            if message.offset < trace.first_offsets.get(tp, message.offset + 1):
+                trace.first_offsets[tp] = message.offset
+        if batch.trace is None:
+            batch.trace = trace
+        else:
+            batch.trace.merge(trace)
 
     def _flush_pending(self) -> None:
         """Move the partial batch to the queue (caller holds ``_pending_lock``)."""
@@ -633,6 +679,11 @@ class IngestHandle:
             return batch
         merged = _Batch(started=batch.started)
         while True:
+            if batch.trace is not None:
+                if merged.trace is None:
+                    merged.trace = batch.trace
+                else:
+                    merged.trace.merge(batch.trace)
             merged.ops.extend(batch.ops)
             merged.messages.extend(batch.messages)
             merged.dead.extend(batch.dead)
@@ -648,6 +699,85 @@ class IngestHandle:
             batch = self._queue.popleft()
 
     def _apply(self, batch: _Batch) -> bool:
+        """Apply one batch; while tracing, as a ``process <topic>`` span (see ``_traced_apply``)."""
+        if not telemetry.enabled():
+            return self._apply_batch(batch)
+        return self._traced_apply(batch)
+
+    def _traced_apply(self, batch: _Batch) -> bool:
+        """The batch span: poll and decode children, the write under it, producer links.
+
+        The span starts when the first poll of the batch started. Each applied
+        message whose headers carry a ``traceparent`` adds a link to its
+        producer's span (one per producer span, at most ``telemetry.MAX_LINKS``).
+        The group commit the write causes becomes a child, through the context
+        the write request carries.
+        """
+        trace = batch.trace
+        topics = sorted({t for t, _ in batch.counts})
+        links = []
+        seen = set()
+        for message in batch.messages:
+            if not message.headers or len(links) >= telemetry.MAX_LINKS:
+                continue
+            link = telemetry.message_link(
+                message.headers,
+                {
+                    "messaging.destination.name": message.topic,
+                    "messaging.destination.partition.id": str(message.partition),
+                    "messaging.kafka.offset": message.offset,
+                },
+            )
+            if link is not None and link.context.span_id not in seen:
+                seen.add(link.context.span_id)
+                links.append(link)
+        kind = str(getattr(self.source, "kind", "") or "ingest")
+        attrs: dict[str, Any] = {
+            "messaging.system": kind,
+            "messaging.operation.type": "process",
+            "messaging.operation.name": "process",
+            "messaging.batch.message_count": len(batch),
+            "db.system.name": "vdb",
+            "db.collection.name": self.collection_name,
+            "vdb.ingest.source": self.source.name,
+            "vdb.ingest.records": len(batch.ops),
+            "vdb.ingest.linked_producer_spans": len(links),
+        }
+        if len(topics) == 1:
+            attrs["messaging.destination.name"] = topics[0]
+        group = getattr(self.source, "group_id", None)
+        if group:
+            attrs["messaging.consumer.group.name"] = str(group)
+        if len(batch.offsets) == 1:
+            ((_, partition),) = batch.offsets
+            attrs["messaging.destination.partition.id"] = str(partition)
+        first = trace.first_offsets if trace is not None else {}
+        attrs["vdb.ingest.offsets"] = [
+            f"{t}/{p}:{first.get((t, p), last)}-{last}"
+            for (t, p), last in sorted(batch.offsets.items())
+        ]
+        name = "process " + (topics[0] if len(topics) == 1 else self.source.name)
+        start = trace.poll_start if trace is not None else None
+        with telemetry.span(name, attrs, kind="consumer", links=links, start_time=start) as span:
+            if trace is not None:
+                telemetry.record_span(
+                    "vdb.ingest.poll",
+                    trace.poll_start,
+                    trace.poll_end,
+                    {"vdb.ingest.polls": trace.polls},
+                )
+                telemetry.record_span(
+                    "vdb.ingest.decode",
+                    trace.decode_start,
+                    trace.decode_start + trace.decode_ns,
+                    {"vdb.ingest.format": self.format, "messaging.batch.message_count": len(batch)},
+                )
+            ok = self._apply_batch(batch)
+            span.set_attribute("vdb.ingest.dead_letters", self._last_dead_letters)
+            span.set_attribute("vdb.ingest.applied", ok)
+            return ok
+
+    def _apply_batch(self, batch: _Batch) -> bool:
         offsets = {(self.source.name, t, p): off for (t, p), off in batch.offsets.items()}
         backoff = 0.1
         while True:
@@ -676,6 +806,7 @@ class IngestHandle:
                 time.sleep(backoff)
                 backoff = min(5.0, backoff * 2)
         elapsed = time.monotonic() - started
+        self._last_dead_letters = len(dead)
         self._after_apply(batch, dead, elapsed)
         send = getattr(self.source, "send_dead_letters", None)
         if dead and callable(send):

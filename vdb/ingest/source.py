@@ -37,6 +37,8 @@ class Message:
     key: bytes | None
     value: bytes | None
     timestamp_ms: int | None = None
+    headers: list[tuple[str, bytes | None]] | None = None
+    """Kafka record headers as ``(name, value)`` pairs (``traceparent`` links traces)."""
 
 
 @runtime_checkable
