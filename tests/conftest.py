@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from tests.helpers import MiniLM, dataset_dir
+from tests.helpers import MiniLM, fixture
 
 
 @pytest.fixture(scope="session")
 def minilm() -> MiniLM:
-    """The real debian-minilm embeddings (loaded once per session)."""
-    return MiniLM(dataset_dir("debian-minilm"))
+    """The repository's real MiniLM embeddings, ``tests/data/minilm-10k`` (loaded once)."""
+    return fixture()
