@@ -44,7 +44,7 @@ from vdb.types import DeadLetter, Delete, Hit, PointId, Record, Upsert
 from vdb.wal.store import pack, unpack
 
 if TYPE_CHECKING:
-    from vdb.db import Database
+    from vdb.writer import Writer
 
 log = logging.getLogger(__name__)
 
@@ -110,7 +110,7 @@ def _check_keys(value: Any, where: str, depth: int = 0) -> None:
 class Collection:
     """Points in one index. Get one from :meth:`vdb.db.Database.collection`."""
 
-    def __init__(self, db: Database, config: dict[str, Any], index: Any, ids: IdMap, payloads: Any):
+    def __init__(self, db: Writer, config: dict[str, Any], index: Any, ids: IdMap, payloads: Any):
         self._db = db
         self.config = config
         self.name: str = config["name"]

@@ -782,10 +782,33 @@ class Database:
                 self.checkpoint()
             except VdbError:  # the snapshot is still complete: it holds the WAL
                 log.warning("checkpoint before the snapshot failed", exc_info=True)
-        manifest = create_snapshot(self, path, progress=progress)
+        manifest = create_snapshot(
+            self._store,
+            path,
+            self._describe_for_snapshot,
+            pause=self._write_lock,
+            progress=progress,
+        )
         with self._stats.lock:
             self._stats.snapshots += 1
         return manifest
+
+    def _describe_for_snapshot(self, _txn: Any) -> tuple[dict[str, dict[str, Any]], int]:
+        # Called with the writer paused (between two groups), so the counts and the sequence
+        # number are those of the snapshot's read transaction.
+        collections = {
+            name: {
+                "uid": col.uid,
+                "dim": col.dim,
+                "metric": col.metric,
+                "count": len(col),
+                "M": col.config["M"],
+                "ef_construction": col.config["ef_construction"],
+                "ef": col.config["ef"],
+            }
+            for name, col in sorted(self._collections.items())
+        }
+        return collections, self.last_seq
 
     # -- figures ----------------------------------------------------------------------------------
 
