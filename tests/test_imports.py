@@ -190,7 +190,16 @@ def test_no_import_circle():
 # The layers (DESIGN.md: http and ingest -> core -> index, wal; errors and types are the
 # leaves everyone may use). cli, __main__ and admin are the commands on top of everything.
 LEAVES = {"vdb.errors", "vdb.types"}
-CORE = {"vdb", "vdb.db", "vdb.collection", "vdb.filters", "vdb.ids", "vdb.config", "vdb.writer"}
+CORE = {
+    "vdb",
+    "vdb.db",
+    "vdb.collection",
+    "vdb.filters",
+    "vdb.ids",
+    "vdb.config",
+    "vdb.writer",
+    "vdb.progress",
+}
 COMMANDS = {"vdb.cli", "vdb.__main__", "vdb.admin"}
 STDLIB = set(sys.stdlib_module_names) | {"__future__"}
 
@@ -251,6 +260,12 @@ def test_layers_import_one_way():
         + ("" if i.top_level else " in a function")
         for i in wrong
     )
+
+
+def test_only_the_progress_module_draws_bars():
+    """tqdm stays out of the index and storage: they take a ``progress(done, total)`` callback."""
+    users = sorted({i.source for i in all_imports() if i.target == "tqdm"})
+    assert users == ["vdb.progress"], users
 
 
 def test_nothing_in_the_package_imports_bench_or_tests():

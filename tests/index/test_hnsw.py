@@ -473,3 +473,23 @@ def test_read_only_inputs_reuse_the_compiled_kernel():
     found, _ = h.search(queries, 1, allowed=mask)
     assert found[:, 0].tolist() == list(range(40))
     assert len(kernels.search_batch.signatures) == compiled
+
+
+def test_add_and_replace_report_progress_to_the_end():
+    data = mixture(3000, 16, 30, seed=21)
+    h = HNSW(16, seed=21)
+    calls: list[tuple[int, int]] = []
+    h.add(data[:2000], progress=lambda done, total: calls.append((done, total)))
+    assert len(calls) > 1 and calls[-1] == (2000, 2000)
+    assert all(total == 2000 for _, total in calls)
+    assert [done for done, _ in calls] == sorted({done for done, _ in calls})  # rising
+    h.delete(np.arange(0, 2000, 4))  # 500 freed: the next add relinks them, then appends
+    calls.clear()
+    slots = h.add(data[2000:], progress=lambda done, total: calls.append((done, total)))
+    assert calls[-1] == (1000, 1000) and any(done < 500 for done, _ in calls)
+    assert [done for done, _ in calls] == sorted({done for done, _ in calls})
+    calls.clear()
+    h.replace(slots[:600], data[:600] + 0.5, progress=lambda d, t: calls.append((d, t)))
+    assert calls[-1] == (600, 600)
+    found, _ = h.search(data[2600:2610], 1, ef=100)
+    assert found[:, 0].tolist() == slots[600:610].tolist()
