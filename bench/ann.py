@@ -27,6 +27,7 @@ import numpy as np
 from bench.common import (
     Dataset,
     arrays_nbytes,
+    dataset_dir,
     debian_minilm,
     emit,
     host_info,
@@ -516,6 +517,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--dataset", choices=["synthetic", "debian-minilm", "all"], default="all")
     parser.add_argument(
+        "--data",
+        metavar="DIR",
+        default=None,
+        help="folder holding the real sets (default $VDB_DATASETS, else ../shared/data)",
+    )
+    parser.add_argument(
         "--n",
         type=int,
         default=None,
@@ -564,6 +571,9 @@ def main(argv: list[str] | None = None) -> int:
     systems = [s for s in args.systems.split(",") if s]
     os.environ.setdefault("OMP_NUM_THREADS", "2")
     names = ["synthetic", "debian-minilm"] if args.dataset == "all" else [args.dataset]
+    for name in names:  # a missing real set stops the run now, not after the synthetic one
+        if name != "synthetic":
+            dataset_dir(name, args.data)
     for name in names:
         if name == "synthetic":
             n = args.n or (10_000 if args.quick else 100_000)
@@ -573,7 +583,7 @@ def main(argv: list[str] | None = None) -> int:
             data = synthetic(n, args.dim, args.centres, args.queries, args.seed, K)
         else:
             n = args.n or (10_000 if args.quick else None)
-            data = debian_minilm(n, args.queries, K)
+            data = debian_minilm(n, args.queries, K, args.data)
         run_dataset(data, args, systems)
     if "vdb" in systems and not args.skip_startup:
         metrics = [m for m in args.compile_metrics.split(",") if m]

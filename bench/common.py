@@ -199,12 +199,30 @@ class Dataset:
         }
 
 
-def dataset_dir(name: str) -> Path:
-    """``$VDB_DATASETS/name`` or ``../shared/data/name`` relative to the repo root."""
-    root = Path(os.environ.get("VDB_DATASETS", REPO.parent / "shared" / "data"))
-    path = root / name
-    if not path.is_dir():
-        raise FileNotFoundError(f"dataset {name!r} not found at {path} (set VDB_DATASETS)")
+DATASET_SOURCES = {
+    "debian-minilm": "make it with `python bench/make_minilm.py` (see its docstring)",
+}
+"""How to get each real set a benchmark reads (named in the error when it is missing)."""
+
+
+def datasets_root(data: str | os.PathLike[str] | None = None) -> Path:
+    """The folder holding the real sets: ``data`` (a ``--data`` option), else ``$VDB_DATASETS``,
+    else ``../shared/data`` beside the repository."""
+    if data is not None:
+        return Path(data)
+    return Path(os.environ.get("VDB_DATASETS", REPO.parent / "shared" / "data"))
+
+
+def dataset_dir(name: str, data: str | os.PathLike[str] | None = None) -> Path:
+    """``datasets_root(data) / name``; a missing set ends the benchmark with one line on
+    stderr that names it, where it was looked for and how to get it (no traceback)."""
+    path = datasets_root(data) / name
+    if not (path / "base.npy").is_file():
+        how = DATASET_SOURCES.get(name, "see bench/README.md")
+        raise SystemExit(
+            f"bench: dataset {name!r} not found at {path}; {how}, then pass --data DIR "
+            f"or set VDB_DATASETS=DIR (DIR holds {name}/)"
+        )
     return path
 
 
@@ -258,10 +276,16 @@ def synthetic(
     return Dataset(f"synthetic-gmm{centres}", "l2", base, queries, gt, "brute force (numpy)")
 
 
-def debian_minilm(n: int | None = None, n_queries: int | None = None, k: int = 10) -> Dataset:
-    """The real MiniLM embeddings (cosine). The shipped exact top-100 is used when the whole
-    base is loaded; a prefix of the base gets its own brute-force ground truth."""
-    path = dataset_dir("debian-minilm")
+def debian_minilm(
+    n: int | None = None,
+    n_queries: int | None = None,
+    k: int = 10,
+    data: str | os.PathLike[str] | None = None,
+) -> Dataset:
+    """The real MiniLM embeddings (cosine) from ``dataset_dir("debian-minilm", data)``. The
+    shipped exact top-100 is used when the whole base is loaded; a prefix of the base gets its
+    own brute-force ground truth."""
+    path = dataset_dir("debian-minilm", data)
     base = np.load(path / "base.npy").astype(np.float32)
     queries = np.load(path / "queries.npy").astype(np.float32)
     gt = np.load(path / "gt_ids.npy")

@@ -18,8 +18,7 @@ from vdb.errors import (
     VdbError,
 )
 from vdb.types import Delete, Hit, Record, Upsert
-
-__version__ = "0.1.0"
+from vdb.version import __version__ as __version__
 
 __all__ = [
     "AlreadyExists",

@@ -10,53 +10,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 
 import numpy as np
 
-
-class ProgressBar:
-    """A one-line progress bar on stderr (redrawn in place on a terminal)."""
-
-    def __init__(
-        self, label: str, total: int, unit: str = "", stream: TextIO | None = None
-    ) -> None:
-        self.label = label
-        self.total = max(int(total), 0)
-        self.unit = unit
-        self.stream = stream if stream is not None else sys.stderr
-        self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
-        self.started = time.perf_counter()
-        self._last_draw = 0.0
-        self.done = 0
-
-    def update(self, done: int, total: int | None = None) -> None:
-        self.done = done
-        if total is not None:
-            self.total = total
-        now = time.perf_counter()
-        if self.tty and (now - self._last_draw >= 0.1 or done >= self.total):
-            self._draw(end="")
-            self._last_draw = now
-
-    def _draw(self, end: str) -> None:
-        width = 30
-        frac = (self.done / self.total) if self.total else 1.0
-        filled = int(width * min(frac, 1.0))
-        elapsed = time.perf_counter() - self.started
-        rate = self.done / elapsed if elapsed > 0 else 0.0
-        line = (
-            f"\r{self.label} [{'#' * filled}{'.' * (width - filled)}] {frac * 100:5.1f}% "
-            f"{self.done}/{self.total}{self.unit} {elapsed:.1f}s {rate:,.0f}{self.unit}/s"
-        )
-        self.stream.write(line + end)
-        self.stream.flush()
-
-    def finish(self) -> None:
-        self._draw(end="\n")
+from vdb.progress import ProgressBar
 
 
 def _human(n: float) -> str:
@@ -161,9 +121,8 @@ def cmd_info(args: argparse.Namespace) -> int:
 def cmd_snapshot(args: argparse.Namespace) -> int:
     from vdb.wal.snapshot import snapshot_directory
 
-    bar = ProgressBar("snapshot", 0, " B")
-    manifest = snapshot_directory(args.data, args.out, progress=bar.update)
-    bar.finish()
+    with ProgressBar("snapshot", unit="B") as bar:
+        manifest = snapshot_directory(args.data, args.out, progress=bar)
     counts = (
         ", ".join(f"{n}: {c['count']}" for n, c in manifest["collections"].items())
         or "no collections"
@@ -177,9 +136,8 @@ def cmd_snapshot(args: argparse.Namespace) -> int:
 def cmd_restore(args: argparse.Namespace) -> int:
     from vdb.wal.snapshot import restore
 
-    bar = ProgressBar("restore", 0, " B")
-    manifest = restore(args.snapshot, args.data, overwrite=args.force, progress=bar.update)
-    bar.finish()
+    with ProgressBar("restore", unit="B") as bar:
+        manifest = restore(args.snapshot, args.data, overwrite=args.force, progress=bar)
     counts = (
         ", ".join(f"{n}: {c['count']}" for n, c in manifest["collections"].items())
         or "no collections"
@@ -272,16 +230,15 @@ def cmd_load(args: argparse.Namespace) -> int:
                 ef_construction=args.ef_construction,
                 ef=args.ef,
             )
-        bar = ProgressBar(f"load {args.collection}", n, "")
-        for start in range(0, n, args.batch_size):
-            stop = min(n, start + args.batch_size)
-            col.upsert(
-                ids[start:stop],
-                np.asarray(vectors[start:stop], dtype=np.float32),
-                None if payloads is None else payloads[start:stop],
-            )
-            bar.update(stop)
-        bar.finish()
+        with ProgressBar(f"load {args.collection}", n, unit="pt") as bar:
+            for start in range(0, n, args.batch_size):
+                stop = min(n, start + args.batch_size)
+                col.upsert(
+                    ids[start:stop],
+                    np.asarray(vectors[start:stop], dtype=np.float32),
+                    None if payloads is None else payloads[start:stop],
+                )
+                bar(stop)
         print(f"loaded {n} points into {args.collection!r} (now {col.count()} points)")
     return 0
 

@@ -46,7 +46,7 @@ from vdb.types import DeadLetter, Delete, Hit, PointId, Record, Upsert
 from vdb.wal.store import pack, unpack
 
 if TYPE_CHECKING:
-    from vdb.db import Database
+    from vdb.writer import Writer
 
 log = logging.getLogger(__name__)
 
@@ -112,7 +112,7 @@ def _check_keys(value: Any, where: str, depth: int = 0) -> None:
 class Collection:
     """Points in one index. Get one from :meth:`vdb.db.Database.collection`."""
 
-    def __init__(self, db: Database, config: dict[str, Any], index: Any, ids: IdMap, payloads: Any):
+    def __init__(self, db: Writer, config: dict[str, Any], index: Any, ids: IdMap, payloads: Any):
         self._db = db
         self.config = config
         self.name: str = config["name"]
@@ -614,11 +614,10 @@ class Collection:
         deadline = None if timeout is None else time.monotonic() + timeout
         segs = self._segs
         while segs.has_work() or segs.has_doomed_linking:
-            if self._dropped or self._db._closed:
-                return False
+            self._check_open()  # CollectionNotFound / DatabaseClosed: nothing to wait for
             if deadline is not None and time.monotonic() >= deadline:
                 return False
-            self._db._indexer.wake()
+            segs.wake()
             time.sleep(0.005)
         return True
 

@@ -157,6 +157,9 @@ class Database:
         self._queue: queue.Queue[Any] = queue.Queue(maxsize=queue_size)
         self._last_seq = 0
         self._store = Store(self.path, map_size=map_size, max_map_size=max_map_size)
+        self._indexer = Indexer(
+            lambda: list(self._by_uid.values()), name=f"vdb-indexer:{self.path.name}"
+        )
         try:
             self._recover()
             if warm:
@@ -169,9 +172,6 @@ class Database:
         except BaseException:
             self._store.close()
             raise
-        self._indexer = Indexer(
-            lambda: list(self._by_uid.values()), name=f"vdb-indexer:{self.path.name}"
-        )
         if not indexing:
             self._indexer.pause()
         self._indexer.start()
@@ -236,6 +236,7 @@ class Database:
                 ) from exc
         col = Collection(self, config, index, ids, payloads)
         col._segs.fresh_limit = int(config.get("fresh_limit") or self.fresh_limit)
+        col._segs.wake = self._indexer.wake
         if loaded is not None:
             try:
                 col._segs.restore(loaded.fresh, np.asarray(loaded.slots, np.int64))
@@ -462,7 +463,6 @@ class Database:
             while segs.fresh_rows >= segs.fresh_limit and not col._dropped and not self._closed:
                 if self._indexer.wait_below(segs, segs.fresh_limit, timeout=1.0):
                     break
-
 
     @telemetry.group_commit
     def _process(self, group: list[WriteRequest]) -> None:
@@ -871,10 +871,33 @@ class Database:
                 self.checkpoint()
             except VdbError:  # the snapshot is still complete: it holds the WAL
                 log.warning("checkpoint before the snapshot failed", exc_info=True)
-        manifest = create_snapshot(self, path, progress=progress)
+        manifest = create_snapshot(
+            self._store,
+            path,
+            self._describe_for_snapshot,
+            pause=self._write_lock,
+            progress=progress,
+        )
         with self._stats.lock:
             self._stats.snapshots += 1
         return manifest
+
+    def _describe_for_snapshot(self, _txn: Any) -> tuple[dict[str, dict[str, Any]], int]:
+        # Called with the writer paused (between two groups), so the counts and the sequence
+        # number are those of the snapshot's read transaction.
+        collections = {
+            name: {
+                "uid": col.uid,
+                "dim": col.dim,
+                "metric": col.metric,
+                "count": len(col),
+                "M": col.config["M"],
+                "ef_construction": col.config["ef_construction"],
+                "ef": col.config["ef"],
+            }
+            for name, col in sorted(self._collections.items())
+        }
+        return collections, self.last_seq
 
     # -- figures ----------------------------------------------------------------------------------
 

@@ -48,6 +48,7 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -108,6 +109,7 @@ class Segments:
         self._linking = 0  # rows from view.start being linked by the indexer
         self.dirty = False  # graph changed since the last checkpoint capture
         self._work_since: float | None = None  # monotonic time work became pending
+        self.wake: Callable[[], None] = _nothing  # the database points it at its indexer
         self.indexed_total = 0
         self.index_seconds = 0.0
         self.last_rate = 0.0
@@ -410,6 +412,10 @@ class Segments:
         heapq.heapify(self._free)
         self.view = _View(_Buffer(256, self.dim), 0)
         self.append(slots, vectors)
+
+
+def _nothing() -> None:
+    pass
 
 
 def merge_top_k(

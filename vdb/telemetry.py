@@ -375,7 +375,7 @@ def enable(provider: Any = None) -> None:
     global _tracer
     with _lock:
         source = provider if provider is not None else trace.get_tracer_provider()
-        from vdb import __version__
+        from vdb.version import __version__
 
         _tracer = source.get_tracer(TRACER_NAME, __version__)
 

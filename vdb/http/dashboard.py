@@ -104,7 +104,7 @@ class Dashboard:
         return list(unique.values())
 
     def figures(self) -> dict[str, Any]:
-        from vdb import __version__
+        from vdb.version import __version__
 
         stats = dict(self.db.stats())
         per_collection = stats.pop("collections", None) or {}

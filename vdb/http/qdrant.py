@@ -241,7 +241,7 @@ class QdrantApi:
     # -- service ------------------------------------------------------------
 
     async def root(self, request: Request) -> Response:
-        from vdb import __version__
+        from vdb.version import __version__
 
         return EncodedResponse(
             {

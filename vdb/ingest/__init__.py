@@ -18,6 +18,10 @@ from vdb.ingest.kafka import KafkaSource
 from vdb.ingest.pipeline import IngestHandle, handles, start_ingest
 from vdb.ingest.source import Message, Source, create_source, register_source, source_kinds
 
+# The built-in kinds, registered where the package is assembled (the registry imports no source).
+register_source("kafka", KafkaSource)
+register_source("file", FileSource)
+
 __all__ = [
     "FORMATS",
     "Decoder",

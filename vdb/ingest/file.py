@@ -16,7 +16,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import IO, Any
 
-from vdb.ingest.source import Assignment, Message, TopicPartition, register_source
+from vdb.ingest.source import Assignment, Message, TopicPartition
 
 STDIN = "-"
 
@@ -116,6 +116,3 @@ class FileSource:
         if self._file is not None and self._file is not sys.stdin.buffer:
             self._file.close()
         self._file = None
-
-
-register_source("file", FileSource)

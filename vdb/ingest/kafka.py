@@ -35,7 +35,7 @@ from typing import Any
 from kafka import ConsumerRebalanceListener
 
 from vdb.errors import InvalidInput
-from vdb.ingest.source import Assignment, Message, TopicPartition, register_source
+from vdb.ingest.source import Assignment, Message, TopicPartition
 from vdb.types import DeadLetter
 
 log = logging.getLogger(__name__)
@@ -576,6 +576,3 @@ class _Rebalance(ConsumerRebalanceListener):
 
     def on_partitions_lost(self, lost: Any) -> None:
         self.source._on_revoked([(tp.topic, tp.partition) for tp in lost], lost=True)
-
-
-register_source("kafka", KafkaSource)

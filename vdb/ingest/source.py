@@ -12,7 +12,9 @@ of a message (not the next one). A source that has no topics or partitions
 
 Adding a kind: implement the protocol and call ``register_source("name",
 factory)``; ``create_source("name", **options)`` then builds it, and the CLI
-can name it in ``--ingest name``.
+can name it in ``--ingest name``. The built-in kinds (``kafka``, ``file``)
+are registered by ``vdb/ingest/__init__.py``, where the package is
+assembled, so this module imports none of its sources.
 """
 
 from __future__ import annotations
@@ -117,13 +119,11 @@ def register_source(kind: str, factory: Callable[..., Source]) -> None:
 
 def source_kinds() -> list[str]:
     """Registered kinds, sorted."""
-    _load_builtin()
     return sorted(_REGISTRY)
 
 
 def create_source(kind: str, **options: Any) -> Source:
     """Build a source of a registered kind; ``InvalidInput`` for an unknown kind."""
-    _load_builtin()
     try:
         factory = _REGISTRY[kind]
     except KeyError:
@@ -131,8 +131,3 @@ def create_source(kind: str, **options: Any) -> Source:
             f"unknown ingest source {kind!r}; known: {', '.join(sorted(_REGISTRY))}"
         ) from None
     return factory(**options)
-
-
-def _load_builtin() -> None:
-    # Importing the modules registers their kinds.
-    from vdb.ingest import file, kafka  # noqa: F401

@@ -30,14 +30,13 @@ import struct
 import tempfile
 import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO
+from typing import Any, BinaryIO
 
 from vdb.errors import AlreadyExists, CorruptData, InvalidInput, NotFound, StorageError
-from vdb.wal.store import LOCK_FILE, lock_directory, unlock_directory
-
-if TYPE_CHECKING:
-    from vdb.db import Database
+from vdb.wal import checkpoint as ckpt
+from vdb.wal.store import LOCK_FILE, Store, lock_directory, unlock_directory, unpack
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +47,11 @@ BUFFER = 1 << 20
 
 Progress = Callable[[int, int], None]
 """``progress(done_bytes, total_bytes)``, called as a snapshot is written or restored."""
+
+Describe = Callable[[Any], tuple[dict[str, dict[str, Any]], int]]
+"""``describe(txn) -> (collections, last_seq)``: what the manifest says of the state ``txn``
+reads; ``collections`` maps each name to ``{"uid", "dim", "metric", "count", "M",
+"ef_construction", "ef"}``. Storage knows no database: its owner says what it holds."""
 
 
 def _fsync_dir(path: Path) -> None:
@@ -62,72 +66,21 @@ def _fsync_dir(path: Path) -> None:
 
 
 def create_snapshot(
-    db: Database, path: str | os.PathLike[str], progress: Progress | None = None
+    store: Store,
+    path: str | os.PathLike[str],
+    describe: Describe,
+    *,
+    pause: AbstractContextManager[Any] | None = None,
+    progress: Progress | None = None,
 ) -> dict[str, Any]:
-    """Write a snapshot of the open ``db`` to ``path`` (atomically: a temp file renamed at the end)."""
-    store = db._store
+    """Write a snapshot of the environment of the open ``store`` to ``path``.
 
-    def begin() -> tuple[Any, dict[str, Any], int]:
-        # Called with the writer paused (between two groups), so the counts
-        # match the read transaction exactly.
-        txn = store.env.begin(buffers=False)
-        collections = {
-            name: {
-                "uid": col.uid,
-                "dim": col.dim,
-                "metric": col.metric,
-                "count": len(col),
-                "M": col.config["M"],
-                "ef_construction": col.config["ef_construction"],
-                "ef": col.config["ef"],
-            }
-            for name, col in sorted(db._collections.items())
-        }
-        return txn, collections, db.last_seq
-
-    return _snapshot(store, path, begin, progress, lock_first=db._write_lock)
-
-
-def snapshot_directory(
-    data_dir: str | os.PathLike[str], path: str | os.PathLike[str], progress: Progress | None = None
-) -> dict[str, Any]:
-    """Snapshot a data directory without opening the database (works while a server runs it).
-
-    The counts in the manifest come from the same read transaction as the
-    copy (checkpointed id map + WAL after it).
+    The copy comes from one read transaction begun while ``pause`` is held
+    (the database passes its writer's lock, so no group is half applied);
+    ``describe(txn)`` is called at the same moment and gives the manifest's
+    ``(collections, last_seq)`` for exactly that state. Writes go on during
+    the copy. The file appears atomically (a temporary file renamed at the end).
     """
-    from vdb.wal import checkpoint as ckpt
-    from vdb.wal.store import Store, unpack
-
-    store = Store(data_dir, readonly=True)
-    try:
-
-        def begin() -> tuple[Any, dict[str, Any], int]:
-            txn = store.env.begin(buffers=False)
-            manifests = ckpt.read_manifests(store, txn)
-            collections = {}
-            for _, raw in txn.cursor(db=store.db("collections")):
-                config = unpack(raw)
-                uid = int(config["uid"])
-                collections[config["name"]] = {
-                    "uid": uid,
-                    "dim": config["dim"],
-                    "metric": config["metric"],
-                    "count": len(ckpt.live_ids(store, txn, config, manifests.get(uid))),
-                    "M": config["M"],
-                    "ef_construction": config["ef_construction"],
-                    "ef": config["ef"],
-                }
-            return txn, dict(sorted(collections.items())), store.last_seq(txn)
-
-        return _snapshot(store, path, begin, progress, lock_first=None)
-    finally:
-        store.close()
-
-
-def _snapshot(
-    store: Any, path: str | os.PathLike[str], begin: Any, progress: Progress | None, lock_first: Any
-) -> dict[str, Any]:
     out = Path(path)
     if out.is_dir():
         raise InvalidInput(f"snapshot path {out} is a directory; give a file name")
@@ -139,13 +92,14 @@ def _snapshot(
         with contextlib.ExitStack() as stack:
             # Lock order as the writer's: its lock first, then the map's shared lock.
             # The read transaction outlives the writer's lock: writes go on during the copy.
-            if lock_first is not None:
-                with lock_first:
-                    stack.enter_context(store._resize.shared())
-                    txn, collections, seq = begin()
-            else:
+            with pause if pause is not None else contextlib.nullcontext():
                 stack.enter_context(store._resize.shared())
-                txn, collections, seq = begin()
+                txn = store.env.begin(buffers=False)
+                try:
+                    collections, seq = describe(txn)
+                except BaseException:
+                    txn.abort()
+                    raise
             try:
                 store.env.copy(str(copy_dir), compact=True, txn=txn)
             finally:
@@ -190,6 +144,43 @@ def _snapshot(
         time.perf_counter() - started,
     )
     return manifest
+
+
+def describe_stored(store: Store, txn: Any) -> tuple[dict[str, dict[str, Any]], int]:
+    """The manifest's ``(collections, last_seq)`` read from the tables alone (checkpointed id
+    map + WAL after it), for a directory no process here has open."""
+    manifests = ckpt.read_manifests(store, txn)
+    collections = {}
+    for _, raw in txn.cursor(db=store.db("collections")):
+        config = unpack(raw)
+        uid = int(config["uid"])
+        collections[config["name"]] = {
+            "uid": uid,
+            "dim": config["dim"],
+            "metric": config["metric"],
+            "count": len(ckpt.live_ids(store, txn, config, manifests.get(uid))),
+            "M": config["M"],
+            "ef_construction": config["ef_construction"],
+            "ef": config["ef"],
+        }
+    return dict(sorted(collections.items())), store.last_seq(txn)
+
+
+def snapshot_directory(
+    data_dir: str | os.PathLike[str], path: str | os.PathLike[str], progress: Progress | None = None
+) -> dict[str, Any]:
+    """Snapshot a data directory without opening the database (works while a server runs it).
+
+    The counts in the manifest come from the same read transaction as the
+    copy (checkpointed id map + WAL after it).
+    """
+    store = Store(data_dir, readonly=True)
+    try:
+        return create_snapshot(
+            store, path, lambda txn: describe_stored(store, txn), progress=progress
+        )
+    finally:
+        store.close()
 
 
 def _read_exact(f: BinaryIO, n: int, what: str) -> bytes:
