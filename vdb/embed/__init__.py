@@ -22,6 +22,7 @@ from vdb.embed.base import (
     loaded_embedders,
     register_embedder,
     resolve_name,
+    unregister_embedder,
 )
 
 __all__ = [
@@ -36,4 +37,5 @@ __all__ = [
     "loaded_embedders",
     "register_embedder",
     "resolve_name",
+    "unregister_embedder",
 ]

@@ -110,6 +110,19 @@ def register_embedder(spec: EmbedderSpec) -> None:
         _LOADED.pop(spec.name, None)
 
 
+def unregister_embedder(name: str) -> bool:
+    """Remove a model and its aliases; returns whether it was registered."""
+    with _LOCK:
+        spec = _SPECS.pop(name, None)
+        if spec is None:
+            return False
+        for alias in (spec.name, *spec.aliases):
+            if _ALIASES.get(alias) == spec.name:
+                del _ALIASES[alias]
+        _LOADED.pop(name, None)
+        return True
+
+
 def embedder_names(aliases: bool = False) -> list[str]:
     """Registered model names (with their aliases if asked), sorted."""
     _load_builtin()
