@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.http.conftest import server  # noqa: F401 - a real `python -m vdb serve`
 from tests.ingest.conftest import broker, producer  # noqa: F401 - the real Tansu fixtures
 
 FIXTURE = Path(__file__).resolve().parents[1] / "data" / "minilm-10k"

@@ -1002,6 +1002,8 @@ def parse_params(value: Any, where: str) -> tuple[int | None, bool]:
 def _parse_query_value(value: Any, where: str) -> tuple[np.ndarray | None, Any, Document | None]:
     """The ``query`` of a QueryRequest → (vector, None, None), (None, point id, None)
     or (None, None, document)."""
+    if isinstance(value, dict) and ("text" in value or "model" in value):
+        return None, None, parse_document(value, where)  # a document instead of a vector
     if isinstance(value, dict):
         if len(value) != 1 and not ("nearest" in value and set(value) <= {"nearest", "mmr"}):
             raise InvalidInput(f"Format error in JSON body: `{where}` must hold one query type")
