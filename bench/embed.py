@@ -284,6 +284,9 @@ def measure_http(
 
     from vdb.embed import get_embedder
 
+    model = get_embedder(
+        "minilm"
+    )  # loaded first: an idle keep-alive connection is closed after 5 s
     port = free_port()
     server = Server(  # the child inherits VDB_EMBED_THREADS (set in main)
         [sys.executable, "-m", "vdb", "serve", "--data", str(workdir / "http-data"), "--port", str(port)],
@@ -293,8 +296,14 @@ def measure_http(
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
 
         def call(method: str, path: str, body: Any) -> Any:
-            conn.request(method, path, json.dumps(body), {"Content-Type": "application/json"})
-            response = conn.getresponse()
+            payload = json.dumps(body)
+            try:
+                conn.request(method, path, payload, {"Content-Type": "application/json"})
+                response = conn.getresponse()
+            except (BrokenPipeError, ConnectionResetError, http.client.RemoteDisconnected):
+                conn.close()  # the server closed an idle keep-alive connection: reconnect
+                conn.request(method, path, payload, {"Content-Type": "application/json"})
+                response = conn.getresponse()
             raw = response.read()
             if response.status != 200:
                 raise RuntimeError(f"{method} {path}: {response.status} {raw[:300]!r}")
@@ -307,9 +316,9 @@ def measure_http(
                  {"batch": {"ids": list(range(start, start + len(chunk))), "vectors": chunk.tolist()}})  # fmt: skip
         queries = texts[-args.queries :]
         path = f"/collections/{COLLECTION}/points/query"
+        model.embed(queries[:5])
         for text in queries[:5]:  # load the model in the server, warm the connection
             call("POST", path, {"query": {"text": text, "model": MODEL}, "limit": 10})
-        model = get_embedder("minilm")
         http_ms, infer_ms = [], []
         for text in queries:  # interleaved: one HTTP text query, one local inference
             t0 = time.perf_counter()

@@ -188,7 +188,6 @@ def embed_documents(documents: Sequence[Document], dim: int | None = None) -> np
                 f"Wrong input: Vector dimension error: model {model!r} produces "
                 f"{spec.dimension}-d vectors, the collection has dimension {dim}"
             )
-        spec.check_available()
     width = (
         dim
         if dim is not None
