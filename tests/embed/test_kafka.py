@@ -194,3 +194,38 @@ def test_kill9_during_text_ingest_loses_nothing_and_does_not_reembed(broker, pro
         vectors = np.stack([r.vector for r in got])
         assert cosines(vectors, texts.base[:n]).min() >= 0.999
         assert db.source_offsets(source.name) == {(topic, 0): n - 1}
+
+
+def test_serve_with_text_ingest_answers_text_queries(broker, producer, tmp_path, texts):
+    """``vdb serve --ingest kafka --format text --create-embedder minilm`` end to end."""
+    import httpx
+    from qdrant_client import QdrantClient, models
+
+    from tests.http.conftest import ServerProcess
+
+    topic, n = create_topic(broker.bootstrap, unique("srvtext")), 40
+    for i in range(n):
+        send_json(producer, topic, {"id": i, "text": texts.texts[i], "payload": {"row": i}})
+    send_json(producer, topic, {"id": n, "text": ""})  # a dead letter
+    producer.flush()
+    server = ServerProcess(
+        tmp_path / "data", "--ingest", "kafka", "--kafka-bootstrap", broker.bootstrap,
+        "--kafka-topic", topic, "--kafka-group", unique("g"), "--collection", "docs",
+        "--format", "text", "--create-embedder", "minilm",
+    ).start()  # fmt: skip
+    try:
+        client = QdrantClient(url=server.url, cloud_inference=True, timeout=120)
+        wait_until(lambda: client.count("docs").count >= n, timeout=180)
+        res = client.query_points(
+            "docs", query=models.Document(text=texts.texts[11], model="minilm"), limit=1
+        )
+        assert res.points[0].id == 11
+        assert res.points[0].payload == {"row": 11, "document": texts.texts[11]}
+        wait_until(lambda: httpx.get(server.url + "/dead-letters").json()["result"], timeout=60)
+        letters = httpx.get(server.url + "/dead-letters").json()["result"]
+        assert any("empty text" in str(letter) for letter in letters)
+        metrics = httpx.get(server.url + "/metrics").text
+        assert "inference_ms" in metrics and "texts_embedded" in metrics
+        client.close()
+    finally:
+        server.stop()
