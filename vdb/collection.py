@@ -217,13 +217,25 @@ class Collection:
 
     # -- writes ----------------------------------------------------------------
 
-    def upsert(self, ids: Any, vectors: Any, payloads: Any = None) -> int:
+    def upsert(
+        self,
+        ids: Any,
+        vectors: Any = None,
+        payloads: Any = None,
+        *,
+        documents: Any = None,
+        store_documents: bool = True,
+    ) -> int:
         """Insert or replace points; returns the WAL sequence number once durable and searchable.
 
         ``ids``: unsigned ints or strings (a single id is accepted);
         ``vectors``: ``[n, dim]`` array or list of lists; ``payloads``: a list
         of dicts/None (or one dict for a single id). An existing id gets the
         new vector and payload (the old payload is replaced, not merged).
+        ``documents``: texts instead of vectors (a collection with an
+        embedder): embedded in one batched call before the WAL record, which
+        holds the vectors; each text is kept in its payload under
+        ``"document"`` unless ``store_documents=False``.
         """
         point_ids = normalize_ids(ids)
         n = len(point_ids)
@@ -235,6 +247,10 @@ class Collection:
                 raise InvalidInput(f"payloads: {len(payloads)} payloads for {n} ids")
         if n == 0:
             return self._db.last_seq
+        if documents is not None or vectors is None:
+            vectors, payloads = _embed_documents(
+                self, vectors, documents, payloads, n, store_documents
+            )
         arr = self._vectors(vectors, n)
         ops = [
             Upsert(point_ids[i], arr[i], None if payloads is None else payloads[i])
@@ -680,7 +696,7 @@ class Collection:
 
     def search(
         self,
-        vectors: Any,
+        vectors: Any = None,
         k: int = 10,
         ef: int | None = None,
         filter: Any = None,
@@ -689,6 +705,7 @@ class Collection:
         score_threshold: float | None = None,
         *,
         exact: bool = False,
+        text: Any = None,
     ) -> list[Hit] | list[list[Hit]]:
         """Nearest points to one query (1-D: a list of hits) or a batch (2-D: a list of lists).
 
@@ -697,9 +714,12 @@ class Collection:
         returned and there are ``min(k, matching)`` hits. ``exact=True``
         scans every live (and filter-allowed) point instead of walking the
         graph: the true top-k (ties broken by slot), slower, same hits format;
-        ``ef`` is then ignored.
+        ``ef`` is then ignored. ``text`` (a collection with an embedder): a
+        string (one query) or a list of strings (a batch) instead of vectors.
         """
         self._check_open()
+        if text is not None or vectors is None:
+            vectors = _embed_query(self, vectors, text)
         try:
             arr = np.asarray(vectors, dtype=np.float32)
         except (TypeError, ValueError) as exc:
@@ -989,6 +1009,7 @@ class Collection:
             "extra": dict(self.config.get("extra") or {}),
             "metadata": (self.config.get("extra") or {}).get("metadata"),
             "payload_schema": schema,
+            "embedder": self.config.get("embedder"),
             "applied_seq": self.applied_seq,
             # Qdrant's colours: yellow while points wait to be indexed (still searchable)
             "status": "yellow" if self._segs.fresh_points else "green",
@@ -1009,6 +1030,30 @@ class Collection:
 
     def __len__(self) -> int:
         return len(self._ids)
+
+
+def _embed_documents(
+    col: Collection, vectors: Any, documents: Any, payloads: Any, n: int, store: bool
+) -> tuple[Any, Any]:
+    """Text in (``upsert(documents=...)``): ``(vectors, payloads)`` from the collection's model."""
+    if vectors is not None:
+        raise InvalidInput("upsert takes vectors or documents, not both")
+    if documents is None:
+        raise InvalidInput("upsert needs vectors or documents")
+    from vdb.embed.documents import upsert_documents
+
+    return upsert_documents(col.config, documents, payloads, n, store)
+
+
+def _embed_query(col: Collection, vectors: Any, text: Any) -> Any:
+    """Text queries (``search(text=...)``): the query vectors from the collection's model."""
+    if vectors is not None:
+        raise InvalidInput("search takes vectors or text, not both")
+    if text is None:
+        raise InvalidInput("search needs a query vector or text")
+    from vdb.embed.documents import query_vectors
+
+    return query_vectors(col.config, text)
 
 
 def _too_big(arr: np.ndarray, dim: int) -> bool:

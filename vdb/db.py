@@ -325,23 +325,31 @@ class Database:
     def create_collection(
         self,
         name: str,
-        dim: int,
-        metric: str = "cosine",
+        dim: int | None = None,
+        metric: str | None = None,
         M: int = 16,  # noqa: N803 - the HNSW parameter's usual name
         ef_construction: int = 128,
         ef: int = 64,
         fresh_limit: int | None = None,
+        *,
+        embedder: str | None = None,
         **extra: Any,
     ) -> Collection:
         """Create a collection; raises ``AlreadyExists`` if the name is taken.
 
-        ``fresh_limit``: bound of the collection's fresh segment (points written
-        but not yet indexed; default: the database's). ``extra`` keyword
-        arguments are stored with the collection's configuration (returned by
-        ``info()["extra"]``).
+        ``metric`` defaults to cosine. ``embedder`` (e.g. ``"minilm"``, see
+        ``vdb.embed``) lets the collection take text: ``dim`` and ``metric``
+        then come from the model (explicit ones must agree) and the name is
+        kept in the durable config. ``fresh_limit``: bound of the collection's
+        fresh segment (points written but not yet indexed; default: the
+        database's). ``extra`` keyword arguments are stored with the
+        collection's configuration (returned by ``info()["extra"]``).
         """
         self._check_open()
         validate_name(name)
+        from vdb.embed.documents import collection_embedder
+
+        embedder, dim, metric = collection_embedder(embedder, dim, metric)
         dim = _positive_int(dim, "dim", 1, 65536)
         if metric not in METRICS:
             raise InvalidInput(f"metric must be one of {', '.join(METRICS)}, got {metric!r}")
@@ -358,6 +366,8 @@ class Database:
             "extra": extra,
             "created_at": time.time(),
         }
+        if embedder is not None:
+            config["embedder"] = embedder
         try:
             pack(config)
         except (TypeError, ValueError, OverflowError) as exc:

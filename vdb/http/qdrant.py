@@ -10,6 +10,13 @@ handlers in ``vdb.http.app``.
 Distances map as Cosine → ``cosine``, Euclid → ``l2`` (vdb scores squared
 distance; Qdrant answers the distance, so the square root is taken here),
 Dot → ``ip``.
+
+Server-side inference: wherever a vector is accepted in an upsert or a
+``query`` (plain or ``nearest``), a document ``{"text": ..., "model": ...}``
+(what qdrant-client sends for ``models.Document`` with
+``cloud_inference=True``) is embedded with the named model (``vdb.embed``),
+one batched call per request and model, in the worker thread that runs the
+request, never on the event loop.
 """
 
 from __future__ import annotations
@@ -34,6 +41,7 @@ from starlette.responses import FileResponse, Response
 from starlette.routing import Route
 
 from vdb import telemetry
+from vdb.embed.documents import Document, embed_documents, parse_document
 from vdb.errors import CollectionNotFound, InvalidInput, NotFound, PointNotFound
 from vdb.http import parsing as p
 from vdb.http.codec import EncodedResponse, encode, envelope, parse_body, wants_msgpack
@@ -835,7 +843,15 @@ def parse_upsert(
         if "ids" not in batch or "vectors" not in batch:
             raise InvalidInput("Format error in JSON body: `batch` needs `ids` and `vectors`")
         ids = p.parse_ids(batch["ids"], "batch.ids")
-        vectors = p.parse_vectors(batch["vectors"], "batch.vectors", len(ids), dim)
+        if _has_documents(batch["vectors"]):
+            if len(batch["vectors"]) != len(ids):
+                raise InvalidInput(
+                    f"`batch.vectors` has {len(batch['vectors'])} vectors but there are "
+                    f"{len(ids)} ids"
+                )
+            vectors = _rows(batch["vectors"], "batch.vectors", dim)
+        else:
+            vectors = p.parse_vectors(batch["vectors"], "batch.vectors", len(ids), dim)
         payloads = batch.get("payloads")
         if payloads is not None:
             if not isinstance(payloads, list) or len(payloads) != len(ids):
@@ -849,7 +865,7 @@ def parse_upsert(
     if not isinstance(points, list):
         raise InvalidInput("Format error in JSON body: expected `points` (an array) or `batch`")
     ids: list[Any] = []
-    rows: list[np.ndarray] = []
+    rows: list[np.ndarray | Document] = []
     payloads: list[dict[str, Any] | None] = []
     for i, point in enumerate(points):
         point = p.check_object(point, f"points[{i}]")
@@ -857,10 +873,36 @@ def parse_upsert(
         if "id" not in point or "vector" not in point:
             raise InvalidInput(f"Format error in JSON body: `points[{i}]` needs `id` and `vector`")
         ids.append(p.parse_id(point["id"], f"points[{i}].id"))
-        rows.append(p.parse_vector(point["vector"], f"points[{i}].vector", dim))
+        where = f"points[{i}].vector"
+        rows.append(
+            parse_document(point["vector"], where) or p.parse_vector(point["vector"], where, dim)
+        )
         payloads.append(p.parse_payload(point.get("payload"), f"points[{i}].payload"))
-    vectors = p.stack(rows, "points", dim)
+    vectors = p.stack(_embed_rows(rows, dim), "points", dim)
     return ids, vectors, payloads
+
+
+def _has_documents(values: Any) -> bool:
+    return isinstance(values, list) and any(isinstance(v, dict) for v in values)
+
+
+def _rows(values: list[Any], where: str, dim: int) -> np.ndarray:
+    """Vectors and documents → ``[n, dim]``, the documents embedded."""
+    rows: list[np.ndarray | Document] = [
+        parse_document(v, f"{where}[{i}]") or p.parse_vector(v, f"{where}[{i}]", dim)
+        for i, v in enumerate(values)
+    ]
+    return p.stack(_embed_rows(rows, dim), where, dim)
+
+
+def _embed_rows(rows: list[np.ndarray | Document], dim: int) -> list[np.ndarray]:
+    """Embed the documents among ``rows`` (one batched call per model) in place."""
+    at = [i for i, row in enumerate(rows) if isinstance(row, Document)]
+    if at:
+        vectors = embed_documents([rows[i] for i in at], dim)
+        for j, i in enumerate(at):
+            rows[i] = vectors[j]
+    return rows  # type: ignore[return-value]
 
 
 def parse_batch(body: dict[str, Any], where: str, max_batch: int) -> list[dict[str, Any]]:
@@ -941,6 +983,7 @@ class Query:
         "fetch_payload",
         "selector",
         "with_vector",
+        "document",
     )
 
     def __init__(self, **values: Any):
@@ -969,8 +1012,11 @@ def parse_params(value: Any, where: str) -> tuple[int | None, bool]:
     return ef, exact
 
 
-def _parse_query_value(value: Any, where: str) -> tuple[np.ndarray | None, Any]:
-    """The ``query`` of a QueryRequest → (vector, None) or (None, point id)."""
+def _parse_query_value(value: Any, where: str) -> tuple[np.ndarray | None, Any, Document | None]:
+    """The ``query`` of a QueryRequest → (vector, None, None), (None, point id, None)
+    or (None, None, document)."""
+    if isinstance(value, dict) and ("text" in value or "model" in value):
+        return None, None, parse_document(value, where)  # a document instead of a vector
     if isinstance(value, dict):
         if len(value) != 1 and not ("nearest" in value and set(value) <= {"nearest", "mmr"}):
             raise InvalidInput(f"Format error in JSON body: `{where}` must hold one query type")
@@ -986,8 +1032,11 @@ def _parse_query_value(value: Any, where: str) -> tuple[np.ndarray | None, Any]:
         value = value["nearest"]
         where = f"{where}.nearest"
     if isinstance(value, int | str) and not isinstance(value, bool):
-        return None, p.parse_id(value, where)
-    return p.parse_vector(value, where), None
+        return None, p.parse_id(value, where), None
+    document = parse_document(value, where)
+    if document is not None:
+        return None, None, document
+    return p.parse_vector(value, where), None, None
 
 
 def _common_query(body: dict[str, Any], max_limit: int, default_payload: bool) -> dict[str, Any]:
@@ -1039,10 +1088,12 @@ def parse_query_request(body: dict[str, Any], where: str, max_limit: int) -> Que
     using = body.get("using")
     if using not in (None, ""):
         raise InvalidInput(f"Wrong input: Not existing vector name error: {using}")
-    vector = point_id = None
+    vector = point_id = document = None
     if body.get("query") is not None:
-        vector, point_id = _parse_query_value(body["query"], "query")
-    return Query(vector=vector, point_id=point_id, **_common_query(body, max_limit, False))
+        vector, point_id, document = _parse_query_value(body["query"], "query")
+    return Query(
+        vector=vector, point_id=point_id, document=document, **_common_query(body, max_limit, False)
+    )
 
 
 def parse_search_request(body: dict[str, Any], where: str, max_limit: int) -> Query:
@@ -1169,6 +1220,12 @@ def _run_queries(view: CollectionView, queries: list[Query]) -> list[list[dict[s
     col = view.col
     results: list[list[dict[str, Any]] | None] = [None] * len(queries)
     groups: dict[tuple, list[int]] = {}
+    texts = [q for q in queries if q.document is not None]
+    if texts:  # text queries: one batched model call per model, in this worker thread
+        for q, vector in zip(
+            texts, embed_documents([q.document for q in texts], view.dim), strict=True
+        ):
+            q.vector = vector
     for i, q in enumerate(queries):
         if q.vector is None and q.point_id is None:
             results[i] = _scroll_query(view, q)

@@ -18,8 +18,8 @@ Keys of a spec: ``kind``, ``collection``, ``format``, ``key_format``,
 ``offset_reset``, ``dead_letter_topic``, ``kafka_options`` (a table of
 KafkaConsumer settings, or ``--kafka-option KEY=VALUE``) (kafka); ``path``, ``follow``
 (file); ``batch_max``, ``max_wait_ms``, ``latency_target_ms``,
-``max_queued_records``, ``max_rate`` (pipeline); ``dim`` and ``metric`` to
-create the collection when it does not exist.
+``max_queued_records``, ``max_rate`` (pipeline); ``dim``, ``metric`` and
+``embedder`` to create the collection when it does not exist.
 """
 
 from __future__ import annotations
@@ -56,6 +56,7 @@ _SPEC_KEYS = {
     "max_rate",
     "dim",
     "metric",
+    "embedder",
     "kafka_options",
 }
 _PIPELINE_KEYS = (
@@ -129,7 +130,7 @@ def add_ingest_arguments(parser: argparse.ArgumentParser) -> None:
         "--format",
         "format",
         metavar="F",
-        help="message format: json, msgpack, float32 (default json)",
+        help="message format: json, msgpack, float32, text (default json)",
     )
     spec(
         "--key-format",
@@ -233,6 +234,12 @@ def add_ingest_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="M",
         help="metric of a created collection (default cosine)",
     )
+    spec(
+        "--create-embedder",
+        "embedder",
+        metavar="MODEL",
+        help="create the collection with this embedder if missing (e.g. minilm; for --format text)",
+    )
 
 
 def specs_from_args(args: argparse.Namespace) -> list[dict[str, Any]]:
@@ -325,7 +332,7 @@ def source_for(spec: dict[str, Any]) -> Any:
         **{
             k: v
             for k, v in spec.items()
-            if k not in ("kind", "collection", *_PIPELINE_KEYS, "dim", "metric")
+            if k not in ("kind", "collection", *_PIPELINE_KEYS, "dim", "metric", "embedder")
         },
     )
 
@@ -359,11 +366,17 @@ def start_spec(db: Any, spec: dict[str, Any]) -> Any:
 
     name = spec["collection"]
     if not db.has_collection(name):
-        if not spec.get("dim"):
+        if not spec.get("dim") and not spec.get("embedder"):
             raise InvalidInput(
-                f"collection {name!r} does not exist (give --create-dim to create it)"
+                f"collection {name!r} does not exist (give --create-dim or --create-embedder "
+                "to create it)"
             )
-        db.create_collection(name, dim=int(spec["dim"]), metric=spec.get("metric") or "cosine")
+        db.create_collection(
+            name,
+            dim=int(spec["dim"]) if spec.get("dim") else None,
+            metric=spec.get("metric"),
+            embedder=spec.get("embedder"),
+        )
     options = {k: spec[k] for k in _PIPELINE_KEYS if spec.get(k) is not None}
     if spec["kind"] == "file" and spec.get("follow"):
         options["stop_at_end"] = False

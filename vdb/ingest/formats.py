@@ -9,6 +9,13 @@ Formats (``--format``):
     message key is used.
 ``float32``
     The value is the raw little-endian float32 vector; the id is the key.
+``text``
+    A JSON object ``{"id": ..., "text": "...", "payload": {...}?, "op": ...?}`` for
+    a collection with an embedder (``create_collection(..., embedder="minilm")``).
+    The decoder checks the text (a non-empty string) and keeps it in the
+    payload under ``"document"``; the vector is a ``PendingText`` that the
+    pipeline embeds, a whole batch in one model call, before the batch's WAL
+    transaction. Without an embedder every text message is a dead letter.
 
 In every format a null value (a tombstone) deletes the key's point, so a
 compacted topic is mirrored exactly.
@@ -27,20 +34,29 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import dataclass
 from typing import Any
 
 import msgpack
 import numpy as np
 
+from vdb.embed.documents import DOCUMENT_KEY
 from vdb.errors import InvalidInput
 from vdb.ids import normalize_id
 from vdb.ingest.source import Message
 from vdb.types import DeadLetter, Delete, PointId, Upsert
 
-FORMATS = ("json", "msgpack", "float32")
+FORMATS = ("json", "msgpack", "float32", "text")
 KEY_FORMATS = ("auto", "str", "int", "uint64be")
 
 Decoded = Upsert | Delete | DeadLetter
+
+
+@dataclass(slots=True)
+class PendingText:
+    """The vector of a ``text`` message until the pipeline embeds it."""
+
+    text: str
 
 
 class Decoder:
@@ -54,6 +70,8 @@ class Decoder:
         metric: str = "l2",
         source: str = "",
         key_format: str = "auto",
+        embedder: str | None = None,
+        store_documents: bool = True,
     ) -> None:
         if format not in FORMATS:
             raise InvalidInput(f"unknown format {format!r}; known: {', '.join(FORMATS)}")
@@ -66,6 +84,8 @@ class Decoder:
         self.metric = metric
         self.source = source
         self.key_format = key_format
+        self.embedder = embedder  # the collection's model (text format)
+        self.store_documents = store_documents
 
     def __call__(self, message: Message) -> Decoded:
         try:
@@ -110,7 +130,7 @@ class Decoder:
         return self._from_object(obj, message)
 
     def _parse(self, value: bytes) -> Any:
-        if self.format == "json":
+        if self.format in ("json", "text"):
             try:
                 return json.loads(value)
             except (ValueError, UnicodeDecodeError) as exc:
@@ -136,15 +156,20 @@ class Decoder:
             return Delete(
                 id=point_id, partition=message.partition, timestamp_ms=message.timestamp_ms
             )
-        if "vector" not in obj or obj["vector"] is None:
-            raise InvalidInput("missing vector")
-        raw = obj["vector"]
-        vector = self.vector_from_bytes(raw) if isinstance(raw, bytes) else self.vector(raw)
+        if self.format == "text":
+            vector: Any = self.text(obj)
+        else:
+            if "vector" not in obj or obj["vector"] is None:
+                raise InvalidInput("missing vector")
+            raw = obj["vector"]
+            vector = self.vector_from_bytes(raw) if isinstance(raw, bytes) else self.vector(raw)
         payload = obj.get("payload")
         if payload is not None:
             if not isinstance(payload, dict):
                 raise InvalidInput(f"payload must be an object, not {type(payload).__name__}")
             _check_payload(payload)
+        if self.format == "text" and self.store_documents:
+            payload = {**(payload or {}), DOCUMENT_KEY: vector.text}
         return Upsert(
             id=point_id,
             vector=vector,
@@ -152,6 +177,22 @@ class Decoder:
             partition=message.partition,
             timestamp_ms=message.timestamp_ms,
         )
+
+    def text(self, obj: dict[str, Any]) -> PendingText:
+        """The checked text of a ``text`` message (embedded later by the pipeline)."""
+        if not self.embedder:
+            raise InvalidInput(
+                "the collection has no embedder: the text format needs a collection created "
+                "with embedder='minilm'"
+            )
+        if "text" not in obj or obj["text"] is None:
+            raise InvalidInput("missing text")
+        text = obj["text"]
+        if not isinstance(text, str):
+            raise InvalidInput(f"text must be a string, not {type(text).__name__}")
+        if not text.strip():
+            raise InvalidInput("empty text")
+        return PendingText(text)
 
     def key_id(self, key: bytes) -> PointId:
         """The point id a message key names."""

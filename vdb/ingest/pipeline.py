@@ -27,6 +27,13 @@ crash re-apply whole batches, and upserts/deletes by id are idempotent.
 On revoke the reader's partial batch and the queue are made durable before
 the partitions are given away.
 
+Text (format ``text``, a collection with an embedder): the writer embeds the
+texts of a batch in one model call just before its ``apply``, so the WAL
+transaction holds vectors (recovery never re-embeds) and the offsets commit
+with them exactly once. A text the model cannot take becomes a dead letter;
+``stats()["inference_ms"]`` shows the model's time per batch, apart from
+``batch_latency_ms`` (the WAL transaction and apply).
+
 Shutdown (``stop()``): the batch in flight and the queue are applied, the
 last offsets committed upstream, and the source closed.
 """
@@ -45,7 +52,7 @@ import numpy as np
 
 from vdb import telemetry
 from vdb.errors import DatabaseClosed, InvalidInput, NotFound
-from vdb.ingest.formats import Decoder
+from vdb.ingest.formats import Decoder, PendingText
 from vdb.ingest.source import Message, Source, TopicPartition
 from vdb.types import DeadLetter, Delete, Upsert
 
@@ -220,6 +227,7 @@ class IngestHandle:
     ``max_rate``          records/s ceiling for this pipeline (None: unlimited)
     ``commit_interval_ms`` how often durable offsets are committed upstream (500)
     ``stop_at_end``       stop by itself when a bounded source is exhausted (True)
+    ``store_documents``   text format: keep each text in its payload under ``"document"`` (True)
     """
 
     def __init__(self, db: Any, source: Source, collection: str, **options: Any) -> None:
@@ -238,7 +246,13 @@ class IngestHandle:
             metric=str(info.get("metric", "l2")),
             source=source.name,
             key_format=options.get("key_format") or "auto",
+            embedder=info.get("embedder"),
+            store_documents=bool(options.get("store_documents", True)),
         )
+        if self.format == "text" and self.decoder.embedder:
+            from vdb.embed import embedder_spec
+
+            embedder_spec(self.decoder.embedder).check_available()  # fail now, not per message
         self.batch_max = int(options.get("batch_max") or 1024)
         self.batch_min = max(1, min(int(options.get("batch_min") or 16), self.batch_max))
         start = int(options.get("batch_start") or min(256, self.batch_max))
@@ -287,6 +301,9 @@ class IngestHandle:
         self._latency_smooth: float | None = None
         self._rate = _Rate()
         self._freshness = FreshnessHistogram()
+        self._inference = _Recent(512)
+        self._inference_last: float | None = None
+        self._texts_embedded = 0
         self._partitions: dict[TopicPartition, _PartitionStats] = {}
         self._stats_lock = threading.Lock()
 
@@ -409,6 +426,8 @@ class IngestHandle:
                     **{f"{k}": v for k, v in latency.items()},
                 },
                 "freshness_ms": self._freshness.snapshot(),
+                "inference_ms": {"last": self._inference_last, **self._inference.percentiles()},
+                "texts_embedded": self._texts_embedded,
                 "paused": bool(paused_now) or self._paused,
                 "pause_events": self._pause_events,
                 "resume_events": self._resume_events,
@@ -627,6 +646,8 @@ class IngestHandle:
     # -- writer ----------------------------------------------------------------------
 
     def _write_loop(self) -> None:
+        if self.format == "text" and self.decoder.embedder:
+            self._warm_embedder()
         while True:
             batch = self._take()
             if batch is None:
@@ -697,6 +718,60 @@ class IngestHandle:
             if not self._queue or len(merged) + len(self._queue[0]) > self.batch_max:
                 return merged
             batch = self._queue.popleft()
+
+    def _warm_embedder(self) -> None:
+        """Load the model before the first batch (its load is not that batch's latency)."""
+        from vdb.embed import get_embedder
+
+        try:
+            get_embedder(self.decoder.embedder).embed(["warm up"])
+        except Exception as exc:  # the batches will say what is wrong, as dead letters
+            log.warning("%s: loading the embedder failed: %s", self.name, exc)
+
+    def _embed(self, batch: _Batch) -> None:
+        """Replace each ``PendingText`` of the batch by its vector: one model call for all.
+
+        Runs before the batch's WAL transaction. If the batch call fails, the
+        texts are embedded one by one and the ones that fail become dead
+        letters (with the reason), so one bad text never stops the rest.
+        """
+        rows = [
+            i
+            for i, op in enumerate(batch.ops)
+            if isinstance(op, Upsert) and isinstance(op.vector, PendingText)
+        ]
+        if not rows:
+            return
+        from vdb.embed.documents import embed_texts
+
+        name = self.decoder.embedder
+        started = time.monotonic()
+        try:
+            vectors = embed_texts(name, [batch.ops[i].vector.text for i in rows], "text")
+            for i, vector in zip(rows, vectors, strict=True):
+                batch.ops[i].vector = vector
+        except Exception as exc:
+            log.warning("%s: embedding a batch failed (%s); one text at a time", self.name, exc)
+            failed: set[int] = set()
+            for i in rows:
+                try:
+                    batch.ops[i].vector = embed_texts(name, [batch.ops[i].vector.text], "text")[0]
+                except Exception as one:
+                    failed.add(i)
+                    message = batch.messages[i]
+                    reason = f"cannot embed the text: {type(one).__name__}: {one}"
+                    batch.dead.append(self.decoder.dead_letter(message, reason))
+                    tp = (message.topic, message.partition)
+                    batch.dead_counts[tp] = batch.dead_counts.get(tp, 0) + 1
+            if failed:
+                keep = [i for i in range(len(batch.ops)) if i not in failed]
+                batch.ops = [batch.ops[i] for i in keep]
+                batch.messages = [batch.messages[i] for i in keep]
+        elapsed_ms = (time.monotonic() - started) * 1000.0
+        with self._stats_lock:
+            self._inference_last = round(elapsed_ms, 3)
+            self._inference.add(elapsed_ms)
+            self._texts_embedded += len(rows)
 
     def _apply(self, batch: _Batch) -> bool:
         """Apply one batch; while tracing, as a ``process <topic>`` span (see ``_traced_apply``)."""
@@ -779,6 +854,7 @@ class IngestHandle:
 
     def _apply_batch(self, batch: _Batch) -> bool:
         offsets = {(self.source.name, t, p): off for (t, p), off in batch.offsets.items()}
+        self._embed(batch)
         backoff = 0.1
         while True:
             started = time.monotonic()
@@ -887,6 +963,7 @@ _OPTIONS = {
     "commit_interval_ms",
     "stop_at_end",
     "eager",
+    "store_documents",
 }
 
 
