@@ -46,7 +46,7 @@ class ClusterRoutes:
     async def node_document(self, request: Request) -> Response:
         started = time.perf_counter()
         doc = await asyncio.to_thread(self.node.document)
-        content, media_type = encode(envelope(doc, started))
+        content, media_type = encode(envelope(doc, started), msgpack_out=False)
         return Response(content, media_type=media_type)
 
     async def applied(self, request: Request) -> Response:
@@ -75,7 +75,7 @@ class ClusterRoutes:
             "offset": applied,
             "assigned": tp in handle.source.assignment(),
         }
-        content, media_type = encode(envelope(result, started))
+        content, media_type = encode(envelope(result, started), msgpack_out=False)
         return Response(content, media_type=media_type)
 
     def routes(self) -> list[Route]:
