@@ -204,9 +204,15 @@ class Membership:
         return sorted({c for n in self.healthy_nodes() for c in n.collections})
 
     def collection_meta(self, name: str) -> dict[str, Any] | None:
-        """Topic, ``partitions_total``, ``distance``, ``dim`` of ``name`` (from a live node)."""
+        """Topic, ``partitions_total``, ``distance``, ``dim`` of ``name``.
+
+        From a healthy node when there is one, else from the last heartbeat of
+        any node (so a collection whose nodes are all down is still known, and
+        reads name its missing partitions instead of calling it unknown).
+        """
         best = None
-        for n in self.healthy_nodes():
+        healthy = self.healthy_nodes()
+        for n in healthy or self.nodes():
             meta = n.collections.get(name)
             if meta is None:
                 continue
