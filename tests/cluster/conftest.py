@@ -21,14 +21,14 @@ import httpx
 import numpy as np
 import pytest
 
-from tests.http.conftest import ServerProcess, free_port
+from tests.http.conftest import ServerProcess, free_port, serve
 from tests.ingest.broker import Broker
 from tests.ingest.conftest import FAST_GROUP, create_topic, unique, wait_until
 
 REPO = Path(__file__).resolve().parents[2]
 MINILM = REPO / "tests" / "data" / "minilm-10k"
 
-__all__ = ["FAST_GROUP", "create_topic", "unique", "wait_until"]
+__all__ = ["FAST_GROUP", "create_topic", "serve", "unique", "wait_until"]
 
 
 def minilm(n: int, n_queries: int) -> tuple[np.ndarray, np.ndarray, list[str]]:
