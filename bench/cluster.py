@@ -112,18 +112,19 @@ def node(
 
 
 def group_serving(router_port: int, names: list[str]) -> bool:
-    """Every partition served (state serving) by a healthy node of ``names``."""
+    """Every partition served (state serving) by the healthy nodes ``names``, each with a share."""
     try:
         doc = http_json(f"http://127.0.0.1:{router_port}/cluster", method="GET")["result"]
     except Exception:
         return False
-    served = set()
+    served: dict[str, set[int]] = {name: set() for name in names}
     for n in doc["nodes"]:
         if n["healthy"] and n["node_id"] in names:
             for key, part in (n["collections"].get("docs", {}).get("partitions") or {}).items():
                 if part["state"] == "serving":
-                    served.add(int(key))
-    return served == set(range(PARTITIONS))
+                    served[n["node_id"]].add(int(key))
+    # every node holds a share (the group's rebalances are over) and every partition is served
+    return all(served.values()) and set().union(*served.values()) == set(range(PARTITIONS))
 
 
 def main() -> None:

@@ -33,7 +33,6 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
-import httpx
 import numpy as np
 import orjson
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -44,6 +43,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from vdb.cluster.client import ClientError, NodeClient
 from vdb.cluster.membership import Membership, NodeView
 from vdb.cluster.merge import merge_by_id, merge_hits, merge_scroll
 from vdb.cluster.partitioner import point_key
@@ -186,7 +186,7 @@ class Router:
         self.metrics = RouterMetrics(self.members)
         self._round_robin = itertools.count()
         self._producer: Any = None
-        self._client: httpx.AsyncClient | None = None
+        self._client: NodeClient | None = None
         self.app = self._build_app()
 
     # -- lifecycle -----------------------------------------------------------
@@ -274,26 +274,26 @@ class Router:
         assert self._client is not None
         started = time.perf_counter()
         try:
-            response = await self._client.request(
+            status, content = await self._client.request(
+                node.url,
                 method,
-                node.url + path,
+                path,
                 params=params,
-                content=body,
-                headers={"content-type": "application/json"} if body is not None else None,
+                body=body,
                 timeout=self.timeout_s if timeout is None else max(0.05, timeout),
             )
-        except httpx.HTTPError as exc:
+        except ClientError as exc:
             self.metrics.node_errors.labels(node.node_id).inc()
-            raise NodeFailed(f"{node.node_id}: {type(exc).__name__}: {exc}") from None
+            raise NodeFailed(f"{node.node_id}: {exc}") from None
         finally:
             self.metrics.node_latency.labels(node.node_id).observe(time.perf_counter() - started)
-        if response.status_code >= 500 or response.status_code == 429:
+        if status >= 500 or status == 429:
             self.metrics.node_errors.labels(node.node_id).inc()
-            raise NodeFailed(f"{node.node_id}: HTTP {response.status_code}")
-        if response.status_code >= 400:
-            raise Forwarded(response.status_code, response.content)
+            raise NodeFailed(f"{node.node_id}: HTTP {status}")
+        if status >= 400:
+            raise Forwarded(status, content)
         try:
-            return orjson.loads(response.content)["result"]
+            return orjson.loads(content)["result"]
         except (ValueError, KeyError, TypeError):
             raise NodeFailed(f"{node.node_id}: unreadable answer") from None
 
@@ -413,14 +413,11 @@ class Router:
 
         @contextlib.asynccontextmanager
         async def lifespan(app: Starlette) -> AsyncIterator[None]:
-            self._client = httpx.AsyncClient(
-                limits=httpx.Limits(max_connections=256, max_keepalive_connections=64),
-                timeout=self.timeout_s,
-            )
+            self._client = NodeClient()
             try:
                 yield
             finally:
-                await self._client.aclose()
+                await self._client.close()
 
         async def on_error(request: Request, exc: Exception) -> Response:
             if isinstance(exc, Forwarded):
