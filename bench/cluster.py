@@ -12,10 +12,12 @@ Starts a Tansu broker, produces ``--n`` clustered unit vectors (128-d) to a
   sent straight to one plain node holding all the points (a ``serve`` in its
   own consumer group, same data), measured in the same run.
   ``p99_ratio`` = router p99 / direct p99.
-* **ingest** lines, per ``nodes_per_group``: a fresh group catches up on the
-  topic, then ``--ingest-n`` more records are produced and timed until the
-  router counts them all: ``records_per_s`` of the group, with the
-  producer's own send rate and the 1-node rate of the run as anchors.
+* **ingest** lines, per ``nodes_per_group``: ``--ingest-n`` records are
+  produced to a fresh topic first, then a fresh group of that many nodes
+  reads it; ``records_per_s`` = records applied after every node holds a
+  share of the partitions / time until all are applied (from the nodes'
+  ``/cluster/v1/node`` offsets), with the producer's own send rate and the
+  1-node rate of the run as anchors.
 
 Every process shares this box's cores (the client processes too), so the
 figures show per-process costs, not what separate machines would give; the
@@ -127,6 +129,21 @@ def group_serving(router_port: int, names: list[str]) -> bool:
     return all(served.values()) and set().union(*served.values()) == set(range(PARTITIONS))
 
 
+def applied_records(group: list[Server], topic: str) -> tuple[int, list[int]]:
+    """Records applied by the group (sum of offset + 1 of assigned partitions), shares per node."""
+    total, shares = 0, []
+    for server in group:
+        try:
+            doc = http_json(f"http://127.0.0.1:{server.port}/cluster/v1/node", method="GET")
+        except Exception:
+            shares.append(0)
+            continue
+        parts = doc["result"]["collections"].get("docs", {}).get("partitions") or {}
+        shares.append(len(parts))
+        total += sum(p["offset"] + 1 for p in parts.values() if p["offset"] is not None)
+    return total, shares
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--n", type=int, default=50_000)
@@ -140,7 +157,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="n=5,000, nodes 1,2, 4 s per point")
     args = parser.parse_args()
     if args.quick:
-        args.n, args.ingest_n, args.nodes, args.seconds, args.warmup = 5000, 5000, "1,2", 4.0, 1.0
+        args.n, args.ingest_n, args.nodes, args.seconds, args.warmup = 5000, 10000, "1,2", 4.0, 1.0
     node_counts = [int(x) for x in args.nodes.split(",") if x]
     client_counts = [int(x) for x in args.clients.split(",") if x]
     workdir = Path(tempfile.mkdtemp(prefix="vdb-bench-cluster-"))
@@ -212,30 +229,36 @@ def main() -> None:
         direct.stop()
         servers.remove(direct)
 
-        # -- ingest: a fresh group of k nodes, then ingest_n more records timed
-        next_id = args.n
+        # -- ingest: ingest_n records already in a fresh topic; a fresh group of k nodes
+        # catches up; rate = records applied after the group is stable / time to the end
         one_node_rate = None
         for k in node_counts:
-            names = [f"i{k}-{i}" for i in range(k)]
-            group = [
-                node(workdir, nm, broker.bootstrap, "vectors", f"i{k}", "bench") for nm in names
-            ]
-            servers.extend(group)
-            wait(lambda names=names: group_serving(router_port, names), 600, "group serving")
-            wait(lambda want=next_id: count(router_port) == want, 600, "group caught up")
+            topic = f"ingest-{k}"
+            admin = KafkaAdminClient(bootstrap_servers=broker.bootstrap)
+            admin.create_topics([NewTopic(topic, PARTITIONS, 1)])
+            admin.close()
             extra = clustered(args.ingest_n, seed=10 + k)
-            started = time.perf_counter()
-            send_s = produce(broker.bootstrap, "vectors", extra, next_id)
-            next_id += args.ingest_n
-            wait(lambda want=next_id: count(router_port) == want, 600, "new records applied")
-            elapsed = time.perf_counter() - started
-            rate = args.ingest_n / elapsed
+            send_s = produce(broker.bootstrap, topic, extra, 0)
+            names = [f"i{k}-{i}" for i in range(k)]
+            group = [node(workdir, nm, broker.bootstrap, topic, f"i{k}", f"ing{k}") for nm in names]
+            servers.extend(group)
+            first = None
+            while True:
+                applied, shares = applied_records(group, topic)
+                now = time.perf_counter()
+                if first is None and all(shares):
+                    first = (now, applied)
+                if applied >= args.ingest_n:
+                    break
+                time.sleep(0.25)
+            rate = (applied - first[1]) / max(now - first[0], 1e-9)
             one_node_rate = rate if k == 1 else one_node_rate
             emit(
                 {
                     "bench": "cluster",
                     "kind": "ingest",
                     "records": args.ingest_n,
+                    "records_before_stable_group": first[1],
                     "dim": DIM,
                     "partitions": PARTITIONS,
                     "nodes_per_group": k,

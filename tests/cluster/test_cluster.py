@@ -267,6 +267,33 @@ def test_deletes_are_tombstones(cluster: Cluster, reference: Any) -> None:
     assert count(cluster) == reference.count()
 
 
+@pytest.mark.slow
+def test_an_unmodified_qdrant_client_talks_to_the_router(
+    cluster: Cluster, reference: Any, data: dict[str, Any]
+) -> None:
+    from qdrant_client import QdrantClient, models
+
+    client = QdrantClient(url=cluster.router.url, timeout=30)
+    assert client.collection_exists("docs") and not client.collection_exists("nope")
+    assert [c.name for c in client.get_collections().collections] == ["docs"]
+    assert client.get_collection("docs").points_count == reference.count()
+    q = data["queries"][3]
+    hits = client.query_points(
+        "docs", query=q.tolist(), limit=5, search_params=models.SearchParams(exact=True)
+    ).points
+    assert [h.id for h in hits] == [h.id for h in reference.search(q, k=5, exact=True)]
+    client.upsert(
+        "docs",
+        points=[models.PointStruct(id=777_777, vector=data["base"][0].tolist(), payload={"x": 1})],
+        wait=True,
+    )
+    assert client.retrieve("docs", ids=[777_777])[0].payload == {"x": 1}
+    flt = models.Filter(must=[models.FieldCondition(key="x", match=models.MatchValue(value=1))])
+    assert client.count("docs", count_filter=flt).count == 1
+    client.delete("docs", points_selector=models.PointIdsList(points=[777_777]), wait=True)
+    assert client.retrieve("docs", ids=[777_777]) == []
+
+
 class Stream:
     """Queries and writes through the router in two threads, every outcome recorded."""
 
