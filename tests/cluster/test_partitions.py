@@ -89,3 +89,31 @@ def test_node_http_takes_vdb_partitions(tmp_path: Path, serve) -> None:
     assert httpx.post(url + "/count", json={}).json()["result"]["count"] == N
     r = httpx.post(url + "/count", json={}, params={"vdb_partitions": "0,x"})
     assert r.status_code == 400 and "vdb_partitions" in r.json()["status"]["error"]
+
+
+def test_cluster_flags_are_checked() -> None:
+    from vdb.config import ServerConfig
+
+    with pytest.raises(InvalidInput, match="need --cluster"):
+        ServerConfig(node_id="a").validate()
+    with pytest.raises(InvalidInput, match="must not be empty"):
+        ServerConfig(cluster=" ").validate()
+    with pytest.raises(InvalidInput, match="--port 0 needs --advertise-url"):
+        ServerConfig(cluster="c", port=0).validate()
+    assert ServerConfig(cluster="c", node_id="a", advertise_url="http://h:1").validate().cluster
+
+
+def test_serve_cluster_without_a_kafka_group_is_a_clear_error(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from tests.helpers import REPO
+
+    r = subprocess.run(
+        [sys.executable, "-m", "vdb", "serve", "--data", str(tmp_path / "d"), "--port", "0",
+         "--cluster", "c", "--advertise-url", "http://127.0.0.1:1", "--no-warm"],
+        cwd=REPO, capture_output=True, text=True, timeout=120,
+        env={**__import__("os").environ, "PYTHONPATH": str(REPO)},
+    )  # fmt: skip
+    assert r.returncode == 1
+    assert "--cluster" in r.stderr and "Kafka ingest pipeline with a group" in r.stderr
