@@ -307,6 +307,9 @@ class Router:
     ) -> tuple[list[tuple[list[int], Any]], list[int]]:
         """Run ``call(node, partitions, timeout)`` so that every partition is answered once.
 
+        The request's deadline (``timeout_s``) is split over the rounds: each
+        round gets an equal share of what is left.
+
         Returns the answers and the partitions with no replica (only when
         ``partial``; otherwise those raise ``Unavailable`` naming them).
         """
@@ -317,7 +320,7 @@ class Router:
         missing: list[int] = []
         results: list[tuple[list[int], Any]] = []
         first_round = True
-        for _ in range(self.retries + 1):
+        for attempt in range(self.retries + 1):
             chosen, uncovered = self.plan(collection, needed, exclude)
             missing.extend(uncovered)
             needed -= set(uncovered)
@@ -328,7 +331,9 @@ class Router:
             else:
                 self.metrics.retries.inc(sum(len(parts) for _, parts in chosen.values()))
             first_round = False
-            remaining = deadline - time.monotonic()
+            # Each round gets its share of what is left, so a replica that hangs leaves
+            # time to ask another one within the request's deadline.
+            remaining = (deadline - time.monotonic()) / (self.retries + 1 - attempt)
             plan = list(chosen.values())
             outcomes = await asyncio.gather(
                 *(call(node, parts, remaining) for node, parts in plan), return_exceptions=True
