@@ -294,6 +294,28 @@ def test_an_unmodified_qdrant_client_talks_to_the_router(
     assert client.retrieve("docs", ids=[777_777]) == []
 
 
+@pytest.mark.slow
+def test_a_hung_replica_is_retried_on_another(cluster: Cluster, data: dict[str, Any]) -> None:
+    import os
+    import signal
+
+    url = cluster.router.url + "/collections/docs/points/query"
+    hung = cluster.nodes["c"]
+    os.kill(hung.pid, signal.SIGSTOP)
+    try:
+        outcomes = []
+        for q in data["queries"][:6]:  # the router takes g1 and g2 in turn: g2 asks c
+            r = post(url, {"query": q.tolist(), "limit": 5})
+            outcomes.append((r.status_code, len(r.json()["result"]["points"])))
+        assert outcomes == [(200, 5)] * 6, outcomes
+    finally:
+        os.kill(hung.pid, signal.SIGCONT)
+    metrics = httpx.get(cluster.router.url + "/metrics", timeout=10).text
+    retried = [line for line in metrics.splitlines() if line.startswith("vdb_router_retries_total")]
+    assert retried and float(retried[0].split()[-1]) >= 1
+    wait_for(lambda: cluster.covered("g2"), timeout=120)
+
+
 class Stream:
     """Queries and writes through the router in two threads, every outcome recorded."""
 
