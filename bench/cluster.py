@@ -148,16 +148,22 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--n", type=int, default=50_000)
     parser.add_argument("--ingest-n", type=int, default=20_000)
-    parser.add_argument("--nodes", default="1,2,4", help="nodes per group, comma separated")
+    parser.add_argument(
+        "--nodes", default=None, help="nodes per group, comma separated (1,2,4; --quick: 1,2)"
+    )
     parser.add_argument("--clients", default="1,16")
     parser.add_argument("--client-procs", type=int, default=2)
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--warmup", type=float, default=2.0)
     parser.add_argument("--queries", type=int, default=500)
-    parser.add_argument("--quick", action="store_true", help="n=5,000, nodes 1,2, 4 s per point")
+    parser.add_argument(
+        "--quick", action="store_true", help="n=5,000, ingest 10,000, nodes 1,2, 4 s per point"
+    )
     args = parser.parse_args()
     if args.quick:
-        args.n, args.ingest_n, args.nodes, args.seconds, args.warmup = 5000, 10000, "1,2", 4.0, 1.0
+        args.n, args.ingest_n, args.seconds, args.warmup = 5000, 10000, 4.0, 1.0
+        args.nodes = args.nodes or "1,2"
+    args.nodes = args.nodes or "1,2,4"
     node_counts = [int(x) for x in args.nodes.split(",") if x]
     client_counts = [int(x) for x in args.clients.split(",") if x]
     workdir = Path(tempfile.mkdtemp(prefix="vdb-bench-cluster-"))
