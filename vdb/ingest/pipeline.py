@@ -457,9 +457,14 @@ class IngestHandle:
         held = set(self.db.source_offsets(self.source.name)) | self._revoked_pending
         self._revoked_pending = set()
         for topic, partition in sorted(held - keep):
-            deleted = self.collection.drop_partition(
-                partition, source_offsets_to_forget=[(self.source.name, topic, partition)]
-            )
+            try:
+                deleted = self.collection.drop_partition(
+                    partition, source_offsets_to_forget=[(self.source.name, topic, partition)]
+                )
+            except Exception as exc:  # closing; the next assignment tries again
+                log.warning("%s: freeing %s[%d] failed: %s", self.name, topic, partition, exc)
+                self._revoked_pending.add((topic, partition))
+                continue
             self._dropped_partitions += 1
             with self._stats_lock:
                 self._partitions.pop((topic, partition), None)
