@@ -211,6 +211,8 @@ ALLOWED_UPWARDS = {
     # Database.ingest(source, collection) is the embedded entry to ingest (README): the
     # pipeline is loaded only when it is called, and the pipeline never imports the core.
     ("vdb.db", "vdb.ingest.pipeline"),
+    # `serve --cluster` starts the node's heartbeats; loaded only when that flag is given.
+    ("vdb.http.server", "vdb.cluster.node"),
 }
 
 
@@ -221,7 +223,7 @@ def layer(module: str) -> str:
         return "core"
     if module in COMMANDS:
         return "commands"
-    for part in ("index", "wal", "embed", "ingest", "http"):
+    for part in ("index", "wal", "embed", "ingest", "http", "cluster"):
         if module == f"vdb.{part}" or module.startswith(f"vdb.{part}."):
             return part
     return "unknown"
@@ -242,7 +244,19 @@ def test_layers_import_one_way():
         "core": {"core", "leaf", "index", "wal", "embed"},
         "ingest": {"ingest", "core", "leaf", "wal", "embed"},
         "http": {"http", "ingest", "core", "leaf", "wal", "embed"},
-        "commands": {"commands", "http", "ingest", "core", "leaf", "wal", "index", "embed"},
+        # scale-out sits on top: nodes and the router use the server, ingest and the core
+        "cluster": {"cluster", "http", "ingest", "core", "leaf", "wal", "embed"},
+        "commands": {
+            "commands",
+            "cluster",
+            "http",
+            "ingest",
+            "core",
+            "leaf",
+            "wal",
+            "index",
+            "embed",
+        },
     }
     wrong = []
     for imp in all_imports():

@@ -1,4 +1,4 @@
-"""Command line: ``python -m vdb {serve,snapshot,restore,info,load,dead-letters}``.
+"""Command line: ``python -m vdb {serve,router,snapshot,restore,info,load,dead-letters}``.
 
 Each subcommand's flags and body live with the package that owns the work:
 this module only wires them into one parser.
@@ -33,6 +33,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     admin.add_subcommands(sub)
     ingest_cli.add_subcommands(sub)
+    from vdb.cluster import cli as cluster_cli
+
+    cluster_cli.add_subcommands(sub)
     return parser
 
 

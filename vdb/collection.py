@@ -69,6 +69,7 @@ class WriteRequest:
     data: bytes | None = None
     source_offsets: dict[tuple[str, str, int], int] = field(default_factory=dict)
     dead_letters: list[DeadLetter] = field(default_factory=list)
+    forget_offsets: list[tuple[str, str, int]] = field(default_factory=list)
     n_ops: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
     future: Future = field(default_factory=Future)
@@ -199,9 +200,38 @@ class Collection:
         except InvalidInput:
             return None
 
-    def _allowed(self, parsed: Any, capacity: int) -> np.ndarray:
+    def _allowed(
+        self, parsed: Any, capacity: int, restrict: np.ndarray | None = None
+    ) -> np.ndarray:
         live = self._ids.live_mask(capacity)
+        if restrict is not None:
+            live = live & restrict[:capacity]
+        if parsed is None:
+            return live
         return np.asarray(self._payloads.mask(parsed, capacity, live, self._resolve), dtype=bool)
+
+    # -- partition restriction (scale-out): one allowed-mask term ---------------
+
+    def _partition_mask(self, partitions: Any, capacity: int) -> np.ndarray | None:
+        """Slots whose source partition is in ``partitions``; ``None`` = no restriction.
+
+        ``None`` is also returned when the list excludes no live point, so a
+        node asked for every partition it holds searches without a mask.
+        """
+        if partitions is None:
+            return None
+        try:
+            wanted = np.asarray(sorted({int(p) for p in partitions}), dtype=np.int32)
+        except (TypeError, ValueError):
+            raise InvalidInput(
+                f"partitions must be a list of integers, got {partitions!r}"
+            ) from None
+        parts = self._ids.partitions[:capacity]
+        mask = np.zeros(capacity, dtype=bool)
+        mask[: len(parts)] = np.isin(parts, wanted)
+        if not (self._ids.live_mask(capacity) & ~mask).any():
+            return None
+        return mask
 
     def _vector_of(self, slot: int) -> np.ndarray:
         return self._segs.get_vectors(np.array([slot]))[0]
@@ -367,6 +397,44 @@ class Collection:
             return 0
         record = {"t": "w", "c": self.uid, "u": [], "v": b"", "p": [], "pt": None, "d": point_ids}
         request = WriteRequest("record", record=record, data=pack(record), n_ops=len(point_ids))
+        record["_vectors"] = np.zeros((0, self.dim), np.float32)
+        return self._submit(request)["deleted"]
+
+    def drop_partition(
+        self,
+        partition: int,
+        source_offsets_to_forget: Iterable[tuple[str, str, int]] = (),
+    ) -> int:
+        """Delete every point of source ``partition`` and forget stored offsets, in ONE txn.
+
+        Scale-out: a node that loses a partition frees its points, and the
+        offsets named in ``source_offsets_to_forget`` (``(source, topic,
+        partition)``) are deleted in the same durable transaction, so a later
+        assignment of the partition rebuilds it from the topic's earliest
+        offset. Returns how many points were deleted.
+        """
+        self._check_open()
+        if isinstance(partition, bool) or not isinstance(partition, int | np.integer):
+            raise InvalidInput(f"partition must be an integer, got {partition!r}")
+        forget = []
+        for key in source_offsets_to_forget:
+            if not (isinstance(key, tuple) and len(key) == 3):
+                raise InvalidInput(f"offsets to forget are (source, topic, partition), got {key!r}")
+            forget.append((str(key[0]), str(key[1]), int(key[2])))
+        with self._apply_lock:
+            capacity = len(self._ids.ids)
+            slots = np.flatnonzero(
+                self._ids.live_mask(capacity) & (self._ids.partitions[:capacity] == int(partition))
+            )
+            point_ids = [self._ids.ids[s] for s in slots.tolist()]
+        if not point_ids:
+            request = WriteRequest("record", forget_offsets=forget)
+            self._submit(request)
+            return 0
+        record = {"t": "w", "c": self.uid, "u": [], "v": b"", "p": [], "pt": None, "d": point_ids}
+        request = WriteRequest(
+            "record", record=record, data=pack(record), n_ops=len(point_ids), forget_offsets=forget
+        )
         record["_vectors"] = np.zeros((0, self.dim), np.float32)
         return self._submit(request)["deleted"]
 
@@ -706,6 +774,7 @@ class Collection:
         *,
         exact: bool = False,
         text: Any = None,
+        partitions: Sequence[int] | None = None,
     ) -> list[Hit] | list[list[Hit]]:
         """Nearest points to one query (1-D: a list of hits) or a batch (2-D: a list of lists).
 
@@ -716,6 +785,8 @@ class Collection:
         graph: the true top-k (ties broken by slot), slower, same hits format;
         ``ef`` is then ignored. ``text`` (a collection with an embedder): a
         string (one query) or a list of strings (a batch) instead of vectors.
+        ``partitions``: only points whose source partition is in the list
+        (scale-out: a node answers for the partitions a router asks of it).
         """
         self._check_open()
         if text is not None or vectors is None:
@@ -739,12 +810,14 @@ class Collection:
         if not isinstance(exact, bool | np.bool_):
             raise InvalidInput(f"exact must be a boolean, got {exact!r}")
         parsed = self._filter(filter)
+        if partitions is not None:
+            self._partition_mask(partitions, 0)  # validate before searching
         result = None
         for attempt in range(SEARCH_RETRIES):
             generation = self._generation
             result = self._search_once(
                 queries, k, ef, parsed, with_payload, with_vectors, score_threshold, generation,
-                exact,
+                exact, partitions,
             )  # fmt: skip
             if result is not None:
                 break
@@ -755,7 +828,7 @@ class Collection:
             with self._apply_lock:
                 result = self._search_once(
                     queries, k, ef, parsed, with_payload, with_vectors, score_threshold, None,
-                    exact,
+                    exact, partitions,
                 )  # fmt: skip
         return result[0] if single else result
 
@@ -770,6 +843,7 @@ class Collection:
         score_threshold: float | None,
         generation: int | None,
         exact: bool = False,
+        partitions: Sequence[int] | None = None,
     ) -> list[list[Hit]] | None:
         """One attempt; ``None`` when a returned slot changed after ``generation``.
 
@@ -781,16 +855,14 @@ class Collection:
         allowed = None
         n_allowed = None
         capacity = self._capacity()
+        restrict = self._partition_mask(partitions, capacity)
         if exact:
-            if parsed is None:
-                allowed = self._ids.live_mask(capacity)
-            else:
-                allowed = self._allowed(parsed, capacity)
+            allowed = self._allowed(parsed, capacity, restrict)
             if not allowed.any():
                 return [[] for _ in range(nq)]
             slots, scores = self._exact(queries, k, allowed)
-        elif parsed is not None:
-            allowed = self._allowed(parsed, capacity)
+        elif parsed is not None or restrict is not None:
+            allowed = self._allowed(parsed, capacity, restrict)
             n_allowed = int(allowed.sum())
             if n_allowed == 0:
                 return [[] for _ in range(nq)]
@@ -929,13 +1001,18 @@ class Collection:
             return None
         return out
 
-    def count(self, filter: Any = None) -> int:
-        """How many points (matching ``filter`` if given)."""
+    def count(self, filter: Any = None, *, partitions: Sequence[int] | None = None) -> int:
+        """How many points (matching ``filter`` if given; of ``partitions`` if given)."""
         self._check_open()
         parsed = self._filter(filter)
-        if parsed is None:
+        restrict = self._partition_mask(partitions, len(self._ids.ids))
+        if parsed is None and restrict is None:
             return len(self._ids)
         live = self._ids.live_mask(len(self._ids.ids))
+        if restrict is not None:
+            live = live & restrict
+        if parsed is None:
+            return int(live.sum())
         return int(self._payloads.count(parsed, live, self._resolve))
 
     def _sorted_ids(self) -> tuple[list[PointId], list[tuple[int, Any]]]:
@@ -954,11 +1031,14 @@ class Collection:
         offset: Any = None,
         with_payload: bool = True,
         with_vectors: bool = False,
+        *,
+        partitions: Sequence[int] | None = None,
     ) -> tuple[list[Record], PointId | None]:
         """Points in id order (ints ascending, then strings), from ``offset`` (an id) on.
 
         Returns the page and the id to pass as ``offset`` for the next page
-        (``None`` at the end).
+        (``None`` at the end). ``partitions``: only points of these source
+        partitions.
         """
         self._check_open()
         if isinstance(limit, bool) or not isinstance(limit, int | np.integer) or limit < 1:
@@ -970,8 +1050,9 @@ class Collection:
         with self._apply_lock:
             ids, keys = self._sorted_ids()
             allowed = None
-            if parsed is not None:
-                allowed = self._allowed(parsed, len(self._ids.ids))
+            restrict = self._partition_mask(partitions, len(self._ids.ids))
+            if parsed is not None or restrict is not None:
+                allowed = self._allowed(parsed, len(self._ids.ids), restrict)
             start = bisect_left(keys, start_key) if start_key is not None else 0
             for point_id in ids[start:]:
                 slot = self._ids.slot_of[point_id]

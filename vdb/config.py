@@ -76,6 +76,20 @@ class ServerConfig:
         default=QDRANT_COMPAT_VERSION,
         metadata={"help": "Qdrant version reported by GET / (clients check major.minor)"},
     )
+    cluster: str | None = field(
+        default=None,
+        metadata={
+            "help": "join this cluster: publish heartbeats to the topic NAME.vdb-nodes and free "
+            "partitions Kafka hands to other nodes (needs a Kafka ingest with --kafka-group)"
+        },
+    )
+    node_id: str | None = field(
+        default=None, metadata={"help": "this node's id in the cluster (default HOST:PORT)"}
+    )
+    advertise_url: str | None = field(
+        default=None,
+        metadata={"help": "the URL routers use to reach this node (default http://HOST:PORT)"},
+    )
     log_level: str = field(default="info", metadata={"help": "debug, info, warning or error"})
     access_log: bool = field(default=False, metadata={"help": "log every request"})
 
@@ -110,6 +124,12 @@ class ServerConfig:
             raise InvalidInput("TLS needs both --ssl-certfile and --ssl-keyfile")
         if self.read_only_api_key and not self.api_key:
             raise InvalidInput("--read-only-api-key needs --api-key for writes")
+        if (self.node_id or self.advertise_url) and not self.cluster:
+            raise InvalidInput("--node-id and --advertise-url need --cluster")
+        if self.cluster is not None and not self.cluster.strip():
+            raise InvalidInput("--cluster must not be empty")
+        if self.cluster and not self.advertise_url and self.port == 0:
+            raise InvalidInput("--cluster with --port 0 needs --advertise-url")
         if self.api_key and self.api_key == self.read_only_api_key:
             raise InvalidInput("the read-only key must differ from the read-write key")
         return self

@@ -504,6 +504,8 @@ class Database:
                                     i64(offset),
                                     db=store.db("offsets"),
                                 )
+                            for source, topic, partition in r.forget_offsets:
+                                txn.delete(pack([source, topic, partition]), db=store.db("offsets"))
                             if r.dead_letters:
                                 dl_db = store.db("deadletters")
                                 for letter in r.dead_letters:

@@ -77,3 +77,9 @@ class ReadOnly(VdbError):
     """A write was attempted through a read-only handle or key."""
 
     status_code = 403
+
+
+class Unavailable(VdbError):
+    """Some of the data cannot be reached now (a cluster partition without a live replica)."""
+
+    status_code = 503

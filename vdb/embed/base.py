@@ -197,4 +197,3 @@ def check_texts(texts: Any, what: str = "documents") -> list[str]:
         if not text.strip():
             raise InvalidInput(f"{what}[{i}]: the text is empty")
     return out
-

@@ -184,8 +184,13 @@ def build_app(
     ingest_handles: Sequence[Any] = (),
     *,
     warm_in_background: bool = True,
+    cluster_node: Any = None,
 ) -> Starlette:
-    """The ASGI app over an open database. It holds no data of its own."""
+    """The ASGI app over an open database. It holds no data of its own.
+
+    ``cluster_node`` (a ``vdb.cluster.node.ClusterNode``) adds the node-internal
+    routes of ``vdb.http.cluster``.
+    """
     config = config or ServerConfig()
     service = Service(db, config, ingest_handles)
     api = QdrantApi(db, config)
@@ -217,7 +222,7 @@ def build_app(
         yield
 
     app = Starlette(
-        routes=service.routes() + api.routes() + dashboard.routes(),
+        routes=service.routes() + _cluster_routes(cluster_node) + api.routes() + dashboard.routes(),
         middleware=middleware,
         exception_handlers={
             VdbError: handle_error,
@@ -232,3 +237,11 @@ def build_app(
     app.state.service = service
     app.state.api = api
     return app
+
+
+def _cluster_routes(node: Any) -> list[Route]:
+    if node is None:
+        return []
+    from vdb.http.cluster import ClusterRoutes
+
+    return ClusterRoutes(node).routes()

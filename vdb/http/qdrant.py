@@ -66,6 +66,44 @@ _QUERY_TYPES = (
 )
 _SHARD = ("shard_key",)
 
+PARTITIONS_PARAM = "vdb_partitions"
+"""Node-internal query parameter (sent by the cluster router, never in a Qdrant body):
+``?vdb_partitions=0,2`` restricts a search, count, scroll or retrieve to points whose
+source partition is listed (an empty value: none)."""
+
+
+def partitions_param(request: Request) -> tuple[int, ...] | None:
+    """The ``vdb_partitions`` restriction of a request; ``None`` when absent."""
+    raw = request.query_params.get(PARTITIONS_PARAM)
+    if raw is None:
+        return None
+    out = []
+    for item in raw.split(","):
+        item = item.strip()
+        if not item:
+            continue
+        if not item.isdigit() or int(item) > 2**31 - 1:
+            raise InvalidInput(
+                f"Bad request: `{PARTITIONS_PARAM}` must be comma-separated partition numbers, "
+                f"got {raw[:100]!r}"
+            )
+        out.append(int(item))
+    return tuple(sorted(set(out)))
+
+
+def _in_partitions(col: Any, records: list[Any], partitions: tuple[int, ...] | None) -> list[Any]:
+    if partitions is None:
+        return records
+    wanted = set(partitions)
+    out = []
+    for r in records:
+        try:
+            if col.source_partition(r.id) in wanted:
+                out.append(r)
+        except NotFound:
+            continue
+    return out
+
 
 class CollectionView:
     """What a request needs to know of a collection: the handle, its dimension and metric."""
@@ -198,7 +236,7 @@ class QdrantApi:
         view = self.view(name)
         check_dim(view, query)
         key = (name, id(view.col), query.limit + query.offset, query.ef)
-        key += (query.fetch_payload, query.with_vector)
+        key += (query.fetch_payload, query.with_vector, query.partitions)
         loop = asyncio.get_running_loop()
         future: asyncio.Future = loop.create_future()
         group = self._pending.get(key)
@@ -220,6 +258,7 @@ class QdrantApi:
                     ef=first.ef,
                     with_payload=first.fetch_payload,
                     with_vectors=first.with_vector,
+                    partitions=first.partitions,
                 )
             except Exception:  # each query alone below gets its own answer or error
                 rows = None
@@ -360,6 +399,7 @@ class QdrantApi:
 
     async def retrieve_points(self, request: Request) -> Response:
         name = request.path_params["name"]
+        partitions = partitions_param(request)
 
         def job(body: dict[str, Any]) -> list[dict[str, Any]]:
             p.check_fields(body, "PointRequest", ("ids", "with_payload", "with_vector"), _SHARD)
@@ -372,6 +412,7 @@ class QdrantApi:
             with_vector = p.parse_with_vector(body.get("with_vector"), "with_vector", False)
             view = self.view(name)
             records = view.col.get(ids, with_payload=fetch_payload, with_vectors=with_vector)
+            records = _in_partitions(view.col, records, partitions)
             return [record_out(r, fetch_payload, selector, with_vector) for r in records]
 
         return await self.run(request, job, body=True)
@@ -380,9 +421,12 @@ class QdrantApi:
         raw = request.path_params["id"]
         point_id = p.parse_id(int(raw) if raw.isdigit() else raw, "id")
         name = request.path_params["name"]
+        partitions = partitions_param(request)
 
         def job(_: Any) -> dict[str, Any]:
-            records = self.view(name).col.get([point_id], with_payload=True, with_vectors=True)
+            col = self.view(name).col
+            records = col.get([point_id], with_payload=True, with_vectors=True)
+            records = _in_partitions(col, records, partitions)
             if not records:
                 raise PointNotFound(f"Not found: No point with id {point_id} found")
             return record_out(records[0], True, None, True)
@@ -392,6 +436,7 @@ class QdrantApi:
     async def scroll_points(self, request: Request) -> Response:
         name = request.path_params["name"]
         max_limit = self.config.max_limit
+        partitions = partitions_param(request)
 
         def job(body: dict[str, Any]) -> dict[str, Any]:
             p.check_fields(
@@ -413,6 +458,7 @@ class QdrantApi:
                 offset=offset,
                 with_payload=fetch_payload,
                 with_vectors=with_vector,
+                partitions=partitions,
             )
             return {
                 "points": [record_out(r, fetch_payload, selector, with_vector) for r in records],
@@ -423,13 +469,14 @@ class QdrantApi:
 
     async def count_points(self, request: Request) -> Response:
         name = request.path_params["name"]
+        partitions = partitions_param(request)
 
         def job(body: dict[str, Any]) -> dict[str, Any]:
             p.check_fields(body, "CountRequest", ("filter", "exact"), _SHARD)
             flt = p.parse_filter(body.get("filter"))
             if body.get("exact") is not None:
                 p.parse_bool(body["exact"], "exact")
-            return {"count": int(self.view(name).col.count(filter=flt))}
+            return {"count": int(self.view(name).col.count(filter=flt, partitions=partitions))}
 
         return await self.run(request, job, body=False)
 
@@ -438,9 +485,12 @@ class QdrantApi:
     async def query_points(self, request: Request) -> Response:
         name = request.path_params["name"]
         max_limit = self.config.max_limit
+        partitions = partitions_param(request)
 
         def parse(body: dict[str, Any]) -> Query:
-            return parse_query_request(body, "QueryRequest", max_limit)
+            query = parse_query_request(body, "QueryRequest", max_limit)
+            query.partitions = partitions
+            return query
 
         def shape(points: list[dict[str, Any]]) -> dict[str, Any]:
             return {"points": points}
@@ -449,6 +499,7 @@ class QdrantApi:
 
     async def query_batch(self, request: Request) -> Response:
         name = request.path_params["name"]
+        partitions = partitions_param(request)
 
         def job(body: dict[str, Any]) -> list[dict[str, Any]]:
             searches = parse_batch(body, "QueryRequestBatch", self.config.max_batch)
@@ -456,6 +507,8 @@ class QdrantApi:
                 parse_query_request(s, f"searches[{i}]", self.config.max_limit)
                 for i, s in enumerate(searches)
             ]
+            for query in queries:
+                query.partitions = partitions
             return [{"points": points} for points in run_queries(self.view(name), queries)]
 
         return await self.run(request, job, body=True)
@@ -465,14 +518,18 @@ class QdrantApi:
         name = request.path_params["name"]
 
         max_limit = self.config.max_limit
+        partitions = partitions_param(request)
 
         def parse(body: dict[str, Any]) -> Query:
-            return parse_search_request(body, "SearchRequest", max_limit)
+            query = parse_search_request(body, "SearchRequest", max_limit)
+            query.partitions = partitions
+            return query
 
         return await self.run_search(request, name, parse, list, body_required=True)
 
     async def search_batch(self, request: Request) -> Response:
         name = request.path_params["name"]
+        partitions = partitions_param(request)
 
         def job(body: dict[str, Any]) -> list[list[dict[str, Any]]]:
             searches = parse_batch(body, "SearchRequestBatch", self.config.max_batch)
@@ -480,6 +537,8 @@ class QdrantApi:
                 parse_search_request(s, f"searches[{i}]", self.config.max_limit)
                 for i, s in enumerate(searches)
             ]
+            for query in queries:
+                query.partitions = partitions
             return run_queries(self.view(name), queries)
 
         return await self.run(request, job, body=True)
@@ -984,6 +1043,7 @@ class Query:
         "selector",
         "with_vector",
         "document",
+        "partitions",
     )
 
     def __init__(self, **values: Any):
@@ -1192,6 +1252,7 @@ def run_query(view: CollectionView, query: Query) -> list[dict[str, Any]]:
         with_payload=q.fetch_payload,
         with_vectors=q.with_vector,
         exact=bool(q.exact),
+        partitions=q.partitions,
     )
     return _shape_hits(view, q, hits)
 
@@ -1246,9 +1307,10 @@ def _run_queries(view: CollectionView, queries: list[Query]) -> list[list[dict[s
             bool(q.exact),
             q.fetch_payload,
             q.with_vector,
+            q.partitions,
         )
         groups.setdefault(key, []).append(i)
-    for (_, k, ef, exact, fetch_payload, with_vector), members in groups.items():
+    for (_, k, ef, exact, fetch_payload, with_vector, partitions), members in groups.items():
         flt = queries[members[0]].filter
         vectors = np.stack([queries[i].vector for i in members])
         hits = col.search(
@@ -1259,6 +1321,7 @@ def _run_queries(view: CollectionView, queries: list[Query]) -> list[list[dict[s
             with_payload=fetch_payload,
             with_vectors=with_vector,
             exact=exact,
+            partitions=partitions,
         )
         for i, row in zip(members, hits, strict=True):
             results[i] = _shape_hits(view, queries[i], row)
@@ -1320,6 +1383,7 @@ def _scroll_query(view: CollectionView, q: Query) -> list[dict[str, Any]]:
         offset=None,
         with_payload=q.fetch_payload,
         with_vectors=q.with_vector,
+        partitions=q.partitions,
     )
     out = []
     for r in records[q.offset :]:

@@ -100,13 +100,35 @@ def _setup_logging(level: str) -> None:
         root.setLevel(level.upper())
 
 
-def _start_ingest(db: Any, args: argparse.Namespace) -> list[Any]:
+def _start_ingest(db: Any, args: argparse.Namespace, config: ServerConfig) -> list[Any]:
     try:
         from vdb.ingest.cli import start_from_args
     except ImportError:
         log.info("ingest is not available; serving HTTP only")
         return []
-    return list(start_from_args(db, args) or [])
+    options = {"drop_revoked": True} if config.cluster else None
+    return list(start_from_args(db, args, options) or [])
+
+
+def _start_node(db: Any, handles: list[Any], config: ServerConfig) -> Any:
+    """``--cluster``: start publishing this node's heartbeats (``vdb.cluster.node``)."""
+    from vdb.cluster.node import ClusterNode
+    from vdb.errors import InvalidInput
+
+    address = f"{config.bind_host}:{config.port}"
+    try:
+        node = ClusterNode(
+            db,
+            handles,
+            cluster=str(config.cluster),
+            node_id=config.node_id or address,
+            url=config.advertise_url or f"http{'s' if config.ssl_certfile else ''}://{address}",
+        )
+    except ValueError as exc:
+        raise InvalidInput(f"--cluster: {exc}") from None
+    node.start()
+    log.info("cluster %s: node %s at %s", config.cluster, node.node_id, node.url)
+    return node
 
 
 class IngestStopper:
@@ -114,16 +136,22 @@ class IngestStopper:
 
     def __init__(self, handles: list[Any]):
         self.handles = handles
+        self.node: Any = None
         self.thread: threading.Thread | None = None
         self.lock = threading.Lock()
 
     def start(self) -> None:
         with self.lock:
-            if self.thread is None and self.handles:
+            if self.thread is None and (self.handles or self.node is not None):
                 self.thread = threading.Thread(target=self._stop, name="vdb-ingest-stop")
                 self.thread.start()
 
     def _stop(self) -> None:
+        if self.node is not None:  # leave the cluster first: routers stop sending at once
+            try:
+                self.node.close()
+            except Exception:
+                log.exception("leaving the cluster failed")
         for handle in self.handles:
             try:
                 handle.stop()
@@ -163,9 +191,11 @@ def main(args: argparse.Namespace) -> int:
     db = vdb.open(config.data, warm=config.warm)
     stopper = IngestStopper([])
     try:
-        handles = _start_ingest(db, args)
+        handles = _start_ingest(db, args, config)
         stopper.handles = handles
-        app = build_app(db, config, handles)
+        if config.cluster:
+            stopper.node = _start_node(db, handles, config)
+        app = build_app(db, config, handles, cluster_node=stopper.node)
         uv_config = uvicorn.Config(
             app,
             host=config.bind_host,

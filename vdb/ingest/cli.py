@@ -360,8 +360,14 @@ def _kafka_options(raw: Any) -> dict[str, Any]:
     return out
 
 
-def start_spec(db: Any, spec: dict[str, Any]) -> Any:
-    """Create the collection if asked, build the source, start the pipeline."""
+def start_spec(
+    db: Any, spec: dict[str, Any], pipeline_options: dict[str, Any] | None = None
+) -> Any:
+    """Create the collection if asked, build the source, start the pipeline.
+
+    ``pipeline_options`` are added to every spec's pipeline options (``serve
+    --cluster`` passes ``drop_revoked=True``).
+    """
     from vdb.ingest.pipeline import start_ingest
 
     name = spec["collection"]
@@ -378,18 +384,21 @@ def start_spec(db: Any, spec: dict[str, Any]) -> Any:
             embedder=spec.get("embedder"),
         )
     options = {k: spec[k] for k in _PIPELINE_KEYS if spec.get(k) is not None}
+    options.update(pipeline_options or {})
     if spec["kind"] == "file" and spec.get("follow"):
         options["stop_at_end"] = False
     return start_ingest(db, source_for(spec), name, **options)
 
 
-def start_from_args(db: Any, args: argparse.Namespace) -> list[Any]:
+def start_from_args(
+    db: Any, args: argparse.Namespace, pipeline_options: dict[str, Any] | None = None
+) -> list[Any]:
     """Start every ingest spec in ``args``; ``[]`` when there is none. All or nothing."""
     specs = specs_from_args(args)
     started: list[Any] = []
     try:
         for spec in specs:
-            started.append(start_spec(db, spec))
+            started.append(start_spec(db, spec, pipeline_options))
     except BaseException:
         for handle in started:
             handle.stop()

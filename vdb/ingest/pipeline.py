@@ -228,6 +228,12 @@ class IngestHandle:
     ``commit_interval_ms`` how often durable offsets are committed upstream (500)
     ``stop_at_end``       stop by itself when a bounded source is exhausted (True)
     ``store_documents``   text format: keep each text in its payload under ``"document"`` (True)
+    ``drop_revoked``      scale-out (``serve --cluster``): a partition given away is freed
+                          (points and stored offset, one WAL transaction, see
+                          ``_drop_unassigned``) so a later assignment rebuilds it from the
+                          topic's earliest offset (False)
+    ``caught_up_lag``     an assigned partition reports ``catching_up`` until its lag is at
+                          most this many records, then ``serving`` (100)
     """
 
     def __init__(self, db: Any, source: Source, collection: str, **options: Any) -> None:
@@ -265,6 +271,8 @@ class IngestHandle:
         self.commit_interval_s = float(options.get("commit_interval_ms") or 500) / 1000.0
         self.stop_at_end = bool(options.get("stop_at_end", True))
         self.eager = bool(options.get("eager", True))
+        self.drop_revoked = bool(options.get("drop_revoked", False))
+        self.caught_up_lag = int(options.get("caught_up_lag") or 100)
         self.name = f"{source.name}->{collection}"
         self.started_at = time.time()
 
@@ -283,6 +291,9 @@ class IngestHandle:
         self._assigned: list[TopicPartition] = []
         self._state = "starting"
         self._error: str | None = None
+        self._serving: set[TopicPartition] = set()
+        self._revoked_pending: set[TopicPartition] = set()
+        self._dropped_partitions = 0
 
         self._records = 0
         self._upserts = 0
@@ -385,10 +396,22 @@ class IngestHandle:
                         lag = min(lag, max(0, end - positions[tp]))
                     total_lag += lag
                     lag_known = True
+                if (
+                    tp in assigned
+                    and tp not in self._serving
+                    and lag is not None
+                    and lag <= self.caught_up_lag
+                ):
+                    self._serving.add(tp)
+                if tp in assigned:
+                    state = "serving" if tp in self._serving else "catching_up"
+                else:
+                    state = "unassigned"
                 partitions[f"{tp[0]}/{tp[1]}"] = {
                     "topic": tp[0],
                     "partition": tp[1],
                     "assigned": tp in assigned,
+                    "state": state,
                     "offset": ps.offset,
                     "end_offset": end,
                     "lag": lag,
@@ -436,7 +459,17 @@ class IngestHandle:
                 "max_queued_records": self.max_queued_records,
                 "buffered_records_max": self._buffered_max,
                 "lag": total_lag if lag_known else None,
+                "dropped_partitions": self._dropped_partitions,
                 "partitions": partitions,
+            }
+
+    def applied_offsets(self) -> dict[TopicPartition, int]:
+        """Per assigned partition, the last offset durable and searchable (in memory, cheap)."""
+        with self._stats_lock:
+            return {
+                tp: ps.offset
+                for tp in self._assigned
+                if (ps := self._partitions.get(tp)) is not None and ps.offset is not None
             }
 
     # -- Assignment (called by the source) ------------------------------------------
@@ -446,12 +479,49 @@ class IngestHandle:
         return self.db.source_offsets(self.source.name).get((topic, partition))
 
     def assigned(self, partitions: list[TopicPartition]) -> None:
+        if self.drop_revoked:
+            self._drop_unassigned(set(partitions))
         stored = self.db.source_offsets(self.source.name)
         with self._stats_lock:
             self._assigned = sorted(partitions)
             for tp in partitions:
                 ps = self._partitions.setdefault(tp, _PartitionStats())
                 ps.offset = stored.get(tp)
+
+    def _drop_unassigned(self, keep: set[TopicPartition]) -> None:
+        """Free every partition held (in the WAL or just revoked) that is not in ``keep``.
+
+        Called on each assignment, so a partition that a rebalance revokes and
+        hands straight back (kafka-python's eager protocol revokes everything
+        first) keeps its points. For each partition given away, its points are
+        deleted and its stored offset forgotten in ONE durable transaction
+        (``Collection.drop_partition``). Partitions are told apart by number:
+        a clustered collection is fed by one topic.
+        """
+        held = set(self.db.source_offsets(self.source.name)) | self._revoked_pending
+        self._revoked_pending = set()
+        for topic, partition in sorted(held - keep):
+            try:
+                deleted = self.collection.drop_partition(
+                    partition, source_offsets_to_forget=[(self.source.name, topic, partition)]
+                )
+            except Exception as exc:  # closing; the next assignment tries again
+                log.warning("%s: freeing %s[%d] failed: %s", self.name, topic, partition, exc)
+                self._revoked_pending.add((topic, partition))
+                continue
+            self._dropped_partitions += 1
+            with self._stats_lock:
+                self._partitions.pop((topic, partition), None)
+                self._durable.pop((topic, partition), None)
+                self._serving.discard((topic, partition))
+            self._committed.pop((topic, partition), None)
+            log.info(
+                "%s: %s[%d] is not ours any more: %d points and its offset freed",
+                self.name,
+                topic,
+                partition,
+                deleted,
+            )
 
     def revoked(self, partitions: list[TopicPartition]) -> None:
         """Make everything read so far durable, then commit those partitions upstream."""
@@ -461,6 +531,9 @@ class IngestHandle:
         gone = set(partitions)
         with self._stats_lock:
             self._assigned = [tp for tp in self._assigned if tp not in gone]
+            self._serving -= gone
+        if self.drop_revoked:
+            self._revoked_pending |= gone
         offsets = {tp: off for tp, off in self._durable_offsets().items() if tp in gone}
         if offsets:
             try:
@@ -964,6 +1037,8 @@ _OPTIONS = {
     "stop_at_end",
     "eager",
     "store_documents",
+    "drop_revoked",
+    "caught_up_lag",
 }
 
 

@@ -1,0 +1,239 @@
+"""The partition map: who serves what, read from the heartbeat topic.
+
+``Membership`` tails ``NAME.vdb-nodes`` from its beginning (compaction keeps
+each node's last heartbeat) in a daemon thread and holds, per node, its last
+heartbeat. A node is *healthy* when its last heartbeat is younger than
+``stale_s`` (2 s; wall clocks of nodes and routers are assumed to agree to
+well under that), it is not stopping (a tombstone removes it at once), and no
+request to it failed since that heartbeat was sent (``mark_failed``).
+``replicas(collection)`` gives, per partition, the healthy nodes serving it.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from vdb.cluster import heartbeat
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class Replica:
+    """One node serving one partition of a collection."""
+
+    node: NodeView
+    group: str
+    partition: int
+    offset: int | None
+    lag: int | None
+
+
+@dataclass(slots=True)
+class NodeView:
+    """A node as the router knows it: its last heartbeat and what the router saw of it."""
+
+    node_id: str
+    url: str
+    ts_ms: int
+    state: str
+    collections: dict[str, Any]
+    failed_ms: int | None = None
+    failures: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def age_s(self, now_ms: int | None = None) -> float:
+        now_ms = int(time.time() * 1000) if now_ms is None else now_ms
+        return max(0.0, (now_ms - self.ts_ms) / 1000.0)
+
+    def healthy(self, stale_s: float, now_ms: int | None = None) -> bool:
+        if self.state != "serving" or self.age_s(now_ms) >= stale_s:
+            return False
+        return self.failed_ms is None or self.failed_ms < self.ts_ms
+
+
+class Membership:
+    """Tail the heartbeat topic of ``cluster``; see the module docstring."""
+
+    def __init__(
+        self,
+        bootstrap: str | list[str],
+        cluster: str,
+        *,
+        stale_s: float = 2.0,
+        consumer_options: dict[str, Any] | None = None,
+    ) -> None:
+        self.bootstrap = bootstrap
+        self.cluster = cluster
+        self.topic = heartbeat.topic_name(cluster)
+        self.stale_s = stale_s
+        self.consumer_options = dict(consumer_options or {})
+        self.ready = threading.Event()
+        self.records = 0
+        self.bad_records = 0
+        self._nodes: dict[str, NodeView] = {}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._changed = threading.Condition(self._lock)
+
+    # -- reading -----------------------------------------------------------
+
+    def start(self) -> Membership:
+        heartbeat.ensure_topic(self.bootstrap, self.topic)
+        self._thread = threading.Thread(target=self._run, name="vdb-cluster-members", daemon=True)
+        self._thread.start()
+        return self
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self._tail()
+            except Exception as exc:
+                log.warning("reading %s failed (%s); retrying", self.topic, exc)
+                self._stop.wait(1.0)
+
+    def _tail(self) -> None:
+        from kafka import KafkaConsumer, TopicPartition
+
+        options = {
+            "bootstrap_servers": self.bootstrap,
+            "group_id": None,
+            "enable_auto_commit": False,
+            "fetch_max_wait_ms": 50,
+            "reconnect_backoff_max_ms": 1000,
+            "client_id": f"vdb-router-{self.cluster}",
+        }
+        options.update(self.consumer_options)
+        consumer = KafkaConsumer(**options)
+        try:
+            found = None
+            while not found and not self._stop.is_set():
+                found = consumer.partitions_for_topic(self.topic)
+                if not found:
+                    self._stop.wait(0.2)
+            if self._stop.is_set():
+                return
+            tps = [TopicPartition(self.topic, p) for p in sorted(found)]
+            consumer.assign(tps)
+            consumer.seek_to_beginning(*tps)
+            ends = consumer.end_offsets(tps)
+            while not self._stop.is_set():
+                batches = consumer.poll(timeout_ms=100, max_records=1000)
+                for records in batches.values():
+                    for r in records:
+                        self._apply(r.key, r.value)
+                if not self.ready.is_set() and all(
+                    consumer.position(tp) >= ends.get(tp, 0) for tp in tps
+                ):
+                    self.ready.set()
+        finally:
+            consumer.close(autocommit=False)
+
+    def _apply(self, key: bytes | None, value: bytes | None) -> None:
+        self.records += 1
+        if key is None:
+            self.bad_records += 1
+            return
+        node_id = key.decode("utf-8", "replace")
+        try:
+            doc = heartbeat.decode(value)
+        except ValueError:
+            self.bad_records += 1
+            return
+        with self._changed:
+            if doc is None:
+                if self._nodes.pop(node_id, None) is not None:
+                    log.info("node %s left the cluster", node_id)
+            else:
+                old = self._nodes.get(node_id)
+                view = NodeView(
+                    node_id=node_id,
+                    url=str(doc.get("url", "")).rstrip("/"),
+                    ts_ms=int(doc.get("ts_ms", 0)),
+                    state=str(doc.get("state", "serving")),
+                    collections=dict(doc.get("collections") or {}),
+                )
+                if old is not None:
+                    if old.ts_ms > view.ts_ms:
+                        return
+                    view.failed_ms, view.failures = old.failed_ms, old.failures
+                else:
+                    log.info("node %s at %s joined the cluster", node_id, view.url)
+                self._nodes[node_id] = view
+            self._changed.notify_all()
+
+    # -- the map -------------------------------------------------------------
+
+    def wait_changed(self, timeout: float) -> None:
+        """Block until the next heartbeat arrives (or ``timeout``)."""
+        with self._changed:
+            self._changed.wait(timeout)
+
+    def nodes(self) -> list[NodeView]:
+        with self._lock:
+            return list(self._nodes.values())
+
+    def node(self, node_id: str) -> NodeView | None:
+        with self._lock:
+            return self._nodes.get(node_id)
+
+    def mark_failed(self, node_id: str) -> None:
+        """A request to the node failed: do not use it until it sends a newer heartbeat."""
+        with self._lock:
+            view = self._nodes.get(node_id)
+            if view is not None:
+                view.failed_ms = int(time.time() * 1000)
+                view.failures += 1
+
+    def healthy_nodes(self) -> list[NodeView]:
+        now_ms = int(time.time() * 1000)
+        return [n for n in self.nodes() if n.healthy(self.stale_s, now_ms)]
+
+    def collections(self) -> list[str]:
+        """Collections some healthy node serves."""
+        return sorted({c for n in self.healthy_nodes() for c in n.collections})
+
+    def collection_meta(self, name: str) -> dict[str, Any] | None:
+        """Topic, ``partitions_total``, ``distance``, ``dim`` of ``name``.
+
+        From a healthy node when there is one, else from the last heartbeat of
+        any node (so a collection whose nodes are all down is still known, and
+        reads name its missing partitions instead of calling it unknown).
+        """
+        best = None
+        healthy = self.healthy_nodes()
+        for n in healthy or self.nodes():
+            meta = n.collections.get(name)
+            if meta is None:
+                continue
+            if best is None or (meta.get("partitions_total") or 0) > (
+                best.get("partitions_total") or 0
+            ):
+                best = meta
+        return best
+
+    def replicas(self, name: str, *, include_catching_up: bool = False) -> dict[int, list[Replica]]:
+        """Per partition of ``name``, the healthy nodes serving it (any group)."""
+        out: dict[int, list[Replica]] = {}
+        for n in self.healthy_nodes():
+            meta = n.collections.get(name)
+            if meta is None:
+                continue
+            for key, part in (meta.get("partitions") or {}).items():
+                if part.get("state") != "serving" and not include_catching_up:
+                    continue
+                p = int(key)
+                out.setdefault(p, []).append(
+                    Replica(n, str(meta.get("group")), p, part.get("offset"), part.get("lag"))
+                )
+        return out
