@@ -28,6 +28,7 @@ class MiniLM:
     gt_scores: np.ndarray
     names: list[str]
     texts: list[str]
+    query_texts: list[str]
 
 
 def _read_pairs(path: Path) -> tuple[list[str], list[str]]:
@@ -49,9 +50,11 @@ def fixture() -> MiniLM:
     gt_ids = np.load(FIXTURE / "gt_ids.npy")
     gt_scores = np.load(FIXTURE / "gt_scores.npy")
     names, texts = _read_pairs(FIXTURE / "base.txt")
+    _, query_texts = _read_pairs(FIXTURE / "queries.txt")
     assert base.shape == (10_000, 384) and queries.shape == (200, 384), "fixture damaged"
     assert gt_ids.shape == gt_scores.shape == (200, 100) and len(names) == len(base)
-    return MiniLM(base, queries, gt_ids, gt_scores, names, texts)
+    assert len(query_texts) == len(queries), "fixture damaged"
+    return MiniLM(base, queries, gt_ids, gt_scores, names, texts, query_texts)
 
 
 def recall_at_k(found: np.ndarray, truth: np.ndarray, k: int = 10) -> float:

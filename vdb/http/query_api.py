@@ -45,20 +45,7 @@ _QUERY_KINDS = frozenset(
 _INFERENCE_KEYS = (frozenset({"text", "model"}), frozenset({"image", "model"}))
 
 
-def _type_name(value: Any) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "boolean"
-    if isinstance(value, int | float):
-        return "number"
-    if isinstance(value, str):
-        return "string"
-    if isinstance(value, list):
-        return "array"
-    if isinstance(value, dict):
-        return "object"
-    return type(value).__name__
+_type_name = p._type_name  # the JSON type names the parsing errors use
 
 
 # -- results ------------------------------------------------------------------------------
