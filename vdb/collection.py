@@ -711,6 +711,7 @@ class Collection:
         score_threshold: float | None = None,
         *,
         exact: bool = False,
+        quantization: dict[str, Any] | None = None,
     ) -> list[Hit] | list[list[Hit]]:
         """Nearest points to one query (1-D: a list of hits) or a batch (2-D: a list of lists).
 
@@ -719,9 +720,11 @@ class Collection:
         returned and there are ``min(k, matching)`` hits. ``exact=True``
         scans every live (and filter-allowed) point instead of walking the
         graph: the true top-k (ties broken by slot), slower, same hits format;
-        ``ef`` is then ignored.
+        ``ef`` is then ignored. ``quantization`` (``{"ignore", "rescore", "oversampling"}``,
+        each optional) tunes the search of an int8 collection; see ``HNSW.search``.
         """
         self._check_open()
+        qopts = _quantization_search(quantization)
         try:
             arr = np.asarray(vectors, dtype=np.float32)
         except (TypeError, ValueError) as exc:
@@ -746,7 +749,7 @@ class Collection:
             generation = self._generation
             result = self._search_once(
                 queries, k, ef, parsed, with_payload, with_vectors, score_threshold, generation,
-                exact,
+                exact, qopts,
             )  # fmt: skip
             if result is not None:
                 break
@@ -757,7 +760,7 @@ class Collection:
             with self._apply_lock:
                 result = self._search_once(
                     queries, k, ef, parsed, with_payload, with_vectors, score_threshold, None,
-                    exact,
+                    exact, qopts,
                 )  # fmt: skip
         return result[0] if single else result
 
@@ -772,6 +775,7 @@ class Collection:
         score_threshold: float | None,
         generation: int | None,
         exact: bool = False,
+        qopts: dict[str, Any] | None = None,
     ) -> list[list[Hit]] | None:
         """One attempt; ``None`` when a returned slot changed after ``generation``.
 
@@ -803,7 +807,7 @@ class Collection:
             # deleted are not returned half-done and the search need not retry.
             allowed = self._ids.live_mask(int(self._index.capacity))
         if not exact:
-            slots, scores = self._index.search(queries, k, ef=ef, allowed=allowed)
+            slots, scores = self._index.search(queries, k, ef=ef, allowed=allowed, **(qopts or {}))
             slots = np.asarray(slots)
             scores = np.asarray(scores)
         if n_allowed is not None:
@@ -1014,6 +1018,8 @@ class Collection:
             "extra": dict(self.config.get("extra") or {}),
             "metadata": (self.config.get("extra") or {}).get("metadata"),
             "payload_schema": schema,
+            "quantization": self.config.get("quantization"),
+            "on_disk": bool(self.config.get("on_disk", False)),
             "applied_seq": self.applied_seq,
             "status": "green",
         }
@@ -1056,3 +1062,15 @@ def _delete_path(payload: dict[str, Any], parts: list[str]) -> None:
         target = target[part]
     if isinstance(target, dict):
         target.pop(parts[-1], None)
+
+
+def _quantization_search(value: Any) -> dict[str, Any]:
+    """Per-query quantization options → ``HNSW.search`` keyword arguments (InvalidInput)."""
+    if value is None:
+        return {}
+    from vdb.index.quantizer import search_options
+
+    try:
+        return search_options(value)
+    except ValueError as exc:
+        raise InvalidInput(str(exc)) from None

@@ -323,6 +323,8 @@ class HNSW:
         else:
             raise ValueError(f"on_disk must be a bool or a directory, got {on_disk!r}")
         self._oversampling = _oversampling(oversampling)
+        # candidate search and neighbour selection of the build on the codes (see _link)
+        self._build_on_codes = True
         self._g = _Graph.empty(
             capacity, dim, M, max(16, capacity // M), quantization is not None, self._disk
         )
@@ -710,6 +712,13 @@ class HNSW:
 
             def select(lo, hi, g=g, chunk=chunk, sel=sel, sel_n=sel_n, entry=entry) -> None:
                 visited, vgen = self._visited(g.capacity)
+                if g.codes is not None and self._build_on_codes:
+                    qkernels.build_select_q(
+                        g.codes, g.terms, g.consts, g.links0, g.upper, g.upper_off, g.levels,
+                        g.deleted, self._pending, entry, chunk, lo, hi, self._efc, M, fill,
+                        visited, vgen, sel, sel_n,
+                    )  # fmt: skip
+                    return
                 kernels.build_select(
                     self._code, g.vectors, g.links0, g.upper, g.upper_off, g.levels, g.deleted,
                     self._pending, entry, chunk, lo, hi, self._efc, M, fill, visited, vgen, sel, sel_n,

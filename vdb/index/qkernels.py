@@ -18,6 +18,7 @@ import numpy as np
 from numba import njit
 
 from vdb.index.kernels import (
+    ADMIT_NOT_MASK,
     L2,
     _admit,
     _next_tag,
@@ -253,3 +254,112 @@ def search_batch_q(
             out_slots[qi, pos] = -1
             out_scores[qi, pos] = pad
     return 0
+
+
+@njit(fastmath=True, inline="always", cache=True)
+def _qpair(codes, terms, a, b, const, s):
+    """Quantized distance between two stored points."""
+    return const + terms[a] + terms[b] - s * np.float32(idot(codes[a], codes[b]))
+
+
+@njit(fastmath=True, cache=True, nogil=True)
+def _heuristic_q(codes, terms, const, s, cand_d, cand_i, n, limit, out, out_off):
+    """``kernels._heuristic`` on quantized distances."""
+    ns = 0
+    for t in range(n):
+        c = cand_i[t]
+        dc = cand_d[t]
+        good = True
+        for r in range(ns):
+            if _qpair(codes, terms, c, out[out_off + r], const, s) < dc:
+                good = False
+                break
+        if good:
+            out[out_off + ns] = c
+            ns += 1
+            if ns == limit:
+                break
+    return ns
+
+
+@njit(fastmath=True, cache=True, nogil=True)
+def build_select_q(
+    codes, terms, consts, links0, upper, upper_off, levels, deleted, pending, entry, chunk, lo,
+    hi, ef_construction, M, fill, visited, vgen, sel, sel_n,
+):  # fmt: skip
+    """``kernels.build_select`` with every distance taken on the codes (candidate search, the
+    batch members before the point, and the selection heuristic). Same contract."""
+    B = chunk.shape[0]
+    const = consts[0]
+    s = consts[1]
+    res_d = np.empty(ef_construction + 1, np.float32)
+    res_i = np.empty(ef_construction + 1, np.int32)
+    merged_d = np.empty(ef_construction + B, np.float32)
+    merged_i = np.empty(ef_construction + B, np.int32)
+    sorted_d = np.empty(ef_construction + B, np.float32)
+    sorted_i = np.empty(ef_construction + B, np.int32)
+    flat = sel.reshape(-1)
+    width = sel.shape[1] * sel.shape[2]
+    for i in range(lo, hi):
+        p = chunk[i]
+        cq = codes[p]
+        tq = terms[p]
+        lp = levels[p]
+        le = -1
+        cur = entry
+        curd = np.float32(0.0)
+        if entry >= 0:
+            le = levels[entry]
+            curd = _qdist(codes, terms, entry, cq, tq, const, s)
+            for layer in range(le, lp, -1):
+                cur, curd = greedy_q(
+                    codes, terms, upper, upper_off, layer, cq, tq, const, s, cur, curd
+                )
+        for layer in range(lp, -1, -1):
+            nm = 0
+            bound = np.float32(np.inf)
+            if layer <= le:
+                tag = _next_tag(visited, vgen)
+                links = links0 if layer == 0 else upper
+                nr = search_layer_q(
+                    codes, terms, links, upper_off, layer, deleted, pending, ADMIT_NOT_MASK, cq, tq, const, s,
+                    cur, curd, ef_construction, visited, tag, res_d, res_i,
+                )  # fmt: skip
+                if nr == ef_construction:
+                    bound = res_d[0]
+                for t in range(nr):
+                    merged_d[nm] = res_d[t]
+                    merged_i[nm] = res_i[t]
+                    if res_d[t] < curd:
+                        curd = res_d[t]
+                        cur = res_i[t]
+                    nm += 1
+            for j in range(i):
+                sj = chunk[j]
+                if levels[sj] >= layer:
+                    d = _qdist(codes, terms, sj, cq, tq, const, s)
+                    if d < bound:
+                        merged_d[nm] = d
+                        merged_i[nm] = sj
+                        nm += 1
+            order = np.argsort(merged_d[:nm])
+            for t in range(nm):
+                sorted_d[t] = merged_d[order[t]]
+                sorted_i[t] = merged_i[order[t]]
+            off = i * width + layer * sel.shape[2]
+            ns = _heuristic_q(codes, terms, const, s, sorted_d, sorted_i, nm, M, flat, off)
+            target = fill if layer == 0 else M
+            if fill > 0 and ns < target:
+                for t in range(nm):
+                    if ns >= target:
+                        break
+                    c = sorted_i[t]
+                    taken = False
+                    for r in range(ns):
+                        if flat[off + r] == c:
+                            taken = True
+                            break
+                    if not taken:
+                        flat[off + ns] = c
+                        ns += 1
+            sel_n[i, layer] = ns

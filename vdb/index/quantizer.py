@@ -120,8 +120,8 @@ class ScalarQuantizer:
         return (-self.scale * (cf @ self.offset)).astype(np.float32)
 
     def constants(self) -> np.ndarray:
-        """float32 [2 + dim]: ``const``, ``s``, then the offsets (what the query kernel needs to
-        code a query itself: it divides by ``scale``, kept in ``const``'s neighbour below)."""
+        """float32 [3 + dim]: ``const``, ``s``, ``scale``, then the offsets: what the kernels need
+        to score codes and to code a query themselves."""
         out = np.empty(3 + self.dim, np.float32)
         s2 = float(self.scale) * float(self.scale)
         if self.metric == "l2":
@@ -155,3 +155,62 @@ class ScalarQuantizer:
         q.n_fit, q.n_added, q.values_added, q.values_clipped = (int(v) for v in a[4:8])
         q.offset = a[8:].astype(np.float32)
         return q
+
+
+def parse_config(value: Any) -> dict[str, Any] | None:
+    """A collection's quantization option → ``{"type": "int8", "quantile": q, "always_ram": b}``
+    (or ``None``). Accepts ``None``, ``"int8"`` or such a dict (``quantile`` default 0.99,
+    ``always_ram`` default True: the codes always live in RAM, the flag is kept for Qdrant's
+    clients). Raises ``ValueError`` naming the bad field."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        value = {"type": value}
+    if not isinstance(value, dict):
+        raise ValueError(f"quantization must be 'int8', a dict or None, got {value!r}")
+    unknown = set(value) - {"type", "quantile", "always_ram"}
+    if unknown:
+        raise ValueError(f"unknown quantization field {sorted(unknown)[0]!r}")
+    kind = value.get("type")
+    if kind not in KINDS:
+        raise ValueError(f"quantization.type must be one of {', '.join(KINDS)}, got {kind!r}")
+    quantile = value.get("quantile")
+    quantile = 0.99 if quantile is None else quantile
+    if isinstance(quantile, bool) or not isinstance(quantile, (int, float)):
+        raise ValueError(f"quantization.quantile must be a number, got {quantile!r}")
+    if not 0.5 <= float(quantile) <= 1.0:
+        raise ValueError(f"quantization.quantile must be in [0.5, 1], got {quantile}")
+    always_ram = value.get("always_ram")
+    always_ram = True if always_ram is None else always_ram
+    if not isinstance(always_ram, bool):
+        raise ValueError(f"quantization.always_ram must be a boolean, got {always_ram!r}")
+    return {"type": kind, "quantile": float(quantile), "always_ram": always_ram}
+
+
+def search_options(value: Any) -> dict[str, Any]:
+    """Per-query quantization parameters ``{"ignore", "rescore", "oversampling"}`` (each
+    optional, as Qdrant's ``QuantizationSearchParams``) → keyword arguments of ``HNSW.search``.
+    Raises ``ValueError`` naming the bad field."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ValueError(f"quantization search parameters must be a dict, got {value!r}")
+    unknown = set(value) - {"ignore", "rescore", "oversampling"}
+    if unknown:
+        raise ValueError(f"unknown quantization search field {sorted(unknown)[0]!r}")
+    out: dict[str, Any] = {}
+    for key, arg in (("ignore", "ignore_quantization"), ("rescore", "rescore")):
+        v = value.get(key)
+        if v is None:
+            continue
+        if not isinstance(v, bool):
+            raise ValueError(f"quantization.{key} must be a boolean, got {v!r}")
+        out[arg] = v
+    over = value.get("oversampling")
+    if over is not None:
+        if isinstance(over, bool) or not isinstance(over, (int, float)) or not over >= 1.0:
+            raise ValueError(f"quantization.oversampling must be a number >= 1, got {over!r}")
+        if over != over or over == float("inf"):
+            raise ValueError(f"quantization.oversampling must be finite, got {over!r}")
+        out["oversampling"] = float(over)
+    return out
