@@ -84,7 +84,7 @@ def index_storage(config: dict[str, Any], path: Any) -> dict[str, Any]:
     quant = config.get("quantization")
     return {
         "quantization": quant["type"] if quant else None,
-        "quantile": quant["quantile"] if quant else 0.99,
+        "quantile": quant["quantile"] if quant else None,
         "on_disk": str(path) if config.get("on_disk") else False,
     }
 

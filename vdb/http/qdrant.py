@@ -1339,13 +1339,10 @@ def collection_info(info: dict[str, Any]) -> dict[str, Any]:
     }
     quant = info.get("quantization")
     if quant:
-        config["quantization_config"] = {
-            "scalar": {
-                "type": quant["type"],
-                "quantile": quant["quantile"],
-                "always_ram": quant["always_ram"],
-            }
-        }
+        scalar = {"type": quant["type"], "always_ram": quant["always_ram"]}
+        if quant.get("quantile") is not None:
+            scalar["quantile"] = quant["quantile"]
+        config["quantization_config"] = {"scalar": scalar}
     if info.get("on_disk"):
         config["params"]["vectors"]["on_disk"] = True
     metadata = (info.get("extra") or {}).get("metadata")

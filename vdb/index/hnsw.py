@@ -281,7 +281,7 @@ class HNSW:
         n_threads: int | None = None,
         *,
         quantization: str | None = None,
-        quantile: float = 0.99,
+        quantile: float | None = None,
         on_disk: bool | str = False,
         oversampling: float | None = None,
     ) -> None:
@@ -323,6 +323,7 @@ class HNSW:
         else:
             raise ValueError(f"on_disk must be a bool or a directory, got {on_disk!r}")
         self._oversampling = _oversampling(oversampling)
+        self._qlevels = qkernels.query_levels(dim)
         # candidate search and neighbour selection of the build on the codes (see _link)
         self._build_on_codes = True
         self._g = _Graph.empty(
@@ -851,7 +852,7 @@ class HNSW:
                     if qkernels.search_batch_q(
                         self._code, g.vectors, g.codes, g.terms, g.consts, g.links0, g.upper,
                         g.upper_off, g.levels, g.deleted, g.state, q, self._cosine, k, ef, mask,
-                        mode, need, exact, n_rescore, v[0], v[1], out_slots, out_scores,
+                        mode, need, exact, n_rescore, self._qlevels, v[0], v[1], out_slots, out_scores,
                     ):  # fmt: skip
                         self._bad_queries(q)
                 return out_slots, out_scores
@@ -913,7 +914,7 @@ class HNSW:
             return qkernels.search_batch_q(
                 self._code, g.vectors, g.codes, g.terms, g.consts, g.links0, g.upper, g.upper_off,
                 g.levels, g.deleted, g.state, q, self._cosine, k, ef, mask, mode, need, exact,
-                n_rescore, v[0], v[1], out_slots, out_scores,
+                n_rescore, self._qlevels, v[0], v[1], out_slots, out_scores,
             )  # fmt: skip
         return kernels.search_batch(
             self._code, g.vectors, g.links0, g.upper, g.upper_off, g.levels, g.deleted, g.state,

@@ -59,29 +59,40 @@ def _qdist(codes, terms, c, cq, tq, const, s):
     return const + terms[c] + tq - s * np.float32(idot(codes[c], cq))
 
 
+def query_levels(dim: int) -> int:
+    """Levels of a query's int16 code: as fine as int16 allows while ``idot`` of an int8 code
+    with it cannot overflow int32 (``dim * 127 * levels < 2**31``)."""
+    return int(min(32767, (2**31 - 1) // (127 * max(1, dim))))
+
+
 @njit(fastmath=True, cache=True, nogil=True)
-def encode_query(metric, q, consts, cq):
-    """Code the float query ``q`` into ``cq`` (int8) with the index's quantizer; returns its
-    per-vector term ``t`` (see ``quantizer.py``)."""
+def encode_query(metric, q, consts, levels, cq):
+    """Code the float query ``q`` into ``cq`` (int16, ``levels`` levels each side: 258 times
+    finer than the stored int8 codes, so the walk's error is the stored codes' alone) with the
+    index's offsets. Returns ``(t, s)``: the query's term and the multiplier of ``idot`` in the
+    distance (see ``quantizer.py``; the query's scale is ``scale * 127 / levels``)."""
     scale = consts[2]
-    inv = np.float32(1.0) / scale
+    qscale = scale * np.float32(127.0) / np.float32(levels)
+    inv = np.float32(1.0) / qscale
+    top = np.float32(levels)
     acc = np.float32(0.0)
     for i in range(q.shape[0]):
         off = consts[3 + i]
         r = (q[i] - off) * inv
-        if r > 127.0:
-            r = np.float32(127.0)
-        elif r < -127.0:
-            r = np.float32(-127.0)
-        c = np.int8(np.rint(r))
+        if r > top:
+            r = top
+        elif r < -top:
+            r = -top
+        c = np.int16(np.rint(r))
         cq[i] = c
         if metric == L2:
             acc += np.float32(c) * np.float32(c)
         else:
             acc += np.float32(c) * off
+    s = consts[1] * (qscale / scale)
     if metric == L2:
-        return scale * scale * acc
-    return -scale * acc
+        return qscale * qscale * acc, s
+    return -qscale * acc, s
 
 
 @njit(fastmath=True, cache=True, nogil=True)
@@ -172,8 +183,8 @@ def search_layer_q(
 @njit(fastmath=True, cache=True, nogil=True)
 def search_batch_q(
     metric, vectors, codes, terms, consts, links0, upper, upper_off, levels, deleted, state,
-    queries, normalize, k, ef, mask, mode, need, exact, n_rescore, visited, vgen, out_slots,
-    out_scores,
+    queries, normalize, k, ef, mask, mode, need, exact, n_rescore, qlevels, visited, vgen,
+    out_slots, out_scores,
 ):  # fmt: skip
     """``kernels.search_batch`` with the walk on the codes: each query is scaled to unit length
     (when ``normalize``) and coded, the upper layers and layer 0 are searched with quantized
@@ -193,9 +204,8 @@ def search_batch_q(
     top_i = np.empty(k + 1, np.int32)
     pad = np.float32(np.inf) if metric == L2 else np.float32(-np.inf)
     unit = np.empty(dim, np.float32)
-    cq = np.empty(dim, np.int8)
+    cq = np.empty(dim, np.int16)
     const = consts[0]
-    s = consts[1]
     for qi in range(nq):
         q = queries[qi]
         if normalize:
@@ -211,7 +221,7 @@ def search_batch_q(
         nr = 0
         scanned = False
         if not exact and ep >= 0:
-            tq = encode_query(metric, q, consts, cq)
+            tq, s = encode_query(metric, q, consts, qlevels, cq)
             tag = _next_tag(visited, vgen)
             cur = ep
             curd = _qdist(codes, terms, ep, cq, tq, const, s)
