@@ -631,7 +631,8 @@ import numpy as np
 from vdb.index import HNSW
 t_import = time.perf_counter()
 metric = sys.argv[1]
-h = HNSW(128, metric=metric, M=16, ef_construction=64, capacity=256, seed=1)
+quantization = None if sys.argv[2] == "none" else sys.argv[2]
+h = HNSW(128, metric=metric, M=16, ef_construction=64, capacity=256, seed=1, quantization=quantization)
 if hasattr(h, "warm"):
     h.warm()
 t_warm = time.perf_counter()
@@ -686,18 +687,25 @@ def _run_child(script: str, argv: list[str], env: dict[str, str]) -> tuple[dict[
     return json.loads(proc.stdout.strip().splitlines()[-1]), wall
 
 
-def cold_compile(metrics: list[str]) -> None:
-    """vdb's Numba compile cost in a fresh process with an empty cache (one line per metric)."""
+def cold_compile(metrics: list[str], quantizations: list[str]) -> None:
+    """vdb's Numba compile cost in a fresh process with an empty cache (one line per metric and
+    quantization; an int8 index compiles the float kernels too)."""
     for metric in metrics:
+        for quant in quantizations:
+            _cold_compile(metric, quant)
+
+
+def _cold_compile(metric: str, quant: str) -> None:
+    if True:
         with tempfile.TemporaryDirectory(prefix="vdb-numba-cache-") as cache:
-            log(f"cold compile ({metric}) in a fresh process, empty NUMBA_CACHE_DIR")
+            log(f"cold compile ({metric}, {quant}) in a fresh process, empty NUMBA_CACHE_DIR")
             env = subprocess_env(NUMBA_CACHE_DIR=cache)
-            cold, cold_wall = _run_child(_COLD_SCRIPT, [metric], env)
-            warm, warm_wall = _run_child(_COLD_SCRIPT, [metric], env)
+            cold, cold_wall = _run_child(_COLD_SCRIPT, [metric, quant], env)
+            warm, warm_wall = _run_child(_COLD_SCRIPT, [metric, quant], env)
             emit(
                 {
                     "bench": "ann",
-                    "system": "vdb",
+                    "system": "vdb" if quant == "none" else f"vdb-{quant}",
                     "measure": "numba_compile",
                     "metric": metric,
                     "cold_cache": cold,
@@ -709,6 +717,39 @@ def cold_compile(metrics: list[str]) -> None:
                     "host": host_info(),
                 }
             )
+
+
+def asm_report() -> None:
+    """What LLVM emits for the distance loops: vector instruction counts of uncached copies of
+    the float distance (both metrics in one function; the metric branch sits outside the loop)
+    and of the int8 x int8 (build) and int8 x int16 (query) dot products. The loops run over the
+    runtime length, so the code is the same at 384 and 128 dimensions: the float loop takes 32
+    floats per iteration (4 ymm FMA accumulators), the integer loops 64 codes (4 vpmaddwd)."""
+    from collections import Counter
+
+    from numba import njit
+
+    from vdb.index import kernels, qkernels
+
+    def counts(py_func, *args) -> dict[str, int]:
+        fn = njit(fastmath=True)(py_func)  # a fresh, uncached copy (cached code has no asm)
+        fn(*args)
+        asm = fn.inspect_asm(fn.signatures[0])
+        ops = Counter(
+            line.split()[0]
+            for line in asm.splitlines()
+            if line.startswith("\t") and not line.strip().startswith(".")
+        )
+        return {k: v for k, v in ops.most_common() if k.startswith("v")}
+
+    f = np.ones(384, np.float32)
+    c8 = np.ones(384, np.int8)
+    out = {
+        "float_distance": counts(kernels.distance.py_func, 1, f, f),
+        "idot_int8_int8": counts(qkernels.idot.py_func, c8, c8),
+        "idot_int8_int16": counts(qkernels.idot.py_func, c8, np.ones(384, np.int16)),
+    }
+    emit({"bench": "ann", "measure": "kernel_asm", "vector_instructions": out, "host": host_info()})
 
 
 def _core_available() -> bool:
@@ -863,7 +904,8 @@ def main(argv: list[str] | None = None) -> int:
         run_dataset(data, args, systems)
     if any(s.startswith("vdb") for s in systems) and not args.skip_startup:
         metrics = [m for m in args.compile_metrics.split(",") if m]
-        cold_compile(metrics)
+        cold_compile(metrics, ["none"] + ([args.quantization] if args.quantization else []))
+        asm_report()
         first_query("cosine", 2_000 if args.quick else 10_000)
     return 0
 

@@ -1064,19 +1064,19 @@ class HNSW:
             if self._quantization is not None and not _warmed["qsearch"]:
                 _warm_search(self._dim, self._metric, self._quantization)
                 _warmed["qsearch"] = True
-            if not writes or _warmed["write"] != "":
+            key = "write" if self._quantization is None else "qwrite"
+            if not writes or _warmed[key] != "":
                 return
-            _warmed["write"] = "background" if background else "done"
+            _warmed[key] = "background" if background else "done"
+        args = (self._dim, self._metric, self._quantization)
         if background:
-            threading.Thread(
-                target=_warm_writes, args=(self._dim, self._metric), name="vdb-warm", daemon=True
-            ).start()
+            threading.Thread(target=_warm_writes, args=args, name="vdb-warm", daemon=True).start()
         else:
-            _warm_writes(self._dim, self._metric)
+            _warm_writes(*args)
 
 
 _warm_lock = threading.Lock()
-_warmed: dict[str, Any] = {"search": False, "qsearch": False, "write": ""}
+_warmed: dict[str, Any] = {"search": False, "qsearch": False, "write": "", "qwrite": ""}
 
 
 def _warm_search(dim: int, metric: str, quantization: str | None = None) -> None:
@@ -1084,18 +1084,19 @@ def _warm_search(dim: int, metric: str, quantization: str | None = None) -> None
     quantized kernels too when ``quantization``: they compile only for indexes that use them)."""
     h = HNSW(dim, metric, capacity=64, seed=0, quantization=quantization)
     q = np.full((1, dim), 0.5, np.float32)
-    if quantization is not None:
-        h.add(q)
-    h.search(q, 3)
+    h.search(q, 3)  # empty: nothing is walked, but the whole kernel is compiled
     h.search(q, 3, allowed=np.ones(8, bool))
     kernels.query_status(np.repeat(q, 2 * _SEARCH_GRAIN, axis=0), metric == "cosine")
 
 
-def _warm_writes(dim: int, metric: str) -> None:
-    """Run every write kernel on a tiny throw-away index."""
+def _warm_writes(dim: int, metric: str, quantization: str | None = None) -> None:
+    """Run every write kernel on a tiny throw-away index (of the same quantization)."""
     try:
         rng = np.random.default_rng(0)
-        h = HNSW(dim, metric, M=4, ef_construction=16, capacity=64, seed=0, n_threads=1)
+        h = HNSW(
+            dim, metric, M=4, ef_construction=16, capacity=64, seed=0, n_threads=1,
+            quantization=quantization,
+        )  # fmt: skip
         h.add(rng.standard_normal((40, dim)).astype(np.float32) + 0.1)
         h.delete([1, 2])
         h.add(rng.standard_normal((1, dim)).astype(np.float32) + 0.1)
