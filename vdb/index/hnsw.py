@@ -322,9 +322,16 @@ class HNSW:
                 raise ValueError(f"on_disk directory {self._disk!r} does not exist")
         else:
             raise ValueError(f"on_disk must be a bool or a directory, got {on_disk!r}")
+        # Default None: rescore every candidate of the walk (max(ef, k) float distances, against
+        # the walk's several hundred). Measured on the MiniLM fixture (10k, ef 16-128): 1.0 (no
+        # extra candidates) lost 0.02-0.03 recall@10, 2.0 matched rescoring every candidate.
         self._oversampling = _oversampling(oversampling)
         self._qlevels = qkernels.query_levels(dim)
-        # candidate search and neighbour selection of the build on the codes (see _link)
+        # Candidate search and neighbour selection of the build on the codes (see _link).
+        # Measured, recall@10 at ef 16/32/64, build on codes vs on floats (same int8 search):
+        # MiniLM fixture 10k 0.934/0.973/0.992 vs 0.928/0.977/0.992, build 5.3 s vs 6.7 s;
+        # 48-d Gaussian mixture 6k, cosine 0.982/0.996/1.0 vs 0.984/0.999/1.0, ip
+        # 0.990/0.991/0.993 vs 0.993/0.995/0.995, l2 0.987/1.0/1.0 vs 0.987/1.0/1.0.
         self._build_on_codes = True
         self._g = _Graph.empty(
             capacity, dim, M, max(16, capacity // M), quantization is not None, self._disk
