@@ -25,6 +25,7 @@ from vdb.index.kernels import (
     _pop_max,
     _pop_min,
     _prefetch,
+    _prefetch_row,
     _push_max,
     _push_min,
     _row,
@@ -241,8 +242,12 @@ def search_batch_q(
             while nr > limit:
                 nr = _pop_max(res_d, res_i, nr)
             nt = 0
+            for t in range(min(nr, _AHEAD)):
+                _prefetch_row(vectors, res_i[t])
             for t in range(nr):
                 c = res_i[t]
+                if t + _AHEAD < nr:
+                    _prefetch_row(vectors, res_i[t + _AHEAD])  # float rows are cold: fetch ahead
                 d = distance(metric, vectors[c], q)
                 if nt < k:
                     nt = _push_max(top_d, top_i, nt, d, c)
