@@ -290,7 +290,8 @@ class QdrantEdgeSystem:
                 m=self.M, ef_construct=self.efc, full_scan_threshold=10, max_indexing_threads=2
             ),
             quantization_config=quant,
-            optimizers=qe.EdgeOptimizersConfig(default_segment_number=1),
+            # one segment, always HNSW-indexed (indexing_threshold in KB)
+            optimizers=qe.EdgeOptimizersConfig(default_segment_number=1, indexing_threshold=1),
             max_search_threads=1,
         )
         rss0 = _rss()
