@@ -1,12 +1,19 @@
-"""ANN benchmark: vdb's HNSW index against hnswlib, same data, same M / ef_construction, same run.
+"""ANN benchmark: vdb's HNSW index against hnswlib and other anchors, same data, same M /
+ef_construction, same run.
 
     python -m bench.ann --quick
     python -m bench.ann --dataset all --efs 16,32,64,128,256,512
+    python -m bench.ann --quantization int8 --systems all --data DIR
 
-Prints one JSON line per (system, dataset, ef), one summary line per dataset
-(ratios vdb/hnswlib at the lowest ef that reaches the recall target for each
-system), then one line for vdb's cold Numba compile time and one for the time
-from ``import vdb`` to the first answered query in a new process (warm cache).
+Systems: ``vdb`` (float32), ``vdb-int8`` (int8 walk + float rescoring, float vectors memory-mapped
+so the RAM figure is codes + graph; added by ``--quantization int8``), ``hnswlib``, ``faiss``
+(IndexHNSWFlat), ``usearch-f32``, ``usearch-i8``, ``qdrant-edge`` and ``qdrant-edge-int8`` (Qdrant's
+engine embedded, HNSW after ``optimize()``, without / with its int8 scalar quantization and
+rescoring); ``--systems all`` runs every one. Prints one JSON line per (system, dataset, ef),
+one summary line per dataset (ratios over hnswlib, and vdb-int8 over qdrant-edge-int8, at the
+lowest ef that reaches the recall target for each system; the recall lost by int8 at every
+ef), then one line for vdb's cold Numba compile time and one for the time from ``import vdb``
+to the first answered query in a new process (warm cache).
 """
 
 from __future__ import annotations
@@ -57,6 +64,7 @@ class VdbSystem:
     """vdb.index.HNSW driven the way a server drives it."""
 
     name = "vdb"
+    quantization: str | None = None
 
     def __init__(
         self, dim: int, metric: str, M: int, ef_construction: int, capacity: int, seed: int
@@ -64,6 +72,7 @@ class VdbSystem:
         from vdb.index import HNSW
 
         self.HNSW = HNSW
+        self._tmp = None
         self.dim, self.metric, self.M, self.ef_construction = dim, metric, M, ef_construction
         self.capacity, self.seed = capacity, seed
         self.index = None
@@ -81,6 +90,7 @@ class VdbSystem:
             ef_construction=self.ef_construction,
             capacity=64,
             seed=1,
+            quantization=self.quantization,
         )
         if hasattr(scratch, "warm"):
             scratch.warm()
@@ -90,6 +100,10 @@ class VdbSystem:
         return time.perf_counter() - start
 
     def build(self, base: np.ndarray) -> float:
+        extra: dict[str, Any] = {}
+        if self.quantization is not None:
+            self._tmp = tempfile.TemporaryDirectory(prefix="vdb-bench-")
+            extra = {"quantization": self.quantization, "on_disk": self._tmp.name}
         self.index = self.HNSW(
             self.dim,
             metric=self.metric,
@@ -97,6 +111,7 @@ class VdbSystem:
             ef_construction=self.ef_construction,
             capacity=self.capacity,
             seed=self.seed,
+            **extra,
         )
         start = time.perf_counter()
         slots = np.asarray(self.index.add(base))
@@ -122,7 +137,221 @@ class VdbSystem:
         list(pool.map(lambda part: self.index.search(part, K, ef=ef), halves))
 
     def memory(self) -> tuple[int, str]:
-        return arrays_nbytes(self.index.to_arrays()), "sum of nbytes of HNSW.to_arrays()"
+        if self.quantization is None:
+            return arrays_nbytes(self.index.to_arrays()), "sum of nbytes of HNSW.to_arrays()"
+        mem = self.index.memory_bytes()
+        return mem["ram"], (
+            f"HNSW.memory_bytes()['ram']: graph + int8 codes; the float vectors "
+            f"({mem['mapped']} bytes) are memory-mapped from a file"
+        )
+
+    def close(self) -> None:
+        self.index = None
+        if self._tmp is not None:
+            self._tmp.cleanup()
+
+
+class VdbInt8System(VdbSystem):
+    """vdb with int8 codes for the walk, rescored with float vectors kept in a mapped file."""
+
+    name = "vdb-int8"
+    quantization = "int8"
+
+
+class FaissSystem:
+    """faiss IndexHNSWFlat (float32), same M and efConstruction; 2 OpenMP threads."""
+
+    name = "faiss"
+
+    def __init__(self, dim, metric, M, ef_construction, capacity, seed):
+        import faiss
+
+        self.faiss = faiss
+        self.dim, self.metric, self.M, self.efc = dim, metric, M, ef_construction
+        self.index = None
+        self.build_method = "IndexHNSWFlat.add(all vectors), 2 OpenMP threads"
+        faiss.omp_set_num_threads(2)
+
+    def warm(self) -> float:
+        return 0.0
+
+    def _prep(self, x: np.ndarray) -> np.ndarray:
+        if self.metric == "cosine":
+            x = x / np.linalg.norm(x, axis=1, keepdims=True)
+        return np.ascontiguousarray(x, dtype=np.float32)
+
+    def build(self, base: np.ndarray) -> float:
+        faiss = self.faiss
+        kind = faiss.METRIC_L2 if self.metric == "l2" else faiss.METRIC_INNER_PRODUCT
+        self.index = faiss.IndexHNSWFlat(self.dim, self.M, kind)
+        self.index.hnsw.efConstruction = self.efc
+        x = self._prep(base)
+        start = time.perf_counter()
+        self.index.add(x)
+        return time.perf_counter() - start
+
+    def search_batch(self, queries: np.ndarray, ef: int) -> np.ndarray:
+        self.index.hnsw.efSearch = max(ef, K)
+        _d, labels = self.index.search(self._prep(queries), K)
+        return labels.astype(np.int64)
+
+    def single_query(self, query_row: np.ndarray, ef: int) -> None:
+        self.faiss.omp_set_num_threads(1)
+        try:
+            self.index.search(self._prep(query_row), K)
+        finally:
+            self.faiss.omp_set_num_threads(2)
+
+    def batch_two_threads(self, pool, halves, ef) -> None:
+        self.index.search(self._prep(np.concatenate(halves)), K)
+
+    def memory(self) -> tuple[int, str]:
+        return int(self.faiss.serialize_index(self.index).nbytes), "faiss.serialize_index size"
+
+    def close(self) -> None:
+        self.index = None
+
+
+class UsearchSystem:
+    """usearch (f32 or i8 storage), connectivity M, expansion_add ef_construction."""
+
+    name = "usearch-f32"
+    dtype = "f32"
+
+    def __init__(self, dim, metric, M, ef_construction, capacity, seed):
+        from usearch.index import Index
+
+        kind = {"l2": "l2sq", "ip": "ip", "cosine": "cos"}[metric]
+        self.index = Index(
+            ndim=dim, metric=kind, dtype=self.dtype, connectivity=M, expansion_add=ef_construction
+        )
+        self.keys = None
+        self.build_method = "Index.add(keys, all vectors, threads=2)"
+
+    def warm(self) -> float:
+        return 0.0
+
+    def build(self, base: np.ndarray) -> float:
+        self.keys = np.arange(base.shape[0], dtype=np.uint64)
+        start = time.perf_counter()
+        self.index.add(self.keys, base, threads=2)
+        return time.perf_counter() - start
+
+    def search_batch(self, queries: np.ndarray, ef: int) -> np.ndarray:
+        self.index.expansion_search = max(ef, K)
+        found = self.index.search(queries, K, threads=2)
+        return np.asarray(found.keys, dtype=np.int64)
+
+    def single_query(self, query_row: np.ndarray, ef: int) -> None:
+        self.index.search(query_row[0], K, threads=1)
+
+    def batch_two_threads(self, pool, halves, ef) -> None:
+        self.index.search(np.concatenate(halves), K, threads=2)
+
+    def memory(self) -> tuple[int, str]:
+        return int(self.index.memory_usage), "Index.memory_usage"
+
+    def close(self) -> None:
+        self.index = None
+
+
+class UsearchI8System(UsearchSystem):
+    name = "usearch-i8"
+    dtype = "i8"
+
+
+class QdrantEdgeSystem:
+    """Qdrant Edge (``qdrant-edge-py``): one shard, upserts, then ``optimize()`` builds HNSW."""
+
+    name = "qdrant-edge"
+    int8 = False
+
+    def __init__(self, dim, metric, M, ef_construction, capacity, seed):
+        import qdrant_edge as qe
+
+        self.qe = qe
+        self.dim, self.metric, self.M, self.efc = dim, metric, M, ef_construction
+        self._tmp = tempfile.TemporaryDirectory(prefix="qdrant-edge-bench-")
+        self.shard = None
+        self.rss_delta = 0
+        self.build_method = "update(upsert_points, batches of 1000) + optimize(), 2 threads"
+
+    def warm(self) -> float:
+        return 0.0
+
+    def build(self, base: np.ndarray) -> float:
+        qe = self.qe
+        distance = {"l2": qe.Distance.Euclid, "ip": qe.Distance.Dot, "cosine": qe.Distance.Cosine}
+        quant = None
+        if self.int8:
+            quant = qe.ScalarQuantizationConfig(type=qe.ScalarType.Int8, always_ram=True)
+        config = qe.EdgeConfig(
+            vectors=qe.EdgeVectorParams(size=self.dim, distance=distance[self.metric]),
+            hnsw_config=qe.HnswIndexConfig(
+                m=self.M, ef_construct=self.efc, full_scan_threshold=10, max_indexing_threads=2
+            ),
+            quantization_config=quant,
+            # one segment, always HNSW-indexed (indexing_threshold in KB)
+            optimizers=qe.EdgeOptimizersConfig(default_segment_number=1, indexing_threshold=1),
+            max_search_threads=1,
+        )
+        rss0 = _rss()
+        start = time.perf_counter()
+        self.shard = qe.EdgeShard.create(str(Path(self._tmp.name) / "shard"), config)
+        for lo in range(0, base.shape[0], 1000):
+            points = [
+                qe.Point(int(i), base[i].tolist()) for i in range(lo, min(lo + 1000, len(base)))
+            ]
+            self.shard.update(qe.UpdateOperation.upsert_points(points))
+        self.shard.optimize()
+        elapsed = time.perf_counter() - start
+        self.rss_delta = _rss() - rss0
+        return elapsed
+
+    def _request(self, vector: np.ndarray, ef: int):
+        qe = self.qe
+        quant = qe.QuantizationSearchParams(rescore=True) if self.int8 else None
+        return qe.QueryRequest(
+            limit=K,
+            query=qe.Query.Nearest(vector.tolist()),
+            params=qe.SearchParams(hnsw_ef=max(ef, K), quantization=quant),
+        )
+
+    def search_batch(self, queries: np.ndarray, ef: int) -> np.ndarray:
+        out = np.full((queries.shape[0], K), -1, np.int64)
+        for i, q in enumerate(queries):
+            hits = self.shard.query(self._request(q, ef))
+            out[i, : len(hits)] = [h.id for h in hits]
+        return out
+
+    def single_query(self, query_row: np.ndarray, ef: int) -> None:
+        self.shard.query(self._request(query_row[0], ef))
+
+    def batch_two_threads(self, pool, halves, ef) -> None:
+        def run(part: np.ndarray) -> None:
+            for q in part:
+                self.shard.query(self._request(q, ef))
+
+        list(pool.map(run, halves))
+
+    def memory(self) -> tuple[int, str]:
+        return int(self.rss_delta), "process RSS growth over create + upserts + optimize()"
+
+    def close(self) -> None:
+        if self.shard is not None:
+            self.shard.close()
+            self.shard = None
+        self._tmp.cleanup()
+
+
+class QdrantEdgeInt8System(QdrantEdgeSystem):
+    name = "qdrant-edge-int8"
+    int8 = True
+
+
+def _rss() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
 class HnswlibSystem:
@@ -192,6 +421,21 @@ class HnswlibSystem:
             self.index.save_index(str(path))
             return path.stat().st_size, "size of the save_index file"
 
+    def close(self) -> None:
+        self.index = None
+
+
+SYSTEMS = {
+    "vdb": VdbSystem,
+    "vdb-int8": VdbInt8System,
+    "hnswlib": HnswlibSystem,
+    "faiss": FaissSystem,
+    "usearch-f32": UsearchSystem,
+    "usearch-i8": UsearchI8System,
+    "qdrant-edge": QdrantEdgeSystem,
+    "qdrant-edge-int8": QdrantEdgeInt8System,
+}
+
 
 def measure_ef(
     system,
@@ -230,7 +474,7 @@ def measure_ef(
         lambda: system.batch_two_threads(pool, halves, ef), len(queries), batch_seconds
     )
     row = {"ef": ef, "recall_at_10": recall, "single_qps": single_qps, "batch_qps": items / elapsed}
-    if system.name == "vdb":
+    if system.name.startswith("vdb"):
         elapsed1, items1 = timed_repeat(
             lambda: system.index.search(queries, K, ef=ef), len(queries), batch_seconds
         )
@@ -244,7 +488,13 @@ def measure_ef(
 BATCH_METHOD = {
     "vdb": "two Python threads, each one HNSW.search call on half the queries (repeated); batch_qps_one_call = one call on all queries, one thread",
     "hnswlib": "knn_query(all queries, num_threads=2) (repeated)",
+    "faiss": "index.search(all queries), 2 OpenMP threads (repeated)",
+    "usearch-f32": "Index.search(all queries, threads=2) (repeated)",
+    "qdrant-edge": "two Python threads, each one query() per query on half the queries",
 }
+BATCH_METHOD["vdb-int8"] = BATCH_METHOD["vdb"]
+BATCH_METHOD["usearch-i8"] = BATCH_METHOD["usearch-f32"]
+BATCH_METHOD["qdrant-edge-int8"] = BATCH_METHOD["qdrant-edge"]
 
 
 def run_dataset(data: Dataset, args: argparse.Namespace, systems: list[str]) -> None:
@@ -255,8 +505,9 @@ def run_dataset(data: Dataset, args: argparse.Namespace, systems: list[str]) -> 
     per_system: dict[str, dict[str, Any]] = {}
     built = []
     for name in systems:
-        cls = VdbSystem if name == "vdb" else HnswlibSystem
-        system = cls(data.dim, data.metric, args.M, args.ef_construction, data.n, args.seed)
+        system = SYSTEMS[name](
+            data.dim, data.metric, args.M, args.ef_construction, data.n, args.seed
+        )
         warm_s = system.warm()
         log(f" {name}: building ({system.build_method})")
         build_s = system.build(data.base)
@@ -269,7 +520,7 @@ def run_dataset(data: Dataset, args: argparse.Namespace, systems: list[str]) -> 
             "memory_bytes_per_vector": memory / data.n,
             "memory_method": memory_method,
         }
-        if name == "vdb":
+        if name.startswith("vdb"):
             build["warm_s"] = warm_s
         if name == "hnswlib" and not args.no_single_thread_build:
             one = system.build_single_thread(data.base)
@@ -287,7 +538,7 @@ def run_dataset(data: Dataset, args: argparse.Namespace, systems: list[str]) -> 
                 row = measure_ef(system, data, ef, pool, args.single_seconds, args.batch_seconds)
                 per_system[system.name]["efs"].append(row)
     for system in built:
-        system.index = None
+        system.close()
 
     anchor = per_system.get("hnswlib")
     for name, result in per_system.items():
@@ -336,23 +587,39 @@ def run_dataset(data: Dataset, args: argparse.Namespace, systems: list[str]) -> 
                 "memory_bytes": result["build"]["memory_bytes"],
             }
         )
-    if chosen.get("vdb") and chosen.get("hnswlib"):
-        v, h = summary["vdb"], summary["hnswlib"]
-        summary["ratio_vdb_over_hnswlib"] = {
-            "single_qps": v["single_qps"] / h["single_qps"],
-            "batch_qps": v["batch_qps"] / h["batch_qps"],
-            "build_vps": v["build_vps"] / h["build_vps"],
-            "memory_bytes": v["memory_bytes"] / h["memory_bytes"],
+
+    def ratio(a: str, b: str) -> dict[str, float] | None:
+        if not (chosen.get(a) and chosen.get(b)):
+            return None
+        x, y = summary[a], summary[b]
+        return {
+            key: x[key] / y[key]
+            for key in ("single_qps", "batch_qps", "build_vps", "memory_bytes")
+            if y.get(key)
         }
+
+    if chosen.get("vdb") and chosen.get("hnswlib"):
+        summary["ratio_vdb_over_hnswlib"] = ratio("vdb", "hnswlib")
         if "build_vps_1thread" in per_system["hnswlib"]["build"]:
             summary["ratio_vdb_over_hnswlib"]["build_vps_vs_hnswlib_1thread"] = (
-                v["build_vps"] / per_system["hnswlib"]["build"]["build_vps_1thread"]
+                summary["vdb"]["build_vps"] / per_system["hnswlib"]["build"]["build_vps_1thread"]
             )
-    else:
+    elif "vdb" in per_system:
         summary["ratio_vdb_over_hnswlib"] = None
         summary["note"] = (
             "a system did not reach the recall target at any ef measured (or was not run)"
         )
+    others = [n for n in per_system if n not in ("vdb", "hnswlib")]
+    if others and "hnswlib" in per_system:
+        summary["ratio_over_hnswlib"] = {n: ratio(n, "hnswlib") for n in others}
+    if "vdb-int8" in per_system and "qdrant-edge-int8" in per_system:
+        summary["ratio_vdb_int8_over_qdrant_edge_int8"] = ratio("vdb-int8", "qdrant-edge-int8")
+    if "vdb-int8" in per_system and "vdb" in per_system:
+        f32 = {r["ef"]: r["recall_at_10"] for r in per_system["vdb"]["efs"]}
+        summary["int8_recall_loss_vs_float32_by_ef"] = {
+            str(r["ef"]): round(f32[r["ef"]] - r["recall_at_10"], 4)
+            for r in per_system["vdb-int8"]["efs"]
+        }
     summary["host"] = host_info()
     emit(summary)
 
@@ -366,7 +633,8 @@ import numpy as np
 from vdb.index import HNSW
 t_import = time.perf_counter()
 metric = sys.argv[1]
-h = HNSW(128, metric=metric, M=16, ef_construction=64, capacity=256, seed=1)
+quantization = None if sys.argv[2] == "none" else sys.argv[2]
+h = HNSW(128, metric=metric, M=16, ef_construction=64, capacity=256, seed=1, quantization=quantization)
 if hasattr(h, "warm"):
     h.warm()
 t_warm = time.perf_counter()
@@ -421,18 +689,25 @@ def _run_child(script: str, argv: list[str], env: dict[str, str]) -> tuple[dict[
     return json.loads(proc.stdout.strip().splitlines()[-1]), wall
 
 
-def cold_compile(metrics: list[str]) -> None:
-    """vdb's Numba compile cost in a fresh process with an empty cache (one line per metric)."""
+def cold_compile(metrics: list[str], quantizations: list[str]) -> None:
+    """vdb's Numba compile cost in a fresh process with an empty cache (one line per metric and
+    quantization; an int8 index compiles the float kernels too)."""
     for metric in metrics:
+        for quant in quantizations:
+            _cold_compile(metric, quant)
+
+
+def _cold_compile(metric: str, quant: str) -> None:
+    if True:
         with tempfile.TemporaryDirectory(prefix="vdb-numba-cache-") as cache:
-            log(f"cold compile ({metric}) in a fresh process, empty NUMBA_CACHE_DIR")
+            log(f"cold compile ({metric}, {quant}) in a fresh process, empty NUMBA_CACHE_DIR")
             env = subprocess_env(NUMBA_CACHE_DIR=cache)
-            cold, cold_wall = _run_child(_COLD_SCRIPT, [metric], env)
-            warm, warm_wall = _run_child(_COLD_SCRIPT, [metric], env)
+            cold, cold_wall = _run_child(_COLD_SCRIPT, [metric, quant], env)
+            warm, warm_wall = _run_child(_COLD_SCRIPT, [metric, quant], env)
             emit(
                 {
                     "bench": "ann",
-                    "system": "vdb",
+                    "system": "vdb" if quant == "none" else f"vdb-{quant}",
                     "measure": "numba_compile",
                     "metric": metric,
                     "cold_cache": cold,
@@ -444,6 +719,39 @@ def cold_compile(metrics: list[str]) -> None:
                     "host": host_info(),
                 }
             )
+
+
+def asm_report() -> None:
+    """What LLVM emits for the distance loops: vector instruction counts of uncached copies of
+    the float distance (both metrics in one function; the metric branch sits outside the loop)
+    and of the int8 x int8 (build) and int8 x int16 (query) dot products. The loops run over the
+    runtime length, so the code is the same at 384 and 128 dimensions: the float loop takes 32
+    floats per iteration (4 ymm FMA accumulators), the integer loops 64 codes (4 vpmaddwd)."""
+    from collections import Counter
+
+    from numba import njit
+
+    from vdb.index import kernels, qkernels
+
+    def counts(py_func, *args) -> dict[str, int]:
+        fn = njit(fastmath=True)(py_func)  # a fresh, uncached copy (cached code has no asm)
+        fn(*args)
+        asm = fn.inspect_asm(fn.signatures[0])
+        ops = Counter(
+            line.split()[0]
+            for line in asm.splitlines()
+            if line.startswith("\t") and not line.strip().startswith(".")
+        )
+        return {k: v for k, v in ops.most_common() if k.startswith("v")}
+
+    f = np.ones(384, np.float32)
+    c8 = np.ones(384, np.int8)
+    out = {
+        "float_distance": counts(kernels.distance.py_func, 1, f, f),
+        "idot_int8_int8": counts(qkernels.idot.py_func, c8, c8),
+        "idot_int8_int16": counts(qkernels.idot.py_func, c8, np.ones(384, np.int16)),
+    }
+    emit({"bench": "ann", "measure": "kernel_asm", "vector_instructions": out, "host": host_info()})
 
 
 def _core_available() -> bool:
@@ -536,7 +844,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--efs", default="16,32,64,128,256,512")
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--target-recall", type=float, default=0.95)
-    parser.add_argument("--systems", default="vdb,hnswlib", help="comma list of vdb,hnswlib")
+    parser.add_argument(
+        "--systems",
+        default="vdb,hnswlib",
+        help=f"comma list of {','.join(SYSTEMS)}, or 'all'",
+    )
+    parser.add_argument(
+        "--quantization",
+        choices=["int8"],
+        default=None,
+        help="also sweep vdb with int8 codes + rescoring (system vdb-int8)",
+    )
+    parser.add_argument(
+        "--data", default=None, help="directory holding debian-minilm (sets VDB_DATASETS)"
+    )
     parser.add_argument(
         "--single-seconds", type=float, default=3.0, help="time budget per ef for single queries"
     )
@@ -568,7 +889,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    systems = [s for s in args.systems.split(",") if s]
+    if args.data:
+        os.environ["VDB_DATASETS"] = args.data
+    systems = list(SYSTEMS) if args.systems == "all" else [s for s in args.systems.split(",") if s]
+    unknown = [s for s in systems if s not in SYSTEMS]
+    if unknown:
+        raise SystemExit(f"unknown systems {unknown}; known: {', '.join(SYSTEMS)}")
+    if args.quantization and "vdb-int8" not in systems:
+        systems.insert(1, "vdb-int8")
     os.environ.setdefault("OMP_NUM_THREADS", "2")
     names = ["synthetic", "debian-minilm"] if args.dataset == "all" else [args.dataset]
     for name in names:  # a missing real set stops the run now, not after the synthetic one
@@ -585,9 +913,10 @@ def main(argv: list[str] | None = None) -> int:
             n = args.n or (10_000 if args.quick else None)
             data = debian_minilm(n, args.queries, K, args.data)
         run_dataset(data, args, systems)
-    if "vdb" in systems and not args.skip_startup:
+    if any(s.startswith("vdb") for s in systems) and not args.skip_startup:
         metrics = [m for m in args.compile_metrics.split(",") if m]
-        cold_compile(metrics)
+        cold_compile(metrics, ["none"] + ([args.quantization] if args.quantization else []))
+        asm_report()
         first_query("cosine", 2_000 if args.quick else 10_000)
     return 0
 

@@ -775,6 +775,7 @@ class Collection:
         exact: bool = False,
         text: Any = None,
         partitions: Sequence[int] | None = None,
+        quantization: dict[str, Any] | None = None,
     ) -> list[Hit] | list[list[Hit]]:
         """Nearest points to one query (1-D: a list of hits) or a batch (2-D: a list of lists).
 
@@ -787,8 +788,11 @@ class Collection:
         string (one query) or a list of strings (a batch) instead of vectors.
         ``partitions``: only points whose source partition is in the list
         (scale-out: a node answers for the partitions a router asks of it).
+        ``quantization`` (``{"ignore", "rescore", "oversampling"}``, each
+        optional) tunes the search of an int8 collection; see ``HNSW.search``.
         """
         self._check_open()
+        qopts = _quantization_search(quantization)
         if text is not None or vectors is None:
             vectors = _embed_query(self, vectors, text)
         try:
@@ -817,7 +821,7 @@ class Collection:
             generation = self._generation
             result = self._search_once(
                 queries, k, ef, parsed, with_payload, with_vectors, score_threshold, generation,
-                exact, partitions,
+                exact, partitions, qopts,
             )  # fmt: skip
             if result is not None:
                 break
@@ -828,7 +832,7 @@ class Collection:
             with self._apply_lock:
                 result = self._search_once(
                     queries, k, ef, parsed, with_payload, with_vectors, score_threshold, None,
-                    exact, partitions,
+                    exact, partitions, qopts,
                 )  # fmt: skip
         return result[0] if single else result
 
@@ -844,6 +848,7 @@ class Collection:
         generation: int | None,
         exact: bool = False,
         partitions: Sequence[int] | None = None,
+        qopts: dict[str, Any] | None = None,
     ) -> list[list[Hit]] | None:
         """One attempt; ``None`` when a returned slot changed after ``generation``.
 
@@ -872,7 +877,9 @@ class Collection:
             # deleted are not returned half-done and the search need not retry.
             allowed = self._ids.live_mask(capacity)
         if not exact:
-            slots, scores = self._segs.search(queries, k, ef, allowed, self._ids.live)
+            slots, scores = self._segs.search(
+                queries, k, ef, allowed, self._ids.live, **(qopts or {})
+            )
         if n_allowed is not None:
             want = min(k, n_allowed)
             for row in range(nq):
@@ -1091,6 +1098,8 @@ class Collection:
             "metadata": (self.config.get("extra") or {}).get("metadata"),
             "payload_schema": schema,
             "embedder": self.config.get("embedder"),
+            "quantization": self.config.get("quantization"),
+            "on_disk": bool(self.config.get("on_disk", False)),
             "applied_seq": self.applied_seq,
             # Qdrant's colours: yellow while points wait to be indexed (still searchable)
             "status": "yellow" if self._segs.fresh_points else "green",
@@ -1159,3 +1168,15 @@ def _delete_path(payload: dict[str, Any], parts: list[str]) -> None:
         target = target[part]
     if isinstance(target, dict):
         target.pop(parts[-1], None)
+
+
+def _quantization_search(value: Any) -> dict[str, Any]:
+    """Per-query quantization options → ``HNSW.search`` keyword arguments (InvalidInput)."""
+    if value is None:
+        return {}
+    from vdb.index.quantizer import search_options
+
+    try:
+        return search_options(value)
+    except ValueError as exc:
+        raise InvalidInput(str(exc)) from None

@@ -63,6 +63,35 @@ def validate_name(name: Any) -> str:
     return name
 
 
+def storage_config(quantization: Any, on_disk: Any) -> dict[str, Any]:
+    """The collection config keys of the index storage options (none when both are default)."""
+    from vdb.index.quantizer import parse_config
+
+    try:
+        quant = parse_config(quantization)
+    except ValueError as exc:
+        raise InvalidInput(str(exc)) from None
+    if not isinstance(on_disk, bool):
+        raise InvalidInput(f"on_disk must be a boolean, got {on_disk!r}")
+    out: dict[str, Any] = {}
+    if quant is not None:
+        out["quantization"] = quant
+    if on_disk:
+        out["on_disk"] = True
+    return out
+
+
+def index_storage(config: dict[str, Any], path: Any) -> dict[str, Any]:
+    """HNSW keyword arguments from a collection config: quantization and the directory of the
+    memory-mapped float vectors (the data directory)."""
+    quant = config.get("quantization")
+    return {
+        "quantization": quant["type"] if quant else None,
+        "quantile": quant["quantile"] if quant else None,
+        "on_disk": str(path) if config.get("on_disk") else False,
+    }
+
+
 def _positive_int(value: Any, what: str, low: int = 1, high: int = 1 << 31) -> int:
     if (
         isinstance(value, bool)
@@ -222,12 +251,15 @@ class Database:
                 capacity=1024,
                 seed=int(config["uid"]),
                 ef=int(config["ef"]),
+                **index_storage(config, self.path),  # quantization, floats on disk
             )
             ids = IdMap()
             payloads = PayloadIndex()
         else:
             try:
-                index = HNSW.from_arrays(loaded.arrays)
+                index = HNSW.from_arrays(
+                    loaded.arrays, on_disk=index_storage(config, self.path)["on_disk"]
+                )
                 ids = IdMap.from_state(loaded.slots, loaded.ids, loaded.partitions)
                 payloads = PayloadIndex.from_items(loaded.payloads, indexes=loaded.payload_indexes)
             except (ValueError, KeyError, TypeError, IndexError) as exc:
@@ -333,6 +365,8 @@ class Database:
         fresh_limit: int | None = None,
         *,
         embedder: str | None = None,
+        quantization: Any = None,
+        on_disk: bool = False,
         **extra: Any,
     ) -> Collection:
         """Create a collection; raises ``AlreadyExists`` if the name is taken.
@@ -342,8 +376,12 @@ class Database:
         then come from the model (explicit ones must agree) and the name is
         kept in the durable config. ``fresh_limit``: bound of the collection's
         fresh segment (points written but not yet indexed; default: the
-        database's). ``extra`` keyword arguments are stored with the
-        collection's configuration (returned by ``info()["extra"]``).
+        database's). ``quantization``: ``None``, ``"int8"`` or ``{"type":
+        "int8", "quantile": 0.99, "always_ram": True}``: the graph walk runs on
+        int8 codes, rescored with the float vectors. ``on_disk``: keep the
+        float vectors in a memory-mapped file (codes and graph stay in RAM).
+        ``extra`` keyword arguments are stored with the collection's
+        configuration (returned by ``info()["extra"]``).
         """
         self._check_open()
         validate_name(name)
@@ -368,6 +406,7 @@ class Database:
         }
         if embedder is not None:
             config["embedder"] = embedder
+        config.update(storage_config(quantization, on_disk))  # only keys that are set
         try:
             pack(config)
         except (TypeError, ValueError, OverflowError) as exc:

@@ -250,12 +250,14 @@ class Segments:
         ef: int,
         allowed: np.ndarray | None,
         live: np.ndarray,
+        **options: Any,
     ) -> tuple[np.ndarray, np.ndarray]:
         """Merged top-``k`` of the graph and the fresh rows: ``(slots, scores float32)``.
 
         ``allowed`` (a mask over slots, or ``None``) restricts both; ``live`` is the id map's
         live flags (fresh rows of points whose write is not applied are skipped). Rows are
-        best first, padded with ``-1`` / NaN.
+        best first, padded with ``-1`` / NaN. ``options`` go to the graph's search (the
+        quantization settings of an int8 index); the fresh rows are always scanned in float32.
         """
         view = self.view  # before the graph: see the module docstring
         buf = view.buffer
@@ -270,7 +272,7 @@ class Segments:
         nq = len(queries)
         graph = None
         if len(index):
-            graph = index.search(queries, k, ef=ef, allowed=graph_allowed)
+            graph = index.search(queries, k, ef=ef, allowed=graph_allowed, **options)
         if stop <= start:
             if graph is None:
                 return np.full((nq, k), -1, np.int64), np.full((nq, k), np.nan, np.float32)

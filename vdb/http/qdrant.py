@@ -725,6 +725,7 @@ def parse_create_collection(body: dict[str, Any]) -> dict[str, Any]:
             "write_consistency_factor",
             "on_disk_payload",
             "metadata",
+            "quantization_config",
         ),
         (
             "sharding_method",
@@ -732,7 +733,6 @@ def parse_create_collection(body: dict[str, Any]) -> dict[str, Any]:
             "id_tracker",
             "wal_config",
             "optimizers_config",
-            "quantization_config",
             "sparse_vectors",
             "strict_mode_config",
             "init_from",
@@ -757,8 +757,8 @@ def parse_create_collection(body: dict[str, Any]) -> dict[str, Any]:
     p.check_fields(
         vectors,
         "VectorParams",
-        ("size", "distance", "hnsw_config", "on_disk", "datatype"),
-        ("quantization_config", "multivector_config", "memory"),
+        ("size", "distance", "hnsw_config", "on_disk", "datatype", "quantization_config"),
+        ("multivector_config", "memory"),
     )
     if "size" not in vectors or "distance" not in vectors:
         raise InvalidInput("Format error in JSON body: `vectors` needs `size` and `distance`")
@@ -769,11 +769,17 @@ def parse_create_collection(body: dict[str, Any]) -> dict[str, Any]:
             f"Bad request: distance {distance!r} is not supported by vdb "
             f"(one of {', '.join(p.DISTANCES)})"
         )
-    if vectors.get("on_disk"):
-        raise InvalidInput("Bad request: `vectors.on_disk` is not supported by vdb")
+    options: dict[str, Any] = {"dim": size, "metric": p.DISTANCES[distance]}
+    if vectors.get("on_disk") is not None and p.parse_bool(vectors["on_disk"], "vectors.on_disk"):
+        options["on_disk"] = True  # float vectors memory-mapped; graph (and codes) in RAM
+    for where, value in (
+        ("quantization_config", body.get("quantization_config")),
+        ("vectors.quantization_config", vectors.get("quantization_config")),
+    ):
+        if value is not None:
+            options["quantization"] = parse_quantization_config(value, where)
     if vectors.get("datatype") not in (None, "float32"):
         raise InvalidInput("Bad request: `vectors.datatype` other than float32 is not supported")
-    options: dict[str, Any] = {"dim": size, "metric": p.DISTANCES[distance]}
     for where, hnsw in (
         ("hnsw_config", body.get("hnsw_config")),
         ("vectors.hnsw_config", vectors.get("hnsw_config")),
@@ -802,6 +808,63 @@ def parse_create_collection(body: dict[str, Any]) -> dict[str, Any]:
     options.setdefault("ef_construction", QDRANT_DEFAULT_EF_CONSTRUCT)
     options["ef"] = options["ef_construction"]
     return options
+
+
+_QUANTIZATION_KINDS = ("scalar", "product", "binary", "turbo")
+
+
+def parse_quantization_config(value: Any, where: str) -> dict[str, Any]:
+    """Qdrant's ``ScalarQuantization`` (``{"scalar": {"type": "int8", "quantile", "always_ram"}}``)
+    → the core's ``quantization`` option. Product, binary and turbo quantization get a 400
+    naming them; every malformed field is named."""
+    value = p.check_object(value, where)
+    if len(value) != 1 or next(iter(value)) not in _QUANTIZATION_KINDS:
+        raise InvalidInput(
+            f"Format error in JSON body: `{where}` must hold one of "
+            f"{', '.join(_QUANTIZATION_KINDS)}, got {sorted(value) or 'nothing'}"
+        )
+    kind = next(iter(value))
+    if kind != "scalar":
+        raise InvalidInput(
+            f"Bad request: `{where}.{kind}`: {kind} quantization is not supported by vdb "
+            "(only scalar int8)"
+        )
+    scalar = p.check_object(value["scalar"], f"{where}.scalar")
+    p.check_fields(scalar, f"{where}.scalar", ("type", "quantile", "always_ram"), ("memory",))
+    if scalar.get("type") != "int8":
+        raise InvalidInput(
+            f'Format error in JSON body: `{where}.scalar.type` must be "int8", '
+            f"got {scalar.get('type')!r}"
+        )
+    out: dict[str, Any] = {"type": "int8"}
+    if scalar.get("quantile") is not None:
+        q = p.parse_float(scalar["quantile"], f"{where}.scalar.quantile")
+        if not 0.5 <= q <= 1.0:
+            raise InvalidInput(
+                f"Bad request: `{where}.scalar.quantile` must be in [0.5, 1], got {q}"
+            )
+        out["quantile"] = q
+    if scalar.get("always_ram") is not None:
+        out["always_ram"] = p.parse_bool(scalar["always_ram"], f"{where}.scalar.always_ram")
+    return out
+
+
+def parse_quantization_params(value: Any, where: str) -> dict[str, Any] | None:
+    """Qdrant's ``QuantizationSearchParams`` → the core's per-query ``quantization`` option."""
+    if value is None:
+        return None
+    params = p.check_object(value, where)
+    p.check_fields(params, where, ("ignore", "rescore", "oversampling"))
+    out: dict[str, Any] = {}
+    for key in ("ignore", "rescore"):
+        if params.get(key) is not None:
+            out[key] = p.parse_bool(params[key], f"{where}.{key}")
+    if params.get("oversampling") is not None:
+        over = p.parse_float(params["oversampling"], f"{where}.oversampling")
+        if not 1.0 <= over <= 1e6:
+            raise InvalidInput(f"Bad request: `{where}.oversampling` must be >= 1, got {over}")
+        out["oversampling"] = over
+    return out or None
 
 
 def parse_update_collection(body: dict[str, Any], info: dict[str, Any]) -> dict[str, Any]:
@@ -1038,6 +1101,7 @@ class Query:
         "offset",
         "ef",
         "exact",
+        "quantization",
         "score_threshold",
         "fetch_payload",
         "selector",
@@ -1051,15 +1115,16 @@ class Query:
             setattr(self, name, values.get(name))
 
 
-def parse_params(value: Any, where: str) -> tuple[int | None, bool]:
+def parse_params(value: Any, where: str) -> tuple[int | None, bool, dict[str, Any] | None]:
+    """``SearchParams`` → (hnsw_ef, exact, quantization search options)."""
     if value is None:
-        return None, False
+        return None, False, None
     params = p.check_object(value, where)
     p.check_fields(
         params,
         "SearchParams",
-        ("hnsw_ef", "exact", "indexed_only"),
-        ("quantization", "acorn", "idf"),
+        ("hnsw_ef", "exact", "indexed_only", "quantization"),
+        ("acorn", "idf"),
     )
     ef = None
     if params.get("hnsw_ef") is not None:
@@ -1069,7 +1134,8 @@ def parse_params(value: Any, where: str) -> tuple[int | None, bool]:
         exact = p.parse_bool(params["exact"], f"{where}.exact")
     if params.get("indexed_only") is not None:
         p.parse_bool(params["indexed_only"], f"{where}.indexed_only")  # every vdb point is indexed
-    return ef, exact
+    quant = parse_quantization_params(params.get("quantization"), f"{where}.quantization")
+    return ef, exact, quant
 
 
 def _parse_query_value(value: Any, where: str) -> tuple[np.ndarray | None, Any, Document | None]:
@@ -1104,7 +1170,7 @@ def _common_query(body: dict[str, Any], max_limit: int, default_payload: bool) -
     offset = p.parse_limit(body.get("offset"), "offset", 0, max_limit, minimum=0)
     if limit + offset > max_limit:
         raise InvalidInput(f"Bad request: `limit` + `offset` must be at most {max_limit}")
-    ef, exact = parse_params(body.get("params"), "params")
+    ef, exact, quant = parse_params(body.get("params"), "params")
     threshold = body.get("score_threshold")
     fetch_payload, selector = p.parse_with_payload(
         body.get("with_payload"), "with_payload", default_payload
@@ -1119,6 +1185,7 @@ def _common_query(body: dict[str, Any], max_limit: int, default_payload: bool) -
         "offset": offset,
         "ef": ef,
         "exact": exact,
+        "quantization": quant,
         "score_threshold": None
         if threshold is None
         else p.parse_float(threshold, "score_threshold"),
@@ -1209,6 +1276,7 @@ def is_light(query: Query) -> bool:
         query.vector is not None
         and query.filter is None
         and not query.exact
+        and query.quantization is None
         and query.limit + query.offset <= INLINE_MAX_K
         and (query.ef or 0) <= INLINE_MAX_EF
         and query.vector.size <= INLINE_MAX_DIM
@@ -1253,6 +1321,7 @@ def run_query(view: CollectionView, query: Query) -> list[dict[str, Any]]:
         with_vectors=q.with_vector,
         exact=bool(q.exact),
         partitions=q.partitions,
+        quantization=q.quantization,
     )
     return _shape_hits(view, q, hits)
 
@@ -1308,9 +1377,10 @@ def _run_queries(view: CollectionView, queries: list[Query]) -> list[list[dict[s
             q.fetch_payload,
             q.with_vector,
             q.partitions,
+            tuple(sorted((q.quantization or {}).items())),
         )
         groups.setdefault(key, []).append(i)
-    for (_, k, ef, exact, fetch_payload, with_vector, partitions), members in groups.items():
+    for (_, k, ef, exact, fetch_payload, with_vector, partitions, quant), members in groups.items():
         flt = queries[members[0]].filter
         vectors = np.stack([queries[i].vector for i in members])
         hits = col.search(
@@ -1322,6 +1392,7 @@ def _run_queries(view: CollectionView, queries: list[Query]) -> list[list[dict[s
             with_vectors=with_vector,
             exact=exact,
             partitions=partitions,
+            quantization=dict(quant) or None,
         )
         for i, row in zip(members, hits, strict=True):
             results[i] = _shape_hits(view, queries[i], row)
@@ -1439,6 +1510,14 @@ def collection_info(info: dict[str, Any]) -> dict[str, Any]:
         },
         "wal_config": {"wal_capacity_mb": 32, "wal_segments_ahead": 0},
     }
+    quant = info.get("quantization")
+    if quant:
+        scalar = {"type": quant["type"], "always_ram": quant["always_ram"]}
+        if quant.get("quantile") is not None:
+            scalar["quantile"] = quant["quantile"]
+        config["quantization_config"] = {"scalar": scalar}
+    if info.get("on_disk"):
+        config["params"]["vectors"]["on_disk"] = True
     metadata = (info.get("extra") or {}).get("metadata")
     if metadata:
         config["metadata"] = metadata
