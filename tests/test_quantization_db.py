@@ -31,6 +31,7 @@ def test_int8_collection_round_trips_checkpoint_and_snapshot(tmp_path):
         assert info["quantization"] == {"type": "int8", "quantile": None, "always_ram": True}
         assert info["on_disk"] is True
         col.upsert(list(range(3000)), base)
+        assert col.wait_indexed(timeout=120)  # quantization is the graph's: index them first
         assert col._index.quantization == "int8" and col._index.on_disk
         before = _answers(col, queries)
         exact = col.search(queries, k=10, exact=True)
@@ -52,6 +53,7 @@ def test_int8_collection_round_trips_checkpoint_and_snapshot(tmp_path):
             col.search(queries[0], k=3, quantization={"oversampling": 0})
         db.checkpoint()
         col.upsert(list(range(3000, 3050)), base[:50] * 0.5 + base[50:100] * 0.5)  # WAL after it
+        assert col.wait_indexed(timeout=120)  # the snapshot's checkpoint then holds this graph
         after_writes = _answers(col, queries)
         db.snapshot(tmp_path / "s.vdb")
     with vdb.open(tmp_path / "db") as db:
