@@ -856,9 +856,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="also sweep vdb with int8 codes + rescoring (system vdb-int8)",
     )
     parser.add_argument(
-        "--data", default=None, help="directory holding debian-minilm (sets VDB_DATASETS)"
-    )
-    parser.add_argument(
         "--single-seconds", type=float, default=3.0, help="time budget per ef for single queries"
     )
     parser.add_argument(
