@@ -133,16 +133,28 @@ def subprocess_env(**extra: str) -> dict[str, str]:
 class Server:
     """A child process serving HTTP on a free port, stopped by its pid."""
 
-    def __init__(self, argv: list[str], port: int, log_path: Path, ready_path: str):
+    def __init__(
+        self,
+        argv: list[str],
+        port: int,
+        log_path: Path,
+        ready_path: str,
+        env: dict[str, str] | None = None,
+        cwd: Path = REPO,
+        timeout: float = 300.0,
+        port_timeout: float = 120.0,
+    ):
+        """``env`` defaults to ``subprocess_env()``; the port is awaited for ``port_timeout``
+        seconds, then readiness for ``timeout``."""
         self.port = port
         self.log_file = open(log_path, "ab")  # noqa: SIM115 - closed in stop()
         self.process = subprocess.Popen(
             argv, stdout=self.log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            env=subprocess_env(), cwd=str(REPO),
+            env=subprocess_env() if env is None else env, cwd=str(cwd),
         )  # fmt: skip
         self.log_path = log_path
-        wait_for_port(port, timeout=120)
-        deadline = time.monotonic() + 300
+        wait_for_port(port, timeout=port_timeout)
+        deadline = time.monotonic() + timeout
         while True:
             try:
                 with urllib.request.urlopen(f"http://127.0.0.1:{port}{ready_path}", timeout=5) as r:

@@ -20,65 +20,45 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from bench.common import REPO, emit, free_port, host_info, log, random_unit_vectors, wait_for_port
+from bench.common import (
+    REPO,
+    Server,
+    emit,
+    free_port,
+    host_info,
+    log,
+    random_unit_vectors,
+)
 from bench.http import COLLECTION, DIM, create_collection, load_clients, upload
 
 
-class TreeServer:
+class TreeServer(Server):
     """``python -m vdb serve`` run from ``tree`` (its own code), stopped by its pid."""
 
     def __init__(self, tree: Path, data: Path, log_path: Path, env: dict[str, str] | None = None):
-        self.port = free_port()
+        port = free_port()
         child_env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
         child_env["PYTHONPATH"] = str(tree)
         child_env.update(env or {})
-        self.log_file = open(log_path, "ab")  # noqa: SIM115 - closed in stop()
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "vdb", "serve", "--data", str(data), "--port", str(self.port)],
-            cwd=str(tree), env=child_env, stdout=self.log_file, stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-        )  # fmt: skip
-        wait_for_port(self.port, timeout=300)
-        deadline = time.monotonic() + 600
-        while True:
-            try:
-                url = f"http://127.0.0.1:{self.port}/readyz"
-                with urllib.request.urlopen(url, timeout=5) as r:
-                    if r.status == 200:
-                        return
-            except Exception:
-                pass
-            if self.process.poll() is not None or time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError(f"server did not get ready: {log_path.read_text()[-2000:]}")
-            time.sleep(0.2)
+        argv = [sys.executable, "-m", "vdb", "serve", "--data", str(data), "--port", str(port)]
+        super().__init__(
+            argv, port, log_path, "/readyz", env=child_env, cwd=tree, timeout=600, port_timeout=300
+        )
 
     def cpu_s(self) -> float:
         """CPU seconds (user + system) the server process has used (Linux ``/proc``)."""
         fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            os.kill(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(30)
-            except subprocess.TimeoutExpired:
-                os.kill(self.process.pid, signal.SIGKILL)
-                self.process.wait()
-        self.log_file.close()
 
 
 def export_commit(ref: str) -> tuple[str, Path]:
