@@ -21,33 +21,23 @@ import httpx
 import numpy as np
 import pytest
 
+from tests.helpers import fixture
 from tests.http.conftest import ServerProcess, free_port, serve
+from tests.ingest import conftest as ingest_conftest
 from tests.ingest.broker import Broker
 from tests.ingest.conftest import FAST_GROUP, create_topic, unique, wait_until
 
 REPO = Path(__file__).resolve().parents[2]
-MINILM = REPO / "tests" / "data" / "minilm-10k"
+
+broker = ingest_conftest.broker  # the real Tansu broker, one per test module
 
 __all__ = ["FAST_GROUP", "create_topic", "serve", "unique", "wait_until"]
 
 
 def minilm(n: int, n_queries: int) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """The first ``n`` base vectors, ``n_queries`` queries and the base texts (float32)."""
-    base = np.load(MINILM / "base.npy")[:n].astype(np.float32)
-    queries = np.load(MINILM / "queries.npy")[:n_queries].astype(np.float32)
-    with open(MINILM / "base.txt", encoding="utf-8") as f:
-        texts = [line.rstrip("\n").partition("\t")[2] for _, line in zip(range(n), f, strict=False)]
-    return base, queries, texts
-
-
-@pytest.fixture(scope="module")
-def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
-    b = Broker(tmp_path_factory.mktemp("tansu") / "tansu.log")
-    b.start()
-    try:
-        yield b
-    finally:
-        b.stop()
+    data = fixture()
+    return data.base[:n].copy(), data.queries[:n_queries].copy(), data.texts[:n]
 
 
 def node_args(
