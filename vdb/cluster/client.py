@@ -30,6 +30,21 @@ class NodeClient:
         self.max_idle = max_idle_per_node
         self._idle: dict[tuple[str, str, int], deque] = defaultdict(deque)
         self._ssl: ssl.SSLContext | None = None
+        self._targets: dict[str, tuple[tuple[str, str, int], bytes]] = {}
+
+    def _target(self, base_url: str) -> tuple[tuple[str, str, int], bytes]:
+        """``(scheme, host, port)`` and the ``Host`` header of ``base_url`` (parsed once)."""
+        found = self._targets.get(base_url)
+        if found is None:
+            parts = urlsplit(base_url)
+            scheme = parts.scheme or "http"
+            host = parts.hostname or "127.0.0.1"
+            port = parts.port or (443 if scheme == "https" else 80)
+            found = ((scheme, host, port), f"Host: {host}:{port}\r\n".encode("latin-1"))
+            if len(self._targets) > 4096:
+                self._targets.clear()
+            self._targets[base_url] = found
+        return found
 
     async def request(
         self,
@@ -40,18 +55,16 @@ class NodeClient:
         body: bytes | None = None,
         timeout: float = 5.0,
     ) -> tuple[int, bytes]:
-        parts = urlsplit(base_url)
-        scheme = parts.scheme or "http"
-        host = parts.hostname or "127.0.0.1"
-        port = parts.port or (443 if scheme == "https" else 80)
+        key, host = self._target(base_url)
         target = path + ("?" + urlencode(params) if params else "")
-        head = [f"{method} {target} HTTP/1.1", f"Host: {host}:{port}"]
+        head = f"{method} {target} HTTP/1.1\r\n".encode("latin-1") + host
         if body is not None:
-            head += ["Content-Type: application/json", f"Content-Length: {len(body)}"]
-        payload = ("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + (body or b"")
-        key = (scheme, host, port)
+            head += b"Content-Type: application/json\r\nContent-Length: %d\r\n" % len(body)
+        payload = head + b"\r\n" + (body or b"")
         try:
-            return await asyncio.wait_for(self._exchange(key, payload), timeout)
+            # asyncio.timeout, unlike wait_for, runs the exchange in this task (no task per call)
+            async with asyncio.timeout(timeout):
+                return await self._exchange(key, payload)
         except TimeoutError:
             raise ClientError(f"no answer from {base_url} within {timeout:.3f}s") from None
         except (OSError, asyncio.IncompleteReadError, ValueError) as exc:

@@ -127,6 +127,24 @@ class RouterMetrics:
         )
         self.healthy.set_function(lambda: len(members.healthy_nodes()))
         self.registry.register(_LagCollector(members))
+        self._node_children: dict[str, tuple[Any, Any]] = {}
+        self._route_children: dict[str, tuple[Any, Any]] = {}
+
+    def node(self, node_id: str) -> tuple[Any, Any]:
+        """The node's (latency, failures) series; ``labels()`` is looked up once per node."""
+        found = self._node_children.get(node_id)
+        if found is None:
+            found = (self.node_latency.labels(node_id), self.node_errors.labels(node_id))
+            self._node_children[node_id] = found
+        return found
+
+    def route(self, route: str) -> tuple[Any, Any]:
+        """The route's (200 count, latency) series."""
+        found = self._route_children.get(route)
+        if found is None:
+            found = (self.requests.labels(route, "200"), self.latency.labels(route))
+            self._route_children[route] = found
+        return found
 
 
 class _LagCollector:
@@ -272,6 +290,7 @@ class Router:
     ) -> Any:
         """One request to one node; its ``result``. ``NodeFailed`` / ``Forwarded`` otherwise."""
         assert self._client is not None
+        latency, errors = self.metrics.node(node.node_id)
         started = time.perf_counter()
         try:
             status, content = await self._client.request(
@@ -283,12 +302,12 @@ class Router:
                 timeout=self.timeout_s if timeout is None else max(0.05, timeout),
             )
         except ClientError as exc:
-            self.metrics.node_errors.labels(node.node_id).inc()
+            errors.inc()
             raise NodeFailed(f"{node.node_id}: {exc}") from None
         finally:
-            self.metrics.node_latency.labels(node.node_id).observe(time.perf_counter() - started)
+            latency.observe(time.perf_counter() - started)
         if status >= 500 or status == 429:
-            self.metrics.node_errors.labels(node.node_id).inc()
+            errors.inc()
             raise NodeFailed(f"{node.node_id}: HTTP {status}")
         if status >= 400:
             raise Forwarded(status, content)
@@ -439,8 +458,9 @@ class Router:
 
     def _answer(self, route: str, result: Any, started: float, missing: list[int] = ()) -> Response:
         headers = {"x-vdb-missing-partitions": ",".join(map(str, missing))} if missing else None
-        self.metrics.requests.labels(route, "200").inc()
-        self.metrics.latency.labels(route).observe(time.perf_counter() - started)
+        count, latency = self.metrics.route(route)
+        count.inc()
+        latency.observe(time.perf_counter() - started)
         return Response(
             _dumps(envelope(result, started)), media_type="application/json", headers=headers
         )
@@ -476,7 +496,7 @@ class Router:
 
     async def cluster_map(self, request: Request) -> Response:
         """The map as the router sees it: nodes, health, partitions (for people and tests)."""
-        now_ms = int(time.time() * 1000)
+        now = time.monotonic()
         nodes = []
         for n in self.members.nodes():
             nodes.append(
@@ -484,8 +504,9 @@ class Router:
                     "node_id": n.node_id,
                     "url": n.url,
                     "state": n.state,
-                    "healthy": n.healthy(self.members.stale_s, now_ms),
-                    "age_s": round(n.age_s(now_ms), 3),
+                    "healthy": n.healthy(self.members.stale_s, now),
+                    "age_s": round(n.age_s(now), 3),
+                    "sent_ts_ms": n.ts_ms,
                     "failures": n.failures,
                     "collections": n.collections,
                 }
