@@ -244,8 +244,45 @@ def test_bad_input_keeps_the_single_node_shapes(cluster: Cluster) -> None:
     assert r.status_code == 400 and "all zeros" in r.json()["status"]["error"]
     r = post(cluster.router.url + "/collections/nope/points/query", {"query": [0.0] * 384})
     assert r.status_code == 404 and "nope" in r.json()["status"]["error"]
-    r = httpx.put(cluster.router.url + "/collections/other", json={"vectors": {}}, timeout=10)
+    r = httpx.put(cluster.router.url + "/collections/other/index", json={}, timeout=10)
     assert r.status_code == 400 and "not supported through the vdb router" in r.text
+
+
+@pytest.mark.slow
+def test_collections_and_payload_updates_through_the_router(cluster: Cluster) -> None:
+    """Create and drop are the nodes' business; payload updates are refused, naming why."""
+    root = cluster.router.url + "/collections"
+    vectors = {"vectors": {"size": 384, "distance": "Cosine"}}
+    r = httpx.put(root + "/docs", json=vectors, timeout=10)
+    direct = httpx.put(cluster.nodes["b"].url + "/collections/docs", json=vectors, timeout=10)
+    assert r.status_code == direct.status_code == 409, r.text
+    assert "already exists" in r.json()["status"]["error"]
+    r = httpx.put(root + "/other", json=vectors, timeout=10)
+    assert r.status_code == 400
+    error = r.json()["status"]["error"]
+    assert "cannot be created through the vdb router" in error and "--collection other" in error
+    assert httpx.get(root + "/other/exists", timeout=10).json()["result"] == {"exists": False}
+    r = httpx.delete(root + "/docs", timeout=10)
+    assert r.status_code == 400 and "cannot be dropped" in r.json()["status"]["error"]
+    assert httpx.get(root + "/docs/exists", timeout=10).json()["result"] == {"exists": True}
+    r = httpx.delete(root + "/nope", timeout=10)
+    assert r.status_code == 404 and "nope" in r.json()["status"]["error"]
+
+    before = post(root + "/docs/points", {"ids": [11], "with_payload": True}).json()["result"]
+    updates = [
+        ("POST", "/points/payload", {"payload": {"x": 1}, "points": [11]}),
+        ("PUT", "/points/payload", {"payload": {"x": 1}, "points": [11]}),
+        ("POST", "/points/payload/delete", {"keys": ["g"], "points": [11]}),
+        ("POST", "/points/payload/clear", {"points": [11]}),
+    ]
+    for method, path, body in updates:
+        r = httpx.request(method, root + "/docs" + path, json=body, timeout=10)
+        assert r.status_code == 400, (method, path, r.text)
+        error = r.json()["status"]["error"]
+        assert "payload updates are not supported through the vdb router" in error
+        assert "Upsert the whole point" in error
+    after = post(root + "/docs/points", {"ids": [11], "with_payload": True}).json()["result"]
+    assert after == before and after[0]["payload"]["rank"] == 11
 
 
 @pytest.mark.slow

@@ -47,7 +47,14 @@ from vdb.cluster.client import ClientError, NodeClient
 from vdb.cluster.membership import Membership, NodeView
 from vdb.cluster.merge import merge_by_id, merge_hits, merge_scroll
 from vdb.cluster.partitioner import point_key
-from vdb.errors import CollectionNotFound, InvalidInput, PointNotFound, Unavailable, VdbError
+from vdb.errors import (
+    AlreadyExists,
+    CollectionNotFound,
+    InvalidInput,
+    PointNotFound,
+    Unavailable,
+    VdbError,
+)
 from vdb.http import parsing as p
 from vdb.http.codec import envelope, parse_body
 from vdb.http.errors import error_response
@@ -428,6 +435,11 @@ class Router:
             Route(c + "/points/scroll", self.scroll_points, methods=["POST"]),
             Route(c + "/points/count", self.count_points, methods=["POST"]),
             Route(c + "/points/{id}", self.get_point, methods=["GET"]),
+            Route(c, self.create_collection, methods=["PUT"]),
+            Route(c, self.drop_collection, methods=["DELETE"]),
+            Route(c + "/points/payload", self.payload_update, methods=["POST", "PUT"]),
+            Route(c + "/points/payload/delete", self.payload_update, methods=["POST"]),
+            Route(c + "/points/payload/clear", self.payload_update, methods=["POST"]),
             Route(
                 "/{path:path}",
                 self.unsupported,
@@ -527,6 +539,52 @@ class Router:
         raise InvalidInput(
             f"Bad request: {request.method} {request.url.path} is not supported through the vdb "
             "router (collections are created by the nodes; send it to a node)"
+        )
+
+    async def payload_update(self, request: Request) -> Response:
+        """Set, overwrite, delete or clear payload: refused, naming why and what to do.
+
+        A cluster's writes are records on the topic, and a record carries a
+        whole point (id, vector, payload) or a tombstone; there is no record
+        that changes part of a point. Doing it here would be a read-modify-write
+        (read the point from a replica, produce it with the new payload), and
+        the topic has no compare-and-set: a write of the same point by another
+        producer between the read and the produce would be silently undone, or
+        would undo this one. The client that owns the point upserts it whole.
+        """
+        raise InvalidInput(
+            f"Bad request: {request.method} {request.url.path}: payload updates are not "
+            "supported through the vdb router. The cluster's writes are records of whole "
+            "points on its topic; a partial update would be a read-modify-write that a "
+            "concurrent write of the same point could silently undo. Upsert the whole point "
+            "(its vector and the new payload) instead"
+        )
+
+    async def create_collection(self, request: Request) -> Response:
+        """``PUT /collections/{name}``: a cluster's collections are made by its nodes.
+
+        An existing collection answers as a node does (409, already exists), so
+        clients that create and then tolerate "already exists" work unchanged;
+        any other name is a 400 that says how a collection joins the cluster.
+        """
+        name = request.path_params["name"]
+        if self.members.collection_meta(name) is not None:
+            raise AlreadyExists(f"Wrong input: Collection `{name}` already exists!")
+        raise InvalidInput(
+            f"Bad request: collection `{name}` cannot be created through the vdb router: a "
+            "cluster's collections are made by its nodes (python -m vdb serve --cluster "
+            f"{self.cluster} --collection {name} --create-dim D --kafka-topic T --kafka-group G "
+            "...); the router serves a collection once a node's heartbeat names it"
+        )
+
+    async def drop_collection(self, request: Request) -> Response:
+        """``DELETE /collections/{name}``: refused; the router holds no data to drop."""
+        name = request.path_params["name"]
+        self.meta(name)  # an unknown collection is a 404, as on a node
+        raise InvalidInput(
+            f"Bad request: collection `{name}` cannot be dropped through the vdb router: its "
+            "points live in its topic and on its nodes. Stop the nodes serving it (they leave "
+            "the cluster at once) and delete the topic"
         )
 
     # -- collections ----------------------------------------------------------------
