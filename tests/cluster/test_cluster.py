@@ -21,9 +21,11 @@ import pytest
 import vdb
 from tests.cluster.conftest import Cluster, minilm, post, wait_for
 
-N_DIRECT = 1500
-N_ROUTER = 1300
-N_STRING = 200
+# 10,000 points (the whole fixture): 6,000 produced with kafka-python, 3,000 upserted
+# through the router, 1,000 with string ids (produced directly)
+N_DIRECT = 6000
+N_ROUTER = 3000
+N_STRING = 1000
 N_QUERIES = 200
 N_EXACT = 30
 GROUPS = {"a": "g1", "b": "g1", "c": "g2", "d": "g2"}
@@ -80,10 +82,12 @@ def cluster(make_cluster: Any, data: dict[str, Any]) -> Cluster:
         producer.flush()
     finally:
         producer.close()
-    for start in range(N_DIRECT, N_DIRECT + N_ROUTER, 260):
+    # the router's writes wait for their offsets, behind what was produced first
+    wait_for(lambda: count(cl) == N_DIRECT + N_STRING, timeout=600)
+    for start in range(N_DIRECT, N_DIRECT + N_ROUTER, 500):
         points = [
             {"id": point_id(i), "vector": base[i].tolist(), "payload": payload(i, texts)}
-            for i in range(start, min(start + 260, N_DIRECT + N_ROUTER))
+            for i in range(start, min(start + 500, N_DIRECT + N_ROUTER))
         ]
         r = httpx.put(
             cl.router.url + "/collections/docs/points",
@@ -92,7 +96,7 @@ def cluster(make_cluster: Any, data: dict[str, Any]) -> Cluster:
             timeout=60,
         )
         assert r.status_code == 200, r.text
-    wait_for(lambda: count(cl) == data["n"])
+    wait_for(lambda: count(cl) == data["n"], timeout=300)
     return cl
 
 
@@ -124,13 +128,15 @@ def test_router_equals_one_node(cluster: Cluster, reference: Any, data: dict[str
 
     # Every point, produced directly or through the router, is retrievable with its payload.
     all_ids = [point_id(i) for i in range(n)]
-    for start in range(0, n, 600):
-        chunk = all_ids[start : start + 600]
+    row_of = {(type(pid), pid): i for i, pid in enumerate(all_ids)}
+    for start in range(0, n, 1000):
+        chunk = all_ids[start : start + 1000]
         r = post(url + "/points", {"ids": chunk, "with_payload": True})
         assert r.status_code == 200, r.text
         got = r.json()["result"]
         assert ids_of(got) == chunk
-        assert all(p["payload"] == payload(all_ids.index(p["id"]), data["texts"]) for p in got[:50])
+        texts = data["texts"]
+        assert all(p["payload"] == payload(row_of[(type(p["id"]), p["id"])], texts) for p in got)
     r = httpx.get(url + f"/points/{point_id(2999)}", timeout=10)
     assert r.status_code == 200 and r.json()["result"]["payload"]["rank"] == 2999
 
@@ -196,7 +202,7 @@ def test_router_equals_one_node(cluster: Cluster, reference: Any, data: dict[str
         offset, pages, want_pages = None, [], []
         ref_offset = None
         while True:
-            body = {"limit": 333, "with_payload": False}
+            body = {"limit": 1000, "with_payload": False}
             if flt:
                 body["filter"] = flt
             if offset is not None:
@@ -204,7 +210,7 @@ def test_router_equals_one_node(cluster: Cluster, reference: Any, data: dict[str
             r = post(url + "/points/scroll", body)
             assert r.status_code == 200, r.text
             page = r.json()["result"]
-            records, ref_offset = reference.scroll(filter=flt, limit=333, offset=ref_offset)
+            records, ref_offset = reference.scroll(filter=flt, limit=1000, offset=ref_offset)
             pages.append((ids_of(page["points"]), page["next_page_offset"]))
             want_pages.append(([rec.id for rec in records], ref_offset))
             offset = page["next_page_offset"]
@@ -212,9 +218,9 @@ def test_router_equals_one_node(cluster: Cluster, reference: Any, data: dict[str
                 break
         assert pages == want_pages
     # A query without a vector lists points in id order, paged like one node.
-    got = query(cluster, {"limit": 5, "offset": 2498, "with_payload": False})
-    want, _ = reference.scroll(limit=2503)
-    assert ids_of(got) == [rec.id for rec in want[2498:2503]]
+    got = query(cluster, {"limit": 5, "offset": 8998, "with_payload": False})
+    want, _ = reference.scroll(limit=9003)
+    assert ids_of(got) == [rec.id for rec in want[8998:9003]]
 
 
 @pytest.mark.slow
