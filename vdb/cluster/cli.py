@@ -68,6 +68,7 @@ def main(args: argparse.Namespace) -> int:
             log_level=args.log_level.lower(),
             access_log=False,
             server_header=False,
+            proxy_headers=False,  # no proxy in front: skip uvicorn's per-request middleware
             lifespan="on",
         )
     finally:

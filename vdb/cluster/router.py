@@ -417,6 +417,11 @@ class Router:
     def _build_app(self) -> Starlette:
         c = "/collections/{name}"
         routes = [
+            # the searches first: Starlette tries the routes in order
+            Route(c + "/points/query", self.query_points, methods=["POST"]),
+            Route(c + "/points/search", self.search_points, methods=["POST"]),
+            Route(c + "/points/query/batch", self.query_batch, methods=["POST"]),
+            Route(c + "/points/search/batch", self.search_batch, methods=["POST"]),
             Route("/", self.root, methods=["GET"]),
             Route("/healthz", self.healthz, methods=["GET"]),
             Route("/readyz", self.readyz, methods=["GET"]),
@@ -425,10 +430,6 @@ class Router:
             Route("/collections", self.list_collections, methods=["GET"]),
             Route(c, self.get_collection, methods=["GET"]),
             Route(c + "/exists", self.collection_exists, methods=["GET"]),
-            Route(c + "/points/query", self.query_points, methods=["POST"]),
-            Route(c + "/points/query/batch", self.query_batch, methods=["POST"]),
-            Route(c + "/points/search", self.search_points, methods=["POST"]),
-            Route(c + "/points/search/batch", self.search_batch, methods=["POST"]),
             Route(c + "/points", self.retrieve_points, methods=["POST"]),
             Route(c + "/points", self.upsert_points, methods=["PUT"]),
             Route(c + "/points/delete", self.delete_points, methods=["POST"]),
