@@ -11,7 +11,14 @@ Starts a Tansu broker, produces ``--n`` clustered unit vectors (128-d) to a
   of that many ``serve --cluster`` nodes, and the anchor: the same queries
   sent straight to one plain node holding all the points (a ``serve`` in its
   own consumer group, same data), measured in the same run.
-  ``p99_ratio`` = router p99 / direct p99.
+  ``p99_ratio`` = router p99 / direct p99. ``cpu_ms_per_query`` gives, per
+  target, the CPU each process spent per query (``/proc`` times over the
+  run, less the process' own idle use measured just before, so a node's
+  background threads are not counted): ``router``, ``nodes`` (each node of
+  the group) and ``direct`` -- the ``c_r`` and ``c_n`` of the scaling model;
+  ``cpu_ms_per_query_raw`` without the idle correction and
+  ``idle_cpu_cores`` the idle use itself (on a loaded box the background
+  threads get less CPU under load, so the corrected figure can undershoot).
 * **ingest** lines, per ``nodes_per_group``: ``--ingest-n`` records are
   produced to a fresh topic first, then a fresh group of that many nodes
   reads it; ``records_per_s`` = records applied after every node holds a
@@ -28,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 import time
@@ -51,6 +59,58 @@ def clustered(n: int, seed: int, centres: int = 1000) -> np.ndarray:
     c = rng.standard_normal((centres, DIM)).astype(np.float32)
     x = c[rng.integers(0, centres, n)] + 0.35 * rng.standard_normal((n, DIM)).astype(np.float32)
     return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def cpu_seconds(pid: int) -> float | None:
+    """User + system CPU of process ``pid`` so far (Linux ``/proc``; ``None`` elsewhere)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def measured_load(
+    port: int, bodies: list[bytes], args: argparse.Namespace, workdir: Path,
+    clients: int, pids: dict[str, int], idle_s: float = 2.0,
+) -> dict[str, Any]:  # fmt: skip
+    """``load_clients`` against ``port``, plus each process' CPU per query (idle use removed)."""
+    first = {name: cpu_seconds(pid) for name, pid in pids.items()}
+    time.sleep(idle_s)
+    before = {name: cpu_seconds(pid) for name, pid in pids.items()}
+    started = time.perf_counter()
+    result = load_clients(
+        port, "/collections/docs/points/query", bodies, clients, args.client_procs,
+        args.seconds, args.warmup, workdir,
+    )  # fmt: skip
+    wall = time.perf_counter() - started
+    after = {name: cpu_seconds(pid) for name, pid in pids.items()}
+    # requests over the whole run, warm-up included (its rate is the measured one)
+    sent = max(result["qps"] * (args.seconds + args.warmup), 1.0)
+    cost: dict[str, float] = {}
+    raw: dict[str, float] = {}
+    idle: dict[str, float] = {}
+    for name in pids:
+        if None in (first[name], before[name], after[name]):
+            continue
+        idle[name] = (before[name] - first[name]) / idle_s
+        used = after[name] - before[name]
+        raw[name] = round(1000.0 * used / sent, 3)
+        cost[name] = round(1000.0 * (used - idle[name] * wall) / sent, 3)
+
+    def per_role(values: dict[str, float]) -> dict[str, Any]:
+        return {
+            "router": values.get("router"),
+            "nodes": [values[n] for n in sorted(values) if n.startswith("node:")],
+            "direct": values.get("direct"),
+        }
+
+    # A loaded box starves the nodes' background threads during the run, so the idle
+    # correction can overshoot (even below zero): the raw figures are an upper bound.
+    result["cpu_ms_per_query"] = per_role(cost)
+    result["cpu_ms_per_query_raw"] = per_role(raw)
+    result["idle_cpu_cores"] = per_role({k: round(v, 3) for k, v in idle.items()})
+    return result
 
 
 def http_json(url: str, body: Any = None, method: str = "POST") -> Any:
@@ -156,6 +216,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--warmup", type=float, default=2.0)
     parser.add_argument("--queries", type=int, default=500)
+    parser.add_argument("--only", default="query,ingest", help="query, ingest or both")
     parser.add_argument(
         "--quick", action="store_true", help="n=5,000, ingest 10,000, nodes 1,2, 4 s per point"
     )
@@ -166,6 +227,7 @@ def main() -> None:
     args.nodes = args.nodes or "1,2,4"
     node_counts = [int(x) for x in args.nodes.split(",") if x]
     client_counts = [int(x) for x in args.clients.split(",") if x]
+    only = {x.strip() for x in args.only.split(",") if x.strip()}
     workdir = Path(tempfile.mkdtemp(prefix="vdb-bench-cluster-"))
     broker = Broker(workdir / "tansu.log")
     broker.start()
@@ -182,11 +244,12 @@ def main() -> None:
         log(f"producing {args.n} points")
         produce(broker.bootstrap, "vectors", base, 0)
         bodies = [json.dumps({"query": q.tolist(), "limit": 10}).encode() for q in queries]
-        path = "/collections/docs/points/query"
 
         direct = node(workdir, "direct", broker.bootstrap, "vectors", "direct", None)
         servers.append(direct)
-        wait(lambda: count(direct.port) == args.n, 600, "direct node caught up")
+        node_counts_query = node_counts if "query" in only else []
+        if node_counts_query:
+            wait(lambda: count(direct.port) == args.n, 600, "direct node caught up")
         router_port = free_port()
         router = Server(
             [sys.executable, "-m", "vdb", "router", "--kafka-bootstrap", broker.bootstrap,
@@ -196,7 +259,7 @@ def main() -> None:
         servers.append(router)
 
         # -- queries: router over k nodes vs one node directly
-        for k in node_counts:
+        for k in node_counts_query:
             names = [f"q{k}-{i}" for i in range(k)]
             group = [
                 node(workdir, nm, broker.bootstrap, "vectors", f"q{k}", "bench") for nm in names
@@ -204,14 +267,13 @@ def main() -> None:
             servers.extend(group)
             wait(lambda names=names: group_serving(router_port, names), 300, "group serving")
             wait(lambda: count(router_port) == args.n, 300, "router counts every point")
+            pids = {"router": router.process.pid, "direct": direct.process.pid}
+            pids.update({f"node:{nm}": s.process.pid for nm, s in zip(names, group, strict=True)})
             for clients in client_counts:
                 results = {}
                 for target, port in (("direct", direct.port), ("router", router_port)):
                     log(f"query: {k} node(s)/group, {clients} clients -> {target}")
-                    results[target] = load_clients(
-                        port, path, bodies, clients, args.client_procs, args.seconds,
-                        args.warmup, workdir,
-                    )  # fmt: skip
+                    results[target] = measured_load(port, bodies, args, workdir, clients, pids)
                 emit(
                     {
                         "bench": "cluster",
@@ -238,7 +300,7 @@ def main() -> None:
         # -- ingest: ingest_n records already in a fresh topic; a fresh group of k nodes
         # catches up; rate = records applied after the group is stable / time to the end
         one_node_rate = None
-        for k in node_counts:
+        for k in node_counts if "ingest" in only else []:
             topic = f"ingest-{k}"
             admin = KafkaAdminClient(bootstrap_servers=broker.bootstrap)
             admin.create_topics([NewTopic(topic, PARTITIONS, 1)])
