@@ -118,3 +118,19 @@ def test_a_router_starting_late_does_not_revive_old_heartbeats(broker: Any, send
         assert {n.node_id for n in members.healthy_nodes()} == {"fresh"}
     finally:
         members.close()
+
+
+def test_reading_the_topic_again_does_not_bring_back_older_records() -> None:
+    """After an error the topic is read from its start again: older records are skipped."""
+    members = Membership("127.0.0.1:1", "replay", stale_s=2.0)  # not started: records by hand
+    now_ms = int(time.time() * 1000)
+    first = heartbeat.encode(beat("replay", "n", now_ms - 5_000, [0]))
+    last = heartbeat.encode(beat("replay", "n", now_ms, [0, 1]))
+    members._apply(b"n", first, historic=True)
+    members._apply(b"n", last, historic=False)  # the live beat
+    assert sorted(members.replicas("docs")) == [0, 1]
+    for record in (first, last):  # the re-read: neither replaces the live beat
+        members._apply(b"n", record, historic=True)
+        assert sorted(members.replicas("docs")) == [0, 1]
+        assert [n.node_id for n in members.healthy_nodes()] == ["n"]
+        assert members.node("n").age_s() < 1.0

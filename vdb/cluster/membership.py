@@ -17,7 +17,10 @@ restarts with its clock set back replaces its old record. The one use of the
 sender's clock is for the records a router reads while catching up with the
 topic at start: those arrived long ago, so their age is taken as the wall
 clock difference (``ts_ms`` against this machine's clock), until the node's
-next heartbeat (within its interval, 1 s) gives an arrival time. A wrong
+next heartbeat (within its interval, 1 s) gives an arrival time; and when
+the topic is read again from its beginning after an error, such a record
+replaces a node's current one only if its ``ts_ms`` is later (one node's
+timestamps compared with each other, never with this clock). A wrong
 guess costs little: a node taken for alive fails its first request and is
 retried elsewhere; one taken for stale is used again at its next beat.
 
@@ -189,6 +192,10 @@ class Membership:
                 old = self._nodes.get(node_id)
                 now = time.monotonic()
                 ts_ms = int(doc.get("ts_ms", 0) or 0)
+                if historic and old is not None and old.ts_ms >= ts_ms:
+                    # reading the topic again after an error: an older record of the node
+                    # (by its own clock) must not replace what arrived since
+                    return
                 if historic:
                     # arrived before this process read it: its age by the wall clocks
                     now -= max(0.0, time.time() - ts_ms / 1000.0)
