@@ -22,7 +22,7 @@ def _data(seed: int = 0):
     a = rng.standard_normal((N, 16)).astype(np.float32)
     b = rng.standard_normal((N, 5)).astype(np.float32)
     sparse = []
-    for i in range(N):
+    for _ in range(N):
         idx = rng.choice(60, size=int(rng.integers(1, 8)), replace=False)
         sparse.append({"indices": idx.tolist(), "values": rng.random(len(idx)).round(3).tolist()})
     return a, b, sparse
