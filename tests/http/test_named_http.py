@@ -339,3 +339,40 @@ def test_kill9_recovery_keeps_named_and_sparse_vectors(serve, tmp_path):
     assert after[1] == pytest.approx(before[1]) and after[2] == pytest.approx(before[2])
     (r,) = c2.retrieve("k9", [1], with_vectors=True)
     assert "b" not in r.vector and "a" in r.vector
+
+
+def test_empty_name_equals_bare_params(client):
+    a, _, _ = _data(4)
+    for name in ("bare", "empty"):
+        if client.collection_exists(name):
+            client.delete_collection(name)
+    params = m.VectorParams(size=8, distance=m.Distance.DOT)
+    client.create_collection("bare", vectors_config=params)
+    client.create_collection("empty", vectors_config={"": params}, sparse_vectors_config={})
+    client.upsert("bare", [m.PointStruct(id=i, vector=a[i].tolist()) for i in range(N)])
+    client.upsert("empty", [m.PointStruct(id=i, vector={"": a[i].tolist()}) for i in range(N)])
+    bare, empty = client.get_collection("bare"), client.get_collection("empty")
+    assert bare.config.params == empty.config.params
+    assert bare.config.hnsw_config == empty.config.hnsw_config
+    for q in a[:3]:
+        want = client.query_points("bare", query=q.tolist(), limit=5).points
+        got = client.query_points("empty", query=q.tolist(), using="", limit=5).points
+        assert [(p.id, p.score) for p in got] == [(p.id, p.score) for p in want]
+    assert client.retrieve("empty", [3], with_vectors=True)[0].vector == pytest.approx(
+        a[3].tolist()
+    )
+
+
+def test_query_by_point_id_uses_the_named_vector(client, server):
+    a, b, sparse = _data(5)
+    _create(client, "byid")
+    client.upsert("byid", _points(a, b, sparse))
+    got = client.query_points(
+        "byid", query=7, using="b", limit=5, search_params=m.SearchParams(exact=True)
+    )
+    want = client.query_points(
+        "byid", query=b[7].tolist(), using="b", limit=6, search_params=m.SearchParams(exact=True)
+    )
+    assert [p.id for p in got.points] == [p.id for p in want.points if p.id != 7][:5]
+    r = httpx.post(f"{server.url}/collections/byid/points/query", json={"query": 3, "using": "b"})
+    assert r.status_code == 404  # point 3 has no "b" vector
