@@ -240,3 +240,60 @@ def test_malformed_sparse_vectors_are_refused_naming_the_field(tmp_path):
         assert r.vector["s"]["indices"].tolist() == [2, 9]  # sorted on write
         hits = col.search({"indices": [2], "values": [1.0]}, k=2, using="s")
         assert [h.id for h in hits] == [2, 1]
+
+
+def test_churn_with_indexing_never_mixes_up_slots(tmp_path):
+    """Points replaced and deleted over and over while the indexer moves every name's fresh
+    rows into its graph: each name keeps exactly the last vector of each point, and a
+    point without a name is never found by that name's graph."""
+    rng = np.random.default_rng(3)
+    with vdb.open(tmp_path / "d", fresh_limit=256) as db:
+        col = db.create_collection(
+            "churn",
+            vectors={"": {"dim": 6, "metric": "l2"}, "b": {"dim": 3, "metric": "l2"}},
+            sparse_vectors={"s": {}},
+        )
+        last: dict[int, dict] = {}
+        for round_ in range(30):
+            ids = rng.choice(400, size=120, replace=False).tolist()
+            main = rng.standard_normal((120, 6)).astype(np.float32)
+            bvec = rng.standard_normal((120, 3)).astype(np.float32)
+            has_b = rng.random(120) < 0.5
+            has_main = rng.random(120) < 0.8
+            col.upsert(
+                ids,
+                vectors={
+                    "": [main[j] if has_main[j] else None for j in range(120)],
+                    "b": [bvec[j] if has_b[j] else None for j in range(120)],
+                    "s": [{"indices": [int(i) % 50], "values": [1.0]} for i in ids],
+                },
+            )
+            for j, i in enumerate(ids):
+                last[i] = {"": main[j] if has_main[j] else None, "b": bvec[j] if has_b[j] else None}
+            gone = rng.choice(400, size=20, replace=False).tolist()
+            col.delete(gone)
+            for i in gone:
+                last.pop(i, None)
+            if round_ % 10 == 9:
+                col.delete_vectors(list(last)[:10], ["b"])
+                for i in list(last)[:10]:
+                    last[i]["b"] = None
+        assert col.wait_indexed(120)
+        assert len(col) == len(last)
+        with_b = {i for i, v in last.items() if v["b"] is not None}
+        hits = col.search(np.zeros(3, np.float32), k=len(last), using="b")
+        assert {h.id for h in hits} == with_b
+        for i, v in list(last.items())[:60]:
+            (rec,) = col.get([i], with_vectors=True)
+            for name in ("", "b"):
+                if v[name] is None:
+                    assert name not in rec.vector
+                else:
+                    np.testing.assert_array_equal(rec.vector[name], v[name])
+                    hit = col.search(v[name], k=1, using=name)[0]
+                    assert hit.score == pytest.approx(0.0, abs=1e-5)
+        with_main = {i for i, v in last.items() if v[""] is not None}
+        assert {h.id for h in col.search(np.zeros(6, np.float32), k=len(last))} == with_main
+        assert {h.id for h in col.search({"indices": [7], "values": [1.0]}, k=400, using="s")} == {
+            i for i in last if i % 50 == 7
+        }

@@ -1168,8 +1168,12 @@ class Collection:
         n_allowed = None
         capacity = self._capacity()
         restrict = self._partition_mask(partitions, capacity)
-        has = None if space is None else space.has_mask(capacity)
-        if has is not None:  # points without this vector: never candidates
+        has = None
+        if space is not None and (exact or parsed is not None or restrict is not None):
+            # points without this vector are never candidates of a masked or exact search
+            # (a plain search needs no mask: they are in neither segment of this name)
+            has = space.has_mask(capacity)
+        if has is not None:
             restrict = has if restrict is None else restrict & has
         if exact:
             allowed = self._allowed(parsed, capacity, restrict)
