@@ -4,7 +4,8 @@ One collection with the default dense vector (the debian-minilm MiniLM embedding
 cosine) and a sparse vector ``text`` (hashed-token vectors of the same texts, as in
 ``bench/sparse.py``), indexed before timing. Every query runs through the Query API
 executor the HTTP layer uses (``vdb.http.hybrid.run`` on a parsed ``QueryRequest``; JSON
-parsing and the network are left out), single query, in the same run:
+parsing and the network are left out), single query, in the same run, query by query
+with the cases in turn (rotated), wall time and the thread's CPU time of each:
 
 * ``dense``: ``{"query": v, "limit": 100}``; ``sparse``: ``{"query": {"indices",
   "values"}, "using": "text", "limit": 100}`` (the work of each prefetch);
@@ -13,6 +14,7 @@ parsing and the network are left out), single query, in the same run:
 * ``dense10`` / ``sparse10``: the same single queries with ``limit`` 10.
 
 ``ratio`` = hybrid p50 / (dense p50 + sparse p50), the target being at most 1.3;
+``ratio_cpu`` the same with CPU time (steadier on a shared, loaded box);
 ``ratio_vs_top10`` divides by the two top-10 queries instead. One JSON line per run,
 with the host load.
 
@@ -33,16 +35,6 @@ from bench.common import dataset_dir, emit, host_info, log, percentiles
 from bench.sparse import documents, vectorize
 from vdb.http import hybrid
 from vdb.http import query_api as qa
-
-
-def _timed(fn, items, reps: int) -> list[float]:
-    out = []
-    for r in range(reps):
-        item = items[r % len(items)]
-        t0 = time.perf_counter()
-        fn(item)
-        out.append(time.perf_counter() - t0)
-    return out
 
 
 def run(args: argparse.Namespace) -> None:
@@ -108,12 +100,20 @@ def run(args: argparse.Namespace) -> None:
         for reqs in requests.values():  # warm every path
             for r in reqs[:5]:
                 hybrid.run(col, r)
-        times: dict[str, list[float]] = {name: [] for name in cases}
-        for _ in range(args.rounds):  # interleaved, so load changes hit every case alike
-            for name, reqs in requests.items():
-                times[name] += _timed(lambda r: hybrid.run(col, r), reqs, args.reps // args.rounds)
-        p50 = {name: percentiles(t, (50,))["p50"] for name, t in times.items()}
-        p99 = {name: percentiles(t, (99,))["p99"] for name, t in times.items()}
+        wall: dict[str, list[float]] = {name: [] for name in cases}
+        cpu: dict[str, list[float]] = {name: [] for name in cases}
+        names = list(cases)
+        for rep in range(args.reps):  # query by query, the cases in turn (rotated): load
+            order = names[rep % len(names) :] + names[: rep % len(names)]  # hits all alike
+            for name in order:
+                req = requests[name][rep % len(qtexts)]
+                c0, t0 = time.thread_time(), time.perf_counter()
+                hybrid.run(col, req)
+                wall[name].append(time.perf_counter() - t0)
+                cpu[name].append(time.thread_time() - c0)
+        p50 = {name: percentiles(t, (50,))["p50"] for name, t in wall.items()}
+        p99 = {name: percentiles(t, (99,))["p99"] for name, t in wall.items()}
+        c50 = {name: percentiles(t, (50,))["p50"] for name, t in cpu.items()}
         emit(
             {
                 "bench": "hybrid",
@@ -123,7 +123,9 @@ def run(args: argparse.Namespace) -> None:
                 "load_s": load_s,
                 **{f"{name}_ms_p50": v * 1e3 for name, v in p50.items()},
                 **{f"{name}_ms_p99": v * 1e3 for name, v in p99.items()},
+                **{f"{name}_cpu_ms_p50": v * 1e3 for name, v in c50.items()},
                 "ratio": p50["hybrid"] / (p50["dense"] + p50["sparse"]),
+                "ratio_cpu": c50["hybrid"] / (c50["dense"] + c50["sparse"]),
                 "ratio_vs_top10": p50["hybrid"] / (p50["dense10"] + p50["sparse10"]),
                 "host": host_info(),
             }
@@ -138,7 +140,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--n", type=int, default=50_000)
     parser.add_argument("--queries", type=int, default=100)
     parser.add_argument("--reps", type=int, default=400, help="timed queries per case")
-    parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--quick", action="store_true", help="20k documents, 200 timed queries")
     args = parser.parse_args(argv)
     if args.quick:
