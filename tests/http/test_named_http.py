@@ -417,3 +417,67 @@ def test_snapshot_restore_serves_the_same_named_answers(client, server, serve, t
     for row_after, row_before in zip(after, before, strict=True):
         assert [s for _, s in row_after] == pytest.approx([s for _, s in row_before], rel=1e-5)
     assert 3 not in {i for i, _ in before[0]}
+
+
+def test_bad_named_requests_are_400s_and_write_nothing(client, server):
+    a, b, sparse = _data(7)
+    _create(client, "badn")
+    client.upsert("badn", _points(a, b, sparse)[:10])
+    base = f"{server.url}/collections/badn"
+    cases = [
+        (
+            "PUT",
+            f"{server.url}/collections/badc",
+            {"vectors": {"a": {"size": 0, "distance": "Cosine"}}},
+            "size",
+        ),
+        (
+            "PUT",
+            f"{server.url}/collections/badc",
+            {"vectors": {"a": {"size": 4, "distance": "Nope"}}},
+            "distance",
+        ),
+        (
+            "PUT",
+            f"{server.url}/collections/badc",
+            {"vectors": {"x": {"size": 4, "distance": "Dot"}}, "sparse_vectors": {"x": {}}},
+            "x",
+        ),
+        (
+            "PUT",
+            f"{server.url}/collections/badc",
+            {"sparse_vectors": {"s": {"modifier": "bm25"}}},
+            "modifier",
+        ),
+        (
+            "PUT",
+            base + "/points",
+            {"points": [{"id": 1, "vector": {"a": [1.0, 2.0]}}]},
+            "dimension",
+        ),
+        ("PUT", base + "/points", {"points": [{"id": 1, "vector": {"zz": [1.0]}}]}, "zz"),
+        (
+            "POST",
+            base + "/points/query",
+            {"query": {"indices": [1], "values": [1.0]}, "using": "a"},
+            "dense",
+        ),
+        ("POST", base + "/points/query", {"query": [1.0] * 8, "using": "s"}, "sparse"),
+        ("POST", base + "/points", {"ids": [1], "with_vector": ["nope"]}, "nope"),
+        ("POST", base + "/points/query", {"query": {"fusion": "rrf"}}, "prefetch"),
+        (
+            "PUT",
+            base + "/points/vectors",
+            {"points": [{"id": 1, "vector": {"b": [1.0]}}]},
+            "dimension",
+        ),
+        ("POST", base + "/points/vectors/delete", {"points": [1], "vector": ["zz"]}, "zz"),
+    ]
+    for method, url, body, word in cases:
+        r = httpx.request(method, url, json=body, timeout=60)
+        assert r.status_code == 400, (body, r.text)
+        assert word in r.json()["status"]["error"], (body, r.text)
+    assert not client.collection_exists("badc")
+    assert client.count("badn").count == 10
+    (r1,) = client.retrieve("badn", [1], with_vectors=True)
+    assert set(r1.vector) == {"a", "b", "s"}
