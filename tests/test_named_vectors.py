@@ -297,3 +297,18 @@ def test_churn_with_indexing_never_mixes_up_slots(tmp_path):
         assert {h.id for h in col.search({"indices": [7], "values": [1.0]}, k=400, using="s")} == {
             i for i in last if i % 50 == 7
         }
+
+
+def test_has_vector_filters_name_the_vector(tmp_path):
+    a, b, sparse = _data()
+    with vdb.open(tmp_path / "d") as db:
+        col = _create(db)
+        _fill(col, a, b, sparse)
+        assert col.count({"must": [{"has_vector": "b"}]}) == N - len(range(0, N, 3))
+        assert col.count({"must_not": [{"has_vector": "s"}]}) == len(range(0, N, 5))
+        hits = col.search(
+            a[0], k=N, using="a", filter={"must": [{"has_vector": "b"}, {"has_vector": "s"}]}
+        )
+        assert {h.id for h in hits} == {i for i in range(N) if i % 3 and i % 5}
+        with pytest.raises(InvalidInput, match="Not existing vector name"):
+            col.count({"must": [{"has_vector": "zz"}]})

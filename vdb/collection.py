@@ -223,7 +223,27 @@ class Collection:
     def _filter(self, filter: Any) -> Any:
         from vdb.filters import parse_filter
 
+        if filter is not None and self._spaces.named:
+            from vdb.vectors import rewrite_has_vector
+
+            filter = rewrite_has_vector(filter, self._ids_with_vector)
         return parse_filter(filter)
+
+    def _ids_with_vector(self, name: str) -> list[PointId]:
+        """The ids of the points that have the vector ``name`` (``has_vector`` filters)."""
+        space = self._spaces.resolve(name)
+        capacity = self._capacity()
+        live = self._ids.live_mask(capacity)
+        if isinstance(space, SparseSpace):
+            mask = np.zeros(capacity, bool)
+            have = space.index.live_mask()[:capacity]
+            mask[: len(have)] = have
+        else:
+            mask = space.has_mask(capacity)
+            if mask is None:
+                mask = live
+        id_list = self._ids.ids
+        return [id_list[s] for s in np.flatnonzero(mask & live).tolist() if id_list[s] is not None]
 
     def _resolve(self, point_id: Any) -> int | None:
         try:

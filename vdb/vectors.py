@@ -553,3 +553,24 @@ def strip_cache(record: dict[str, Any]) -> None:
     """Drop the decoded copies before a record is packed (they are not part of it)."""
     for key in ("_maps", "_nv", "_sv", "_vectors"):
         record.pop(key, None)
+
+
+def rewrite_has_vector(spec: Any, ids_with: Callable[[str], list[Any]]) -> Any:
+    """A filter of a named collection with ``{"has_vector": name}`` conditions turned into
+    ``{"has_id": [the points that have that vector]}`` (the filter grammar itself knows one
+    unnamed vector only); everything else is left as it is."""
+    if isinstance(spec, list):
+        return [rewrite_has_vector(item, ids_with) for item in spec]
+    if not isinstance(spec, dict):
+        return spec
+    if len(spec) == 1 and isinstance(spec.get("has_vector"), str):
+        return {"has_id": ids_with(spec["has_vector"])}
+    out = {}
+    for key, value in spec.items():
+        if key in ("must", "should", "must_not"):
+            out[key] = rewrite_has_vector(value, ids_with)
+        elif key == "min_should" and isinstance(value, dict) and "conditions" in value:
+            out[key] = {**value, "conditions": rewrite_has_vector(value["conditions"], ids_with)}
+        else:
+            out[key] = value
+    return out
