@@ -256,11 +256,6 @@ class Spaces:
             segs.wake = lambda: main.wake()
         return DenseSpace(name, spec["dim"], spec["metric"], index, segs, partial=True)
 
-    @property
-    def multi(self) -> bool:
-        """Records carry ``{name: vector}`` (not one bare vector)."""
-        return self.named
-
     def names(self) -> list[str]:
         return [*self.dense, *self.sparse]
 
