@@ -202,6 +202,7 @@ CORE = {
     "vdb.progress",
     "vdb.segments",
     "vdb.fusion",
+    "vdb.vectors",
 }
 COMMANDS = {"vdb.cli", "vdb.__main__", "vdb.admin"}
 STDLIB = set(sys.stdlib_module_names) | {"__future__"}

@@ -27,6 +27,7 @@ id deletes it).
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import threading
@@ -43,6 +44,7 @@ from vdb.errors import CollectionNotFound, DimensionMismatch, InvalidInput, Poin
 from vdb.ids import IdMap, normalize_id, normalize_ids, sort_key
 from vdb.segments import DEFAULT_FRESH_LIMIT, Segments
 from vdb.types import DeadLetter, Delete, Hit, PointId, Record, Upsert
+from vdb.vectors import SparseSpace, _named_row, _sparse_row, main_row
 from vdb.wal.store import pack, unpack
 
 if TYPE_CHECKING:
@@ -122,6 +124,10 @@ class Collection:
         self.metric: str = config["metric"]
         self._index = index
         self._segs = Segments(index, int(config.get("fresh_limit") or DEFAULT_FRESH_LIMIT))
+        from vdb.vectors import Spaces
+
+        # every vector name over the same slots (the default one is _index / _segs)
+        self._spaces = Spaces(config, index, self._segs, self._named_index)
         self._ids = ids
         self._payloads = payloads
         self._generation = 0
@@ -142,46 +148,71 @@ class Collection:
             raise CollectionNotFound(f"collection {self.name!r} was dropped")
         self._db._check_open()
 
-    def _vectors(self, vectors: Any, n: int | None, what: str = "vectors") -> np.ndarray:
+    def _named_index(self, spec: dict[str, Any], i: int) -> Any:
+        """A new, empty graph for the named dense vector ``spec`` (the ``i``-th name)."""
+        from vdb.index import HNSW
+
+        quant = spec.get("quantization")
+        path = getattr(self._db, "path", None)
+        return HNSW(
+            int(spec["dim"]),
+            metric=index_metric(spec["metric"]),
+            M=int(spec["M"]),
+            ef_construction=int(spec["ef_construction"]),
+            capacity=1024,
+            seed=int(self.uid) * 131 + i + 1,
+            ef=int(self.config.get("ef", 64)),
+            quantization=quant["type"] if quant else None,
+            quantile=quant.get("quantile") if quant else None,
+            on_disk=str(path) if spec.get("on_disk") and path is not None else False,
+        )
+
+    def _check_dense(self, space: Any, rows: Any, n: int, what: str) -> np.ndarray:
+        return self._vectors(rows, n, what, space=space)
+
+    def _vectors(
+        self, vectors: Any, n: int | None, what: str = "vectors", *, space: Any = None
+    ) -> np.ndarray:
         """Validate vectors: ``[n, dim]`` float32, finite (normalised for cosine).
 
         For l2 and ip the squared norm must be at most ``MAX_SQUARED_NORM``
         (float32 max / 4, a norm of about 9.2e18), so that every score between
-        two accepted vectors is finite in float32.
+        two accepted vectors is finite in float32. ``space``: a named dense
+        vector (its dimension and metric), default the collection's own.
         """
+        dim = self.dim if space is None else space.dim
+        metric = self.metric if space is None else space.metric
         try:
             arr = np.asarray(vectors, dtype=np.float32)
         except (TypeError, ValueError) as exc:
             raise InvalidInput(f"{what}: not a numeric array ({exc})") from None
-        if arr.ndim == 1 and (n is None or n == 1) and arr.size == self.dim:
+        if arr.ndim == 1 and (n is None or n == 1) and arr.size == dim:
             arr = arr.reshape(1, -1)
         if arr.ndim != 2:
-            if arr.ndim == 1 and arr.size != self.dim:
+            if arr.ndim == 1 and arr.size != dim:
                 raise DimensionMismatch(
-                    f"{what}: collection {self.name!r} has dimension {self.dim}, got a vector of {arr.size}"
+                    f"{what}: collection {self.name!r} has dimension {dim}, got a vector of {arr.size}"
                 )
-            raise InvalidInput(
-                f"{what}: expected a 2-D array [n, {self.dim}], got shape {arr.shape}"
-            )
-        if arr.shape[1] != self.dim:
+            raise InvalidInput(f"{what}: expected a 2-D array [n, {dim}], got shape {arr.shape}")
+        if arr.shape[1] != dim:
             raise DimensionMismatch(
-                f"{what}: collection {self.name!r} has dimension {self.dim}, got {arr.shape[1]}"
+                f"{what}: collection {self.name!r} has dimension {dim}, got {arr.shape[1]}"
             )
         if n is not None and arr.shape[0] != n:
             raise InvalidInput(f"{what}: {arr.shape[0]} vectors for {n} ids")
         if not np.isfinite(arr).all():
             bad = int(np.flatnonzero(~np.isfinite(arr).all(axis=1))[0])
             raise InvalidInput(f"{what}: vector {bad} contains NaN or infinity")
-        if self.metric != "cosine" and arr.size and _too_big(arr, self.dim):
+        if metric != "cosine" and arr.size and _too_big(arr, dim):
             squared = np.einsum("ij,ij->i", arr.astype(np.float64), arr.astype(np.float64))
             if (squared > MAX_SQUARED_NORM).any():
                 bad = int(np.flatnonzero(squared > MAX_SQUARED_NORM)[0])
                 raise InvalidInput(
-                    f"{what}: vector {bad} is too large for {self.metric}: its squared norm "
+                    f"{what}: vector {bad} is too large for {metric}: its squared norm "
                     f"{squared[bad]:.3g} exceeds {MAX_SQUARED_NORM:.3g} (a quarter of the float32 "
                     "maximum), so its distances would overflow float32"
                 )
-        if self.metric == "cosine":
+        if metric == "cosine":
             norms = np.linalg.norm(arr.astype(np.float64), axis=1)
             if (norms == 0).any():
                 bad = int(np.flatnonzero(norms == 0)[0])
@@ -192,7 +223,27 @@ class Collection:
     def _filter(self, filter: Any) -> Any:
         from vdb.filters import parse_filter
 
+        if filter is not None and self._spaces.named:
+            from vdb.vectors import rewrite_has_vector
+
+            filter = rewrite_has_vector(filter, self._ids_with_vector)
         return parse_filter(filter)
+
+    def _ids_with_vector(self, name: str) -> list[PointId]:
+        """The ids of the points that have the vector ``name`` (``has_vector`` filters)."""
+        space = self._spaces.resolve(name)
+        capacity = self._capacity()
+        live = self._ids.live_mask(capacity)
+        if isinstance(space, SparseSpace):
+            mask = np.zeros(capacity, bool)
+            have = space.index.live_mask()[:capacity]
+            mask[: len(have)] = have
+        else:
+            mask = space.has_mask(capacity)
+            if mask is None:
+                mask = live
+        id_list = self._ids.ids
+        return [id_list[s] for s in np.flatnonzero(mask & live).tolist() if id_list[s] is not None]
 
     def _resolve(self, point_id: Any) -> int | None:
         try:
@@ -235,6 +286,69 @@ class Collection:
 
     def _vector_of(self, slot: int) -> np.ndarray:
         return self._segs.get_vectors(np.array([slot]))[0]
+
+    def _vector_out(self, slot: int, spec: Any) -> Any:
+        """What a record returns for ``with_vectors``: False → None; True → the vector (a
+        collection with named vectors: ``{name: vector}``); a list of names → those names."""
+        if spec is None or spec is False:
+            return None
+        if spec is True:
+            return self._spaces.vectors_of(slot) if self._spaces.named else self._vector_of(slot)
+        if isinstance(spec, str):
+            spec = [spec]
+        if not self._spaces.named:
+            return {name: self._vector_of(slot) for name in spec if name == ""}
+        return self._spaces.vectors_of(slot, [n for n in spec if n in self._spaces.names()])
+
+    def _search_sparse(
+        self,
+        space: SparseSpace,
+        vectors: Any,
+        k: int,
+        filter: Any,
+        with_payload: bool,
+        with_vectors: Any,
+        score_threshold: float | None,
+        partitions: Sequence[int] | None,
+    ) -> list[Hit] | list[list[Hit]]:
+        """Exact dot-product top-k over a sparse vector name (see ``search``)."""
+        if vectors is None:
+            raise InvalidInput("search needs a sparse query vector")
+        single = not isinstance(vectors, list)
+        queries = [vectors] if single else list(vectors)
+        if isinstance(k, bool) or not isinstance(k, int | np.integer) or k < 1:
+            raise InvalidInput(f"k must be a positive integer, got {k!r}")
+        k = min(int(k), max(1, len(self._ids)))
+        parsed = self._filter(filter)
+        if score_threshold is not None:
+            score_threshold = float(score_threshold)
+        index = space.index
+        result = None
+        for attempt in range(SEARCH_RETRIES + 1):
+            locked = attempt == SEARCH_RETRIES
+            lock = self._apply_lock if locked else contextlib.nullcontext()
+            with lock:
+                generation = None if locked else self._generation
+                capacity = self._capacity()
+                restrict = self._partition_mask(partitions, capacity)
+                allowed = None
+                if parsed is not None or restrict is not None:
+                    allowed = self._allowed(parsed, capacity, restrict)
+                elif generation is not None and generation % 2:
+                    allowed = self._ids.live_mask(capacity)
+                try:
+                    slots, scores = index.search(queries, k, allowed=allowed)
+                except ValueError as exc:
+                    raise InvalidInput(f"query: {exc}") from None
+                result = self._hits(
+                    slots, scores, with_payload, with_vectors, score_threshold, generation, False
+                )
+            if result is not None:
+                break
+            if attempt == 0:
+                self.search_retries += 1
+        assert result is not None
+        return result[0] if single else result
 
     def _capacity(self) -> int:
         """Slots the id map covers (masks over slots have this length)."""
@@ -281,12 +395,104 @@ class Collection:
             vectors, payloads = _embed_documents(
                 self, vectors, documents, payloads, n, store_documents
             )
+        if isinstance(vectors, dict) or self._spaces.named:
+            # named vectors: {name: column}; a bare array is the default vector's column
+            columns = vectors if isinstance(vectors, dict) else {"": vectors}
+            return self._write_named(point_ids, columns, payloads)
         arr = self._vectors(vectors, n)
         ops = [
             Upsert(point_ids[i], arr[i], None if payloads is None else payloads[i])
             for i in range(n)
         ]
         return self.apply(ops, _validated=True)
+
+    def _write_named(
+        self, point_ids: list[PointId], columns: dict[str, Any], payloads: list[Any] | None
+    ) -> int:
+        """Upsert points with named vectors (``{name: column}``, see ``Spaces.encode``)."""
+        n = len(point_ids)
+        fields = self._named_fields(columns, n)
+        last = {point_id: i for i, point_id in enumerate(point_ids)}  # the last one wins
+        keep = sorted(last.values())
+        if len(keep) < n:
+            fields = self._named_fields(_take_columns(columns, keep), len(keep))
+            point_ids = [point_ids[i] for i in keep]
+            if payloads is not None:
+                payloads = [payloads[i] for i in keep]
+        record = {
+            "t": "w",
+            "c": self.uid,
+            "u": point_ids,
+            "p": [
+                canonical_payload(None if payloads is None else payloads[i], f"payloads[{i}]")
+                for i in range(len(point_ids))
+            ],
+            "pt": None,
+            "d": [],
+            **fields,
+        }
+        return self._submit_record(record, len(point_ids))["seq"]
+
+    def _named_fields(self, columns: dict[str, Any], n: int) -> dict[str, Any]:
+        """Validated WAL fields of named vectors; a collection without named vectors stores
+        its records exactly as before (every point must then have the default vector)."""
+        fields = self._spaces.encode(columns, n, self._check_dense)
+        if not self._spaces.named:
+            if len(fields["dm"]) != n or fields.get("nv") or fields.get("sv"):
+                raise InvalidInput(
+                    f"vectors: collection {self.name!r} has one vector per point; every point "
+                    "needs it"
+                )
+            del fields["dm"]
+        return fields
+
+    def _submit_record(self, record: dict[str, Any], n_ops: int, **options: Any) -> Any:
+        """Pack (without the decoded copies, keys starting with ``_``) and submit a record."""
+        try:
+            data = pack({k: v for k, v in record.items() if not k.startswith("_")})
+        except (TypeError, ValueError, OverflowError) as exc:
+            raise InvalidInput(f"batch cannot be encoded: {exc}") from None
+        if "_vectors" not in record and record.get("t") == "w":
+            record["_vectors"] = np.frombuffer(record["v"], np.float32).reshape(-1, self.dim)
+        return self._submit(
+            WriteRequest("record", record=record, data=data, n_ops=n_ops, **options)
+        )
+
+    def update_vectors(self, ids: Any, vectors: dict[str, Any]) -> int:
+        """Replace the given named vectors of existing points, keeping their other vectors and
+        payload (Qdrant's ``update_vectors``); returns how many points were updated.
+        ``vectors``: ``{name: column}`` as for ``upsert``; missing ids are skipped."""
+        point_ids = normalize_ids(ids)
+        if not point_ids:
+            self._check_open()
+            return 0
+        fields = self._spaces.encode(vectors, len(point_ids), self._check_dense)
+        if not self._spaces.named and len(fields["dm"]) != len(point_ids):
+            raise InvalidInput("vectors: every point needs the default vector")
+        record = {"t": "uv", "c": self.uid, "ids": point_ids, "del": [], **fields}
+        return self._submit_record(record, len(point_ids))["updated"]
+
+    def delete_vectors(
+        self, ids: Any = None, names: Sequence[str] = (), *, filter: Any = None
+    ) -> int:
+        """Take the named vectors ``names`` away from points (by ids and/or filter), keeping the
+        points, their payloads and other vectors (Qdrant's ``delete_vectors``)."""
+        if isinstance(names, str):
+            names = [names]
+        names = list(names)
+        for name in names:
+            self._spaces.resolve(name)
+        if not self._spaces.named and names:
+            raise InvalidInput(
+                f"collection {self.name!r} has one vector per point: it cannot be deleted"
+            )
+        point_ids = self._ids_for(ids, filter)
+        if not point_ids or not names:
+            self._check_open()
+            return 0
+        record = {"t": "uv", "c": self.uid, "ids": point_ids, "del": names, "dm": []}
+        record["v"] = b""
+        return self._submit_record(record, len(point_ids))["updated"]
 
     def apply(
         self,
@@ -338,6 +544,27 @@ class Collection:
         del_ids = [normalized_ids[i] for i in keep if isinstance(ops[i], Delete)]
 
         record: dict[str, Any] | None = None
+        named = self._spaces.named or any(isinstance(ops[i].vector, dict) for i in up_pos)
+        if named and up_pos:
+            columns: dict[str, list[Any]] = {}
+            for j, i in enumerate(up_pos):
+                vec = ops[i].vector
+                for name, value in (vec if isinstance(vec, dict) else {"": vec}).items():
+                    columns.setdefault(name, [None] * len(up_pos))[j] = value
+            record = {
+                "t": "w",
+                "c": self.uid,
+                "u": [normalized_ids[i] for i in up_pos],
+                "p": [canonical_payload(ops[i].payload, f"operation {i}") for i in up_pos],
+                "pt": None,
+                "d": del_ids,
+                **self._named_fields(columns, len(up_pos)),
+            }
+            partitions = [_partition(ops[i].partition, i) for i in up_pos]
+            record["pt"] = partitions if any(p is not None for p in partitions) else None
+            return self._submit_record(
+                record, len(keep), source_offsets=offsets, dead_letters=letters
+            )["seq"]
         if up_pos or del_ids:
             up_ids = [normalized_ids[i] for i in up_pos]
             if up_pos:
@@ -650,9 +877,12 @@ class Collection:
             new_ids.append(point_id)
             new_src.append(src)
             old_slots.append(idmap.get(point_id))
+        spaces = self._spaces
         if not new_src:
             if gone:
                 segs.remove(gone)
+                spaces.main.mark(gone, False)
+                spaces.remove(gone)
             return results
 
         # one matrix of every record's vectors; a (record, position) pair is a row of it
@@ -667,9 +897,23 @@ class Collection:
             starts.append(total)
             total += len(vectors)
         allvec = np.concatenate(mats) if len(mats) > 1 else mats[0]
-        rows = np.fromiter((starts[r] + pos for r, pos in new_src), np.int64, len(new_src))
         slots = segs.allocate(len(new_src))
-        segs.append(slots, allvec[rows])
+        if any("dm" in record for record, _ in items):  # named vectors: some lack the default
+            rows = np.fromiter(
+                (
+                    starts[r] + row if (row := main_row(items[r][0], pos)) >= 0 else -1
+                    for r, pos in new_src
+                ),
+                np.int64,
+                len(new_src),
+            )
+            have = rows >= 0
+            segs.append(slots[have], allvec[rows[have]])
+            spaces.main.mark(slots[have], True)
+            spaces.append(items, new_src, slots)
+        else:
+            rows = np.fromiter((starts[r] + pos for r, pos in new_src), np.int64, len(new_src))
+            segs.append(slots, allvec[rows])
         for point_id, (r, pos), slot, old in zip(
             new_ids, new_src, slots.tolist(), old_slots, strict=True
         ):
@@ -685,7 +929,60 @@ class Collection:
                 gone.append(old)
         if gone:
             segs.remove(gone)
+            spaces.main.mark(gone, False)
+            spaces.remove(gone)
         return results
+
+    def _apply_vector_update(
+        self, record: dict[str, Any], seq: int, generation: int
+    ) -> dict[str, Any]:
+        """A ``"uv"`` record (update_vectors / delete_vectors): each existing point is written
+        again at a new slot with its payload, its other vectors and the changed ones, as one
+        upsert (so the segments' rule holds: a slot's vectors never change)."""
+        spaces = self._spaces
+        names = spaces.names()
+        dropped = set(record.get("del") or ())
+        ids, payloads, parts, current = [], [], [], []
+        for pos, point_id in enumerate(record["ids"]):
+            slot = self._ids.get(point_id)
+            if slot is None:
+                continue
+            vecs = spaces.vectors_of(slot) if spaces.named else {"": self._vector_of(slot)}
+            for name in dropped:
+                vecs.pop(name, None)
+            for name in names:
+                if name == "":
+                    row = main_row(record, pos)
+                    if row >= 0:
+                        vecs[""] = record["_vectors"][row]
+                    continue
+                got = (
+                    _sparse_row(record, name, pos)
+                    if name in spaces.sparse
+                    else _named_row(record, name, pos, spaces.dense[name].dim)
+                )
+                if got is not None:
+                    vecs[name] = got
+            ids.append(point_id)
+            payloads.append(self._payloads.get(slot))
+            part = int(self._ids.partitions[slot])
+            parts.append(None if part < 0 else part)
+            current.append(vecs)
+        if not ids:
+            return {"updated": 0}
+        columns: dict[str, list[Any]] = {}
+        for j, vecs in enumerate(current):
+            for name, value in vecs.items():
+                columns.setdefault(name, [None] * len(ids))[j] = value
+        fields = spaces.encode(columns, len(ids), None)  # stored vectors: valid already
+        if not spaces.named:
+            del fields["dm"]
+        write = {
+            "t": "w", "u": ids, "p": payloads, "d": [],
+            "pt": parts if any(p is not None for p in parts) else None, **fields,
+        }  # fmt: skip
+        self._apply_writes([(write, seq)], generation)
+        return {"updated": len(ids)}
 
     def wait_indexed(self, timeout: float | None = None) -> bool:
         """Block until every point written so far is in the graph (the fresh segment is
@@ -696,24 +993,37 @@ class Collection:
         """
         self._check_open()
         deadline = None if timeout is None else time.monotonic() + timeout
-        segs = self._segs
-        while segs.has_work() or segs.has_doomed_linking:
-            self._check_open()  # CollectionNotFound / DatabaseClosed: nothing to wait for
-            if deadline is not None and time.monotonic() >= deadline:
-                return False
-            segs.wake()
-            time.sleep(0.005)
+        for segs in self._all_segments():
+            while segs.has_work() or segs.has_doomed_linking:
+                self._check_open()  # CollectionNotFound / DatabaseClosed: nothing to wait for
+                if deadline is not None and time.monotonic() >= deadline:
+                    return False
+                segs.wake()
+                time.sleep(0.005)
         return True
 
-    def _index_once(self) -> int:
-        """One indexer cycle (called by the database's indexer thread)."""
-        return self._segs.index_once(self._apply_lock)
+    def _index_once(self, segs: Segments | None = None) -> int:
+        """One indexer cycle of ``segs`` (default: the default vector's), called by the
+        database's indexer thread."""
+        return (segs or self._segs).index_once(self._apply_lock)
+
+    def _all_segments(self) -> list[Segments]:
+        """The segments of every dense vector name (the indexer works through them)."""
+        return self._spaces.all_segments()
+
+    def _vectors_dirty(self) -> bool:
+        """A graph changed since the last checkpoint capture."""
+        return self._segs.dirty or self._spaces.dirty()
 
     def _apply_locked(self, record: dict[str, Any], seq: int, generation: int) -> dict[str, Any]:
         if record["t"] == "w":
             result = self._apply_writes([(record, seq)], generation)[0]
         elif record["t"] == "pl":
             result = self._apply_payload(record, generation)
+        elif record["t"] == "uv":
+            if "_vectors" not in record:
+                record["_vectors"] = np.frombuffer(record["v"], np.float32).reshape(-1, self.dim)
+            result = self._apply_vector_update(record, seq, generation)
         elif record["t"] == "ix":
             if record["op"] == "create":
                 self._payloads.create_index(record["field"], record["schema"])
@@ -776,6 +1086,7 @@ class Collection:
         text: Any = None,
         partitions: Sequence[int] | None = None,
         quantization: dict[str, Any] | None = None,
+        using: str | None = None,
     ) -> list[Hit] | list[list[Hit]]:
         """Nearest points to one query (1-D: a list of hits) or a batch (2-D: a list of lists).
 
@@ -790,8 +1101,19 @@ class Collection:
         (scale-out: a node answers for the partitions a router asks of it).
         ``quantization`` (``{"ignore", "rescore", "oversampling"}``, each
         optional) tunes the search of an int8 collection; see ``HNSW.search``.
+        ``using``: the vector name to search (default ``""``, the default vector); a
+        sparse name takes sparse queries (``{"indices", "values"}``, an ``(indices,
+        values)`` tuple or an object with those attributes; a list of them is a batch)
+        and scores by dot product, exactly. ``with_vectors``: True or a list of names.
         """
         self._check_open()
+        space = self._spaces.resolve(using) if (using or self._spaces.named) else None
+        if space is not None and space is not self._spaces.main and isinstance(space, SparseSpace):
+            return self._search_sparse(
+                space, vectors, k, filter, with_payload, with_vectors, score_threshold, partitions
+            )
+        if space is self._spaces.main:
+            space = None if not self._spaces.named else space
         qopts = _quantization_search(quantization)
         if text is not None or vectors is None:
             vectors = _embed_query(self, vectors, text)
@@ -800,7 +1122,9 @@ class Collection:
         except (TypeError, ValueError) as exc:
             raise InvalidInput(f"query: not a numeric array ({exc})") from None
         single = arr.ndim == 1
-        queries = self._vectors(arr.reshape(1, -1) if single else arr, None, what="query")
+        queries = self._vectors(
+            arr.reshape(1, -1) if single else arr, None, what="query", space=space
+        )
         if isinstance(k, bool) or not isinstance(k, int | np.integer) or k < 1:
             raise InvalidInput(f"k must be a positive integer, got {k!r}")
         k = min(int(k), max(1, len(self._ids)))  # no point asking the index for more
@@ -821,7 +1145,7 @@ class Collection:
             generation = self._generation
             result = self._search_once(
                 queries, k, ef, parsed, with_payload, with_vectors, score_threshold, generation,
-                exact, partitions, qopts,
+                exact, partitions, qopts, space,
             )  # fmt: skip
             if result is not None:
                 break
@@ -832,7 +1156,7 @@ class Collection:
             with self._apply_lock:
                 result = self._search_once(
                     queries, k, ef, parsed, with_payload, with_vectors, score_threshold, None,
-                    exact, partitions, qopts,
+                    exact, partitions, qopts, space,
                 )  # fmt: skip
         return result[0] if single else result
 
@@ -849,23 +1173,33 @@ class Collection:
         exact: bool = False,
         partitions: Sequence[int] | None = None,
         qopts: dict[str, Any] | None = None,
+        space: Any = None,
     ) -> list[list[Hit]] | None:
         """One attempt; ``None`` when a returned slot changed after ``generation``.
 
         ``exact``: scan the live, filter-allowed slots instead of walking the graph.
+        ``space``: a named dense vector (default: the default vector).
         """
         nq = len(queries)
         if len(self._ids) == 0:
             return [[] for _ in range(nq)]
+        segs = self._segs if space is None else space.segs
         allowed = None
         n_allowed = None
         capacity = self._capacity()
         restrict = self._partition_mask(partitions, capacity)
+        has = None
+        if space is not None and (exact or parsed is not None or restrict is not None):
+            # points without this vector are never candidates of a masked or exact search
+            # (a plain search needs no mask: they are in neither segment of this name)
+            has = space.has_mask(capacity)
+        if has is not None:
+            restrict = has if restrict is None else restrict & has
         if exact:
             allowed = self._allowed(parsed, capacity, restrict)
             if not allowed.any():
                 return [[] for _ in range(nq)]
-            slots, scores = self._exact(queries, k, allowed)
+            slots, scores = self._exact(queries, k, allowed, space)
         elif parsed is not None or restrict is not None:
             allowed = self._allowed(parsed, capacity, restrict)
             n_allowed = int(allowed.sum())
@@ -877,15 +1211,30 @@ class Collection:
             # deleted are not returned half-done and the search need not retry.
             allowed = self._ids.live_mask(capacity)
         if not exact:
-            slots, scores = self._segs.search(
-                queries, k, ef, allowed, self._ids.live, **(qopts or {})
-            )
+            slots, scores = segs.search(queries, k, ef, allowed, self._ids.live, **(qopts or {}))
         if n_allowed is not None:
             want = min(k, n_allowed)
             for row in range(nq):
                 if int((slots[row] >= 0).sum()) < want:
-                    row_slots, row_scores = self._exact(queries[row : row + 1], k, allowed)
+                    row_slots, row_scores = self._exact(queries[row : row + 1], k, allowed, space)
                     slots[row], scores[row] = row_slots[0], row_scores[0]
+        metric = self.metric if space is None else space.metric
+        return self._hits(
+            slots, scores, with_payload, with_vectors, score_threshold, generation, metric == "l2"
+        )
+
+    def _hits(
+        self,
+        slots: np.ndarray,
+        scores: np.ndarray,
+        with_payload: bool,
+        with_vectors: Any,
+        score_threshold: float | None,
+        generation: int | None,
+        ascending: bool,
+    ) -> list[list[Hit]] | None:
+        """Slots and scores of a search → hits (``None``: a slot changed, search again)."""
+        nq = len(slots)
         id_list = self._ids.ids
         out: list[list[Hit]] = []
         for row in range(nq):
@@ -902,14 +1251,16 @@ class Collection:
                     if generation is None:
                         continue
                     return None
-                if score_threshold is not None and not self._passes(score, score_threshold):
+                if score_threshold is not None and not (
+                    score <= score_threshold if ascending else score >= score_threshold
+                ):
                     continue
                 hits.append(
                     Hit(
                         point_id,
                         float(score),
                         self._payloads.get(slot) if with_payload else None,
-                        self._vector_of(slot) if with_vectors else None,
+                        self._vector_out(slot, with_vectors),
                     )
                 )
             out.append(hits)
@@ -921,7 +1272,7 @@ class Collection:
         return score <= threshold if self.metric == "l2" else score >= threshold
 
     def _exact(
-        self, queries: np.ndarray, k: int, allowed: np.ndarray
+        self, queries: np.ndarray, k: int, allowed: np.ndarray, space: Any = None
     ) -> tuple[np.ndarray, np.ndarray]:
         """Exact top-k of each query over the allowed live slots, by brute force.
 
@@ -935,12 +1286,13 @@ class Collection:
         candidates = np.flatnonzero(np.asarray(allowed, dtype=bool) & live)
         best_slots = np.full((nq, k), -1, dtype=np.int64)
         best_keys = np.full((nq, k), np.inf, dtype=np.float32)
-        l2 = self.metric == "l2"
-        chunk = max(256, min(65536, (1 << 22) // (self.dim + nq)))
+        segs = self._segs if space is None else space.segs
+        l2 = (self.metric if space is None else space.metric) == "l2"
+        chunk = max(256, min(65536, (1 << 22) // (segs.dim + nq)))
         with np.errstate(over="ignore", invalid="ignore"):
             for start in range(0, candidates.size, chunk):
                 cand = candidates[start : start + chunk]
-                sub = self._segs.get_vectors(cand)
+                sub = segs.get_vectors(cand)
                 if l2:  # squared distance, as the index computes it (smaller is better)
                     keys = np.empty((nq, cand.size), dtype=np.float32)
                     for row in range(nq):
@@ -999,7 +1351,7 @@ class Collection:
                 Record(
                     point_id,
                     self._payloads.get(slot) if with_payload else None,
-                    self._vector_of(slot) if with_vectors else None,
+                    self._vector_out(slot, with_vectors),
                 )
             )
         if generation is not None and self._ids.changed_since(
@@ -1072,7 +1424,7 @@ class Collection:
                     Record(
                         point_id,
                         self._payloads.get(slot) if with_payload else None,
-                        self._vector_of(slot) if with_vectors else None,
+                        self._vector_out(slot, with_vectors),
                     )
                 )
         return out, next_offset
@@ -1102,8 +1454,43 @@ class Collection:
             "on_disk": bool(self.config.get("on_disk", False)),
             "applied_seq": self.applied_seq,
             # Qdrant's colours: yellow while points wait to be indexed (still searchable)
-            "status": "yellow" if self._segs.fresh_points else "green",
+            "status": "yellow" if any(s.fresh_points for s in self._all_segments()) else "green",
             "segments": self._segs.stats(),
+            **self._vectors_info(),
+        }
+
+    def _vectors_info(self) -> dict[str, Any]:
+        """``vectors`` ({name: settings}, the default ``""`` included when it exists),
+        ``sparse_vectors`` ({name: {"modifier"}}) and ``named`` of ``info()``."""
+        config = self.config
+        vectors: dict[str, Any] = {}
+        if config.get("default_vector", True):
+            main = {
+                "dim": self.dim,
+                "metric": self.metric,
+                "M": config["M"],
+                "ef_construction": config["ef_construction"],
+            }
+            if config.get("quantization"):
+                main["quantization"] = config["quantization"]
+            if config.get("on_disk"):
+                main["on_disk"] = True
+            vectors[""] = main
+        for name, spec in (config.get("vectors") or {}).items():
+            vectors[name] = dict(spec)
+        sparse = {n: dict(spec) for n, spec in (config.get("sparse_vectors") or {}).items()}
+        counts = {n: int(len(sp.index)) for n, sp in self._spaces.sparse.items()}
+        return {
+            "vectors": vectors,
+            "sparse_vectors": sparse,
+            "named": bool(config.get("named")),
+            "vector_counts": {
+                **{
+                    n: int(len(d.index)) + d.segs.fresh_points
+                    for n, d in self._spaces.dense.items()
+                },
+                **counts,
+            },
         }
 
     def source_partition(self, point_id: Any) -> int | None:
@@ -1144,6 +1531,16 @@ def _embed_query(col: Collection, vectors: Any, text: Any) -> Any:
     from vdb.embed.documents import query_vectors
 
     return query_vectors(col.config, text)
+
+
+def _take_columns(columns: dict[str, Any], keep: list[int]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for name, column in columns.items():
+        if isinstance(column, np.ndarray):
+            out[name] = column[keep]
+        else:
+            out[name] = [column[i] for i in keep]
+    return out
 
 
 def _too_big(arr: np.ndarray, dim: int) -> bool:

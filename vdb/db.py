@@ -272,6 +272,7 @@ class Database:
         if loaded is not None:
             try:
                 col._segs.restore(loaded.fresh, np.asarray(loaded.slots, np.int64))
+                col._spaces.restore(loaded.extra, np.asarray(loaded.slots, np.int64), self.path)
             except (ValueError, KeyError, TypeError, IndexError) as exc:
                 raise CorruptData(
                     f"checkpoint of collection {config['name']!r} is inconsistent: {exc}"
@@ -367,6 +368,8 @@ class Database:
         embedder: str | None = None,
         quantization: Any = None,
         on_disk: bool = False,
+        vectors: dict[str, Any] | None = None,
+        sparse_vectors: dict[str, Any] | None = None,
         **extra: Any,
     ) -> Collection:
         """Create a collection; raises ``AlreadyExists`` if the name is taken.
@@ -381,12 +384,31 @@ class Database:
         int8 codes, rescored with the float vectors. ``on_disk``: keep the
         float vectors in a memory-mapped file (codes and graph stay in RAM).
         ``extra`` keyword arguments are stored with the collection's
-        configuration (returned by ``info()["extra"]``).
+        configuration (returned by ``info()["extra"]``). ``vectors`` /
+        ``sparse_vectors``: named vectors (``vdb.vectors``), ``{name: {"dim",
+        "metric", "M", "ef_construction", "quantization", "on_disk"}}`` and
+        ``{name: {"modifier": None | "idf"}}``; the name ``""`` is the default
+        vector (then ``dim`` and ``metric`` must not be given).
         """
         self._check_open()
         validate_name(name)
         from vdb.embed.documents import collection_embedder
 
+        named: dict[str, Any] | None = None
+        if vectors is not None or sparse_vectors is not None:
+            from vdb.vectors import split_config
+
+            if dim is not None or embedder is not None:
+                raise InvalidInput("give dim (one vector) or vectors (named vectors), not both")
+            default, dense, sparse = split_config(vectors, sparse_vectors, M, ef_construction)
+            named = {"named": True, "vectors": dense, "sparse_vectors": sparse}
+            if default is None:  # a placeholder default vector: never written
+                named["default_vector"] = False
+                default = {"dim": 1, "metric": "ip", "M": M, "ef_construction": ef_construction}
+            dim, metric = default["dim"], default["metric"]
+            M, ef_construction = default["M"], default["ef_construction"]  # noqa: N806
+            quantization = default.get("quantization", quantization)
+            on_disk = default.get("on_disk", on_disk)
         embedder, dim, metric = collection_embedder(embedder, dim, metric)
         dim = _positive_int(dim, "dim", 1, 65536)
         if metric not in METRICS:
@@ -407,6 +429,8 @@ class Database:
         if embedder is not None:
             config["embedder"] = embedder
         config.update(storage_config(quantization, on_disk))  # only keys that are set
+        if named is not None:
+            config.update(named)
         try:
             pack(config)
         except (TypeError, ValueError, OverflowError) as exc:
@@ -767,7 +791,7 @@ class Database:
 
     def _changed(self, col: Collection) -> bool:
         """Written to (WAL) or re-indexed since its last checkpoint."""
-        return col.applied_seq > self._covered.get(col.uid, 0) or col._segs.dirty
+        return col.applied_seq > self._covered.get(col.uid, 0) or col._vectors_dirty()
 
     def _checkpoint_due(self, any_change: bool = False) -> bool:
         if not any(self._changed(col) for col in list(self._collections.values())):
@@ -801,16 +825,18 @@ class Database:
                 # writes a graph, so it keeps running); the indexer waits until the
                 # collection state is captured too, so graph and state agree.
                 graphs = []
+                named = []  # the named vectors' graphs, each under its own indexer lock
                 for col in changed:
                     held.enter_context(col._segs.index_lock)
                     col._segs.dirty = False
                     graphs.append(col._index.to_arrays())  # copies
+                    named.append(col._spaces.capture_graphs(held))
                 pause_start = time.perf_counter()
                 with self._write_lock:
                     seq = self._last_seq
                     captured = [
-                        _capture(col, seq, arrays)
-                        for col, arrays in zip(changed, graphs, strict=True)
+                        _capture(col, seq, arrays, extra)
+                        for col, arrays, extra in zip(changed, graphs, named, strict=True)
                     ]
                     uids = [col.uid for col in self._collections.values()]
                     wal_bytes = self._stats.wal_bytes_since_checkpoint
@@ -1032,11 +1058,18 @@ class Database:
             self._store.close()
 
 
-def _capture(col: Collection, seq: int, arrays: dict[str, np.ndarray]) -> ckpt.Captured:
+def _capture(
+    col: Collection,
+    seq: int,
+    arrays: dict[str, np.ndarray],
+    extra: dict[str, np.ndarray] | None = None,
+) -> ckpt.Captured:
     """Copy a collection's state (the writer is paused by the caller; ``arrays`` is its
-    graph, captured just before under the collection's indexer lock)."""
+    graph, captured just before under the collection's indexer lock; ``extra`` its named
+    vectors' graphs, to which their fresh rows and sparse indexes are added here)."""
     with col._apply_lock:
         fresh = col._segs.capture_fresh()
+        extra = {**(extra or {}), **col._spaces.capture_rest()}
         state = col._ids.to_state()
         payloads = _payload_copy(col._payloads)
         return ckpt.Captured(
@@ -1050,6 +1083,7 @@ def _capture(col: Collection, seq: int, arrays: dict[str, np.ndarray]) -> ckpt.C
             count=len(col._ids),
             payload_indexes=col._payloads.indexes(),
             fresh=fresh,
+            extra=extra,
         )
 
 

@@ -109,6 +109,8 @@ def _lists(result_lists: Sequence[Sequence[Hit]]) -> list[list[Hit]]:
         if isinstance(hits, dict | str) or not isinstance(hits, Sequence):
             raise ValueError(f"result_lists[{i}] must be a sequence of (id, score) hits")
         for j, hit in enumerate(hits):
+            if type(hit) is tuple and len(hit) == 2:  # the common case, without an ABC check
+                continue
             if not isinstance(hit, Sequence) or len(hit) != 2:
                 raise ValueError(f"result_lists[{i}][{j}] must be an (id, score) pair")
         out.append(list(hits))

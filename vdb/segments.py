@@ -95,8 +95,18 @@ class _View:
 class Segments:
     """The fresh segment and the graph of one collection, and the slots they share."""
 
-    def __init__(self, index: Any, fresh_limit: int = DEFAULT_FRESH_LIMIT) -> None:
+    def __init__(
+        self, index: Any, fresh_limit: int = DEFAULT_FRESH_LIMIT, owner: Segments | None = None
+    ) -> None:
         self.index = index
+        # Several vectors per point (named vectors): each name has its own Segments over the
+        # SAME slots. The first (the owner) allocates them; the others (owner=...) hold a slot
+        # while they store a vector in it, and the owner frees a slot only once every holder
+        # gave it up, so a slot is never reused while any graph still has its old vector.
+        self.owner = owner
+        self._holds: dict[int, int] = {}  # owner: slot -> other Segments still holding it
+        self._pending_free: set[int] = set()  # owner: given up here, still held elsewhere
+        self.partial = False  # points may lack this vector (named vectors)
         self.dim = int(index.dim)
         self.metric_code = flat.L2 if index.metric == "l2" else flat.IP
         self.fresh_limit = int(fresh_limit)
@@ -200,8 +210,43 @@ class Segments:
         for row, slot in enumerate(slots.tolist(), lo):
             pos[slot] = row
         buf.n = hi
+        if self.owner is not None:
+            self.owner.hold(slots)
         if self._work_since is None:
             self._work_since = time.monotonic()
+
+    def hold(self, slots: np.ndarray) -> None:
+        """(owner) Another vector of these points is stored elsewhere: keep the slots."""
+        holds = self._holds
+        for slot in slots.tolist():
+            holds[slot] = holds.get(slot, 0) + 1
+
+    def unhold(self, slot: int) -> None:
+        """(owner) Another holder gave ``slot`` up; free it if this one did already."""
+        left = self._holds.get(slot, 0) - 1
+        if left > 0:
+            self._holds[slot] = left
+            return
+        self._holds.pop(slot, None)
+        if slot in self._pending_free:
+            self._pending_free.discard(slot)
+            heapq.heappush(self._free, slot)
+
+    def _give_back(self, slot: int) -> None:
+        """This segment no longer uses ``slot``."""
+        if self.owner is not None:
+            self.owner.unhold(slot)
+        elif self._holds.get(slot):
+            self._pending_free.add(slot)
+        else:
+            heapq.heappush(self._free, slot)
+
+    def holds_slot(self, slot: int) -> bool:
+        """Whether this segment stores a vector at ``slot`` (fresh or live in the graph)."""
+        if slot in self.view.buffer.pos:
+            return True
+        index = self.index
+        return slot < int(index.used) and not index.is_deleted(slot)
 
     def _regrow(self, extra: int) -> _Buffer:
         """Copy the fresh rows into a new buffer with room for ``extra`` more; swap the view."""
@@ -224,8 +269,14 @@ class Segments:
         buf = view.buffer
         linking_end = view.start + self._linking
         hide = []
+        index = self.index
         for slot in slots:
             row = buf.pos.pop(slot, None)
+            if (
+                row is None and self.partial and (slot >= int(index.used) or index.is_deleted(slot))
+            ):  # the point had no vector here
+                self._give_back(slot)
+                continue
             if row is None:  # indexed: hidden now, deleted from the graph by the indexer
                 hide.append(slot)
                 self._doomed.append(slot)
@@ -235,7 +286,7 @@ class Segments:
                 self._doomed_linking.add(slot)
                 self._doomed.append(slot)
             else:
-                heapq.heappush(self._free, slot)
+                self._give_back(slot)
         if hide:
             self.index.hide(np.asarray(hide, np.int64))
         if self._work_since is None:
@@ -329,7 +380,7 @@ class Segments:
                 self.dirty = True
             with apply_lock:
                 for slot in doomed:
-                    heapq.heappush(self._free, slot)
+                    self._give_back(slot)
         for lo in range(0, len(slots), LINK_CHUNK):
             with self.index_lock:
                 index.add(vectors[lo : lo + LINK_CHUNK], slots=slots[lo : lo + LINK_CHUNK])
@@ -404,7 +455,7 @@ class Segments:
         occupied[: len(graph_live)] = graph_live
         occupied[slots] = True
         missing = live & ~occupied
-        if missing.any():
+        if missing.any() and not self.partial:
             raise ValueError(
                 f"{int(missing.sum())} points of the id map are in neither segment "
                 f"(first slot {int(np.flatnonzero(missing)[0])})"
@@ -412,6 +463,9 @@ class Segments:
         self._next = len(live)
         self._free = np.flatnonzero(~live).astype(np.int64).tolist()
         heapq.heapify(self._free)
+        self._holds, self._pending_free = {}, set()
+        if self.owner is not None:
+            self.owner.hold(np.flatnonzero(graph_live))
         self.view = _View(_Buffer(256, self.dim), 0)
         self.append(slots, vectors)
 
@@ -521,18 +575,19 @@ class Indexer:
             if not self._paused.is_set():
                 now = time.monotonic()
                 for c in self._collections():
-                    left = c._segs.ready(now)
-                    if left == 0.0:
-                        busy.append(c)
-                    elif c._segs.has_work():
-                        wait = min(wait, left)
+                    for segs in c._all_segments():
+                        left = segs.ready(now)
+                        if left == 0.0:
+                            busy.append((c, segs))
+                        elif segs.has_work():
+                            wait = min(wait, left)
             if not busy:
                 self._wake.wait(wait)
                 self._wake.clear()
                 continue
-            col = max(busy, key=lambda c: c._segs.backlog_age())
+            col, segs = max(busy, key=lambda cs: cs[1].backlog_age())
             try:
-                col._index_once()
+                col._index_once(segs)
             except Exception:
                 self.failures += 1
                 log.exception("indexing collection %s failed", col.name)

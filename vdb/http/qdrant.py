@@ -43,7 +43,9 @@ from starlette.routing import Route
 from vdb import telemetry
 from vdb.embed.documents import Document, embed_documents, parse_document
 from vdb.errors import CollectionNotFound, InvalidInput, NotFound, PointNotFound
+from vdb.http import hybrid
 from vdb.http import parsing as p
+from vdb.http import query_api as qa
 from vdb.http.codec import EncodedResponse, encode, envelope, parse_body, wants_msgpack
 
 log = logging.getLogger(__name__)
@@ -319,7 +321,12 @@ class QdrantApi:
         check_collection_name(name)
 
         def job(body: dict[str, Any]) -> bool:
-            self.db.create_collection(name, **parse_create_collection(body))
+            if is_named_create(body):
+                self.db.create_collection(name, **parse_named_create(body))
+            else:
+                if body.get("sparse_vectors") == {}:  # "no sparse vectors", as in Qdrant
+                    body = {k: v for k, v in body.items() if k != "sparse_vectors"}
+                self.db.create_collection(name, **parse_create_collection(body))
             return True
 
         return await self.run(request, job, write=True, body=True)
@@ -350,9 +357,50 @@ class QdrantApi:
 
         def job(body: dict[str, Any]) -> dict[str, Any]:
             view = self.view(name)
+            if view.col.config.get("named") or has_named_vectors(body):
+                ids, columns, payloads = parse_named_upsert(body, view.col)
+                if ids:
+                    view.col.upsert(ids, columns, payloads)
+                return self.update_result()
             ids, vectors, payloads = parse_upsert(body, view.dim)
             if ids:
                 view.col.upsert(ids, vectors, payloads)
+            return self.update_result()
+
+        return await self.run(request, job, write=True, body=True)
+
+    async def update_vectors(self, request: Request) -> Response:
+        """``PUT /collections/{name}/points/vectors``: replace some named vectors of points."""
+        p.parse_wait(request.query_params.get("wait"))
+        name = request.path_params["name"]
+
+        def job(body: dict[str, Any]) -> dict[str, Any]:
+            col = self.view(name).col
+            points = qa.parse_update_vectors(body, hybrid.vectors_config(col))
+            if points:
+                ids = [pv.id for pv in points]
+                columns: dict[str, list[Any]] = {}
+                for j, pv in enumerate(points):
+                    for vname, vector in pv.vectors.items():
+                        columns.setdefault(vname, [None] * len(ids))[j] = _core_vector(vector)
+                col.update_vectors(ids, columns)
+            return self.update_result()
+
+        return await self.run(request, job, write=True, body=True)
+
+    async def delete_vectors(self, request: Request) -> Response:
+        """``POST /collections/{name}/points/vectors/delete``: drop named vectors of points."""
+        p.parse_wait(request.query_params.get("wait"))
+        name = request.path_params["name"]
+
+        def job(body: dict[str, Any]) -> dict[str, Any]:
+            col = self.view(name).col
+            spec = qa.parse_delete_vectors(body, hybrid.vectors_config(col))
+            if spec.ids is not None:
+                if spec.ids:
+                    col.delete_vectors(spec.ids, spec.names)
+            else:
+                col.delete_vectors(None, spec.names, filter=spec.filter)
             return self.update_result()
 
         return await self.run(request, job, write=True, body=True)
@@ -409,8 +457,8 @@ class QdrantApi:
             fetch_payload, selector = p.parse_with_payload(
                 body.get("with_payload"), "with_payload", True
             )
-            with_vector = p.parse_with_vector(body.get("with_vector"), "with_vector", False)
             view = self.view(name)
+            with_vector = vector_spec(view.col, body.get("with_vector"))
             records = view.col.get(ids, with_payload=fetch_payload, with_vectors=with_vector)
             records = _in_partitions(view.col, records, partitions)
             return [record_out(r, fetch_payload, selector, with_vector) for r in records]
@@ -451,7 +499,7 @@ class QdrantApi:
             fetch_payload, selector = p.parse_with_payload(
                 body.get("with_payload"), "with_payload", True
             )
-            with_vector = p.parse_with_vector(body.get("with_vector"), "with_vector", False)
+            with_vector = vector_spec(self.view(name).col, body.get("with_vector"))
             records, next_offset = self.view(name).col.scroll(
                 filter=flt,
                 limit=limit,
@@ -495,14 +543,43 @@ class QdrantApi:
         def shape(points: list[dict[str, Any]]) -> dict[str, Any]:
             return {"points": points}
 
+        if await self.general_query(request, name):
+
+            def job(body: dict[str, Any]) -> dict[str, Any]:
+                request_ = qa.parse_query_request(body)
+                check_limit(request_, max_limit)
+                return {"points": hybrid.run(self.view(name).col, request_, partitions)}
+
+            return await self.run(request, job, body=False)
         return await self.run_search(request, name, parse, shape, body_required=False)
+
+    async def general_query(self, request: Request, name: str) -> bool:
+        """Whether a query takes the general path (``vdb.http.hybrid``): the collection has
+        named or sparse vectors, or the body uses prefetch, fusion, MMR or a sparse vector.
+        Everything else keeps the fast single-vector path."""
+        try:
+            if self.db.collection(name).config.get("named"):
+                return True
+        except CollectionNotFound:
+            return False  # the usual path answers the 404
+        raw = await request.body()
+        return any(marker in raw for marker in _GENERAL_MARKERS)
 
     async def query_batch(self, request: Request) -> Response:
         name = request.path_params["name"]
         partitions = partitions_param(request)
 
+        general = await self.general_query(request, name)
+
         def job(body: dict[str, Any]) -> list[dict[str, Any]]:
             searches = parse_batch(body, "QueryRequestBatch", self.config.max_batch)
+            if general:
+                col = self.view(name).col
+                out = []
+                for request_ in qa.parse_query_batch(body):
+                    check_limit(request_, self.config.max_limit)
+                    out.append({"points": hybrid.run(col, request_, partitions)})
+                return out
             queries = [
                 parse_query_request(s, f"searches[{i}]", self.config.max_limit)
                 for i, s in enumerate(searches)
@@ -525,14 +602,43 @@ class QdrantApi:
             query.partitions = partitions
             return query
 
+        if await self.general_search(request, name):
+
+            def job(body: dict[str, Any]) -> list[dict[str, Any]]:
+                request_ = hybrid.from_search_request(body, "SearchRequest")
+                check_limit(request_, max_limit)
+                return hybrid.run(self.view(name).col, request_, partitions)
+
+            return await self.run(request, job, body=True)
         return await self.run_search(request, name, parse, list, body_required=True)
+
+    async def general_search(self, request: Request, name: str) -> bool:
+        """A legacy search on the general path: named collection or a named vector."""
+        try:
+            if self.db.collection(name).config.get("named"):
+                return True
+        except CollectionNotFound:
+            return False
+        return b'"name"' in await request.body()
 
     async def search_batch(self, request: Request) -> Response:
         name = request.path_params["name"]
         partitions = partitions_param(request)
 
+        general = await self.general_search(request, name)
+
         def job(body: dict[str, Any]) -> list[list[dict[str, Any]]]:
             searches = parse_batch(body, "SearchRequestBatch", self.config.max_batch)
+            if general:
+                col = self.view(name).col
+                out = []
+                for i, s in enumerate(searches):
+                    request_ = hybrid.from_search_request(
+                        p.check_object(s, f"searches[{i}]"), f"searches[{i}]"
+                    )
+                    check_limit(request_, self.config.max_limit)
+                    out.append(hybrid.run(col, request_, partitions))
+                return out
             queries = [
                 parse_search_request(s, f"searches[{i}]", self.config.max_limit)
                 for i, s in enumerate(searches)
@@ -682,6 +788,8 @@ class QdrantApi:
             Route(c + "/points/payload/delete", self.delete_payload, methods=["POST"]),
             Route(c + "/points/payload/clear", self.clear_payload, methods=["POST"]),
             Route(c + "/points/scroll", self.scroll_points, methods=["POST"]),
+            Route(c + "/points/vectors", self.update_vectors, methods=["PUT"]),
+            Route(c + "/points/vectors/delete", self.delete_vectors, methods=["POST"]),
             Route(c + "/points/count", self.count_points, methods=["POST"]),
             Route(c + "/points/query/batch", self.query_batch, methods=["POST"]),
             Route(c + "/points/search/batch", self.search_batch, methods=["POST"]),
@@ -700,6 +808,143 @@ class QdrantApi:
 
 
 # -- request parsing ----------------------------------------------------------------
+
+
+_GENERAL_MARKERS = (b"prefetch", b"mmr", b"fusion", b"rrf", b"indices")
+
+
+def check_limit(request: qa.QueryRequest, max_limit: int) -> None:
+    if request.limit + request.offset > max_limit:
+        raise InvalidInput(f"Bad request: `limit` + `offset` must be at most {max_limit}")
+
+
+def vector_spec(col: Any, value: Any) -> Any:
+    """``with_vector`` of a read: a bool, or (named vectors) the list of names."""
+    if col.config.get("named"):
+        return hybrid.with_vector_spec(col, value)
+    return p.parse_with_vector(value, "with_vector", False)
+
+
+def is_named_create(body: dict[str, Any]) -> bool:
+    """A ``CreateCollection`` with sparse vectors, or dense vectors by names other than ``""``."""
+    if not isinstance(body, dict):
+        return False
+    if isinstance(body.get("sparse_vectors"), dict) and body["sparse_vectors"]:
+        return True
+    vectors = body.get("vectors")
+    if isinstance(vectors, dict) and "size" not in vectors and "distance" not in vectors:
+        return list(vectors) != [""]
+    return False
+
+
+def parse_named_create(body: dict[str, Any]) -> dict[str, Any]:
+    """``CreateCollection`` with named / sparse vectors → ``db.create_collection`` keywords."""
+    vectors = body.get("vectors")
+    vectors = {} if vectors is None else p.check_object(vectors, "vectors")
+    if "size" in vectors or "distance" in vectors:
+        vectors = {"": vectors}
+    quantization: dict[str, Any] = {}
+    stripped = {}
+    for vname, params in vectors.items():
+        params = p.check_object(params, f"vectors.{vname}")
+        if params.get("quantization_config") is not None:
+            quantization[vname] = parse_quantization_config(
+                params["quantization_config"], f"vectors.{vname}.quantization_config"
+            )
+        stripped[vname] = {k: v for k, v in params.items() if k != "quantization_config"}
+    config = qa.parse_collection_vectors(
+        {"vectors": stripped, "sparse_vectors": body.get("sparse_vectors")}
+    )
+    rest = {k: v for k, v in body.items() if k not in ("vectors", "sparse_vectors")}
+    # the top-level settings (hnsw_config, metadata, quantization ...) as for one vector
+    options = parse_create_collection({**rest, "vectors": {"size": 1, "distance": "Dot"}})
+    for key in ("dim", "metric", "on_disk"):
+        options.pop(key, None)
+    default_quant = options.pop("quantization", None)
+    dense = {}
+    for vname, cfg in config.dense.items():
+        spec: dict[str, Any] = {
+            "dim": cfg.size,
+            "metric": cfg.metric,
+            "M": cfg.M or options["M"],
+            "ef_construction": cfg.ef_construction or options["ef_construction"],
+        }
+        quant = quantization.get(vname, default_quant)
+        if quant is not None:
+            spec["quantization"] = quant
+        dense[vname] = spec
+    sparse = {vname: {"modifier": cfg.modifier} for vname, cfg in config.sparse.items()}
+    return {**options, "vectors": dense, "sparse_vectors": sparse}
+
+
+def has_named_vectors(body: Any) -> bool:
+    """An upsert whose vectors are maps of names (``{"": [...]}`` included)."""
+    if not isinstance(body, dict):
+        return False
+    batch = body.get("batch")
+    if isinstance(batch, dict):
+        return isinstance(batch.get("vectors"), dict)
+    points = body.get("points")
+    if not isinstance(points, list):
+        return False
+    return any(
+        isinstance(pt, dict) and isinstance(pt.get("vector"), dict) and "text" not in pt["vector"]
+        for pt in points
+    )
+
+
+def _core_vector(vector: Any) -> Any:
+    if isinstance(vector, qa.SparseVector):
+        return {"indices": vector.indices, "values": vector.values}
+    return vector
+
+
+def parse_named_upsert(body: dict[str, Any], col: Any) -> tuple[list[Any], dict[str, Any], Any]:
+    """``PointsList`` / ``PointsBatch`` with named vectors → (ids, {name: column}, payloads)."""
+    config = hybrid.vectors_config(col)
+    if "batch" in body:
+        p.check_fields(body, "PointsBatch", ("batch",), (*_SHARD, "update_filter", "update_mode"))
+        batch = p.check_object(body["batch"], "batch")
+        p.check_fields(batch, "Batch", ("ids", "vectors", "payloads"))
+        if "ids" not in batch or "vectors" not in batch:
+            raise InvalidInput("Format error in JSON body: `batch` needs `ids` and `vectors`")
+        ids = p.parse_ids(batch["ids"], "batch.ids")
+        per_point = qa.parse_batch_vectors(batch["vectors"], "batch.vectors", len(ids), config)
+        payloads = batch.get("payloads")
+        if payloads is not None:
+            if not isinstance(payloads, list) or len(payloads) != len(ids):
+                raise InvalidInput(
+                    "`batch.payloads` must be an array with one payload (or null) per id"
+                )
+            payloads = [p.parse_payload(x, f"batch.payloads[{i}]") for i, x in enumerate(payloads)]
+    else:
+        p.check_fields(body, "PointsList", ("points",), (*_SHARD, "update_filter", "update_mode"))
+        points = body.get("points")
+        if not isinstance(points, list):
+            raise InvalidInput("Format error in JSON body: expected `points` (an array) or `batch`")
+        ids, per_point, payloads = [], [], []
+        for i, point in enumerate(points):
+            point = p.check_object(point, f"points[{i}]")
+            p.check_fields(point, "PointStruct", ("id", "vector", "payload"))
+            if "id" not in point:
+                raise InvalidInput(f"Format error in JSON body: `points[{i}]` needs `id`")
+            ids.append(p.parse_id(point["id"], f"points[{i}].id"))
+            vector = point.get("vector")
+            per_point.append(
+                {}
+                if vector is None
+                else qa.parse_point_vector(vector, f"points[{i}].vector", config)
+            )
+            payloads.append(p.parse_payload(point.get("payload"), f"points[{i}].payload"))
+    columns: dict[str, list[Any]] = {}
+    for j, vecs in enumerate(per_point):
+        for vname, vector in vecs.items():
+            columns.setdefault(vname, [None] * len(ids))[j] = _core_vector(vector)
+    if not col.config.get("named") and (
+        set(columns) - {""} or any(v is None for v in columns.get("", [None]))
+    ):
+        raise InvalidInput("Wrong input: every point needs the collection's vector")
+    return ids, columns, payloads
 
 
 def check_collection_name(name: str) -> None:
@@ -1478,7 +1723,7 @@ def record_out(
         out["payload"] = selector(record.payload) if selector else (record.payload or {})
     else:
         out["payload"] = None
-    out["vector"] = record.vector if with_vector else None
+    out["vector"] = hybrid.vector_out(record.vector) if with_vector else None
     return out
 
 
@@ -1518,6 +1763,14 @@ def collection_info(info: dict[str, Any]) -> dict[str, Any]:
         config["quantization_config"] = {"scalar": scalar}
     if info.get("on_disk"):
         config["params"]["vectors"]["on_disk"] = True
+    if info.get("named"):  # named vectors: Qdrant's maps of VectorParams / SparseVectorParams
+        config["params"]["vectors"] = {
+            name: named_vector_params(spec) for name, spec in (info.get("vectors") or {}).items()
+        }
+        config["params"]["sparse_vectors"] = {
+            name: ({"modifier": "idf"} if spec.get("modifier") == "idf" else {})
+            for name, spec in (info.get("sparse_vectors") or {}).items()
+        }
     metadata = (info.get("extra") or {}).get("metadata")
     if metadata:
         config["metadata"] = metadata
@@ -1531,6 +1784,24 @@ def collection_info(info: dict[str, Any]) -> dict[str, Any]:
         "config": config,
         "payload_schema": payload_schema_out(info.get("payload_schema") or {}),
     }
+
+
+def named_vector_params(spec: dict[str, Any]) -> dict[str, Any]:
+    """One named dense vector's settings in Qdrant's ``VectorParams`` shape."""
+    out: dict[str, Any] = {
+        "size": int(spec["dim"]),
+        "distance": p.METRIC_TO_DISTANCE.get(spec["metric"], spec["metric"]),
+        "hnsw_config": {"m": int(spec["M"]), "ef_construct": int(spec["ef_construction"])},
+    }
+    quant = spec.get("quantization")
+    if quant:
+        scalar = {"type": quant["type"], "always_ram": quant.get("always_ram", True)}
+        if quant.get("quantile") is not None:
+            scalar["quantile"] = quant["quantile"]
+        out["quantization_config"] = {"scalar": scalar}
+    if spec.get("on_disk"):
+        out["on_disk"] = True
+    return out
 
 
 _SCHEMA_TYPES = frozenset(

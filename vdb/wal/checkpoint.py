@@ -54,6 +54,8 @@ class Captured:
     payload_indexes: dict[str, Any] = field(default_factory=dict)
     fresh: dict[str, np.ndarray] = field(default_factory=dict)  # the fresh segment's rows
     blobs: dict[str, tuple[bytes, dict[str, Any]]] = field(default_factory=dict)
+    # more arrays of the collection (its named vectors), stored as blobs "x/<key>"
+    extra: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 def digest(data: bytes | memoryview) -> str:
@@ -124,6 +126,8 @@ def encode(captured: Captured) -> dict[str, tuple[bytes | memoryview, dict[str, 
         blobs[f"index/{name}"] = _array_blob(arr)
     for name, arr in captured.fresh.items():
         blobs[f"fresh/{name}"] = _array_blob(arr)
+    for name, arr in captured.extra.items():
+        blobs[f"x/{name}"] = _array_blob(arr)
     blobs["idmap/slots"] = _array_blob(captured.slots)
     blobs["idmap/partitions"] = _array_blob(captured.partitions)
     ids = captured.ids
@@ -280,6 +284,7 @@ class Loaded:
     payloads: list[tuple[int, Any]]
     payload_indexes: dict[str, Any] = field(default_factory=dict)
     fresh: dict[str, np.ndarray] | None = None  # None: a checkpoint without a fresh segment
+    extra: dict[str, np.ndarray] = field(default_factory=dict)  # Captured.extra, as saved
 
 
 def load(store: Store, txn: lmdb.Transaction, uid: int, manifest: dict[str, Any]) -> Loaded | None:
@@ -290,6 +295,7 @@ def load(store: Store, txn: lmdb.Transaction, uid: int, manifest: dict[str, Any]
     gen = int(manifest["gen"])
     arrays: dict[str, np.ndarray] = {}
     fresh: dict[str, np.ndarray] = {}
+    extra: dict[str, np.ndarray] = {}
     parts: dict[str, Any] = {}
     for name, meta in blobs.items():
         data = read_blob(txn, store, uid, gen, name, meta)
@@ -301,6 +307,8 @@ def load(store: Store, txn: lmdb.Transaction, uid: int, manifest: dict[str, Any]
             arrays[name[len("index/") :]] = value
         elif name.startswith("fresh/"):
             fresh[name[len("fresh/") :]] = value
+        elif name.startswith("x/"):
+            extra[name[len("x/") :]] = value
         else:
             parts[name] = value
     try:
@@ -312,6 +320,7 @@ def load(store: Store, txn: lmdb.Transaction, uid: int, manifest: dict[str, Any]
             payloads=[(int(s), p) for s, p in parts["payloads"]],
             payload_indexes=dict(parts.get("payload_indexes") or {}),
             fresh=fresh or None,
+            extra=extra,
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise CorruptData(f"checkpoint of collection uid {uid} is incomplete: {exc}") from exc
