@@ -39,10 +39,10 @@ def test_crash_between_chunks_and_manifest_leaves_the_old_checkpoint(tmp_path):
         db.checkpoint()
         col.delete(list(range(100)))
         # a checkpoint that died after writing its chunks, before its manifest
-        from vdb.db import _capture
+        from vdb.checkpointer import capture
 
         with col._segs.index_lock, db._write_lock:
-            captured = _capture(col, db.last_seq, col._index.to_arrays())
+            captured = capture(col, db.last_seq, col._index.to_arrays())
         ckpt.write_blobs(db._store, col.uid, 999, ckpt.encode(captured))
         db.close(checkpoint=False)
     with vdb.open(tmp_path / "d") as db:
