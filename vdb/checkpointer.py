@@ -24,6 +24,7 @@ import numpy as np
 from vdb.collection import Collection
 from vdb.errors import StorageError, VdbError
 from vdb.state import State
+from vdb.types import PART_SHIFT
 from vdb.wal import checkpoint as ckpt
 from vdb.wal.store import from_u64, pack, u64, unpack
 
@@ -120,76 +121,39 @@ class Checkpointer:
                 # writes a graph, so it keeps running); the indexer waits until the
                 # collection state is captured too, so graph and state agree.
                 graphs = []
+                graph_rows = []
                 for col in changed:
                     held.enter_context(col._segs.index_lock)
                     col._segs.dirty = False
-                    graphs.append(col._index.to_arrays())  # copies
+                    arrays, rows = capture_graph(col, self._manifests.get(col.uid))
+                    graphs.append(arrays)
+                    graph_rows.append(rows)
                 pause_start = time.perf_counter()
                 with self._write_lock:
                     seq = self._state.last_seq
                     captured = [
-                        capture(col, seq, arrays)
+                        capture(col, seq, arrays, full=not _has_parts(self._manifests.get(col.uid)))
                         for col, arrays in zip(changed, graphs, strict=True)
                     ]
                     uids = [col.uid for col in self._collections.values()]
                     wal_bytes = self._stats.wal_bytes_since_checkpoint
                 pause = time.perf_counter() - pause_start
-            store = self._store
-            new_manifests: dict[int, dict[str, Any]] = {}
-            with store.read() as txn:
-                gen_raw = txn.get(b"ckpt_gen", db=store.db("meta"))
-            gen_base = from_u64(gen_raw) if gen_raw else 0
             try:
-                for i, cap in enumerate(captured):
-                    gen = gen_base + 1 + i
-                    table = ckpt.write_blobs(
-                        store, cap.uid, gen, ckpt.encode(cap), previous=self._manifests.get(cap.uid)
-                    )
-                    new_manifests[cap.uid] = ckpt.new_manifest(gen, cap, table, started)
+                installed, new_manifests = self._write(captured, uids, seq, started)
             except BaseException:
-                # e.g. the disk filled up: give the space of the partial checkpoint back
-                try:
-                    ckpt.remove_orphans(store)
-                except VdbError:
-                    log.warning("could not remove a partial checkpoint", exc_info=True)
+                # what was captured is still to be written by the next checkpoint
+                for col, cap, rows in zip(changed, captured, graph_rows, strict=True):
+                    col._ids.dirty.update(cap.id_parts)
+                    col._payloads.mark_dirty(cap.payload_parts)
+                    col._segs.mark_graph_rows(rows)
                 raise
-
-            def install(txn: lmdb.Transaction) -> dict[int, dict[str, Any]]:
-                installed = {}
-                txn.put(b"ckpt_gen", u64(gen_base + len(captured)), db=store.db("meta"))
-                live = {unpack(v)["uid"] for _, v in txn.cursor(db=store.db("collections"))}
-                for uid in uids:
-                    if uid not in live:
-                        continue
-                    manifest = new_manifests.get(uid)
-                    if manifest is not None:
-                        ckpt.delete_unreferenced(
-                            txn, store, uid, ckpt.referenced_keys(uid, manifest)
-                        )
-                    else:
-                        raw = txn.get(u64(uid), db=store.db("ckptman"))
-                        manifest = (
-                            unpack(raw)
-                            if raw
-                            else {"gen": 0, "data_seq": 0, "count": 0, "blobs": None}
-                        )
-                        manifest["covered_seq"] = seq
-                    txn.put(u64(uid), pack(manifest), db=store.db("ckptman"))
-                    installed[uid] = manifest
-                # Chunks of collections dropped meanwhile.
-                for uid in new_manifests:
-                    if uid not in live:
-                        ckpt.delete_prefix(txn, store.db("ckpt"), u64(uid))
-                ckpt.truncate_wal(txn, store, seq)
-                return installed
-
-            installed = store.write(install)
             with self._write_lock:
                 for uid, manifest in installed.items():
                     if uid in self._by_uid:
                         self._covered[uid] = int(manifest["covered_seq"])
                         self._manifests[uid] = manifest
             duration = time.perf_counter() - started
+
             stats = self._stats
             with stats.lock:
                 stats.checkpoints += 1
@@ -225,36 +189,134 @@ class Checkpointer:
                 "pause_s": pause,
             }
 
+    def _write(
+        self, captured: list[ckpt.Captured], uids: list[int], seq: int, started: float
+    ) -> tuple[dict[int, dict[str, Any]], dict[int, dict[str, Any]]]:
+        """Encode and write the captured states (no lock held), then install the manifests
+        and truncate the WAL in one transaction. Returns (installed, new manifests)."""
+        store = self._store
+        new_manifests: dict[int, dict[str, Any]] = {}
+        with store.read() as txn:
+            gen_raw = txn.get(b"ckpt_gen", db=store.db("meta"))
+        gen_base = from_u64(gen_raw) if gen_raw else 0
+        try:
+            for i, cap in enumerate(captured):
+                gen = gen_base + 1 + i
+                table = ckpt.write_blobs(
+                    store,
+                    cap.uid,
+                    gen,
+                    ckpt.encode(cap),
+                    previous=self._manifests.get(cap.uid),
+                    carry=ckpt.PART_PREFIXES,
+                )
+                new_manifests[cap.uid] = ckpt.new_manifest(gen, cap, table, started)
+        except BaseException:
+            # e.g. the disk filled up: give the space of the partial checkpoint back
+            try:
+                ckpt.remove_orphans(store)
+            except VdbError:
+                log.warning("could not remove a partial checkpoint", exc_info=True)
+            raise
 
-def capture(col: Collection, seq: int, arrays: dict[str, np.ndarray]) -> ckpt.Captured:
-    """Copy a collection's state (the writer is paused by the caller; ``arrays`` is its
-    graph, captured just before under the collection's indexer lock)."""
+        def install(txn: lmdb.Transaction) -> dict[int, dict[str, Any]]:
+            installed = {}
+            txn.put(b"ckpt_gen", u64(gen_base + len(captured)), db=store.db("meta"))
+            live = {unpack(v)["uid"] for _, v in txn.cursor(db=store.db("collections"))}
+            for uid in uids:
+                if uid not in live:
+                    continue
+                manifest = new_manifests.get(uid)
+                if manifest is not None:
+                    ckpt.delete_unreferenced(txn, store, uid, ckpt.referenced_keys(uid, manifest))
+                else:
+                    raw = txn.get(u64(uid), db=store.db("ckptman"))
+                    manifest = (
+                        unpack(raw) if raw else {"gen": 0, "data_seq": 0, "count": 0, "blobs": None}
+                    )
+                    manifest["covered_seq"] = seq
+                txn.put(u64(uid), pack(manifest), db=store.db("ckptman"))
+                installed[uid] = manifest
+            # Chunks of collections dropped meanwhile.
+            for uid in new_manifests:
+                if uid not in live:
+                    ckpt.delete_prefix(txn, store.db("ckpt"), u64(uid))
+            ckpt.truncate_wal(txn, store, seq)
+            return installed
+
+        return store.write(install), new_manifests
+
+
+GRAPH_VIEWS = ("vectors", "codes", "terms")  # per-point rows that change only when relinked
+
+
+def _has_parts(manifest: dict[str, Any] | None) -> bool:
+    """Whether ``manifest`` keeps the id map and payloads in parts of this size (so the
+    parts not touched since can be carried over)."""
+    return bool(manifest and manifest.get("blobs")) and manifest.get("parts") == PART_SHIFT
+
+
+def capture_graph(
+    col: Collection, previous: dict[str, Any] | None
+) -> tuple[dict[str, np.ndarray | ckpt.PartialArray], np.ndarray]:
+    """The graph arrays of ``col`` (the caller holds its ``index_lock``, so no link changes).
+
+    The per-point arrays (``GRAPH_VIEWS``) are not copied whole: only the chunks holding
+    rows relinked since the previous checkpoint, and its last chunk onwards (appends), are
+    copied; the rest are that checkpoint's chunks. The link arrays are copied whole
+    (inserts rewrite neighbours' lists all over the graph). Returns the arrays and the
+    rows taken (to give back if the checkpoint fails).
+    """
+    arrays: dict[str, Any] = col._index.to_arrays(views=GRAPH_VIEWS)
+    rows = col._segs.take_graph_rows()
+    old = ((previous or {}).get("blobs") or {}) if previous else {}
+    refit = False
+    if "quantizer" in arrays:  # a refit re-codes every slot
+        meta = old.get("index/quantizer")
+        refit = meta is None or meta.get("chunk_digests") != [
+            ckpt.digest(np.ascontiguousarray(arrays["quantizer"]).tobytes())
+        ]
+    for name in GRAPH_VIEWS:
+        arr = arrays.get(name)
+        if arr is None:
+            continue
+        meta = old.get(f"index/{name}")
+        if (
+            meta is None
+            or meta.get("hash") != ckpt.HASH
+            or meta.get("dtype") != arr.dtype.str
+            or list(meta.get("shape", [])[1:]) != list(arr.shape[1:])
+            or (name != "vectors" and refit)
+        ):
+            arrays[name] = arr.copy()
+        else:
+            arrays[name] = ckpt.partial_array(arr, rows, int(meta["chunks"]))
+    return arrays, rows
+
+
+def capture(col: Collection, seq: int, arrays: dict[str, Any], full: bool = False) -> ckpt.Captured:
+    """Copy what changed of a collection's state since its last checkpoint (the writer is
+    paused by the caller; ``arrays`` is its graph, captured just before under the
+    collection's indexer lock). ``full``: every part (no previous checkpoint to carry from).
+
+    O(changed): the id-map and payload parts touched since the last capture (slices and
+    references), the fresh rows' slot column; nothing is encoded here.
+    """
     with col._apply_lock:
         fresh = col._segs.capture_fresh()
-        state = col._ids.to_state()
-        payloads = _payload_copy(col._payloads)
+        id_parts = col._ids.take_dirty()
+        payload_parts = col._payloads.take_dirty()
+        if full:
+            id_parts |= col._ids.all_parts()
+            payload_parts |= id_parts
         return ckpt.Captured(
             uid=col.uid,
             seq=seq,
             arrays=arrays,
-            slots=state["slots"],
-            ids=state["ids"],
-            partitions=state["partitions"],
-            payloads=payloads,
             count=len(col._ids),
+            id_parts=col._ids.capture_parts(id_parts),
+            payload_parts=col._payloads.capture_parts(payload_parts, ckpt.MISSING),
             payload_indexes=col._payloads.indexes(),
-            fresh=fresh,
+            fresh=fresh,  # its rows are gathered by ``encode``, outside the locks
+            part_shift=PART_SHIFT,
         )
-
-
-def _payload_copy(index: Any) -> dict[int, Any] | list[tuple[int, Any]]:
-    """The payloads as ``{slot: payload}``: a shallow copy (one quick C-level dict copy).
-
-    Payloads are replaced, never mutated, once handed to the payload index, so
-    a shallow copy is a consistent capture; sorting and encoding happen later,
-    outside the writer pause (``ckpt.encode``).
-    """
-    raw = getattr(index, "_payloads", None)
-    if isinstance(raw, dict):
-        return dict(raw)
-    return list(index.items())

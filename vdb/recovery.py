@@ -79,6 +79,7 @@ def new_collection(
             index = HNSW.from_arrays(loaded.arrays, on_disk=index_storage(config, path)["on_disk"])
             ids = IdMap.from_state(loaded.slots, loaded.ids, loaded.partitions)
             payloads = PayloadIndex.from_items(loaded.payloads, indexes=loaded.payload_indexes)
+            payloads.take_dirty()  # as checkpointed: the next checkpoint carries its parts
         except (ValueError, KeyError, TypeError, IndexError) as exc:
             raise CorruptData(
                 f"checkpoint of collection {config['name']!r} cannot be loaded: {exc}"
@@ -109,7 +110,7 @@ def recover(
     started = time.perf_counter()
     ckpt.remove_orphans(state.store)
     store = state.store
-    with store.read() as txn:
+    with store.read(buffers=True) as txn:  # checkpoint chunks: no copy per get
         state.last_seq = store.last_seq(txn)
         configs = [unpack(v) for _, v in txn.cursor(db=store.db("collections"))]
         manifests = ckpt.read_manifests(store, txn)

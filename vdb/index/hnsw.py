@@ -1026,8 +1026,17 @@ class HNSW:
 
     # -- checkpoint -------------------------------------------------------------------------
 
-    def to_arrays(self) -> dict[str, np.ndarray]:
-        """The whole index as named numpy arrays (copies), for ``HNSW.from_arrays``."""
+    def to_arrays(self, views: tuple[str, ...] = ()) -> dict[str, np.ndarray]:
+        """The whole index as named numpy arrays (copies), for ``HNSW.from_arrays``.
+
+        ``views`` names per-point arrays (``vectors``, ``codes``, ``terms``) returned as
+        views of the live arrays instead of copies: a slot's row changes only when the
+        slot is (re)linked, so a caller that keeps writers out while it reads them (a
+        checkpoint copying only the rows it knows changed) needs no full copy."""
+
+        def copy(name: str, arr: np.ndarray) -> np.ndarray:
+            return arr if name in views else arr.copy()
+
         with self._write_lock, self._swap_lock:
             g = self._g
             n = int(g.state[2])
@@ -1046,7 +1055,7 @@ class HNSW:
                 params = np.concatenate([params, np.array(tail + [int(self.on_disk)], np.int64)])
             out = {
                 "params": params,
-                "vectors": g.vectors[:n].copy(),
+                "vectors": copy("vectors", g.vectors[:n]),
                 "links0": g.links0[:n].copy(),
                 "upper": g.upper[:rows].copy(),
                 "upper_off": g.upper_off[:n].copy(),
@@ -1055,8 +1064,8 @@ class HNSW:
                 "free": np.array(sorted([*self._free, *self._hidden]), np.int32),
             }
             if g.codes is not None:
-                out["codes"] = g.codes[:n].copy()
-                out["terms"] = g.terms[:n].copy()
+                out["codes"] = copy("codes", g.codes[:n])
+                out["terms"] = copy("terms", g.terms[:n])
                 out["quantizer"] = self._quantizer.to_array()
             return out
 
