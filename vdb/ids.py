@@ -214,8 +214,11 @@ class IdMap:
     def from_state(
         cls, slots: Iterable[int], ids: Iterable[PointId], partitions: Iterable[int]
     ) -> IdMap:
+        """The map from its checkpoint form: the live slots, their ids (a list, or a uint64
+        array when all are integers) and partitions. Built with numpy, not per slot."""
         slots = np.asarray(slots if isinstance(slots, np.ndarray) else list(slots), np.int64)
-        ids = list(ids)
+        int_ids = ids if isinstance(ids, np.ndarray) else None  # uint64: all integer ids
+        ids = ids.tolist() if isinstance(ids, np.ndarray) else list(ids)
         partitions = np.asarray(
             partitions if isinstance(partitions, np.ndarray) else list(partitions), np.int32
         )
@@ -227,9 +230,12 @@ class IdMap:
         if not slots.size:
             return m
         table = np.empty(len(m.ids), object)
-        held = np.empty(len(ids), object)
-        held[:] = ids  # ids stay the same Python objects (ints beyond int64, strings)
-        table[slots] = held
+        if int_ids is not None:
+            table[slots] = int_ids  # Python ints, in C
+        else:
+            held = np.empty(len(ids), object)
+            held[:] = ids  # ids stay the same Python objects (ints beyond int64, strings)
+            table[slots] = held
         m.ids = table.tolist()
         m.live[slots] = True
         m.partitions[slots] = partitions

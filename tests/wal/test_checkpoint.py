@@ -203,3 +203,24 @@ def test_a_checkpoint_writes_only_the_parts_touched_and_a_failed_one_gives_them_
         assert db.stats()["recovered_records"] == 0
         assert col.count() == 19_999 and col.get([3])[0].payload == {"i": 3, "z": 1}
         assert [[(h.id, h.score, h.payload) for h in r] for r in col.search(q, k=5)] == before
+
+
+def test_id_parts_of_integer_and_string_ids_round_trip(tmp_path):
+    """A part of integer ids is stored as uint64 bytes, a part with a string id as a list."""
+    from vdb.wal.snapshot import describe_stored
+
+    x = np.random.default_rng(5).standard_normal((9000, 4)).astype(np.float32)
+    ids = [2**64 - 1 - i for i in range(4096)] + [f"s{i}" if i % 2 else i for i in range(4904)]
+    with vdb.open(tmp_path / "d", checkpoint_interval_s=None, checkpoint_wal_bytes=None) as db:
+        col = db.create_collection("c", dim=4, metric="l2")
+        col.upsert(ids, x, [{"n": i} for i in range(9000)])
+        col.delete([2**64 - 1, "s1"])
+    with vdb.open(tmp_path / "d") as db:
+        col = db.collection("c")
+        assert db.stats()["recovered_records"] == 0
+        got = col.get(ids, with_payload=True)
+        assert [r.id for r in got] == [i for i in ids if i not in (2**64 - 1, "s1")]
+        assert all(r.payload == {"n": ids.index(r.id)} for r in got)
+        with db._store.read() as txn:
+            stored, _ = describe_stored(db._store, txn)
+        assert stored["c"]["count"] == 8998

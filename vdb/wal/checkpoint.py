@@ -140,8 +140,26 @@ def part_name(family: str, part: int) -> str:
 
 
 def _encode_id_part(ids: list[Any], live: np.ndarray, partitions: np.ndarray) -> bytes:
-    return pack([ids, np.ascontiguousarray(live, np.bool_).tobytes(),
-                 np.ascontiguousarray(partitions, np.int32).tobytes()])  # fmt: skip
+    """``pack([live bytes, partitions int32 bytes, ids])`` of one part: the ids of its live
+    slots in slot order, as uint64 bytes when all are integers (decoded with numpy, no
+    object per id until the map is built), else as a list."""
+    live = np.ascontiguousarray(live, np.bool_)
+    held = list(itertools.compress(ids, live))
+    if all(type(i) is int for i in held):
+        encoded: Any = np.array(held, np.uint64).tobytes()
+    else:
+        encoded = held
+    return pack([live.tobytes(), np.ascontiguousarray(partitions, np.int32).tobytes(), encoded])
+
+
+def decode_id_part(value: Any) -> tuple[np.ndarray, np.ndarray | list[Any], np.ndarray]:
+    """``(live slot offsets in the part, their ids, their partitions)`` of an id part."""
+    live_bytes, partition_bytes, encoded = value
+    where = np.flatnonzero(np.frombuffer(live_bytes, np.bool_))
+    held = np.frombuffer(encoded, np.uint64) if isinstance(encoded, bytes) else list(encoded)
+    if len(held) != len(where):
+        raise ValueError(f"an id part holds {len(held)} ids for {len(where)} live slots")
+    return where, held, np.frombuffer(partition_bytes, np.int32)[where]
 
 
 def _encode_payload_part(lo: int, values: list[Any]) -> bytes:
@@ -400,7 +418,7 @@ def load(store: Store, txn: lmdb.Transaction, uid: int, manifest: dict[str, Any]
     fresh: dict[str, np.ndarray] = {}
     parts: dict[str, Any] = {}
     slots: list[np.ndarray] = []
-    ids: list[Any] = []
+    ids: list[np.ndarray | list[Any]] = []
     partitions: list[np.ndarray] = []
     payloads: list[tuple[int, Any]] = []
     try:
@@ -415,12 +433,10 @@ def load(store: Store, txn: lmdb.Transaction, uid: int, manifest: dict[str, Any]
             elif name.startswith("fresh/"):
                 fresh[name[len("fresh/") :]] = value
             elif name.startswith("idmap/part/"):
-                part_ids, live_bytes, partition_bytes = value
-                live = np.frombuffer(live_bytes, np.bool_)
-                where = np.flatnonzero(live)
+                where, held, part_partitions = decode_id_part(value)
                 slots.append(where + int(meta["first"]))
-                ids.extend(itertools.compress(part_ids, live))
-                partitions.append(np.frombuffer(partition_bytes, np.int32)[where])
+                ids.append(held)
+                partitions.append(part_partitions)
             elif name.startswith("payloads/part/"):
                 slot_bytes, values = value
                 payloads.extend(
@@ -428,15 +444,21 @@ def load(store: Store, txn: lmdb.Transaction, uid: int, manifest: dict[str, Any]
                 )
             else:
                 parts[name] = value
+        if all(isinstance(held, np.ndarray) for held in ids):
+            all_ids: np.ndarray | list[Any] = np.concatenate(ids) if ids else np.zeros(0, np.uint64)
+        else:
+            all_ids = [
+                i for held in ids for i in (held.tolist() if isinstance(held, np.ndarray) else held)
+            ]
         if "idmap/slots" in parts:  # a checkpoint written before the id map had parts
             slots = [np.asarray(parts["idmap/slots"], np.int64)]
-            ids = list(parts["idmap/ids"])
+            all_ids = list(parts["idmap/ids"])
             partitions = [np.asarray(parts["idmap/partitions"], np.int32)]
             payloads = [(int(s), p) for s, p in parts["payloads"]]
         return Loaded(
             arrays=arrays,
             slots=np.concatenate(slots).astype(np.int64) if slots else np.zeros(0, np.int64),
-            ids=ids,
+            ids=all_ids,
             partitions=np.concatenate(partitions) if partitions else np.zeros(0, np.int32),
             payloads=payloads,
             payload_indexes=dict(parts.get("payload_indexes") or {}),
@@ -541,10 +563,9 @@ def live_ids(
         gen = int(manifest["gen"])
         for name in sorted(blobs):
             if name.startswith("idmap/part/"):
-                part_ids, live, _ = unpack(
-                    bytes(read_blob(txn, store, uid, gen, name, blobs[name]))
-                )
-                ids.update(itertools.compress(part_ids, np.frombuffer(live, np.bool_)))
+                value = unpack(bytes(read_blob(txn, store, uid, gen, name, blobs[name])))
+                held = decode_id_part(value)[1]
+                ids.update(held.tolist() if isinstance(held, np.ndarray) else held)
             elif name == "idmap/ids":  # a checkpoint written before the id map had parts
                 ids = set(unpack(bytes(read_blob(txn, store, uid, gen, name, blobs[name]))))
     cursor = txn.cursor(db=store.db("wal"))
