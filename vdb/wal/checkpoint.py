@@ -59,7 +59,7 @@ class PartialArray:
     dtype: str
     shape: list[int]
     nbytes: int
-    chunks: dict[int, bytes]
+    chunks: dict[int, bytes | memoryview]
 
 
 @dataclass
@@ -127,8 +127,8 @@ def partial_array(arr: np.ndarray, rows: np.ndarray, old_chunks: int) -> Partial
     )
     dirty = set(np.unique(touched).tolist()) | set(range(max(0, old_chunks - 1), n_chunks))
     flat = arr.reshape(-1).view(np.uint8) if nbytes else np.zeros(0, np.uint8)
-    chunks = {
-        i: flat[i * CHUNK_BYTES : (i + 1) * CHUNK_BYTES].tobytes()
+    chunks = {  # numpy copies (the GIL is released while copying), handed on as views
+        i: memoryview(flat[i * CHUNK_BYTES : (i + 1) * CHUNK_BYTES].copy())
         for i in sorted(dirty)
         if i < n_chunks
     }
@@ -217,7 +217,7 @@ def write_blobs(
     that ``blobs`` does not name are kept as they are (unchanged parts).
     """
     table: dict[str, Any] = {}
-    pending: list[tuple[bytes, bytes]] = []
+    pending: list[tuple[bytes, bytes | memoryview]] = []
     pending_bytes = 0
     old_blobs = (previous or {}).get("blobs") or {}
     old_gen = int((previous or {}).get("gen", -1))
@@ -275,7 +275,8 @@ def write_blobs(
                 reused += 1
                 continue
             gens.append(gen)
-            pending.append((chunk_key(uid, gen, name, i), bytes(part)))
+            # no copy: the parts are views of captured copies (LMDB copies them into the map)
+            pending.append((chunk_key(uid, gen, name, i), part))
             pending_bytes += len(part)
             blob_written += len(part)
             written += 1
