@@ -114,22 +114,35 @@ class _Watch:
                 )
             time.sleep(0.05)
 
-    def finish(self) -> list[dict[str, Any]]:
+    def finish(self) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+        """Each checkpoint with the longest search gap overlapping it, and the gaps outside
+        every checkpoint (the anchor: the same search loop while no checkpoint runs)."""
         self.stop.set()
         for t in self._threads:
             t.join()
         answers = np.asarray(self.answers)
+        gaps = np.diff(answers) - 0.005  # the 5 ms sleep subtracted
+        during = np.zeros(len(gaps), bool)
         out = []
         for c in self.checkpoints:
-            lo, hi = c.pop("end") - (c["duration_s"] or 0.0), None
-            hi = lo + (c["duration_s"] or 0.0)
-            # gaps between answers that overlap the checkpoint (5 ms sleep subtracted)
-            i = max(0, int(np.searchsorted(answers, lo)) - 1)
-            j = min(len(answers) - 1, int(np.searchsorted(answers, hi)) + 1)
-            gaps = np.diff(answers[i : j + 1]) - 0.005 if j > i else np.zeros(1)
-            c["search_gap_ms"] = float(gaps.max()) * 1e3 if gaps.size else None
+            hi = c.pop("end")
+            lo = hi - (c["duration_s"] or 0.0)
+            overlap = (answers[1:] > lo) & (answers[:-1] < hi)
+            during |= overlap
+            c["search_gap_ms"] = float(gaps[overlap].max()) * 1e3 if overlap.any() else None
             out.append(c)
-        return out
+        outside = gaps[~during]
+        anchor = {
+            "searches": len(answers),
+            "max_gap_outside_checkpoints_ms": float(outside.max()) * 1e3 if outside.size else None,
+            "p99_gap_outside_checkpoints_ms": float(np.percentile(outside, 99)) * 1e3
+            if outside.size
+            else None,
+            "p99_gap_during_checkpoints_ms": float(np.percentile(gaps[during], 99)) * 1e3
+            if during.any()
+            else None,
+        }
+        return out, anchor
 
 
 def bench_load(n: int, step: int, batch: int, workdir: Path, keep: bool) -> None:
@@ -168,7 +181,7 @@ def bench_load(n: int, step: int, batch: int, workdir: Path, keep: bool) -> None
     acked_s = time.perf_counter() - started
     col.wait_indexed()
     indexed_s = time.perf_counter() - started
-    checkpoints = watch.finish()
+    checkpoints, gap_anchor = watch.finish()
     found = col.search(vectors[n - 1], k=1, with_payload=False)
     top1_ok = bool(found) and found[0].id == n - 1
     count = col.count()
@@ -199,6 +212,7 @@ def bench_load(n: int, step: int, batch: int, workdir: Path, keep: bool) -> None
             "checkpoints": len(checkpoints),
             "max_checkpoint_pause_ms": max(pauses) * 1e3 if pauses else None,
             "max_search_gap_during_checkpoint_ms": max(gaps) if gaps else None,
+            "search_gaps": gap_anchor,
             "late_checkpoints": [
                 {
                     k: v
