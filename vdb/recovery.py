@@ -76,7 +76,9 @@ def new_collection(
         payloads = PayloadIndex()
     else:
         try:
-            index = HNSW.from_arrays(loaded.arrays, on_disk=index_storage(config, path)["on_disk"])
+            index = HNSW.from_arrays(
+                loaded.arrays, on_disk=index_storage(config, path)["on_disk"], adopt=True
+            )
             ids = IdMap.from_state(loaded.slots, loaded.ids, loaded.partitions)
             payloads = PayloadIndex.from_items(loaded.payloads, indexes=loaded.payload_indexes)
             payloads.take_dirty()  # as checkpointed: the next checkpoint carries its parts
