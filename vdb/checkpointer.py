@@ -2,7 +2,10 @@
 
 ``Checkpointer.checkpoint`` captures every changed collection (its graph
 under the collection's indexer lock, the rest with the writer paused
-between two groups), encodes and writes the blobs outside both locks
+between two groups), copying only what changed since the previous
+checkpoint (``capture_graph``, ``capture``: the id-map and payload parts
+touched, the graph chunks of relinked rows; the link arrays whole), encodes
+and writes the blobs outside both locks
 (``vdb.wal.checkpoint``: only chunks that changed are written), then
 installs the new manifests and removes the WAL records they cover in one
 LMDB transaction. A background thread (``start``) runs it every
