@@ -203,6 +203,10 @@ CORE = {
     "vdb.segments",
     "vdb.fusion",
     "vdb.vectors",
+    "vdb.state",
+    "vdb.commit",
+    "vdb.recovery",
+    "vdb.checkpointer",
 }
 COMMANDS = {"vdb.cli", "vdb.__main__", "vdb.admin"}
 STDLIB = set(sys.stdlib_module_names) | {"__future__"}
@@ -291,3 +295,12 @@ def test_only_the_progress_module_draws_bars():
 def test_nothing_in_the_package_imports_bench_or_tests():
     outside = [i for i in all_imports() if i.target in {"bench", "tests"}]
     assert not outside, outside
+
+
+def test_the_rooms_of_the_database_do_not_import_it():
+    """The writer, recovery and the checkpointer get what they need handed in (``State``)."""
+    rooms = {"vdb.state", "vdb.commit", "vdb.recovery", "vdb.checkpointer"}
+    back = [i for i in all_imports() if i.source in rooms and i.target == "vdb.db"]
+    assert not back, back
+    used = {i.target for i in all_imports() if i.source == "vdb.db"}
+    assert rooms <= used, rooms - used

@@ -59,17 +59,19 @@ from __future__ import annotations
 import copy
 import logging
 import math
+import operator
 import re
 import threading
 import uuid
 from collections.abc import Callable, Iterable, Iterator
 from datetime import UTC, date, datetime, timedelta
+from itertools import compress, repeat
 from typing import Any
 
 import numpy as np
 
 from vdb.errors import InvalidFilter, InvalidInput
-from vdb.types import PointId
+from vdb.types import PART_SHIFT, PointId
 
 logger = logging.getLogger(__name__)
 
@@ -1525,6 +1527,7 @@ class PayloadIndex:
         self._explicit: dict[Path, str] = {}
         self._saturated = False
         self._lock = threading.RLock()
+        self._dirty: set[int] = set()  # parts (slot >> PART_SHIFT) changed since the capture
 
     # -- writes -------------------------------------------------------------
 
@@ -1535,6 +1538,7 @@ class PayloadIndex:
             raise InvalidInput(f"a payload must be an object, got {type(payload).__name__}")
         collected = _collect(payload) if payload else {}
         with self._lock:
+            self._dirty.add(slot >> PART_SHIFT)
             self._unindex(slot)
             self._payloads[slot] = payload
             touched = []
@@ -1561,6 +1565,7 @@ class PayloadIndex:
         """Forget the payload of ``slot`` (no error if it had none)."""
         slot = self._check_slot(slot)
         with self._lock:
+            self._dirty.add(slot >> PART_SHIFT)
             self._unindex(slot)
             self._payloads.pop(slot, None)
 
@@ -1589,6 +1594,33 @@ class PayloadIndex:
     def __len__(self) -> int:
         return len(self._payloads)
 
+    # -- checkpoints --------------------------------------------------------
+
+    def take_dirty(self) -> set[int]:
+        """The parts (``slot >> PART_SHIFT``) set or removed since the last call."""
+        with self._lock:
+            dirty, self._dirty = self._dirty, set()
+        return dirty
+
+    def mark_dirty(self, parts: Iterable[int]) -> None:
+        """Give back parts taken by a checkpoint that failed."""
+        with self._lock:
+            self._dirty.update(parts)
+
+    def capture_parts(self, parts: set[int], missing: Any) -> dict[int, list[Any]]:
+        """``{part: [payload of each slot of the part, or missing]}``: references only.
+
+        Payloads are replaced, never mutated, once handed to the index, so the
+        references are a consistent capture; encoding happens later, outside any lock.
+        """
+        size = 1 << PART_SHIFT
+        get = self._payloads.get
+        with self._lock:
+            return {
+                part: list(map(get, range(part * size, (part + 1) * size), repeat(missing)))
+                for part in parts
+            }
+
     def __contains__(self, slot: object) -> bool:
         return slot in self._payloads
 
@@ -1599,9 +1631,17 @@ class PayloadIndex:
         indexes: dict[str, Any] | None = None,
         max_fields: int = MAX_AUTO_FIELDS,
     ) -> PayloadIndex:
-        """Rebuild an index from ``items()`` (and ``indexes()``) of a checkpoint."""
+        """Rebuild an index from ``items()`` (and ``indexes()``) of a checkpoint.
+
+        Slots without a payload (``None``) are stored in one dict build, without a
+        Python call each: only payloads with keys feed the columns."""
         index = cls(max_fields=max_fields)
-        for slot, payload in items:
+        items = items if isinstance(items, list) else list(items)
+        index._payloads = dict(items)
+        if len(index._payloads) and min(index._payloads) < 0:
+            raise InvalidInput("a checkpointed payload has a negative slot")
+        has_keys = map(operator.is_not, map(operator.itemgetter(1), items), repeat(None))
+        for slot, payload in compress(items, has_keys):
             index.set(slot, payload)
         for field, schema in (indexes or {}).items():
             index.create_index(field, schema)

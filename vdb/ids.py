@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from vdb.errors import InvalidInput
-from vdb.types import PointId
+from vdb.types import PART_SHIFT, PointId
 
 MAX_UINT64 = (1 << 64) - 1
 MAX_STRING_ID = 1024
@@ -83,6 +83,7 @@ class IdMap:
         self.live = np.zeros(capacity, dtype=bool)
         self.partitions = np.full(capacity, NO_PARTITION, dtype=np.int32)
         self.changed = np.zeros(capacity, dtype=np.int64)
+        self.dirty: set[int] = set()  # parts (slot >> PART_SHIFT) changed since the capture
 
     def __len__(self) -> int:
         return len(self.slot_of)
@@ -112,6 +113,7 @@ class IdMap:
 
     def assign(self, point_id: PointId, slot: int, partition: int | None, generation: int) -> None:
         self._ensure(slot)
+        self.dirty.add(slot >> PART_SHIFT)
         self.changed[slot] = generation
         self.ids[slot] = point_id
         self.partitions[slot] = NO_PARTITION if partition is None else partition
@@ -119,12 +121,14 @@ class IdMap:
         self.slot_of[point_id] = slot
 
     def set_partition(self, slot: int, partition: int | None) -> None:
+        self.dirty.add(slot >> PART_SHIFT)
         self.partitions[slot] = NO_PARTITION if partition is None else partition
 
     def remove(self, point_id: PointId, generation: int) -> int | None:
         slot = self.slot_of.pop(point_id, None)
         if slot is None:
             return None
+        self.dirty.add(slot >> PART_SHIFT)
         self.changed[slot] = generation
         self.live[slot] = False
         self.ids[slot] = None
@@ -133,6 +137,7 @@ class IdMap:
 
     def release(self, slot: int, generation: int) -> None:
         """Empty ``slot`` whose id already moved to another slot (``assign`` did)."""
+        self.dirty.add(slot >> PART_SHIFT)
         self.changed[slot] = generation
         self.live[slot] = False
         self.ids[slot] = None
@@ -175,21 +180,68 @@ class IdMap:
             "partitions": self.partitions[slots].copy() if slots.size else np.zeros(0, np.int32),
         }
 
+    def capture_parts(
+        self, parts: set[int]
+    ) -> dict[int, tuple[list[PointId | None], np.ndarray, np.ndarray]]:
+        """Copies of the given parts: ``{part: (ids per slot, live flags, partitions)}``.
+
+        A part is the slots ``[part << PART_SHIFT, (part + 1) << PART_SHIFT)``; slots past
+        the map's end are free. The caller keeps the writer out while it copies.
+        """
+        size = 1 << PART_SHIFT
+        out = {}
+        n = len(self.ids)
+        for part in parts:
+            lo, hi = part * size, min(n, (part + 1) * size)
+            ids: list[PointId | None] = self.ids[lo:hi] if lo < n else []
+            live = np.zeros(size, np.bool_)
+            partitions = np.full(size, NO_PARTITION, np.int32)
+            if lo < n:
+                live[: hi - lo] = self.live[lo:hi]
+                partitions[: hi - lo] = self.partitions[lo:hi]
+            out[part] = (ids + [None] * (size - len(ids)), live, partitions)
+        return out
+
+    def take_dirty(self) -> set[int]:
+        """The parts changed since the last call (the caller keeps the writer out)."""
+        dirty, self.dirty = self.dirty, set()
+        return dirty
+
+    def all_parts(self) -> set[int]:
+        return set(range(-(-len(self.ids) >> PART_SHIFT)))
+
     @classmethod
     def from_state(
         cls, slots: Iterable[int], ids: Iterable[PointId], partitions: Iterable[int]
     ) -> IdMap:
-        slots = np.asarray(list(slots), dtype=np.int64)
-        ids = list(ids)
-        partitions = np.asarray(list(partitions), dtype=np.int32)
+        """The map from its checkpoint form: the live slots, their ids (a list, or a uint64
+        array when all are integers) and partitions. Built with numpy, not per slot."""
+        slots = np.asarray(slots if isinstance(slots, np.ndarray) else list(slots), np.int64)
+        int_ids = ids if isinstance(ids, np.ndarray) else None  # uint64: all integer ids
+        ids = ids.tolist() if isinstance(ids, np.ndarray) else list(ids)
+        partitions = np.asarray(
+            partitions if isinstance(partitions, np.ndarray) else list(partitions), np.int32
+        )
         if not (len(slots) == len(ids) == len(partitions)):
             from vdb.errors import CorruptData
 
             raise CorruptData("id map checkpoint: slots, ids and partitions differ in length")
         m = cls(int(slots.max()) + 1 if slots.size else 0)
-        for slot, point_id, part in zip(slots.tolist(), ids, partitions.tolist(), strict=True):
-            m.ids[slot] = point_id
-            m.live[slot] = True
-            m.partitions[slot] = part
-            m.slot_of[point_id] = slot
+        if not slots.size:
+            return m
+        table = np.empty(len(m.ids), object)
+        if int_ids is not None:
+            table[slots] = int_ids  # Python ints, in C
+        else:
+            held = np.empty(len(ids), object)
+            held[:] = ids  # ids stay the same Python objects (ints beyond int64, strings)
+            table[slots] = held
+        m.ids = table.tolist()
+        m.live[slots] = True
+        m.partitions[slots] = partitions
+        m.slot_of = dict(zip(ids, slots.tolist(), strict=True))
+        if len(m.slot_of) != len(ids):
+            from vdb.errors import CorruptData
+
+            raise CorruptData("id map checkpoint: an id is stored twice")
         return m

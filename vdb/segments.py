@@ -118,6 +118,7 @@ class Segments:
         self._doomed_linking: set[int] = set()  # removed while being linked
         self._linking = 0  # rows from view.start being linked by the indexer
         self.dirty = False  # graph changed since the last checkpoint capture
+        self._graph_rows: list[np.ndarray] = []  # slots (re)linked since that capture
         self._work_since: float | None = None  # monotonic time work became pending
         self.wake: Callable[[], None] = _nothing  # the database points it at its indexer
         self.indexed_total = 0
@@ -384,6 +385,7 @@ class Segments:
         for lo in range(0, len(slots), LINK_CHUNK):
             with self.index_lock:
                 index.add(vectors[lo : lo + LINK_CHUNK], slots=slots[lo : lo + LINK_CHUNK])
+                self._graph_rows.append(slots[lo : lo + LINK_CHUNK])
                 self.dirty = True
         with apply_lock:
             view = self.view  # may have been regrown: row numbers are relative to view.start
@@ -412,16 +414,28 @@ class Segments:
 
     # -- checkpoints -------------------------------------------------------------------------
 
-    def capture_fresh(self) -> dict[str, np.ndarray]:
-        """Copies of the fresh rows that hold points (the caller holds the apply lock)."""
+    def capture_fresh(self) -> FreshCapture:
+        """The fresh rows that hold points (the caller holds the apply lock).
+
+        Only the slot column is copied here; rows are append-only and a row's vector
+        never changes once written, so the vectors are referenced and gathered later
+        (``FreshCapture.arrays()``, outside the locks).
+        """
         view = self.view
         buf = view.buffer
-        sl = buf.slots[view.start : buf.n]
-        keep = sl >= 0
-        return {
-            "slots": sl[keep].copy(),
-            "vectors": buf.vectors[view.start : buf.n][keep].copy(),
-        }
+        return FreshCapture(buf.vectors, view.start, buf.slots[view.start : buf.n].copy())
+
+    def take_graph_rows(self) -> np.ndarray:
+        """Slots (re)linked into the graph since the last call (the caller holds
+        ``index_lock``): the only rows of the graph's per-point arrays that changed."""
+        rows, self._graph_rows = self._graph_rows, []
+        return np.concatenate(rows).astype(np.int64) if rows else np.zeros(0, np.int64)
+
+    def mark_graph_rows(self, rows: np.ndarray) -> None:
+        """Give back rows taken by a checkpoint that failed."""
+        with self.index_lock:
+            self._graph_rows.append(np.asarray(rows, np.int64))
+            self.dirty = True
 
     def restore(self, fresh: dict[str, np.ndarray] | None, live_slots: np.ndarray) -> None:
         """Rebuild the slot states after loading a checkpoint (before any reader exists).
@@ -468,6 +482,20 @@ class Segments:
             self.owner.hold(np.flatnonzero(graph_live))
         self.view = _View(_Buffer(256, self.dim), 0)
         self.append(slots, vectors)
+
+
+class FreshCapture:
+    """A checkpoint's view of the fresh rows: the slot column copied, the vectors referenced."""
+
+    __slots__ = ("vectors", "start", "slots")
+
+    def __init__(self, vectors: np.ndarray, start: int, slots: np.ndarray) -> None:
+        self.vectors, self.start, self.slots = vectors, start, slots
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        keep = self.slots >= 0
+        rows = self.vectors[self.start : self.start + len(self.slots)]
+        return {"slots": self.slots[keep], "vectors": rows[keep]}
 
 
 def _nothing() -> None:

@@ -10,6 +10,10 @@ import numpy as np
 PointId = int | str
 """A user id: an unsigned 64-bit integer or a string (UUIDs included)."""
 
+PART_SHIFT = 12
+"""Checkpoints keep the id map and the payloads in parts of ``2**PART_SHIFT`` slots; the
+parts touched since the last checkpoint are the only ones it copies and writes."""
+
 
 @dataclass(slots=True)
 class Record:

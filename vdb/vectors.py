@@ -278,6 +278,7 @@ class Spaces:
         for i, space in enumerate(self.extra.values()):
             held.enter_context(space.segs.index_lock)
             space.segs.dirty = False
+            space.segs.take_graph_rows()  # its graph is copied whole: the rows are not needed
             for key, arr in space.index.to_arrays().items():
                 out[f"d{i}/index/{key}"] = arr
         return out
@@ -286,7 +287,7 @@ class Spaces:
         """The extra fresh rows and the sparse indexes (the caller holds the apply lock)."""
         out: dict[str, np.ndarray] = {}
         for i, space in enumerate(self.extra.values()):
-            for key, arr in space.segs.capture_fresh().items():
+            for key, arr in space.segs.capture_fresh().arrays().items():
                 out[f"d{i}/fresh/{key}"] = arr
         for i, space in enumerate(self.sparse.values()):
             for key, arr in space.index.to_arrays().items():

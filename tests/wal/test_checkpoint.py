@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 
 import numpy as np
+import pytest
 
 import vdb
 from vdb.wal import checkpoint as ckpt
@@ -21,12 +22,37 @@ def test_blobs_roundtrip_in_chunks_with_checksums(tmp_path, monkeypatch):
         table = ckpt.write_blobs(store, 7, 3, blobs)
         assert table["index/a"]["chunks"] == 20 and table["payloads"]["chunks"] == 3
         with store.read() as txn:
-            data = ckpt.read_blob(txn, store, 7, 3, "index/a", table["index/a"])
-            np.testing.assert_array_equal(ckpt._decode_array(data, table["index/a"], "a"), arr)
+            got = ckpt.read_array(txn, store, 7, 3, "index/a", table["index/a"])
+            np.testing.assert_array_equal(got, arr)
         # chunks nobody references are orphans
         assert ckpt.remove_orphans(store) == 23
         with store.read() as txn:
             assert txn.stat(store.db("ckpt"))["entries"] == 0
+    finally:
+        store.close()
+
+
+def test_partial_arrays_copy_and_write_only_the_chunks_of_changed_rows(tmp_path, monkeypatch):
+    monkeypatch.setattr(ckpt, "CHUNK_BYTES", 1000)  # 50 rows of 5 int32 per chunk
+    store = Store(tmp_path / "s")
+    try:
+        arr = np.arange(5000, dtype=np.int32).reshape(1000, 5)
+        first = {
+            "gen": 3,
+            "blobs": ckpt.write_blobs(store, 7, 3, {"index/a": ckpt._array_blob(arr)}),
+        }
+        grown = np.concatenate([arr, np.full((30, 5), -7, np.int32)])
+        grown[[10, 620]] = 99
+        partial = ckpt.partial_array(grown, np.array([10, 620, *range(1000, 1030)]), 20)
+        assert sorted(partial.chunks) == [0, 12, 19, 20]  # rows 10, 620, the old tail, appends
+        table = ckpt.write_blobs(store, 7, 4, {"index/a": partial}, previous=first)
+        meta = table["index/a"]
+        # the old tail was given but had not changed: its digest keeps the old chunk
+        assert meta["chunk_gens"].count(4) == 3 and meta["written_bytes"] == 1000 + 1000 + 600
+        with store.read() as txn:
+            np.testing.assert_array_equal(ckpt.read_array(txn, store, 7, 4, "index/a", meta), grown)
+        with pytest.raises(ValueError, match="neither given nor stored"):  # no previous chunks
+            ckpt.write_blobs(store, 7, 5, {"index/a": partial}, previous=None)
     finally:
         store.close()
 
@@ -39,10 +65,10 @@ def test_crash_between_chunks_and_manifest_leaves_the_old_checkpoint(tmp_path):
         db.checkpoint()
         col.delete(list(range(100)))
         # a checkpoint that died after writing its chunks, before its manifest
-        from vdb.db import _capture
+        from vdb.checkpointer import capture
 
         with col._segs.index_lock, db._write_lock:
-            captured = _capture(col, db.last_seq, col._index.to_arrays())
+            captured = capture(col, db.last_seq, col._index.to_arrays())
         ckpt.write_blobs(db._store, col.uid, 999, ckpt.encode(captured))
         db.close(checkpoint=False)
     with vdb.open(tmp_path / "d") as db:
@@ -121,18 +147,80 @@ def test_checkpoints_are_incremental_and_reopen_identically(tmp_path, monkeypatc
         assert col.count() == 2001
 
 
-def test_sliced_encoding_equals_one_pack():
-    """The payload and id blobs are built a slice / a pair at a time; the bytes are
-    those of one msgpack of the whole list (what ``load`` unpacks)."""
-    from vdb.wal.store import pack, unpack
+def test_payload_parts_keep_the_slots_that_hold_a_payload():
+    """A payload part keeps its slots as int32 bytes and their payloads in one list; slots
+    without a payload (``MISSING``) are left out, ``None`` payloads are kept."""
+    from vdb.wal.store import unpack
 
     rng = np.random.default_rng(3)
-    for n in (0, 5, 15, 16, 4095, 4096, 4097, 70_000):
-        ids = [f"p{i}" if i % 3 else i for i in range(n)]
-        assert ckpt.pack_list(lambda a, b, ids=ids: ids[a:b], n) == pack(ids)
-        slots = rng.permutation(n).tolist()
-        payloads = {s: ({"i": s, "t": [1.5, "x"]} if s % 4 else None) for s in slots}
-        expected = pack([[s, payloads[s]] for s in sorted(payloads)])
-        assert ckpt._pack_payloads(payloads) == expected
-        assert ckpt._pack_payloads(list(payloads.items())) == expected
-        assert unpack(expected) == [[s, payloads[s]] for s in sorted(payloads)]
+    for n in (0, 5, 4096):
+        lo = 8192
+        values = [
+            ckpt.MISSING if rng.random() < 0.3 else ({"i": i, "t": [1.5, "x"]} if i % 4 else None)
+            for i in range(n)
+        ]
+        slot_bytes, payloads = unpack(ckpt._encode_payload_part(lo, values))
+        kept = [(lo + i, v) for i, v in enumerate(values) if v is not ckpt.MISSING]
+        assert (
+            list(zip(np.frombuffer(slot_bytes, np.int32).tolist(), payloads, strict=True)) == kept
+        )
+
+
+def test_a_checkpoint_writes_only_the_parts_touched_and_a_failed_one_gives_them_back(
+    tmp_path, monkeypatch
+):
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((20_000, 8)).astype(np.float32)
+    with vdb.open(tmp_path / "d", checkpoint_interval_s=None, checkpoint_wal_bytes=None) as db:
+        col = db.create_collection("c", dim=8, metric="l2")
+        col.upsert(list(range(20_000)), x, [{"i": i} for i in range(20_000)])
+        assert col.wait_indexed(timeout=120)
+        db.checkpoint()
+        first = db._manifests[col.uid]
+        parts = sorted(n for n in first["blobs"] if n.startswith("idmap/part/"))
+        assert len(parts) >= 5  # 20,000 slots (and the map's spare room) in parts of 4,096
+        col.set_payload([3], {"z": 1})  # slot 3: part 0 of the payloads only
+        col.delete([19_999])  # the last part of the id map
+        real = ckpt.write_blobs
+
+        def failing(*args, **kwargs):
+            raise ckpt.CorruptData("disk trouble")
+
+        monkeypatch.setattr(ckpt, "write_blobs", failing)
+        with pytest.raises(ckpt.CorruptData):
+            db.checkpoint()
+        monkeypatch.setattr(ckpt, "write_blobs", real)
+        db.checkpoint()  # writes what the failed one had taken
+        second = db._manifests[col.uid]
+        new = {n for n, m in second["blobs"].items() if second["gen"] in m["chunk_gens"]}
+        assert {"payloads/part/00000000", "idmap/part/00000004"} <= new
+        assert not new & {f"idmap/part/0000000{i}" for i in range(4)}  # carried over
+        assert not new & {f"payloads/part/0000000{i}" for i in range(1, 4)}
+        q = x[:20]
+        before = [[(h.id, h.score, h.payload) for h in r] for r in col.search(q, k=5)]
+    with vdb.open(tmp_path / "d") as db:
+        col = db.collection("c")
+        assert db.stats()["recovered_records"] == 0
+        assert col.count() == 19_999 and col.get([3])[0].payload == {"i": 3, "z": 1}
+        assert [[(h.id, h.score, h.payload) for h in r] for r in col.search(q, k=5)] == before
+
+
+def test_id_parts_of_integer_and_string_ids_round_trip(tmp_path):
+    """A part of integer ids is stored as uint64 bytes, a part with a string id as a list."""
+    from vdb.wal.snapshot import describe_stored
+
+    x = np.random.default_rng(5).standard_normal((9000, 4)).astype(np.float32)
+    ids = [2**64 - 1 - i for i in range(4096)] + [f"s{i}" if i % 2 else i for i in range(4904)]
+    with vdb.open(tmp_path / "d", checkpoint_interval_s=None, checkpoint_wal_bytes=None) as db:
+        col = db.create_collection("c", dim=4, metric="l2")
+        col.upsert(ids, x, [{"n": i} for i in range(9000)])
+        col.delete([2**64 - 1, "s1"])
+    with vdb.open(tmp_path / "d") as db:
+        col = db.collection("c")
+        assert db.stats()["recovered_records"] == 0
+        got = col.get(ids, with_payload=True)
+        assert [r.id for r in got] == [i for i in ids if i not in (2**64 - 1, "s1")]
+        assert all(r.payload == {"n": ids.index(r.id)} for r in got)
+        with db._store.read() as txn:
+            stored, _ = describe_stored(db._store, txn)
+        assert stored["c"]["count"] == 8998

@@ -1026,8 +1026,17 @@ class HNSW:
 
     # -- checkpoint -------------------------------------------------------------------------
 
-    def to_arrays(self) -> dict[str, np.ndarray]:
-        """The whole index as named numpy arrays (copies), for ``HNSW.from_arrays``."""
+    def to_arrays(self, views: tuple[str, ...] = ()) -> dict[str, np.ndarray]:
+        """The whole index as named numpy arrays (copies), for ``HNSW.from_arrays``.
+
+        ``views`` names per-point arrays (``vectors``, ``codes``, ``terms``) returned as
+        views of the live arrays instead of copies: a slot's row changes only when the
+        slot is (re)linked, so a caller that keeps writers out while it reads them (a
+        checkpoint copying only the rows it knows changed) needs no full copy."""
+
+        def copy(name: str, arr: np.ndarray) -> np.ndarray:
+            return arr if name in views else arr.copy()
+
         with self._write_lock, self._swap_lock:
             g = self._g
             n = int(g.state[2])
@@ -1046,7 +1055,7 @@ class HNSW:
                 params = np.concatenate([params, np.array(tail + [int(self.on_disk)], np.int64)])
             out = {
                 "params": params,
-                "vectors": g.vectors[:n].copy(),
+                "vectors": copy("vectors", g.vectors[:n]),
                 "links0": g.links0[:n].copy(),
                 "upper": g.upper[:rows].copy(),
                 "upper_off": g.upper_off[:n].copy(),
@@ -1055,15 +1064,19 @@ class HNSW:
                 "free": np.array(sorted([*self._free, *self._hidden]), np.int32),
             }
             if g.codes is not None:
-                out["codes"] = g.codes[:n].copy()
-                out["terms"] = g.terms[:n].copy()
+                out["codes"] = copy("codes", g.codes[:n])
+                out["terms"] = copy("terms", g.terms[:n])
                 out["quantizer"] = self._quantizer.to_array()
             return out
 
     @classmethod
-    def from_arrays(cls, arrays: dict[str, np.ndarray], on_disk: bool | str | None = None) -> HNSW:
+    def from_arrays(
+        cls, arrays: dict[str, np.ndarray], on_disk: bool | str | None = None, adopt: bool = False
+    ) -> HNSW:
         """Rebuild an index saved by ``to_arrays``; it answers searches identically.
-        ``on_disk`` (default: as saved) places the float vectors in a memory-mapped file."""
+        ``on_disk`` (default: as saved) places the float vectors in a memory-mapped file.
+        ``adopt``: the index may keep the given arrays as its own instead of copying them
+        (the caller hands them over: arrays just read from a checkpoint)."""
         try:
             params = np.asarray(arrays["params"], np.int64)
             version, dim, metric, M, efc, ef, seed, draws, entry, max_level, n, rows, cap, live = (
@@ -1086,6 +1099,22 @@ class HNSW:
         bitgen.advance(draws)
         h._rng = np.random.Generator(bitgen)
         h._draws = draws
+        if adopt and quantization is None and h._disk is None and _adoptable(arrays, n, dim, M):
+            # the arrays become the graph (capacity n: the next add grows it): an open
+            # that read them from a checkpoint copies nothing more
+            upper = arrays["upper"]
+            if rows < 16:
+                upper = np.zeros((16, M + 1), np.int32)
+                upper[:rows] = arrays["upper"]
+            state = np.array((entry, max_level, n, rows), np.int64)
+            h._g = _Graph(
+                arrays["vectors"], arrays["links0"], upper, arrays["upper_off"],
+                arrays["levels"], arrays["deleted"], state,
+            )  # fmt: skip
+            h._free = [int(s) for s in np.asarray(arrays["free"]).tolist()]
+            heapq.heapify(h._free)
+            h._live = live
+            return h
         g = _Graph.empty(cap, dim, M, max(rows, 16), quantization is not None, h._disk)
         if quantization is not None:
             try:
@@ -1181,6 +1210,33 @@ def _oversampling(value: Any) -> float | None:
     if not (math.isfinite(value) and value >= 1.0):
         raise ValueError(f"oversampling must be a number >= 1 or None, got {value}")
     return value
+
+
+def _adoptable(arrays: dict[str, np.ndarray], n: int, dim: int, M: int) -> bool:  # noqa: N803
+    """Whether ``from_arrays`` can use the saved arrays as they are: writable, C-ordered,
+    of the graph's dtypes and shapes, not shared with each other (read from a checkpoint)."""
+    want = {
+        "vectors": (np.float32, (n, dim)),
+        "links0": (np.int32, (n, 2 * M + 1)),
+        "upper_off": (np.int32, (n,)),
+        "levels": (np.int8, (n,)),
+        "deleted": (np.uint8, (n,)),
+    }
+    if n == 0:
+        return False
+    for name, (dtype, shape) in want.items():
+        arr = arrays.get(name)
+        if (
+            not isinstance(arr, np.ndarray)
+            or arr.dtype != dtype
+            or arr.shape != shape
+            or not arr.flags.c_contiguous
+            or not arr.flags.writeable
+            or not arr.flags.owndata
+        ):
+            return False
+    upper = arrays.get("upper")
+    return isinstance(upper, np.ndarray) and upper.dtype == np.int32 and upper.ndim == 2
 
 
 def _positive_int(value: Any, name: str) -> int:

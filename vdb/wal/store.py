@@ -286,15 +286,18 @@ class Store:
         return self.tables[name]
 
     @contextmanager
-    def read(self) -> Iterator[lmdb.Transaction]:
-        """A read transaction (a consistent view) for the duration of the block."""
+    def read(self, buffers: bool = False) -> Iterator[lmdb.Transaction]:
+        """A read transaction (a consistent view) for the duration of the block.
+
+        ``buffers=True``: values are memoryviews into the map (no copy), valid only
+        inside the block (checkpoint loading copies them straight into arrays)."""
         with self._resize.shared():
             try:
-                txn = self.env.begin(buffers=False)
+                txn = self.env.begin(buffers=buffers)
             except lmdb.MapResizedError:
                 # Another process grew the map: adopt its size (readers only).
                 self.env.set_mapsize(0)
-                txn = self.env.begin(buffers=False)
+                txn = self.env.begin(buffers=buffers)
             try:
                 yield txn
             finally:
