@@ -30,6 +30,10 @@ from numba import njit, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
+from vdb.index.numba_start import skip_blas_probe
+
+skip_blas_probe()
+
 L2 = 0
 IP = 1
 
