@@ -358,6 +358,7 @@ class HNSW:
         self._tls = threading.local()
         self._n_threads = max(1, int(n_threads or os.cpu_count() or 1))
         self._no_mask = np.zeros(1, np.uint8)
+        self._one_query = (1, dim)
 
     # -- properties -------------------------------------------------------------------------
 
@@ -859,6 +860,37 @@ class HNSW:
         without it the scores are the quantized estimates. ``ignore_quantization`` walks the
         float vectors instead. All three are ignored on a float index.
         """
+        g = self._g
+        if (
+            allowed is None
+            and g.codes is None
+            and type(queries) is np.ndarray
+            and type(k) is int
+            and k > 0
+            and queries.shape == self._one_query
+            and queries.dtype is _FLOAT32
+        ):
+            # the lean path of one float32 query (per-call cost matters most at low ef): an
+            # array the kernels take as it is goes straight to the kernel, which checks its
+            # values and normalises it for cosine
+            flags = queries.flags
+            if flags.c_contiguous and flags.aligned and flags.writeable:
+                if ef is None:
+                    ef = self._ef
+                elif type(ef) is not int or ef < 1:
+                    ef = _positive_int(ef, "ef")
+                v = getattr(self._tls, "v", None)
+                if v is None or v[0].shape[0] < g.vectors.shape[0]:
+                    v = self._visited(g.vectors.shape[0])
+                out_slots = np.empty((1, k), np.int32)
+                out_scores = np.empty((1, k), np.float32)
+                if kernels.search_one(
+                    self._code, g.vectors, g.links0, g.upper, g.upper_off, g.levels, g.deleted,
+                    g.state, queries, self._cosine, k, ef, min(k, self._live - len(self._hidden)),
+                    v[0], v[1], out_slots, out_scores,
+                ):  # fmt: skip
+                    self._bad_queries(queries)
+                return out_slots, out_scores
         if type(k) is not int:
             if not isinstance(k, np.integer):
                 raise ValueError(f"k must be an integer, got {type(k).__name__}")
