@@ -23,7 +23,7 @@ h.warm(writes=True, background=False)
 loaded = {
     name: bool(getattr(mod, name).signatures)
     for mod, names in (
-        (kernels, ["search_batch", "search_one", "build_select", "hand_over", "unlink"]),
+        (kernels, ["search_batch", "build_select", "hand_over", "unlink"]),
         (qkernels, ["search_batch_q", "build_select_q"]),
     )
     for name in names
@@ -49,7 +49,6 @@ def test_warm_loads_only_the_float_kernels_of_a_float_index():
     got = _probe("none")
     assert got["loaded"] == {
         "search_batch": True,
-        "search_one": True,
         "build_select": True,
         "hand_over": False,  # relink group: loaded on first replace
         "unlink": False,
@@ -63,7 +62,7 @@ def test_warm_loads_only_the_int8_walk_of_an_int8_index():
     got = _probe("int8")
     loaded = got["loaded"]
     assert loaded["search_batch_q"] and loaded["build_select_q"]
-    assert not loaded["search_batch"] and not loaded["search_one"] and not loaded["build_select"]
+    assert not loaded["search_batch"] and not loaded["build_select"]
     assert not loaded["hand_over"]
 
 

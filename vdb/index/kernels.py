@@ -448,22 +448,6 @@ def search_batch(
 
 
 @njit(fastmath=True, cache=True, nogil=True)
-def search_one(
-    metric, vectors, links0, upper, upper_off, levels, deleted, state, query, normalize, k, ef,
-    need, visited, vgen, out_slots, out_scores,
-):  # fmt: skip
-    """``search_batch`` of one query row (``query`` is [1, dim]) without a mask: the lean entry
-    point of ``HNSW.search``. A call from Python type-checks every argument; this one has
-    three fewer, and calls the same compiled ``search_batch`` (same argument types, no new
-    copy of it)."""
-    return search_batch(
-        metric, vectors, links0, upper, upper_off, levels, deleted, state, query, normalize, k,
-        ef, deleted, np.int64(ADMIT_ALL), need, np.bool_(False), visited, vgen, out_slots,
-        out_scores,
-    )  # fmt: skip
-
-
-@njit(fastmath=True, cache=True, nogil=True)
 def _heuristic(metric, vectors, cand_d, cand_i, n, limit, out, out_off):
     """HNSW neighbour-selection heuristic over candidates sorted by distance to the base point:
     keep a candidate only if it is closer to the base point than to every one already kept.
