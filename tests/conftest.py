@@ -13,9 +13,12 @@ def index_kernels_compiled() -> None:
     before the first test. A fresh clone has an empty cache: without this, the first server
     a test starts as a child process compiles them all within its start-up deadline, which
     a loaded 2-core machine misses; with it, child processes load them from the cache."""
-    from vdb.index import HNSW
+    from vdb.index import flat, hnsw
+    from vdb.index.sparse import SparseIndex
 
-    HNSW(8, "l2").warm(writes=True, background=False)
+    hnsw.warm_all()  # every kernel group: float and int8 search and build, relink
+    flat.warm()  # the fresh segments' exact scan
+    SparseIndex().warm()
 
 
 @pytest.fixture(scope="session")

@@ -358,6 +358,7 @@ class HNSW:
         self._tls = threading.local()
         self._n_threads = max(1, int(n_threads or os.cpu_count() or 1))
         self._no_mask = np.zeros(1, np.uint8)
+        self._one_query = (1, dim)
 
     # -- properties -------------------------------------------------------------------------
 
@@ -859,6 +860,39 @@ class HNSW:
         without it the scores are the quantized estimates. ``ignore_quantization`` walks the
         float vectors instead. All three are ignored on a float index.
         """
+        g = self._g
+        if (
+            allowed is None
+            and g.codes is None
+            and type(queries) is np.ndarray
+            and type(k) is int
+            and k > 0
+            and queries.shape == self._one_query
+            and queries.dtype is _FLOAT32
+        ):
+            # the lean path of one float32 query (per-call cost matters most at low ef): an
+            # array the kernels take as it is goes straight to the kernel, which checks its
+            # values and normalises it for cosine. (A separate one-query kernel with fewer
+            # arguments saved no measurable time and cost ~2 s more of cold compile.)
+            flags = queries.flags
+            if flags.c_contiguous and flags.aligned and flags.writeable:
+                if ef is None:
+                    ef = self._ef
+                elif type(ef) is not int or ef < 1:
+                    ef = _positive_int(ef, "ef")
+                v = getattr(self._tls, "v", None)
+                if v is None or v[0].shape[0] < g.vectors.shape[0]:
+                    v = self._visited(g.vectors.shape[0])
+                out_slots = np.empty((1, k), np.int32)
+                out_scores = np.empty((1, k), np.float32)
+                if kernels.search_batch(
+                    self._code, g.vectors, g.links0, g.upper, g.upper_off, g.levels, g.deleted,
+                    g.state, queries, self._cosine, k, ef, self._no_mask, kernels.ADMIT_ALL,
+                    min(k, self._live - len(self._hidden)), False, v[0], v[1], out_slots,
+                    out_scores,
+                ):  # fmt: skip
+                    self._bad_queries(queries)
+                return out_slots, out_scores
         if type(k) is not int:
             if not isinstance(k, np.integer):
                 raise ValueError(f"k must be an integer, got {type(k).__name__}")
@@ -1140,59 +1174,89 @@ class HNSW:
     # -- warm-up ----------------------------------------------------------------------------
 
     def warm(self, writes: bool = True, background: bool = False) -> None:
-        """Load (from Numba's cache, or compile) the kernels before they are first needed.
+        """Load (from Numba's cache, or compile) the kernels this index needs before its first
+        query: the search kernels of its kind (float32 or int8) now, and when ``writes`` the
+        kernels of ``add`` (candidate search, linking, reachability repair), in a daemon thread
+        when ``background`` (so a first query does not wait for kernels only writes use).
 
-        The kernels are typed on array dtypes only, not on ``dim`` or the metric, so this
-        runs once per process: later calls return at once. The search kernels are loaded
-        now; the write kernels (add, delete, replace, reachability repair) too when
-        ``writes``, in a daemon thread when ``background`` (so a first query does not wait
-        for kernels only writes use)."""
-        with _warm_lock:
-            if not _warmed["search"]:
-                _warm_search(self._dim, self._metric)
-                _warmed["search"] = True
-            if self._quantization is not None and not _warmed["qsearch"]:
-                _warm_search(self._dim, self._metric, self._quantization)
-                _warmed["qsearch"] = True
-            key = "write" if self._quantization is None else "qwrite"
-            if not writes or _warmed[key] != "":
-                return
-            _warmed[key] = "background" if background else "done"
-        args = (self._dim, self._metric, self._quantization)
-        if background:
-            threading.Thread(target=_warm_writes, args=args, name="vdb-warm", daemon=True).start()
+        Only what the index uses is loaded: an int8 index loads the int8 walk, not the float32
+        one (``ignore_quantization`` compiles that on first use), and the kernels of
+        ``replace`` and of re-adding into deleted slots load on their first use. The kernels
+        are typed on array dtypes only, not on ``dim`` or the metric, so each group loads once
+        per process: later calls return at once."""
+        quantized = self._quantization is not None
+        _warm_group("qsearch" if quantized else "search")
+        if not writes:
+            return
+        group = "qbuild" if quantized else "build"
+        if background and not _warm_done[group]:
+            threading.Thread(
+                target=_warm_group, args=(group,), name="vdb-warm", daemon=True
+            ).start()
         else:
-            _warm_writes(*args)
+            _warm_group(group)
 
 
-_warm_lock = threading.Lock()
-_warmed: dict[str, Any] = {"search": False, "qsearch": False, "write": "", "qwrite": ""}
-
-
-def _warm_search(dim: int, metric: str, quantization: str | None = None) -> None:
-    """Run the search kernels (one query, a batch, a masked search) on an empty index (the
-    quantized kernels too when ``quantization``: they compile only for indexes that use them)."""
-    h = HNSW(dim, metric, capacity=64, seed=0, quantization=quantization)
-    q = np.full((1, dim), 0.5, np.float32)
-    h.search(q, 3)  # empty: nothing is walked, but the whole kernel is compiled
+def _warm_search(quantization: str | None) -> None:
+    """Run the search kernels (one query, a masked search, a batch's status check) on an
+    empty index: nothing is walked, but the whole kernel is loaded."""
+    h = HNSW(8, "cosine", capacity=64, seed=0, quantization=quantization)
+    q = np.full((1, 8), 0.5, np.float32)
+    h.search(q, 3)
     h.search(q, 3, allowed=np.ones(8, bool))
-    kernels.query_status(np.repeat(q, 2 * _SEARCH_GRAIN, axis=0), metric == "cosine")
+    kernels.query_status(np.repeat(q, 2 * _SEARCH_GRAIN, axis=0), True)
 
 
-def _warm_writes(dim: int, metric: str, quantization: str | None = None) -> None:
-    """Run every write kernel on a tiny throw-away index (of the same quantization)."""
-    try:
-        rng = np.random.default_rng(0)
-        h = HNSW(
-            dim, metric, M=4, ef_construction=16, capacity=64, seed=0, n_threads=1,
-            quantization=quantization,
-        )  # fmt: skip
-        h.add(rng.standard_normal((40, dim)).astype(np.float32) + 0.1)
-        h.delete([1, 2])
-        h.add(rng.standard_normal((1, dim)).astype(np.float32) + 0.1)
-        h.replace(3, rng.standard_normal(dim).astype(np.float32) + 0.1)
-    except Exception:  # warming is an optimisation only; the first write compiles instead
-        log.warning("warming the index write kernels failed", exc_info=True)
+def _warm_build(quantization: str | None) -> None:
+    """Run the kernels of ``add`` (and the reachability repair) on a tiny throw-away index."""
+    rng = np.random.default_rng(0)
+    h = HNSW(
+        8, "cosine", M=4, ef_construction=16, capacity=64, seed=0, n_threads=1,
+        quantization=quantization,
+    )  # fmt: skip
+    h.add(rng.standard_normal((40, 8)).astype(np.float32) + 0.1)
+
+
+def _warm_relink() -> None:
+    """Run the kernels of ``replace`` and of re-adding into deleted slots."""
+    rng = np.random.default_rng(0)
+    h = HNSW(8, "cosine", M=4, ef_construction=16, capacity=64, seed=0, n_threads=1)
+    h.add(rng.standard_normal((40, 8)).astype(np.float32) + 0.1)
+    h.delete([1, 2])
+    h.add(rng.standard_normal((1, 8)).astype(np.float32) + 0.1)
+    h.replace(3, rng.standard_normal(8).astype(np.float32) + 0.1)
+
+
+# Kernel groups, each loaded (or compiled) as a whole by one throw-away run.
+_WARM_GROUPS: dict[str, Callable[[], None]] = {
+    "search": lambda: _warm_search(None),
+    "qsearch": lambda: _warm_search("int8"),
+    "build": lambda: _warm_build(None),
+    "qbuild": lambda: _warm_build("int8"),
+    "relink": _warm_relink,
+}
+_warm_locks = {name: threading.Lock() for name in _WARM_GROUPS}
+_warm_done = dict.fromkeys(_WARM_GROUPS, False)
+
+
+def _warm_group(name: str) -> None:
+    """Load kernel group ``name`` once per process (a second caller waits for the first)."""
+    if _warm_done[name]:
+        return
+    with _warm_locks[name]:
+        if _warm_done[name]:
+            return
+        try:
+            _WARM_GROUPS[name]()
+        except Exception:  # warming is an optimisation only; the first use compiles instead
+            log.warning("warming the index kernels (%s) failed", name, exc_info=True)
+        _warm_done[name] = True
+
+
+def warm_all() -> None:
+    """Load every kernel group (tests and tools that fill Numba's cache for child processes)."""
+    for name in _WARM_GROUPS:
+        _warm_group(name)
 
 
 def _kernel_ready(flags: Any) -> bool:

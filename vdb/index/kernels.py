@@ -30,6 +30,10 @@ from numba import njit, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
+from vdb.index.numba_start import skip_blas_probe
+
+skip_blas_probe()
+
 L2 = 0
 IP = 1
 
@@ -39,6 +43,9 @@ ADMIT_MASK = 1  # live slots with mask[slot] != 0 (filtered search)
 ADMIT_NOT_MASK = 2  # live slots with mask[slot] == 0 (build: mask marks the batch being linked)
 
 _VISIT_MAX = 65535
+# Kernels calling kernels pass int64 values, never constants: a constant argument is typed as a
+# literal (``Literal[int](0)``), and each distinct literal compiles one more copy of the callee.
+_LAYER0 = np.int64(0)
 # How many neighbours ahead the layer search fetches whole vectors. Measured on debian-minilm
 # (10k, ef=32, one query per call): 3 ahead was ~10% faster than fetching all of them up front,
 # and no slower on 128-d data that fits in cache.
@@ -92,7 +99,8 @@ def _next_tag(visited, vgen):
     """Start a new visit: bump the generation tag, clearing the array only when it wraps."""
     g = vgen[0] + 1
     if g >= _VISIT_MAX:
-        visited[:] = 0
+        for s in range(visited.shape[0]):
+            visited[s] = 0
         g = 1
     vgen[0] = g
     return np.uint16(g)
@@ -177,6 +185,51 @@ def _pop_max(hd, hi, size):
     if size > 0:
         _sift_down_max(hd, hi, size, hd[size], hi[size])
     return size
+
+
+@njit(cache=True)
+def _sort_pairs(hd, hi, n):
+    """Sort ``hd[:n]`` ascending in place (heapsort), ``hi`` along (not stable). The kernels sort
+    with this rather than ``np.argsort``, whose Numba implementation takes seconds to compile."""
+    for start in range(n // 2 - 1, -1, -1):
+        d = hd[start]
+        i = hi[start]
+        pos = start
+        while True:
+            c = 2 * pos + 1
+            if c >= n:
+                break
+            if c + 1 < n and hd[c + 1] > hd[c]:
+                c += 1
+            if hd[c] <= d:
+                break
+            hd[pos] = hd[c]
+            hi[pos] = hi[c]
+            pos = c
+        hd[pos] = d
+        hi[pos] = i
+    for end in range(n - 1, 0, -1):
+        d = hd[end]
+        i = hi[end]
+        hd[end] = hd[0]
+        hi[end] = hi[0]
+        _sift_down_max(hd, hi, end, d, i)
+
+
+@njit(cache=True)
+def _insertion_sort(hd, hi, n):
+    """Sort ``hd[:n]`` ascending in place, ``hi`` along; stable (equal distances keep their
+    order). For the short lists of ``_add_link``."""
+    for t in range(1, n):
+        d = hd[t]
+        i = hi[t]
+        pos = t
+        while pos > 0 and hd[pos - 1] > d:
+            hd[pos] = hd[pos - 1]
+            hi[pos] = hi[pos - 1]
+            pos -= 1
+        hd[pos] = d
+        hi[pos] = i
 
 
 @njit(inline="always", cache=True)
@@ -268,8 +321,9 @@ def search_layer(
                 if nc == cand_d.shape[0]:
                     grown_d = np.empty(2 * nc, np.float32)
                     grown_i = np.empty(2 * nc, np.int32)
-                    grown_d[:nc] = cand_d
-                    grown_i[:nc] = cand_i
+                    for t in range(nc):  # a loop: slice assignment costs seconds to compile
+                        grown_d[t] = cand_d[t]
+                        grown_i[t] = cand_i[t]
                     cand_d = grown_d
                     cand_i = grown_i
                 nc = _push_min(cand_d, cand_i, nc, d, c)
@@ -301,28 +355,47 @@ def exact_scan(metric, vectors, deleted, mask, mode, q, n_used, k, res_d, res_i)
     return nr
 
 
+@njit(cache=True, nogil=True)
+def write_top(metric, res_d, res_i, nr, k, out_slots, out_scores, qi):
+    """Sort the ``nr`` results (any order) and write the best ``k`` to row ``qi`` of
+    ``out_slots``/``out_scores`` (score = distance for l2, similarity ``1 - distance`` for
+    ip/cosine), padded with slot -1 and the worst score."""
+    _sort_pairs(res_d, res_i, nr)
+    m = min(nr, k)
+    for pos in range(m):
+        out_slots[qi, pos] = res_i[pos]
+        d = res_d[pos]
+        out_scores[qi, pos] = d if metric == L2 else np.float32(1.0) - d
+    pad = np.float32(np.inf) if metric == L2 else np.float32(-np.inf)
+    for pos in range(m, k):
+        out_slots[qi, pos] = -1
+        out_scores[qi, pos] = pad
+
+
 BAD_VALUE = 1  # a query holds NaN or inf
 BAD_ZERO = 2  # a cosine query has no direction (all zeros)
 
 
-@njit(cache=True, nogil=True)
+_FLOAT32_MAX = np.float32(3.4028235e38)
+
+
+@njit(cache=True, nogil=True, fastmath=False)
 def query_status(queries, normalize):
     """0 when every query row is finite (and non-zero when ``normalize``), else BAD_VALUE or
-    BAD_ZERO. Tests the exponent bits, so it holds even when compiled into a fastmath caller
-    (which assumes no NaN/inf). The caller (Python) turns a non-zero status into ValueError."""
-    bits = queries.reshape(-1).view(np.uint32)
-    for i in range(bits.shape[0]):
-        if bits[i] & 0x7F800000 == 0x7F800000:
-            return BAD_VALUE
-    if normalize:
-        for qi in range(queries.shape[0]):
-            nonzero = False
-            for j in range(queries.shape[1]):
-                if bits[qi * queries.shape[1] + j] & 0x7FFFFFFF != 0:
-                    nonzero = True
-                    break
-            if not nonzero:
-                return BAD_ZERO
+    BAD_ZERO. ``fastmath=False`` is explicit: a callee without the option inherits the fastmath
+    of the kernel that calls it, and fastmath assumes no NaN/inf (the comparison below would be
+    folded away). The caller (Python) turns a non-zero status into ValueError."""
+    nq, dim = queries.shape
+    for qi in range(nq):
+        nonzero = False
+        for j in range(dim):
+            x = queries[qi, j]
+            if not abs(x) <= _FLOAT32_MAX:
+                return BAD_VALUE
+            if x != 0:
+                nonzero = True
+        if normalize and not nonzero:
+            return BAD_ZERO
     return 0
 
 
@@ -344,7 +417,6 @@ def search_batch(
     ef_eff = max(ef, k)
     res_d = np.empty(max(ef_eff, k) + 1, np.float32)
     res_i = np.empty(max(ef_eff, k) + 1, np.int32)
-    pad = np.float32(np.inf) if metric == L2 else np.float32(-np.inf)
     unit = np.empty(queries.shape[1], np.float32)
     for qi in range(nq):
         q = queries[qi]
@@ -366,22 +438,12 @@ def search_batch(
             for layer in range(levels[ep], 0, -1):
                 cur, curd = greedy(metric, vectors, upper, upper_off, layer, q, cur, curd)
             nr = search_layer(
-                metric, vectors, links0, upper_off, 0, deleted, mask, mode, q, cur, curd, ef_eff,
-                visited, tag, res_d, res_i,
+                metric, vectors, links0, upper_off, _LAYER0, deleted, mask, mode, q, cur, curd,
+                ef_eff, visited, tag, res_d, res_i,
             )  # fmt: skip
         if nr < need:
             nr = exact_scan(metric, vectors, deleted, mask, mode, q, n_used, k, res_d, res_i)
-        while nr > k:
-            nr = _pop_max(res_d, res_i, nr)
-        m = nr
-        for pos in range(m - 1, -1, -1):
-            out_slots[qi, pos] = res_i[0]
-            d = res_d[0]
-            out_scores[qi, pos] = d if metric == L2 else np.float32(1.0) - d
-            nr = _pop_max(res_d, res_i, nr)
-        for pos in range(m, k):
-            out_slots[qi, pos] = -1
-            out_scores[qi, pos] = pad
+        write_top(metric, res_d, res_i, nr, k, out_slots, out_scores, qi)
     return 0
 
 
@@ -425,8 +487,6 @@ def build_select(
     res_i = np.empty(ef_construction + 1, np.int32)
     merged_d = np.empty(ef_construction + B, np.float32)
     merged_i = np.empty(ef_construction + B, np.int32)
-    sorted_d = np.empty(ef_construction + B, np.float32)
-    sorted_i = np.empty(ef_construction + B, np.int32)
     flat = sel.reshape(-1)
     width = sel.shape[1] * sel.shape[2]
     for i in range(lo, hi):
@@ -448,8 +508,9 @@ def build_select(
                 tag = _next_tag(visited, vgen)
                 links = links0 if layer == 0 else upper
                 nr = search_layer(
-                    metric, vectors, links, upper_off, layer, deleted, pending, ADMIT_NOT_MASK,
-                    q, cur, curd, ef_construction, visited, tag, res_d, res_i,
+                    metric, vectors, links, upper_off, layer, deleted, pending,
+                    np.int64(ADMIT_NOT_MASK), q, cur, curd, ef_construction, visited, tag, res_d,
+                    res_i,
                 )  # fmt: skip
                 if nr == ef_construction:
                     bound = res_d[0]
@@ -468,18 +529,17 @@ def build_select(
                         merged_d[nm] = d
                         merged_i[nm] = s
                         nm += 1
-            order = np.argsort(merged_d[:nm])
-            for t in range(nm):
-                sorted_d[t] = merged_d[order[t]]
-                sorted_i[t] = merged_i[order[t]]
+            _sort_pairs(merged_d, merged_i, np.int64(nm))
             off = i * width + layer * sel.shape[2]
-            ns = _heuristic(metric, vectors, sorted_d, sorted_i, nm, M, flat, off)
+            ns = _heuristic(
+                metric, vectors, merged_d, merged_i, np.int64(nm), M, flat, np.int64(off)
+            )
             target = fill if layer == 0 else M
             if fill > 0 and ns < target:
                 for t in range(nm):
                     if ns >= target:
                         break
-                    c = sorted_i[t]
+                    c = merged_i[t]
                     taken = False
                     for r in range(ns):
                         if flat[off + r] == c:
@@ -513,11 +573,10 @@ def _add_link(metric, vectors, links, upper_off, layer, s, p, limit):
         cd[t] = distance(metric, vectors[c], vs)
     ci[cnt] = p
     cd[cnt] = distance(metric, vectors[p], vs)
-    order = np.argsort(cd, kind="mergesort")
-    sd = cd[order]
-    si = ci[order]
+    n = np.int64(cnt + 1)
+    _insertion_sort(cd, ci, n)
     kept = np.empty(limit, np.int32)
-    nk = _heuristic(metric, vectors, sd, si, cnt + 1, limit, kept, 0)
+    nk = _heuristic(metric, vectors, cd, ci, n, limit, kept, _LAYER0)
     for t in range(nk):
         links[row, t + 1] = kept[t]
     links[row, 0] = nk
@@ -543,7 +602,10 @@ def build_link(
                 links[row, t + 1] = sel[i, layer, t]
             links[row, 0] = ns
             for t in range(ns):
-                _add_link(metric, vectors, links, upper_off, layer, sel[i, layer, t], p, limit)
+                _add_link(
+                    metric, vectors, links, upper_off, np.int64(layer), np.int64(sel[i, layer, t]),
+                    np.int64(p), np.int64(limit),
+                )  # fmt: skip
         deleted[p] = 0
         if state[0] < 0 or lp > state[1]:
             state[1] = lp
@@ -657,15 +719,15 @@ def repair_reachability(
                 cur, curd = greedy(metric, vectors, upper, upper_off, layer, q, cur, curd)
             tag = _next_tag(visited, vgen)
             nr = search_layer(
-                metric, vectors, links0, upper_off, 0, deleted, seen, ADMIT_MASK, q, cur, curd,
-                ef, visited, tag, res_d, res_i,
+                metric, vectors, links0, upper_off, _LAYER0, deleted, seen, np.int64(ADMIT_MASK),
+                q, cur, curd, ef, visited, tag, res_d, res_i,
             )  # fmt: skip
             if nr == 0:
                 continue
-            order = np.argsort(res_d[:nr])
+            _sort_pairs(res_d, res_i, np.int64(nr))
             host = -1
             for t in range(nr):
-                c = res_i[order[t]]
+                c = res_i[t]
                 if c != u and links0[c, 0] < m0:
                     host = c
                     break
@@ -675,10 +737,13 @@ def repair_reachability(
                 links0[host, 0] = cnt + 1
                 _mark_from(links0, u, seen, stack)
             else:
-                host = res_i[order[0]]
+                host = res_i[0]
                 if host == u:
                     continue
-                _add_link(metric, vectors, links0, upper_off, 0, host, u, m0)
+                _add_link(
+                    metric, vectors, links0, upper_off, _LAYER0, np.int64(host), np.int64(u),
+                    np.int64(m0),
+                )  # fmt: skip
                 pruned = True
             repaired += 1
         if not pruned:
@@ -715,4 +780,7 @@ def hand_over(metric, vectors, links0, upper_off, slots, skip):
                     bestd = d
                     best = c
             if best >= 0:
-                _add_link(metric, vectors, links0, upper_off, 0, best, n, maxc)
+                _add_link(
+                    metric, vectors, links0, upper_off, _LAYER0, np.int64(best), np.int64(n),
+                    np.int64(maxc),
+                )  # fmt: skip

@@ -18,11 +18,11 @@ import numpy as np
 from numba import njit
 
 from vdb.index.kernels import (
+    _LAYER0,
     ADMIT_NOT_MASK,
     L2,
     _admit,
     _next_tag,
-    _pop_max,
     _pop_min,
     _prefetch,
     _prefetch_row,
@@ -30,9 +30,11 @@ from vdb.index.kernels import (
     _push_min,
     _row,
     _sift_down_max,
+    _sort_pairs,
     distance,
     exact_scan,
     query_status,
+    write_top,
 )
 
 _AHEAD = 3
@@ -164,8 +166,9 @@ def search_layer_q(
                 if nc == cand_d.shape[0]:
                     grown_d = np.empty(2 * nc, np.float32)
                     grown_i = np.empty(2 * nc, np.int32)
-                    grown_d[:nc] = cand_d
-                    grown_i[:nc] = cand_i
+                    for t in range(nc):  # a loop: slice assignment costs seconds to compile
+                        grown_d[t] = cand_d[t]
+                        grown_i[t] = cand_i[t]
                     cand_d = grown_d
                     cand_i = grown_i
                 nc = _push_min(cand_d, cand_i, nc, d, c)
@@ -201,9 +204,6 @@ def search_batch_q(
     ef_eff = max(ef, k)
     res_d = np.empty(ef_eff + 1, np.float32)
     res_i = np.empty(ef_eff + 1, np.int32)
-    top_d = np.empty(k + 1, np.float32)
-    top_i = np.empty(k + 1, np.int32)
-    pad = np.float32(np.inf) if metric == L2 else np.float32(-np.inf)
     unit = np.empty(dim, np.float32)
     cq = np.empty(dim, np.int16)
     const = consts[0]
@@ -231,43 +231,24 @@ def search_batch_q(
                     codes, terms, upper, upper_off, layer, cq, tq, const, s, cur, curd
                 )
             nr = search_layer_q(
-                codes, terms, links0, upper_off, 0, deleted, mask, mode, cq, tq, const, s, cur,
-                curd, ef_eff, visited, tag, res_d, res_i,
+                codes, terms, links0, upper_off, _LAYER0, deleted, mask, mode, cq, tq, const, s,
+                cur, curd, ef_eff, visited, tag, res_d, res_i,
             )  # fmt: skip
         if nr < need:
             nr = exact_scan(metric, vectors, deleted, mask, mode, q, n_used, k, res_d, res_i)
             scanned = True
         if not scanned and n_rescore >= 0:
             limit = nr if n_rescore == 0 else max(n_rescore, k)
-            while nr > limit:
-                nr = _pop_max(res_d, res_i, nr)
-            nt = 0
+            if limit < nr:  # keep the best ``limit`` by quantized distance
+                _sort_pairs(res_d, res_i, nr)
+                nr = limit
             for t in range(min(nr, _AHEAD)):
                 _prefetch_row(vectors, res_i[t])
             for t in range(nr):
-                c = res_i[t]
                 if t + _AHEAD < nr:
                     _prefetch_row(vectors, res_i[t + _AHEAD])  # float rows are cold: fetch ahead
-                d = distance(metric, vectors[c], q)
-                if nt < k:
-                    nt = _push_max(top_d, top_i, nt, d, c)
-                elif d < top_d[0]:
-                    _sift_down_max(top_d, top_i, nt, d, c)
-            nr = nt
-            for t in range(nt):
-                res_d[t] = top_d[t]
-                res_i[t] = top_i[t]
-        while nr > k:
-            nr = _pop_max(res_d, res_i, nr)
-        m = nr
-        for pos in range(m - 1, -1, -1):
-            out_slots[qi, pos] = res_i[0]
-            d = res_d[0]
-            out_scores[qi, pos] = d if metric == L2 else np.float32(1.0) - d
-            nr = _pop_max(res_d, res_i, nr)
-        for pos in range(m, k):
-            out_slots[qi, pos] = -1
-            out_scores[qi, pos] = pad
+                res_d[t] = distance(metric, vectors[res_i[t]], q)
+        write_top(metric, res_d, res_i, nr, k, out_slots, out_scores, qi)
     return 0
 
 
@@ -311,13 +292,15 @@ def build_select_q(
     res_i = np.empty(ef_construction + 1, np.int32)
     merged_d = np.empty(ef_construction + B, np.float32)
     merged_i = np.empty(ef_construction + B, np.int32)
-    sorted_d = np.empty(ef_construction + B, np.float32)
-    sorted_i = np.empty(ef_construction + B, np.int32)
     flat = sel.reshape(-1)
     width = sel.shape[1] * sel.shape[2]
+    # the point's code widened to int16, as a query's: one compiled copy of the layer search
+    # and greedy walk serves both (same distances: the values are the same)
+    cq = np.empty(codes.shape[1], np.int16)
     for i in range(lo, hi):
         p = chunk[i]
-        cq = codes[p]
+        for j in range(cq.shape[0]):
+            cq[j] = codes[p, j]
         tq = terms[p]
         lp = levels[p]
         le = -1
@@ -337,8 +320,9 @@ def build_select_q(
                 tag = _next_tag(visited, vgen)
                 links = links0 if layer == 0 else upper
                 nr = search_layer_q(
-                    codes, terms, links, upper_off, layer, deleted, pending, ADMIT_NOT_MASK, cq, tq, const, s,
-                    cur, curd, ef_construction, visited, tag, res_d, res_i,
+                    codes, terms, links, upper_off, layer, deleted, pending,
+                    np.int64(ADMIT_NOT_MASK), cq, tq, const, s, cur, curd, ef_construction,
+                    visited, tag, res_d, res_i,
                 )  # fmt: skip
                 if nr == ef_construction:
                     bound = res_d[0]
@@ -357,18 +341,17 @@ def build_select_q(
                         merged_d[nm] = d
                         merged_i[nm] = sj
                         nm += 1
-            order = np.argsort(merged_d[:nm])
-            for t in range(nm):
-                sorted_d[t] = merged_d[order[t]]
-                sorted_i[t] = merged_i[order[t]]
+            _sort_pairs(merged_d, merged_i, np.int64(nm))
             off = i * width + layer * sel.shape[2]
-            ns = _heuristic_q(codes, terms, const, s, sorted_d, sorted_i, nm, M, flat, off)
+            ns = _heuristic_q(
+                codes, terms, const, s, merged_d, merged_i, np.int64(nm), M, flat, np.int64(off)
+            )
             target = fill if layer == 0 else M
             if fill > 0 and ns < target:
                 for t in range(nm):
                     if ns >= target:
                         break
-                    c = sorted_i[t]
+                    c = merged_i[t]
                     taken = False
                     for r in range(ns):
                         if flat[off + r] == c:

@@ -1,0 +1,97 @@
+"""The kernels' start-up contract: warm() loads only the kernel groups an index uses, Numba
+starts without SciPy, and the one-query lean path answers exactly as the batch path."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from tests.helpers import REPO
+from vdb.index import HNSW
+
+_PROBE = r"""
+import json, sys
+import numpy as np
+from vdb.index import HNSW, kernels, qkernels
+h = HNSW(16, "cosine", seed=0, quantization=None if sys.argv[1] == "none" else sys.argv[1])
+h.warm(writes=True, background=False)
+loaded = {
+    name: bool(getattr(mod, name).signatures)
+    for mod, names in (
+        (kernels, ["search_batch", "build_select", "hand_over", "unlink"]),
+        (qkernels, ["search_batch_q", "build_select_q"]),
+    )
+    for name in names
+}
+scipy_loaded = "scipy.linalg" in sys.modules
+import scipy.linalg  # the probe's marker is gone: SciPy still imports
+print(json.dumps({"loaded": loaded, "scipy_at_warm": scipy_loaded}))
+"""
+
+
+def _probe(quantization: str) -> dict:
+    env = dict(
+        os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", _PROBE, quantization],
+        env=env, capture_output=True, text=True, timeout=600, check=True,
+    )  # fmt: skip
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_warm_loads_only_the_float_kernels_of_a_float_index():
+    got = _probe("none")
+    assert got["loaded"] == {
+        "search_batch": True,
+        "build_select": True,
+        "hand_over": False,  # relink group: loaded on first replace
+        "unlink": False,
+        "search_batch_q": False,
+        "build_select_q": False,
+    }
+    assert got["scipy_at_warm"] is False
+
+
+def test_warm_loads_only_the_int8_walk_of_an_int8_index():
+    got = _probe("int8")
+    loaded = got["loaded"]
+    assert loaded["search_batch_q"] and loaded["build_select_q"]
+    assert not loaded["search_batch"] and not loaded["build_select"]
+    assert not loaded["hand_over"]
+
+
+@pytest.mark.parametrize("metric", ["l2", "ip", "cosine"])
+def test_single_query_lean_path_matches_batch(metric):
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((1500, 24)).astype(np.float32)
+    h = HNSW(24, metric, seed=1, ef=24)
+    h.add(x)
+    q = rng.standard_normal((40, 24)).astype(np.float32)
+    slots, scores = h.search(q, 7)
+    for i in range(q.shape[0]):
+        s1, d1 = h.search(q[i : i + 1], 7)  # [1, dim] float32: the lean path
+        assert s1.shape == (1, 7) and s1.dtype == np.int32 and d1.dtype == np.float32
+        np.testing.assert_array_equal(s1[0], slots[i])
+        np.testing.assert_allclose(d1[0], scores[i], rtol=1e-6)
+    h.delete(slots[0, :3].tolist())
+    s1, _ = h.search(q[:1], 7)
+    assert not set(s1[0].tolist()) & set(slots[0, :3].tolist())
+
+
+def test_single_query_lean_path_rejects_bad_values():
+    h = HNSW(4, "cosine", seed=0)
+    h.add(np.eye(4, dtype=np.float32) + 0.1)
+    for bad in (np.nan, np.inf):
+        q = np.array([[1.0, bad, 0.0, 0.0]], np.float32)
+        with pytest.raises(ValueError, match="NaN or inf"):
+            h.search(q, 2)
+    with pytest.raises(ValueError, match="zero vector"):
+        h.search(np.zeros((1, 4), np.float32), 2)
+    with pytest.raises(ValueError, match="ef must be >= 1"):
+        h.search(np.ones((1, 4), np.float32), 2, ef=0)
