@@ -277,6 +277,8 @@ class Collection:
             raise InvalidInput(
                 f"partitions must be a list of integers, got {partitions!r}"
             ) from None
+        if self._ids.partitions_held() <= set(wanted.tolist()):
+            return None  # every live point is in a wanted partition: no mask, no filter cost
         parts = self._ids.partitions[:capacity]
         mask = np.zeros(capacity, dtype=bool)
         mask[: len(parts)] = np.isin(parts, wanted)

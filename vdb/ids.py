@@ -84,6 +84,9 @@ class IdMap:
         self.partitions = np.full(capacity, NO_PARTITION, dtype=np.int32)
         self.changed = np.zeros(capacity, dtype=np.int64)
         self.dirty: set[int] = set()  # parts (slot >> PART_SHIFT) changed since the capture
+        # live points per source partition: a search restricted to partitions that cover
+        # every one held needs no mask (what a cluster node is asked for, every request)
+        self.per_partition: dict[int, int] = {}
 
     def __len__(self) -> int:
         return len(self.slot_of)
@@ -111,18 +114,40 @@ class IdMap:
         self.partitions = partitions
         self.live = live
 
+    def _count(self, slot: int, delta: int) -> None:
+        """Add ``delta`` to the live count of ``slot``'s partition (call while it is live)."""
+        part = int(self.partitions[slot])
+        left = self.per_partition.get(part, 0) + delta
+        if left > 0:
+            self.per_partition[part] = left
+        else:
+            self.per_partition.pop(part, None)
+
+    def partitions_held(self) -> set[int]:
+        """The source partitions of the live points (``NO_PARTITION`` for points that did
+        not come from a stream)."""
+        return set(list(self.per_partition))  # one C-level copy: safe beside the writer
+
     def assign(self, point_id: PointId, slot: int, partition: int | None, generation: int) -> None:
         self._ensure(slot)
         self.dirty.add(slot >> PART_SHIFT)
         self.changed[slot] = generation
+        if self.live[slot]:
+            self._count(slot, -1)
         self.ids[slot] = point_id
         self.partitions[slot] = NO_PARTITION if partition is None else partition
         self.live[slot] = True
+        self._count(slot, 1)
         self.slot_of[point_id] = slot
 
     def set_partition(self, slot: int, partition: int | None) -> None:
         self.dirty.add(slot >> PART_SHIFT)
+        live = bool(self.live[slot])
+        if live:
+            self._count(slot, -1)
         self.partitions[slot] = NO_PARTITION if partition is None else partition
+        if live:
+            self._count(slot, 1)
 
     def remove(self, point_id: PointId, generation: int) -> int | None:
         slot = self.slot_of.pop(point_id, None)
@@ -130,6 +155,8 @@ class IdMap:
             return None
         self.dirty.add(slot >> PART_SHIFT)
         self.changed[slot] = generation
+        if self.live[slot]:
+            self._count(slot, -1)
         self.live[slot] = False
         self.ids[slot] = None
         self.partitions[slot] = NO_PARTITION
@@ -139,6 +166,8 @@ class IdMap:
         """Empty ``slot`` whose id already moved to another slot (``assign`` did)."""
         self.dirty.add(slot >> PART_SHIFT)
         self.changed[slot] = generation
+        if self.live[slot]:
+            self._count(slot, -1)
         self.live[slot] = False
         self.ids[slot] = None
         self.partitions[slot] = NO_PARTITION
@@ -239,6 +268,8 @@ class IdMap:
         m.ids = table.tolist()
         m.live[slots] = True
         m.partitions[slots] = partitions
+        held, counts = np.unique(partitions, return_counts=True)
+        m.per_partition = dict(zip(held.tolist(), counts.tolist(), strict=True))
         m.slot_of = dict(zip(ids, slots.tolist(), strict=True))
         if len(m.slot_of) != len(ids):
             from vdb.errors import CorruptData

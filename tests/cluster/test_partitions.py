@@ -117,3 +117,36 @@ def test_serve_cluster_without_a_kafka_group_is_a_clear_error(tmp_path: Path) ->
     )  # fmt: skip
     assert r.returncode == 1
     assert "--cluster" in r.stderr and "Kafka ingest pipeline with a group" in r.stderr
+
+
+def test_partitions_held_follow_writes_deletes_moves_and_reopen(tmp_path: Path) -> None:
+    """The live count per partition (which lets a node asked for all it holds skip the
+    mask) stays exact through replaces into another partition, deletes, a drop, a
+    checkpoint and a WAL replay; a restricted search never returns a point outside."""
+    vectors = fill(tmp_path)
+
+    def counted(col) -> dict[int, int]:
+        return {p: col.count(partitions=[p]) for p in range(-1, 5)}
+
+    with vdb.open(tmp_path, warm=False) as db:
+        col = db.collection("docs")
+        assert col._ids.partitions_held() == {0, 1, 2, 3}
+        # points 0..9 move to partition 4, 10..14 lose their partition, 15..19 are deleted
+        col.apply([Upsert(i, vectors[i], {"g": 0}, partition=4) for i in range(10)])
+        col.upsert(list(range(10, 15)), vectors[10:15])
+        col.delete(list(range(15, 20)))
+        assert col.drop_partition(2) == len([i for i in range(20, N) if i % 4 == 2])
+        want = {p: c for p, c in counted(col).items() if c}
+        assert want[4] == 10 and want[-1] == 5 and 2 not in want
+        assert col._ids.partitions_held() == set(want)
+        assert dict(col._ids.per_partition) == want
+        for q in vectors[:5]:
+            assert {h.id for h in col.search(q, k=20, partitions=[0, 1, 3, 4])} <= {
+                i for i in range(N) if i < 10 or (i >= 20 and i % 4 in (0, 1, 3))
+            }
+        db.checkpoint()
+        col.delete([20, 21])
+    with vdb.open(tmp_path, warm=False) as db:  # checkpoint + WAL replay
+        col = db.collection("docs")
+        want = {p: c for p, c in counted(col).items() if c}
+        assert dict(col._ids.per_partition) == want and sum(want.values()) == col.count()
