@@ -30,7 +30,6 @@ from pathlib import Path
 from typing import Any
 
 import lmdb
-import numpy as np
 
 from vdb import recovery, telemetry
 from vdb.checkpointer import Checkpointer
@@ -46,6 +45,7 @@ from vdb.errors import (
 from vdb.segments import DEFAULT_FRESH_LIMIT, Indexer
 from vdb.state import State
 from vdb.types import DeadLetter
+from vdb.vectors import bounded_int
 from vdb.wal import checkpoint as ckpt
 from vdb.wal.store import DEFAULT_MAP_SIZE, Store, from_i64, pack, unpack
 
@@ -81,16 +81,6 @@ def storage_config(quantization: Any, on_disk: Any) -> dict[str, Any]:
     if on_disk:
         out["on_disk"] = True
     return out
-
-
-def _positive_int(value: Any, what: str, low: int = 1, high: int = 1 << 31) -> int:
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, int | np.integer)
-        or not low <= value <= high
-    ):
-        raise InvalidInput(f"{what} must be an integer in [{low}, {high}], got {value!r}")
-    return int(value)
 
 
 class Database:
@@ -133,7 +123,7 @@ class Database:
         indexing: bool = True,
     ) -> None:
         self.path = Path(path)
-        self.fresh_limit = _positive_int(fresh_limit, "fresh_limit")
+        self.fresh_limit = bounded_int(fresh_limit, "fresh_limit")
         self._submit_lock = threading.Lock()
         self._queue: queue.Queue[Any] = queue.Queue(maxsize=queue_size)
         self._store = Store(self.path, map_size=map_size, max_map_size=max_map_size)
@@ -321,19 +311,19 @@ class Database:
             quantization = default.get("quantization", quantization)
             on_disk = default.get("on_disk", on_disk)
         embedder, dim, metric = collection_embedder(embedder, dim, metric)
-        dim = _positive_int(dim, "dim", 1, 65536)
+        dim = bounded_int(dim, "dim", 1, 65536)
         if metric not in METRICS:
             raise InvalidInput(f"metric must be one of {', '.join(METRICS)}, got {metric!r}")
         config = {
             "name": name,
             "dim": dim,
             "metric": metric,
-            "M": _positive_int(M, "M", 2, 512),
-            "ef_construction": _positive_int(ef_construction, "ef_construction", 1, 1 << 20),
-            "ef": _positive_int(ef, "ef", 1, 1 << 20),
+            "M": bounded_int(M, "M", 2, 512),
+            "ef_construction": bounded_int(ef_construction, "ef_construction", 1, 1 << 20),
+            "ef": bounded_int(ef, "ef", 1, 1 << 20),
             "fresh_limit": None
             if fresh_limit is None
-            else _positive_int(fresh_limit, "fresh_limit", 1, 1 << 31),
+            else bounded_int(fresh_limit, "fresh_limit", 1, 1 << 31),
             "extra": extra,
             "created_at": time.time(),
         }

@@ -49,7 +49,8 @@ _MAX_NAME = 255
 # -- configuration -------------------------------------------------------------------------
 
 
-def _int(value: Any, what: str, low: int, high: int) -> int:
+def bounded_int(value: Any, what: str, low: int = 1, high: int = 1 << 31) -> int:
+    """``value`` as an int if it is one (not a bool) in ``[low, high]``; else InvalidInput."""
     if (
         isinstance(value, bool)
         or not isinstance(value, int | np.integer)
@@ -83,10 +84,10 @@ def dense_spec(value: Any, name: str, M: int, ef_construction: int) -> dict[str,
     if metric not in METRICS:
         raise InvalidInput(f"{what}: metric must be one of {', '.join(METRICS)}, got {metric!r}")
     spec: dict[str, Any] = {
-        "dim": _int(dim, f"{what}.dim", 1, 65536),
+        "dim": bounded_int(dim, f"{what}.dim", 1, 65536),
         "metric": metric,
-        "M": _int(value.get("M", M), f"{what}.M", 2, 512),
-        "ef_construction": _int(
+        "M": bounded_int(value.get("M", M), f"{what}.M", 2, 512),
+        "ef_construction": bounded_int(
             value.get("ef_construction", ef_construction), f"{what}.ef_construction", 1, 1 << 20
         ),
     }
