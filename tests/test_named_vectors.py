@@ -312,3 +312,38 @@ def test_has_vector_filters_name_the_vector(tmp_path):
         assert {h.id for h in hits} == {i for i in range(N) if i % 3 and i % 5}
         with pytest.raises(InvalidInput, match="Not existing vector name"):
             col.count({"must": [{"has_vector": "zz"}]})
+
+
+def test_fresh_limit_holds_writers_of_named_vectors(tmp_path):
+    """A named vector's fresh segment has the same bound as the default one's (here the
+    database's): with indexing paused, writers of a collection without a default vector
+    wait at the bound instead of growing it, and go on once indexing resumes."""
+    import threading
+
+    rng = np.random.default_rng(5)
+    limit, batch, total = 400, 100, 1500
+    x = rng.standard_normal((total, 16)).astype(np.float32)
+    with vdb.open(tmp_path / "d", indexing=False, fresh_limit=limit) as db:
+        col = db.create_collection("c", vectors={"a": {"dim": 16, "metric": "l2"}})
+        segs = col._spaces.extra["a"].segs
+        assert segs.fresh_limit == limit
+        written: list[int] = []
+
+        def write() -> None:
+            for start in range(0, total, batch):
+                col.upsert(
+                    list(range(start, start + batch)), vectors={"a": x[start : start + batch]}
+                )
+                written.append(start + batch)
+
+        t = threading.Thread(target=write)
+        t.start()
+        t.join(timeout=5)  # it cannot finish: nothing is indexed
+        assert t.is_alive()
+        assert segs.fresh_rows <= limit + batch
+        assert col.count() == written[-1] <= limit + batch
+        db.resume_indexing()
+        t.join(timeout=300)
+        assert not t.is_alive() and col.count() == total
+        assert col.wait_indexed(timeout=120)
+        assert col.search(x[777], k=1, using="a")[0].id == 777
