@@ -266,8 +266,9 @@ class Collection:
     def _partition_mask(self, partitions: Any, capacity: int) -> np.ndarray | None:
         """Slots whose source partition is in ``partitions``; ``None`` = no restriction.
 
-        ``None`` is also returned when the list excludes no live point, so a
-        node asked for every partition it holds searches without a mask.
+        ``None`` is also returned when the list excludes no live point (the id map's
+        count per partition says so), so a node asked for every partition it holds
+        searches without a mask.
         """
         if partitions is None:
             return None
@@ -282,8 +283,6 @@ class Collection:
         parts = self._ids.partitions[:capacity]
         mask = np.zeros(capacity, dtype=bool)
         mask[: len(parts)] = np.isin(parts, wanted)
-        if not (self._ids.live_mask(capacity) & ~mask).any():
-            return None
         return mask
 
     def _vector_of(self, slot: int) -> np.ndarray:
