@@ -288,49 +288,27 @@ def test_kill9_recovery_keeps_named_and_sparse_vectors(serve, tmp_path):
     c.delete_vectors("k9", ["b"], points=[1])
     c.delete("k9", points_selector=[2])
     sq = m.SparseVector(indices=[1, 2, 3], values=[1.0, 1.0, 1.0])
+
+    def ranked(client, query, using, exact=False):
+        params = m.SearchParams(exact=True) if exact else None
+        points = client.query_points(
+            "k9", query=query, using=using, limit=10, search_params=params
+        ).points
+        return [(p.id, p.score) for p in points]
+
     before = [
-        [
-            (p.id, p.score)
-            for p in c.query_points("k9", query=a[9].tolist(), using="a", limit=10).points
-        ],
-        [(p.id, p.score) for p in c.query_points("k9", query=sq, using="s", limit=10).points],
-        [
-            (p.id, p.score)
-            for p in c.query_points(
-                "k9",
-                query=b[4].tolist(),
-                using="b",
-                limit=10,
-                search_params=m.SearchParams(exact=True),
-            ).points
-        ],
+        ranked(c, a[9].tolist(), "a"),
+        ranked(c, sq, "s"),
+        ranked(c, b[4].tolist(), "b", exact=True),
     ]
     srv.kill9()
     srv2 = serve(data_dir=tmp_path / "k9")
     c2 = QdrantClient(url=srv2.url, prefer_grpc=False, timeout=60)
     assert c2.count("k9").count == N - 1
     after = [
-        [
-            (p.id, p.score)
-            for p in c2.query_points(
-                "k9",
-                query=a[9].tolist(),
-                using="a",
-                limit=10,
-                search_params=m.SearchParams(exact=True),
-            ).points
-        ],
-        [(p.id, p.score) for p in c2.query_points("k9", query=sq, using="s", limit=10).points],
-        [
-            (p.id, p.score)
-            for p in c2.query_points(
-                "k9",
-                query=b[4].tolist(),
-                using="b",
-                limit=10,
-                search_params=m.SearchParams(exact=True),
-            ).points
-        ],
+        ranked(c2, a[9].tolist(), "a", exact=True),
+        ranked(c2, sq, "s"),
+        ranked(c2, b[4].tolist(), "b", exact=True),
     ]
     assert [i for i, _ in after[0]] == _cos_top(
         a, a[9], np.asarray([i for i in range(N) if i != 2]), 10
