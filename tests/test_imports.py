@@ -201,6 +201,7 @@ CORE = {
     "vdb.writer",
     "vdb.progress",
     "vdb.segments",
+    "vdb.graphs",
     "vdb.fusion",
     "vdb.vectors",
     "vdb.state",

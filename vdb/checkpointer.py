@@ -123,15 +123,12 @@ class Checkpointer:
                 # The graphs first, each under its indexer lock only (the writer never
                 # writes a graph, so it keeps running); the indexer waits until the
                 # collection state is captured too, so graph and state agree.
-                graphs = []
-                graph_rows = []
+                graphs: list[GraphCapture] = []
                 named = []  # the named vectors' graphs, each under its own indexer lock
                 for col in changed:
                     held.enter_context(col._segs.index_lock)
                     col._segs.dirty = False
-                    arrays, rows = capture_graph(col, self._manifests.get(col.uid))
-                    graphs.append(arrays)
-                    graph_rows.append(rows)
+                    graphs.append(capture_graph(col, self._manifests.get(col.uid)))
                     named.append(col._spaces.capture_graphs(held))
                 pause_start = time.perf_counter()
                 with self._write_lock:
@@ -140,24 +137,29 @@ class Checkpointer:
                         capture(
                             col,
                             seq,
-                            arrays,
+                            graph.arrays,
                             full=not _has_parts(self._manifests.get(col.uid)),
                             extra=extra,
                         )
-                        for col, arrays, extra in zip(changed, graphs, named, strict=True)
+                        for col, graph, extra in zip(changed, graphs, named, strict=True)
                     ]
                     uids = [col.uid for col in self._collections.values()]
                     wal_bytes = self._stats.wal_bytes_since_checkpoint
                 pause = time.perf_counter() - pause_start
             try:
-                installed, new_manifests = self._write(captured, uids, seq, started)
+                installed, new_manifests = self._write(
+                    captured, uids, seq, started, [g.carry for g in graphs]
+                )
             except BaseException:
                 # what was captured is still to be written by the next checkpoint
-                for col, cap, rows in zip(changed, captured, graph_rows, strict=True):
+                for col, cap, graph in zip(changed, captured, graphs, strict=True):
                     col._ids.dirty.update(cap.id_parts)
                     col._payloads.mark_dirty(cap.payload_parts)
-                    col._segs.mark_graph_rows(rows)
+                    col._segs.mark_graph_rows(graph.rows)
                 raise
+            for graph in graphs:  # sealed graphs now in the checkpoint: carried from now on
+                for g, params, saved in graph.sealed:
+                    g.params, g.saved, g.persisted = params, saved, True
             with self._write_lock:
                 for uid, manifest in installed.items():
                     if uid in self._by_uid:
@@ -201,7 +203,12 @@ class Checkpointer:
             }
 
     def _write(
-        self, captured: list[ckpt.Captured], uids: list[int], seq: int, started: float
+        self,
+        captured: list[ckpt.Captured],
+        uids: list[int],
+        seq: int,
+        started: float,
+        carries: list[list[str]],
     ) -> tuple[dict[int, dict[str, Any]], dict[int, dict[str, Any]]]:
         """Encode and write the captured states (no lock held), then install the manifests
         and truncate the WAL in one transaction. Returns (installed, new manifests)."""
@@ -219,7 +226,8 @@ class Checkpointer:
                     gen,
                     ckpt.encode(cap),
                     previous=self._manifests.get(cap.uid),
-                    carry=ckpt.PART_PREFIXES,
+                    # exact blob names of sealed graphs: a prefix of no other blob's name
+                    carry=(*ckpt.PART_PREFIXES, *carries[i]),
                 )
                 new_manifests[cap.uid] = ckpt.new_manifest(gen, cap, table, started)
         except BaseException:
@@ -267,42 +275,86 @@ def _has_parts(manifest: dict[str, Any] | None) -> bool:
     return bool(manifest and manifest.get("blobs")) and manifest.get("parts") == PART_SHIFT
 
 
-def capture_graph(
-    col: Collection, previous: dict[str, Any] | None
-) -> tuple[dict[str, np.ndarray | ckpt.PartialArray], np.ndarray]:
+class GraphCapture:
+    """What ``capture_graph`` took: the arrays, the rows to give back if the checkpoint
+    fails, the blob names carried unchanged (sealed graphs written before) and the sealed
+    graphs written whole (carried from the next checkpoint on)."""
+
+    __slots__ = ("arrays", "rows", "carry", "sealed")
+
+    def __init__(self, arrays: dict[str, Any], rows: Any, carry: list[str], sealed: list[Any]):
+        self.arrays, self.rows, self.carry, self.sealed = arrays, rows, carry, sealed
+
+
+def capture_graph(col: Collection, previous: dict[str, Any] | None) -> GraphCapture:
     """The graph arrays of ``col`` (the caller holds its ``index_lock``, so no link changes).
 
-    The per-point arrays (``GRAPH_VIEWS``) are not copied whole: only the chunks holding
-    rows relinked since the previous checkpoint, and its last chunk onwards (appends), are
-    copied; the rest are that checkpoint's chunks. The link arrays are copied whole
-    (inserts rewrite neighbours' lists all over the graph). Returns the arrays and the
-    rows taken (to give back if the checkpoint fails).
+    A sealed graph already in the previous checkpoint is carried: its vectors, links and
+    labels are neither copied nor written again, only its deleted flags, free list and
+    parameters (a few bytes per point). Of a growing graph the per-point arrays
+    (``GRAPH_VIEWS``, labels) are not copied whole: only the chunks holding rows relinked
+    since the previous checkpoint, and its last chunk onwards (appends), are copied; the
+    rest are that checkpoint's chunks. Its link arrays are copied whole (inserts rewrite
+    neighbours' lists all over the graph). One graph keeps the names it always had.
     """
-    arrays: dict[str, Any] = col._index.to_arrays(views=GRAPH_VIEWS)
+    graphs = col._index
     rows = col._segs.take_graph_rows()
     old = ((previous or {}).get("blobs") or {}) if previous else {}
+    arrays: dict[str, Any] = {}
+    carry: list[str] = []
+    sealed: list[Any] = []
+    listed = graphs.graphs
+    if not (len(listed) == 1 and listed[0].identity and not listed[0].sealed):
+        arrays["graphs"] = graphs.meta()
+    for g in listed:
+        p = g.prefix()
+        if g.sealed and g.persisted and g.params is not None:
+            names = [f"index/{p}{n}" for n in (*IMMUTABLE, "labels") if n in g.saved]
+            if all(name in old for name in names):
+                live = g.index.live_mask()[: int(g.index.used)]
+                params = g.params.copy()
+                params[13] = len(g.index)  # live points: what deletes change of the parameters
+                arrays[p + "params"] = params
+                arrays[p + "deleted"] = (~live).astype(np.uint8)
+                arrays[p + "free"] = np.flatnonzero(~live).astype(np.int32)
+                carry.extend(names)
+                continue
+        own = g.index.to_arrays(views=GRAPH_VIEWS)
+        if g.labels is not None:
+            own["labels"] = g.labels[: int(g.index.used)]
+        _partial(own, p, rows.get(g.gid, np.zeros(0, np.int64)), old)
+        if g.sealed:
+            sealed.append((g, own["params"].copy(), sorted(own)))
+        arrays.update({p + k: v for k, v in own.items()})
+    return GraphCapture(arrays, rows, carry, sealed)
+
+
+IMMUTABLE = ("vectors", "links0", "upper", "upper_off", "levels", "codes", "terms", "quantizer")
+
+
+def _partial(own: dict[str, Any], p: str, rows: np.ndarray, old: dict[str, Any]) -> None:
+    """Replace the per-point arrays of one graph by their changed chunks (see above)."""
     refit = False
-    if "quantizer" in arrays:  # a refit re-codes every slot
-        meta = old.get("index/quantizer")
+    if "quantizer" in own:  # a refit re-codes every slot
+        meta = old.get(f"index/{p}quantizer")
         refit = meta is None or meta.get("chunk_digests") != [
-            ckpt.digest(np.ascontiguousarray(arrays["quantizer"]).tobytes())
+            ckpt.digest(np.ascontiguousarray(own["quantizer"]).tobytes())
         ]
-    for name in GRAPH_VIEWS:
-        arr = arrays.get(name)
+    for name in (*GRAPH_VIEWS, "labels"):
+        arr = own.get(name)
         if arr is None:
             continue
-        meta = old.get(f"index/{name}")
+        meta = old.get(f"index/{p}{name}")
         if (
             meta is None
             or meta.get("hash") != ckpt.HASH
             or meta.get("dtype") != arr.dtype.str
             or list(meta.get("shape", [])[1:]) != list(arr.shape[1:])
-            or (name != "vectors" and refit)
+            or (name in ("codes", "terms") and refit)
         ):
-            arrays[name] = arr.copy()
+            own[name] = arr.copy()
         else:
-            arrays[name] = ckpt.partial_array(arr, rows, int(meta["chunks"]))
-    return arrays, rows
+            own[name] = ckpt.partial_array(arr, rows, int(meta["chunks"]))
 
 
 def capture(

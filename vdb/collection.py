@@ -42,6 +42,7 @@ import numpy as np
 
 from vdb.errors import CollectionNotFound, DimensionMismatch, InvalidInput, PointNotFound
 from vdb.ids import IdMap, normalize_id, normalize_ids, sort_key
+from vdb.graphs import DEFAULT_SEAL_SIZE
 from vdb.segments import DEFAULT_FRESH_LIMIT, Segments
 from vdb.types import DeadLetter, Delete, Hit, PointId, Record, Upsert
 from vdb.vectors import SparseSpace, _named_row, _sparse_row, main_row
@@ -122,13 +123,20 @@ class Collection:
         self.uid: int = config["uid"]
         self.dim: int = int(config["dim"])
         self.metric: str = config["metric"]
-        self._index = index
-        self._segs = Segments(index, int(config.get("fresh_limit") or DEFAULT_FRESH_LIMIT))
+        self._segs = Segments(
+            index,
+            int(config.get("fresh_limit") or DEFAULT_FRESH_LIMIT),
+            make=lambda gid: self._named_index(config, -1, gid),
+            seal_size=int(config.get("graph_seal_size") or DEFAULT_SEAL_SIZE),
+            partitioned=bool(config.get("partition_segments")),
+        )
+        self._index = self._segs.index  # the default vector's graphs (vdb.graphs.Graphs)
         from vdb.vectors import Spaces
 
         # every vector name over the same slots (the default one is _index / _segs)
-        self._spaces = Spaces(config, index, self._segs, self._named_index)
+        self._spaces = Spaces(config, self._index, self._segs, self._named_index)
         self._ids = ids
+        self._segs.partition_of = lambda: self._ids.partitions
         self._payloads = payloads
         self._generation = 0
         self.search_retries = 0  # searches that ran again because a write raced them
@@ -148,8 +156,9 @@ class Collection:
             raise CollectionNotFound(f"collection {self.name!r} was dropped")
         self._db._check_open()
 
-    def _named_index(self, spec: dict[str, Any], i: int) -> Any:
-        """A new, empty graph for the named dense vector ``spec`` (the ``i``-th name)."""
+    def _named_index(self, spec: dict[str, Any], i: int, gid: int = 0) -> Any:
+        """A new, empty graph for the named dense vector ``spec`` (the ``i``-th name; ``-1``:
+        the default vector, ``spec`` the collection's config), its ``gid``-th graph."""
         from vdb.index import HNSW
 
         quant = spec.get("quantization")
@@ -160,7 +169,7 @@ class Collection:
             M=int(spec["M"]),
             ef_construction=int(spec["ef_construction"]),
             capacity=1024,
-            seed=int(self.uid) * 131 + i + 1,
+            seed=int(self.uid) * 131 + i + 1 + 7919 * gid,
             ef=int(self.config.get("ef", 64)),
             quantization=quant["type"] if quant else None,
             quantile=quant.get("quantile") if quant else None,
@@ -650,10 +659,19 @@ class Collection:
                 raise InvalidInput(f"offsets to forget are (source, topic, partition), got {key!r}")
             forget.append((str(key[0]), str(key[1]), int(key[2])))
         with self._apply_lock:
-            capacity = len(self._ids.ids)
-            slots = np.flatnonzero(
-                self._ids.live_mask(capacity) & (self._ids.partitions[:capacity] == int(partition))
-            )
+            if self._index.keyed() and not self._spaces.named:
+                # graphs per partition: that partition's graphs and the fresh rows, not a
+                # scan of every slot
+                slots = self._segs.partition_slots(int(partition))
+                live, parts = self._ids.live, self._ids.partitions
+                slots = slots[slots < live.shape[0]]
+                slots = slots[live[slots] & (parts[slots] == int(partition))]
+            else:
+                capacity = len(self._ids.ids)
+                slots = np.flatnonzero(
+                    self._ids.live_mask(capacity)
+                    & (self._ids.partitions[:capacity] == int(partition))
+                )
             point_ids = [self._ids.ids[s] for s in slots.tolist()]
         if not point_ids:
             request = WriteRequest("record", forget_offsets=forget)
@@ -1188,7 +1206,24 @@ class Collection:
         allowed = None
         n_allowed = None
         capacity = self._capacity()
-        restrict = self._partition_mask(partitions, capacity)
+        seg_parts = None  # partitions whose graphs and fresh rows are searched, unmasked
+        if (
+            partitions is not None
+            and space is None
+            and parsed is None
+            and not exact
+            and segs.index.keyed()
+        ):
+            restrict = None
+            wanted = {int(p) for p in partitions}
+            if not self._ids.partitions_held() <= wanted:
+                seg_parts = wanted
+                counts = self._ids.per_partition
+                n_allowed = sum(counts.get(p, 0) for p in wanted)
+                if n_allowed == 0:
+                    return [[] for _ in range(nq)]
+        else:
+            restrict = self._partition_mask(partitions, capacity)
         has = None
         if space is not None and (exact or parsed is not None or restrict is not None):
             # points without this vector are never candidates of a masked or exact search
@@ -1212,11 +1247,18 @@ class Collection:
             # deleted are not returned half-done and the search need not retry.
             allowed = self._ids.live_mask(capacity)
         if not exact:
-            slots, scores = segs.search(queries, k, ef, allowed, self._ids.live, **(qopts or {}))
+            slots, scores = segs.search(
+                queries, k, ef, allowed, self._ids.live, seg_parts, **(qopts or {})
+            )
         if n_allowed is not None:
             want = min(k, n_allowed)
             for row in range(nq):
                 if int((slots[row] >= 0).sum()) < want:
+                    if seg_parts is not None:  # the partitions' points, as a mask at last
+                        allowed = self._allowed(
+                            None, capacity, self._partition_mask(partitions, capacity)
+                        )
+                        seg_parts = None
                     row_slots, row_scores = self._exact(queries[row : row + 1], k, allowed, space)
                     slots[row], scores[row] = row_slots[0], row_scores[0]
         metric = self.metric if space is None else space.metric

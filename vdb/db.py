@@ -42,6 +42,7 @@ from vdb.errors import (
     StorageError,
     VdbError,
 )
+from vdb.graphs import DEFAULT_SEAL_SIZE
 from vdb.segments import DEFAULT_FRESH_LIMIT, Indexer
 from vdb.state import State
 from vdb.types import DeadLetter
@@ -102,8 +103,11 @@ class Database:
     ``fresh_limit`` (default bound of a collection's fresh segment, in points:
     writes are durable and searchable at once and indexed in the background;
     at the bound writers wait for the indexer; ``create_collection(...,
-    fresh_limit=n)`` sets it per collection), ``indexing`` (``False`` opens
-    with the background indexer paused; see :meth:`pause_indexing`).
+    fresh_limit=n)`` sets it per collection), ``graph_seal_size`` (default points linked
+    into one graph of a collection before it is sealed and a new one started; see
+    ``vdb.graphs``; ``create_collection(..., graph_seal_size=n)`` sets it per collection),
+    ``indexing`` (``False`` opens with the background indexer paused; see
+    :meth:`pause_indexing`).
     """
 
     def __init__(
@@ -121,9 +125,11 @@ class Database:
         warm: bool = True,
         fresh_limit: int = DEFAULT_FRESH_LIMIT,
         indexing: bool = True,
+        graph_seal_size: int = DEFAULT_SEAL_SIZE,
     ) -> None:
         self.path = Path(path)
         self.fresh_limit = bounded_int(fresh_limit, "fresh_limit")
+        self.graph_seal_size = bounded_int(graph_seal_size, "graph_seal_size")
         self._submit_lock = threading.Lock()
         self._queue: queue.Queue[Any] = queue.Queue(maxsize=queue_size)
         self._store = Store(self.path, map_size=map_size, max_map_size=max_map_size)
@@ -238,6 +244,7 @@ class Database:
             path=self.path,
             fresh_limit=self.fresh_limit,
             wake=self._indexer.wake,
+            seal_size=self.graph_seal_size,
         )
 
     # -- background indexing -------------------------------------------------------------
@@ -266,6 +273,8 @@ class Database:
         ef: int = 64,
         fresh_limit: int | None = None,
         *,
+        graph_seal_size: int | None = None,
+        partition_segments: bool = False,
         embedder: str | None = None,
         quantization: Any = None,
         on_disk: bool = False,
@@ -280,7 +289,10 @@ class Database:
         then come from the model (explicit ones must agree) and the name is
         kept in the durable config. ``fresh_limit``: bound of the collection's
         fresh segment (points written but not yet indexed; default: the
-        database's). ``quantization``: ``None``, ``"int8"`` or ``{"type":
+        database's). ``graph_seal_size``: points linked into one graph before it is
+        sealed (default: the database's). ``partition_segments``: each source partition of
+        the points gets its own graphs, so a search restricted to partitions walks only
+        theirs and ``drop_partition`` costs that partition's points. ``quantization``: ``None``, ``"int8"`` or ``{"type":
         "int8", "quantile": 0.99, "always_ram": True}``: the graph walk runs on
         int8 codes, rescored with the float vectors. ``on_disk``: keep the
         float vectors in a memory-mapped file (codes and graph stay in RAM).
@@ -329,6 +341,12 @@ class Database:
         }
         if embedder is not None:
             config["embedder"] = embedder
+        if graph_seal_size is not None:  # only keys that are set: older configs stay as they were
+            config["graph_seal_size"] = bounded_int(graph_seal_size, "graph_seal_size", 1, 1 << 31)
+        if not isinstance(partition_segments, bool):
+            raise InvalidInput(f"partition_segments must be a boolean, got {partition_segments!r}")
+        if partition_segments:
+            config["partition_segments"] = True
         config.update(storage_config(quantization, on_disk))  # only keys that are set
         if named is not None:
             config.update(named)

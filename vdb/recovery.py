@@ -20,6 +20,7 @@ import numpy as np
 
 from vdb.collection import Collection, index_metric
 from vdb.errors import CorruptData
+from vdb.graphs import DEFAULT_SEAL_SIZE, Graphs
 from vdb.ids import IdMap
 from vdb.state import State
 from vdb.wal import checkpoint as ckpt
@@ -50,19 +51,24 @@ def new_collection(
     path: Path,
     fresh_limit: int,
     wake: Callable[[], None],
+    seal_size: int = DEFAULT_SEAL_SIZE,
 ) -> Collection:
     """A collection from its durable config and its checkpoint (``None``: a new, empty one).
 
     ``path`` is the data directory (memory-mapped float vectors live there),
-    ``fresh_limit`` the database's default bound of the fresh segment, and
-    ``wake`` the indexer's wake-up call. Raises ``CorruptData`` when the
+    ``fresh_limit`` the database's default bound of the fresh segment,
+    ``seal_size`` its default ``graph_seal_size`` (points linked into a graph before it is
+    sealed) and ``wake`` the indexer's wake-up call. Raises ``CorruptData`` when the
     checkpoint cannot be loaded or its parts disagree.
     """
     from vdb.filters import PayloadIndex
     from vdb.index import HNSW
 
-    if loaded is None:
-        index = HNSW(
+    seal = int(config.get("graph_seal_size") or seal_size)
+    partitioned = bool(config.get("partition_segments"))
+
+    def empty() -> HNSW:
+        return HNSW(
             int(config["dim"]),
             metric=index_metric(config["metric"]),
             M=int(config["M"]),
@@ -72,12 +78,20 @@ def new_collection(
             ef=int(config["ef"]),
             **index_storage(config, path),  # quantization, floats on disk
         )
+
+    if loaded is None:
+        index = Graphs(empty(), seal_size=seal, partitioned=partitioned)
         ids = IdMap()
         payloads = PayloadIndex()
     else:
         try:
-            index = HNSW.from_arrays(
-                loaded.arrays, on_disk=index_storage(config, path)["on_disk"], adopt=True
+            index = Graphs.from_arrays(
+                loaded.arrays,
+                on_disk=index_storage(config, path)["on_disk"],
+                adopt=True,
+                seal_size=seal,
+                partitioned=partitioned,
+                template=empty() if "graphs" in loaded.arrays else None,
             )
             ids = IdMap.from_state(loaded.slots, loaded.ids, loaded.partitions)
             payloads = PayloadIndex.from_items(loaded.payloads, indexes=loaded.payload_indexes)

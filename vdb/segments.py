@@ -53,6 +53,7 @@ from typing import Any
 
 import numpy as np
 
+from vdb.graphs import DEFAULT_SEAL_SIZE, Graphs, merge_top_k
 from vdb.index import flat
 
 log = logging.getLogger(__name__)
@@ -96,9 +97,22 @@ class Segments:
     """The fresh segment and the graph of one collection, and the slots they share."""
 
     def __init__(
-        self, index: Any, fresh_limit: int = DEFAULT_FRESH_LIMIT, owner: Segments | None = None
+        self,
+        index: Any,
+        fresh_limit: int = DEFAULT_FRESH_LIMIT,
+        owner: Segments | None = None,
+        *,
+        make: Callable[[int], Any] | None = None,
+        seal_size: int = DEFAULT_SEAL_SIZE,
+        partitioned: bool = False,
     ) -> None:
-        self.index = index
+        if not isinstance(index, Graphs):
+            index = Graphs(index, make, seal_size, partitioned)
+        elif make is not None:
+            index.make = make
+        self.index: Graphs = index  # the indexed segments (vdb.graphs)
+        # the source partition of every slot (the id map's array), when graphs are per partition
+        self.partition_of: Callable[[], np.ndarray] | None = None
         # Several vectors per point (named vectors): each name has its own Segments over the
         # SAME slots. The first (the owner) allocates them; the others (owner=...) hold a slot
         # while they store a vector in it, and the owner frees a slot only once every holder
@@ -118,7 +132,8 @@ class Segments:
         self._doomed_linking: set[int] = set()  # removed while being linked
         self._linking = 0  # rows from view.start being linked by the indexer
         self.dirty = False  # graph changed since the last checkpoint capture
-        self._graph_rows: list[np.ndarray] = []  # slots (re)linked since that capture
+        self._compact_due = False  # a graph to compact or drop (see Graphs.to_compact)
+        self.compactions = 0
         self._work_since: float | None = None  # monotonic time work became pending
         self.wake: Callable[[], None] = _nothing  # the database points it at its indexer
         self.indexed_total = 0
@@ -150,14 +165,14 @@ class Segments:
         return max(0.0, time.time() - float(buf.stamps[view.start]))
 
     def has_work(self) -> bool:
-        return self.fresh_rows > 0 or bool(self._doomed)
+        return self.fresh_rows > 0 or bool(self._doomed) or self._compact_due
 
     def ready(self, now: float) -> float:
         """0 when a cycle is worth running now, else the seconds to wait for one."""
         if not self.has_work():
             return INDEX_MAX_WAIT_S
         enough = min(INDEX_MIN_BATCH, self.fresh_limit)
-        if self.fresh_rows >= enough or len(self._doomed) >= enough:
+        if self.fresh_rows >= enough or len(self._doomed) >= enough or self._compact_due:
             return 0.0
         since = self._work_since if self._work_since is not None else now
         return max(0.0, since + INDEX_MAX_WAIT_S - now)
@@ -173,6 +188,9 @@ class Segments:
             "indexed_total": self.indexed_total,
             "index_cycles": self.cycles,
             "backlog_age_s": self.backlog_age(),
+            "graph_seal_size": self.index.seal_size,
+            "graph_compactions": self.compactions,
+            "graphs": [g.info() for g in self.index.graphs],
         }
 
     # -- the writer (the caller holds the collection's apply lock) ------------------------
@@ -246,8 +264,7 @@ class Segments:
         """Whether this segment stores a vector at ``slot`` (fresh or live in the graph)."""
         if slot in self.view.buffer.pos:
             return True
-        index = self.index
-        return slot < int(index.used) and not index.is_deleted(slot)
+        return self.index.holds(slot)
 
     def _regrow(self, extra: int) -> _Buffer:
         """Copy the fresh rows into a new buffer with room for ``extra`` more; swap the view."""
@@ -273,9 +290,8 @@ class Segments:
         index = self.index
         for slot in slots:
             row = buf.pos.pop(slot, None)
-            if (
-                row is None and self.partial and (slot >= int(index.used) or index.is_deleted(slot))
-            ):  # the point had no vector here
+            if row is None and self.partial and not index.holds(slot):
+                # the point had no vector here
                 self._give_back(slot)
                 continue
             if row is None:  # indexed: hidden now, deleted from the graph by the indexer
@@ -302,6 +318,7 @@ class Segments:
         ef: int,
         allowed: np.ndarray | None,
         live: np.ndarray,
+        partitions: set[int] | None = None,
         **options: Any,
     ) -> tuple[np.ndarray, np.ndarray]:
         """Merged top-``k`` of the graph and the fresh rows: ``(slots, scores float32)``.
@@ -310,21 +327,23 @@ class Segments:
         live flags (fresh rows of points whose write is not applied are skipped). Rows are
         best first, padded with ``-1`` / NaN. ``options`` go to the graph's search (the
         quantization settings of an int8 index); the fresh rows are always scanned in float32.
+        ``partitions`` (graphs per partition only): search those partitions' graphs and fresh
+        rows, with no mask over every slot.
         """
         view = self.view  # before the graph: see the module docstring
         buf = view.buffer
         start, stop = view.start, buf.n
-        index = self.index
         graph_allowed = allowed
         if graph_allowed is None and self._doomed_linking:
             graph_allowed = live
-        if graph_allowed is not None:
-            cap = index.capacity
-            graph_allowed = graph_allowed[:cap]
         nq = len(queries)
-        graph = None
-        if len(index):
-            graph = index.search(queries, k, ef=ef, allowed=graph_allowed, **options)
+        graph = self.index.search(
+            queries, k, ef=ef, allowed=graph_allowed, partitions=partitions, **options
+        )
+        vectors, rows = buf.vectors, buf.slots
+        if partitions is not None and stop > start:
+            vectors, rows = vectors[start:stop], self._rows_of(rows[start:stop], partitions)
+            start, stop = 0, stop - start
         if stop <= start:
             if graph is None:
                 return np.full((nq, k), -1, np.int64), np.full((nq, k), np.nan, np.float32)
@@ -333,12 +352,33 @@ class Segments:
         fd = np.empty((nq, k), np.float32)
         use = allowed is not None
         flat.scan(
-            self.metric_code, buf.vectors, buf.slots, start, stop, queries, k, live,
+            self.metric_code, vectors, rows, start, stop, queries, k, live,
             allowed if use else live, use, fs, fd,
         )  # fmt: skip
         if graph is None:
             return fs, fd
-        return merge_top_k(graph[0], graph[1], fs, fd, k, self.metric_code == flat.L2)
+        return merge_top_k([graph, (fs, fd)], k, self.metric_code == flat.L2)
+
+    def _rows_of(self, rows: np.ndarray, partitions: set[int]) -> np.ndarray:
+        """Fresh rows' slot column with the rows of other partitions marked ``-1`` (a copy
+        as long as the fresh rows, not a mask over every slot)."""
+        parts = self.partition_of() if self.partition_of is not None else None
+        out = rows.copy()
+        if parts is None:
+            return out
+        inside = (out >= 0) & (out < parts.shape[0])
+        keep = np.zeros(out.shape[0], bool)
+        keep[inside] = np.isin(parts[out[inside]], np.fromiter(partitions, np.int64))
+        out[~keep] = -1
+        return out
+
+    def partition_slots(self, partition: int) -> np.ndarray:
+        """Slots of points of ``partition`` in this segment (graphs per partition: time
+        proportional to that partition's points and the fresh rows)."""
+        view = self.view
+        rows = self._rows_of(view.buffer.slots[view.start : view.buffer.n], {int(partition)})
+        fresh = rows[rows >= 0].astype(np.int64)
+        return np.union1d(self.index.partition_slots(int(partition)), fresh)
 
     def get_vectors(self, slots: np.ndarray) -> np.ndarray:
         """Stored vectors of occupied ``slots`` (fresh or indexed)."""
@@ -371,21 +411,22 @@ class Segments:
             keep = sl >= 0
             slots = sl[keep].copy()
             vectors = buf.vectors[view.start : view.start + rows][keep].copy()
+            keys = None
+            if self.index.partitioned and self.partition_of is not None:
+                keys = self.partition_of()[slots].copy()
         index = self.index
         if doomed:
-            used = index.used
-            in_graph = np.asarray([s for s in doomed if s < used], np.int64)
             with self.index_lock:
-                if in_graph.size:
-                    index.delete(in_graph)
+                if index.delete(np.asarray(doomed, np.int64)):
+                    self._compact_due = True
                 self.dirty = True
             with apply_lock:
                 for slot in doomed:
                     self._give_back(slot)
         for lo in range(0, len(slots), LINK_CHUNK):
+            hi = lo + LINK_CHUNK
             with self.index_lock:
-                index.add(vectors[lo : lo + LINK_CHUNK], slots=slots[lo : lo + LINK_CHUNK])
-                self._graph_rows.append(slots[lo : lo + LINK_CHUNK])
+                index.add(vectors[lo:hi], slots[lo:hi], None if keys is None else keys[lo:hi])
                 self.dirty = True
         with apply_lock:
             view = self.view  # may have been regrown: row numbers are relative to view.start
@@ -402,6 +443,9 @@ class Segments:
             self._doomed_linking.clear()
             if hide:
                 index.hide(np.asarray(hide, np.int64))
+        if self._compact_due:
+            self._compact(apply_lock)
+        with apply_lock:
             if self.has_work() and self._work_since is None:
                 self._work_since = time.monotonic()
         elapsed = time.perf_counter() - started
@@ -411,6 +455,30 @@ class Segments:
             self.last_rate = len(slots) / elapsed if elapsed > 0 else 0.0
         self.cycles += 1
         return len(slots)
+
+    def _compact(self, apply_lock: Any) -> None:
+        """Re-link the live points of every graph due for compaction into the growing graph
+        (in ``LINK_CHUNK`` calls, as fresh points are), then drop it (``Graphs.retire``).
+        Meanwhile a point may be live in both graphs; searches drop the duplicate by slot."""
+        index = self.index
+        for old in index.to_compact():
+            with apply_lock:
+                local = old.live_locals()
+                slots = old.slots_of(local)
+                vectors = old.index.get_vectors(local) if local.size else None
+            moved = []
+            for lo in range(0, len(slots), LINK_CHUNK):
+                with self.index_lock:
+                    moved += index.link(
+                        vectors[lo : lo + LINK_CHUNK], slots[lo : lo + LINK_CHUNK],
+                        old.partition, place=False,
+                    )  # fmt: skip
+                    self.dirty = True
+            with self.index_lock, apply_lock:  # the checkpointer's order
+                index.retire(old, moved)
+                self.dirty = True
+            self.compactions += 1
+        self._compact_due = False  # after the work: wait_indexed waits for it too
 
     # -- checkpoints -------------------------------------------------------------------------
 
@@ -425,16 +493,15 @@ class Segments:
         buf = view.buffer
         return FreshCapture(buf.vectors, view.start, buf.slots[view.start : buf.n].copy())
 
-    def take_graph_rows(self) -> np.ndarray:
-        """Slots (re)linked into the graph since the last call (the caller holds
-        ``index_lock``): the only rows of the graph's per-point arrays that changed."""
-        rows, self._graph_rows = self._graph_rows, []
-        return np.concatenate(rows).astype(np.int64) if rows else np.zeros(0, np.int64)
+    def take_graph_rows(self) -> dict[int, np.ndarray]:
+        """Locals (re)linked into each graph since the last call, by graph id (the caller
+        holds ``index_lock``): the only rows of the graphs' per-point arrays that changed."""
+        return self.index.take_rows()
 
-    def mark_graph_rows(self, rows: np.ndarray) -> None:
+    def mark_graph_rows(self, rows: dict[int, np.ndarray]) -> None:
         """Give back rows taken by a checkpoint that failed."""
         with self.index_lock:
-            self._graph_rows.append(np.asarray(rows, np.int64))
+            self.index.give_rows(rows)
             self.dirty = True
 
     def restore(self, fresh: dict[str, np.ndarray] | None, live_slots: np.ndarray) -> None:
@@ -449,10 +516,12 @@ class Segments:
             max(int(index.used), int(live_slots.max()) + 1 if live_slots.size else 0), bool
         )
         live[live_slots] = True
+        index.dedup()
         graph_live = index.live_mask()[: index.used]
         doomed = np.flatnonzero(graph_live & ~live[: len(graph_live)])
         if doomed.size:
             index.delete(doomed)
+        self._compact_due = bool(index.to_compact())
         graph_live = index.live_mask()[: index.used]
         slots = np.zeros(0, np.int32)
         vectors = np.zeros((0, self.dim), np.float32)
@@ -500,43 +569,6 @@ class FreshCapture:
 
 def _nothing() -> None:
     pass
-
-
-def merge_top_k(
-    slots_a: np.ndarray,
-    scores_a: np.ndarray,
-    slots_b: np.ndarray,
-    scores_b: np.ndarray,
-    k: int,
-    ascending: bool,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Merge two best-first top-k lists per row (``-1`` padded), dropping duplicate slots."""
-    nq = slots_a.shape[0]
-    slots = np.concatenate([slots_a, slots_b], axis=1)
-    scores = np.concatenate([scores_a, scores_b], axis=1).astype(np.float32)
-    keys = scores if ascending else -scores
-    keys = np.where(slots < 0, np.inf, keys)
-    out_slots = np.full((nq, k), -1, np.int64)
-    out_scores = np.full((nq, k), np.nan, np.float32)
-    for row in range(nq):
-        order = np.lexsort((slots[row], keys[row]))
-        taken = 0
-        seen: set[int] = set()
-        for j in order.tolist():
-            slot = int(slots[row, j])
-            if slot < 0:
-                break
-            # a point being moved is in both lists; its two scores may differ in the last
-            # bit (the kernels sum in different orders), so duplicates need not be adjacent
-            if slot in seen:
-                continue
-            seen.add(slot)
-            out_slots[row, taken] = slot
-            out_scores[row, taken] = scores[row, j]
-            taken += 1
-            if taken == k:
-                break
-    return out_slots, out_scores
 
 
 class Indexer:

@@ -225,7 +225,7 @@ class Spaces:
         config: dict[str, Any],
         index: Any,
         segs: Segments,
-        make_index: Callable[[dict[str, Any], int], Any],
+        make_index: Callable[..., Any],  # (spec, i, gid=0) -> an empty HNSW
     ) -> None:
         self.named = bool(config.get("named"))
         self.has_default = bool(config.get("default_vector", True))
@@ -239,7 +239,7 @@ class Spaces:
         self._make_index = make_index
         self._specs = dict(config.get("vectors") or {})
         for i, (name, spec) in enumerate(self._specs.items()):
-            self.extra[name] = self._dense_space(name, spec, make_index(spec, i), None)
+            self.extra[name] = self._dense_space(name, spec, make_index(spec, i), None, i)
         self.dense.update(self.extra)
         from vdb.index.sparse import SparseIndex
 
@@ -249,10 +249,17 @@ class Spaces:
         }
 
     def _dense_space(
-        self, name: str, spec: dict[str, Any], index: Any, segs: Segments | None
+        self, name: str, spec: dict[str, Any], index: Any, segs: Segments | None, i: int
     ) -> DenseSpace:
         if segs is None:
-            segs = Segments(index, self.main.segs.fresh_limit, owner=self.main.segs)
+            make = self._make_index
+            segs = Segments(
+                index,
+                self.main.segs.fresh_limit,
+                owner=self.main.segs,
+                make=lambda gid: make(spec, i, gid),
+                seal_size=self.main.segs.index.seal_size,
+            )
             main = self.main.segs
             segs.wake = lambda: main.wake()
         return DenseSpace(name, spec["dim"], spec["metric"], index, segs, partial=True)
@@ -297,7 +304,7 @@ class Spaces:
 
     def restore(self, blobs: dict[str, Any] | None, live_slots: np.ndarray, path: Any) -> None:
         """Load the extra spaces from a checkpoint's blobs (``None``: none were saved)."""
-        from vdb.index import HNSW
+        from vdb.graphs import Graphs
         from vdb.index.sparse import SparseIndex
 
         blobs = blobs or {}
@@ -305,10 +312,13 @@ class Spaces:
             prefix = f"d{i}/index/"
             arrays = {k[len(prefix) :]: v for k, v in blobs.items() if k.startswith(prefix)}
             if arrays:
-                index = HNSW.from_arrays(
-                    arrays, on_disk=str(path) if spec.get("on_disk") else False
+                index = Graphs.from_arrays(
+                    arrays,
+                    on_disk=str(path) if spec.get("on_disk") else False,
+                    seal_size=self.main.segs.index.seal_size,
+                    template=self._make_index(spec, i),
                 )
-                space = self._dense_space(name, spec, index, None)
+                space = self._dense_space(name, spec, index, None, i)
                 self.extra[name] = space
                 self.dense[name] = space
             space = self.extra[name]

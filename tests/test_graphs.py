@@ -1,0 +1,338 @@
+"""Several indexed segments per collection: sealed graphs, per-partition graphs, compaction."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+
+import vdb
+from tests.test_segments import DIM, Model, brute, check_against_model, top_ids
+from vdb.types import Upsert
+
+SEAL = 300
+
+
+def graphs_of(col) -> list[dict]:
+    return col.info()["segments"]["graphs"]
+
+
+def sealed_graphs(col) -> list[dict]:
+    return [g for g in graphs_of(col) if g["sealed"]]
+
+
+@pytest.mark.parametrize("metric", ["l2", "ip", "cosine"])
+def test_several_graphs_and_fresh_rows_answer_like_brute_force(tmp_path, metric):
+    rng = np.random.default_rng(11)
+    model = Model()
+    with vdb.open(tmp_path / "d", graph_seal_size=SEAL) as db:
+        col = db.create_collection("c", dim=DIM, metric=metric)
+        n = 1600
+        x = rng.standard_normal((n, DIM)).astype(np.float32)
+        model.upsert(col, list(range(n)), x, [{"g": i % 4, "v": 0} for i in range(n)])
+        assert col.wait_indexed(timeout=120)
+        graphs = graphs_of(col)
+        assert len(sealed_graphs(col)) >= 4
+        assert all(g["points"] == SEAL for g in graphs if g["sealed"])
+        assert sum(g["live"] for g in graphs) == n == col.info()["segments"]["indexed_points"]
+        check_against_model(col, model, metric, rng)
+
+        # deletes and updates of points in sealed graphs, new points left fresh
+        db.pause_indexing()
+        model.delete(col, list(range(0, n, 7)))
+        model.upsert(col, list(range(1, 600, 3)), x[1:600:3] + 1, [{"g": 2, "v": 1}] * 200)
+        y = rng.standard_normal((250, DIM)).astype(np.float32)
+        model.upsert(col, list(range(n, n + 250)), y, [{"g": i % 3, "v": 2} for i in range(250)])
+        assert col.info()["segments"]["fresh_points"] > 0
+        check_against_model(col, model, metric, rng)
+
+        db.resume_indexing()
+        assert col.wait_indexed(timeout=120)
+        assert sum(g["live"] for g in graphs_of(col)) == len(model.points)
+        check_against_model(col, model, metric, rng)
+
+
+def test_a_sealed_graph_below_half_live_is_compacted_and_a_dead_one_dropped(tmp_path):
+    rng = np.random.default_rng(3)
+    model = Model()
+    with vdb.open(tmp_path / "d", graph_seal_size=SEAL) as db:
+        col = db.create_collection("c", dim=DIM, metric="l2")
+        x = rng.standard_normal((1500, DIM)).astype(np.float32)
+        model.upsert(col, list(range(1500)), x, [{"g": i % 4, "v": 0} for i in range(1500)])
+        assert col.wait_indexed(timeout=120)
+        before = {g["id"] for g in sealed_graphs(col)}
+        assert len(before) == 5
+        # the first 300 points fill the first graph: delete all of it, and 2/3 of the second
+        model.delete(col, list(range(300)) + [i for i in range(300, 600) if i % 3])
+        assert col.wait_indexed(timeout=120)
+        segs = col.info()["segments"]
+        assert segs["graph_compactions"] >= 2
+        after = {g["id"] for g in graphs_of(col)}
+        assert len(before - after) == 2  # the dead graph and the one below half are gone
+        assert all(2 * g["live"] >= g["points"] for g in graphs_of(col) if g["sealed"])
+        assert sum(g["live"] for g in graphs_of(col)) == len(model.points)
+        check_against_model(col, model, "l2", rng)
+        for i in (303, 306, 900, 1499):  # moved points are found by their own vector
+            assert col.search(model.points[i][0], k=1)[0].id == i
+
+
+def test_readers_while_the_indexer_seals_and_starts_graphs(tmp_path):
+    rng = np.random.default_rng(9)
+    stable = 300
+    base = rng.standard_normal((stable, DIM)).astype(np.float32)
+    with vdb.open(tmp_path / "d", graph_seal_size=SEAL, fresh_limit=400) as db:
+        col = db.create_collection("c", dim=DIM, metric="l2", ef=64)
+        col.upsert(list(range(stable)), base, [{"v": -1}] * stable)
+        deleted_for_good: set[int] = set()
+        lock = threading.Lock()
+        done = threading.Event()
+        errors: list[str] = []
+
+        def writer() -> None:
+            wrng = np.random.default_rng(1)
+            try:
+                for round_ in range(25):
+                    ids = list(range(1000 + round_ * 200, 1200 + round_ * 200))
+                    vecs = wrng.standard_normal((len(ids), DIM)).astype(np.float32)
+                    vecs[:, 0] = 100.0 + round_
+                    col.upsert(ids, vecs, [{"v": round_}] * len(ids))
+                    gone = ids[::4]  # deleted from fresh rows or from graphs, sealed or not
+                    col.delete(gone)
+                    with lock:
+                        deleted_for_good.update(gone)
+            except Exception as exc:
+                errors.append(repr(exc))
+            finally:
+                done.set()
+
+        def reader(seed: int) -> None:
+            rrng = np.random.default_rng(seed)
+            try:
+                while not done.is_set():
+                    with lock:
+                        dead = set(deleted_for_good)
+                    for i in rrng.choice(stable, 3, replace=False).tolist():
+                        hits = col.search(base[i], k=5, ef=128)
+                        ids = [h.id for h in hits]
+                        if len(ids) != len(set(ids)):
+                            errors.append(f"duplicate ids in {ids}")
+                        if ids[0] != i:
+                            errors.append(f"stable id {i} not found first by its vector: {ids}")
+                    q = rrng.standard_normal(DIM).astype(np.float32)
+                    q[0] = 100.0 + rrng.integers(0, 25)
+                    hits = col.search(q, k=30)
+                    ids = [h.id for h in hits]
+                    if len(ids) != len(set(ids)):
+                        errors.append(f"duplicate ids in {ids}")
+                    errors.extend(f"deleted id {h.id} returned" for h in hits if h.id in dead)
+            except Exception as exc:
+                errors.append(repr(exc))
+
+        threads = [threading.Thread(target=writer)] + [
+            threading.Thread(target=reader, args=(s,)) for s in range(2)
+        ]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert errors == []
+        assert col.wait_indexed(timeout=120)
+        live = stable + 25 * 150
+        assert col.count() == live == sum(g["live"] for g in graphs_of(col))
+        assert len(sealed_graphs(col)) >= 8
+        # every live id exactly once over the graphs: each found by its own vector
+        ids = [i for i in range(stable)] + [
+            i for i in range(1000, 1000 + 25 * 200) if i not in deleted_for_good
+        ]
+        got = {r.id: r.vector for r in col.get(ids, with_vectors=True)}
+        assert len(got) == live
+        found = col.search(np.stack([got[i] for i in ids[::37]]), k=1, ef=128)
+        assert [hs[0].id for hs in found] == ids[::37]
+
+
+def _manifest(db, col) -> dict:
+    return db._state.manifests[col.uid]["blobs"]
+
+
+def test_a_second_checkpoint_carries_sealed_graphs_without_writing_them(tmp_path):
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((1400, DIM)).astype(np.float32)
+    queries = rng.standard_normal((10, DIM)).astype(np.float32)
+    with vdb.open(tmp_path / "d", graph_seal_size=SEAL, checkpoint_interval_s=None) as db:
+        col = db.create_collection("c", dim=DIM, metric="cosine")
+        col.upsert(list(range(1000)), x[:1000], [{"i": i} for i in range(1000)])
+        assert col.wait_indexed(timeout=120)
+        db.checkpoint()
+        first = _manifest(db, col)
+        sealed = [g["id"] for g in sealed_graphs(col)]
+        assert len(sealed) == 3
+        immutable = [
+            ("index/" if gid == 0 else f"index/g{gid}/") + name
+            for gid in sealed
+            for name in ("vectors", "links0", "upper", "upper_off", "levels", "labels")
+        ]
+        immutable = [name for name in immutable if name in first]
+        assert len(immutable) >= 3 * 5  # graph 0 keeps local == slot: no labels
+        # more points (a new growing graph), deletes in sealed graphs
+        col.upsert(list(range(1000, 1400)), x[1000:1400])
+        col.delete([1, 2, 350, 700])
+        assert col.wait_indexed(timeout=120)
+        db.checkpoint()
+        second = _manifest(db, col)
+        stats = db.stats()
+        for name in immutable:
+            assert second[name]["written_bytes"] == 0, name
+            assert second[name]["chunk_gens"] == first[name]["chunk_gens"], name
+        written = {n: m["written_bytes"] for n, m in second.items() if m["written_bytes"]}
+        assert not set(written) & set(immutable)
+        assert any("/deleted" in n or n == "index/deleted" for n in written)  # deletes recorded
+        assert stats["last_checkpoint_bytes_written"] < stats["last_checkpoint_bytes"] / 2
+        before = [[(h.id, round(h.score, 5)) for h in hs] for hs in col.search(queries, k=10)]
+    with vdb.open(tmp_path / "d", graph_seal_size=SEAL, indexing=False) as db:
+        col = db.collection("c")
+        assert db.stats()["recovered_records"] == 0
+        assert [[(h.id, round(h.score, 5)) for h in hs] for hs in col.search(queries, k=10)] == before
+        assert col.get([1, 350]) == [] and len(col) == 1396
+        # a checkpoint after the reopen carries the sealed graphs too
+        col.upsert([5000], x[:1])
+        db.checkpoint()
+        third = _manifest(db, col)
+        for name in immutable:
+            assert third[name]["chunk_gens"] == first[name]["chunk_gens"], name
+
+
+def test_sealed_graphs_round_trip_through_reopen_replay_and_snapshot(tmp_path):
+    rng = np.random.default_rng(6)
+    x = rng.standard_normal((2000, DIM)).astype(np.float32)
+    queries = rng.standard_normal((15, DIM)).astype(np.float32)
+
+    def answers(col):
+        ann = [[(h.id, round(h.score, 5)) for h in hs] for hs in col.search(queries, k=10)]
+        exact = [[h.id for h in hs] for hs in col.search(queries, k=10, exact=True)]
+        return ann, exact
+
+    with vdb.open(tmp_path / "d", graph_seal_size=SEAL) as db:
+        col = db.create_collection("c", dim=DIM, metric="l2")
+        col.upsert(list(range(1500)), x[:1500], [{"i": i} for i in range(1500)])
+        assert col.wait_indexed(timeout=120)
+        db.checkpoint()
+        db.pause_indexing()
+        col.upsert(list(range(1200, 1800)), x[1200:1800] * 2)  # replaces points of graphs
+        col.delete(list(range(0, 2000, 9)))
+        at_snapshot = answers(col)
+        db.snapshot(tmp_path / "s.vdbsnap")
+        col.upsert(list(range(1800, 2000)), x[1800:2000])
+        col.delete(list(range(1, 2000, 13)))
+        before = answers(col)
+        db.close(checkpoint=False)  # as after kill -9: the WAL after the checkpoint is replayed
+    with vdb.open(tmp_path / "d", graph_seal_size=SEAL, indexing=False) as db:
+        col = db.collection("c")
+        assert db.stats()["recovered_records"] > 0
+        assert answers(col) == before
+        assert len(sealed_graphs(col)) >= 4
+        db.resume_indexing()
+        assert col.wait_indexed(timeout=120)
+        assert answers(col)[1] == before[1]
+        after_index = answers(col)
+    with vdb.open(tmp_path / "d", graph_seal_size=SEAL, indexing=False) as db:
+        assert answers(db.collection("c")) == after_index  # clean close: from the checkpoint
+    vdb.restore(tmp_path / "s.vdbsnap", tmp_path / "r")
+    with vdb.open(tmp_path / "r", graph_seal_size=SEAL, indexing=False) as db:
+        col = db.collection("c")
+        assert answers(col) == at_snapshot
+        assert col.get([1601])[0].payload is None and col.get([1900]) == []
+
+
+def _partitioned(db, n_parts: int, per_part: int, rng, metric: str = "l2"):
+    col = db.create_collection("c", dim=DIM, metric=metric, partition_segments=True)
+    x = rng.standard_normal((n_parts * per_part, DIM)).astype(np.float32)
+    ops = [
+        Upsert(i, x[i], {"g": i % 3, "p": i % n_parts}, partition=i % n_parts)
+        for i in range(len(x))
+    ]
+    for lo in range(0, len(ops), 500):
+        col.apply(ops[lo : lo + 500])
+    return col, x
+
+
+def test_partition_segments_restricted_search_equals_brute_force(tmp_path):
+    rng = np.random.default_rng(8)
+    with vdb.open(tmp_path / "d", graph_seal_size=SEAL) as db:
+        col, x = _partitioned(db, 4, 500, rng)
+        col.upsert([9000, 9001], x[:2] + 0.01)  # points of no partition
+        assert col.wait_indexed(timeout=120)
+        graphs = graphs_of(col)
+        assert {g["partition"] for g in graphs} == {0, 1, 2, 3, -1}
+        assert all(g["points"] <= SEAL for g in graphs)
+        db.pause_indexing()
+        extra = rng.standard_normal((120, DIM)).astype(np.float32)
+        col.apply([Upsert(5000 + i, extra[i], {"g": 0}, partition=i % 4) for i in range(120)])
+        col.delete([1, 2, 3, 40, 41])
+        assert col.info()["segments"]["fresh_points"] == 120
+        points = {i: (x[i], i % 4) for i in range(2000) if i not in (1, 2, 3, 40, 41)}
+        points.update({5000 + i: (extra[i], i % 4) for i in range(120)})
+        for wanted in ([1], [0, 3], [2, 7]):
+            sel = [i for i, (_, p) in points.items() if p in wanted]
+            mat = np.stack([points[i][0] for i in sel])
+            for q in rng.standard_normal((4, DIM)).astype(np.float32):
+                truth = dict(zip(sel, brute(mat, q, "l2").tolist(), strict=True))
+                best = top_ids(truth, 10, "l2")
+                hits = col.search(q, k=10, ef=256, partitions=wanted)
+                ids = [h.id for h in hits]
+                assert all(points[i][1] in wanted for i in ids)
+                assert len(ids) == len(set(ids)) == 10
+                assert len(set(ids) & set(best)) >= 9
+                exact = col.search(q, k=10, exact=True, partitions=wanted)
+                assert [h.id for h in exact] == best
+                flt = {"must": [{"key": "g", "match": {"value": 0}}]}
+                fh = col.search(q, k=5, ef=256, partitions=wanted, filter=flt)
+                assert all(h.payload["g"] == 0 for h in fh)
+                assert all(col.source_partition(h.id) in wanted for h in fh)
+                g0 = {i: s for i, s in truth.items() if i >= 5000 or i % 3 == 0}
+                fx = col.search(q, k=5, exact=True, partitions=wanted, filter=flt)
+                assert [h.id for h in fx] == top_ids(g0, 5, "l2")
+        assert col.search(x[0], k=3, partitions=[11]) == []
+        assert col.count(partitions=[0, 3]) == sum(1 for _, p in points.values() if p in (0, 3))
+
+
+def test_partition_segments_drop_partition_removes_exactly_that_partition(tmp_path):
+    rng = np.random.default_rng(12)
+    with vdb.open(tmp_path / "d", graph_seal_size=SEAL) as db:
+        col, x = _partitioned(db, 3, 700, rng)
+        assert col.wait_indexed(timeout=120)
+        db.pause_indexing()
+        col.apply([Upsert(8000 + i, x[i], partition=1) for i in range(50)])  # fresh rows of 1
+        ones = [g for g in graphs_of(col) if g["partition"] == 1]
+        assert len(ones) >= 3
+        assert col.drop_partition(1) == 750
+        assert col.count(partitions=[1]) == 0 and col.count() == 1400
+        assert col.search(x[1], k=5, partitions=[1]) == []
+        db.resume_indexing()
+        assert col.wait_indexed(timeout=120)
+        assert [g for g in graphs_of(col) if g["partition"] == 1] == []  # its graphs dropped
+        for i in (0, 2, 3, 5, 2099):
+            assert col.search(x[i], k=1)[0].id == i
+        assert col.get([1, 4, 8001]) == []
+        db.checkpoint()
+    with vdb.open(tmp_path / "d", graph_seal_size=SEAL, indexing=False) as db:
+        col = db.collection("c")
+        assert col.count() == 1400 and col.count(partitions=[1]) == 0
+        assert {g["partition"] for g in graphs_of(col)} == {0, 2}
+        assert col.search(x[2099], k=1, partitions=[2])[0].id == 2099
+
+
+def test_graph_seal_size_is_an_option_of_the_database_and_the_collection(tmp_path):
+    with vdb.open(tmp_path / "d", graph_seal_size=500) as db:
+        a = db.create_collection("a", dim=4)
+        b = db.create_collection("b", dim=4, graph_seal_size=200)
+        assert a.info()["segments"]["graph_seal_size"] == 500
+        assert b.info()["segments"]["graph_seal_size"] == 200
+        with pytest.raises(vdb.InvalidInput, match="graph_seal_size"):
+            db.create_collection("c", dim=4, graph_seal_size=0)
+        with pytest.raises(vdb.InvalidInput, match="partition_segments"):
+            db.create_collection("c", dim=4, partition_segments="yes")
+        assert "graphs" in db.stats()["collections"]["b"]
+    with vdb.open(tmp_path / "d") as db:
+        assert db.collection("b").info()["segments"]["graph_seal_size"] == 200
+        assert db.collection("a").info()["segments"]["graph_seal_size"] == 1 << 20
