@@ -3,6 +3,7 @@
     python -m bench.scale --n 2000000                 # 2M x 128 clustered, batches of 20k
     python -m bench.scale --n 200000 --quick          # a short run
     python -m bench.scale --n 2000000 --only open     # reopen a data dir left by --keep
+    python -m bench.scale --n 300000 --only graphs --seal 100000   # one graph vs sealed graphs
 
 Lines (anchors from the same run):
 
@@ -14,6 +15,10 @@ Lines (anchors from the same run):
   ``add_items`` (2 threads) of the same vectors and batches.
 * ``open_after_close``: a fresh process opens the data directory left by a
   clean close and answers one query: open -> first correct answer.
+* ``graphs``: the same ``n`` points in one graph (seal size above ``n``) and in sealed
+  graphs of ``--seal`` points: the bytes written and the time of a checkpoint after
+  ``--churn`` more upserts and a tenth as many deletes (the first checkpoint wrote
+  everything), and single-query QPS and recall@10 at ef 64 (exact top-10 by numpy).
 """
 
 from __future__ import annotations
@@ -282,6 +287,70 @@ def open_after_close(path: Path, n: int, probe: np.ndarray) -> None:
     )
 
 
+def bench_graphs(n: int, seal: int, churn: int, batch: int, workdir: Path) -> None:
+    import vdb
+
+    x = clustered(n + churn)
+    rng = np.random.default_rng(3)
+    queries = x[rng.choice(n, 300, replace=False)] + rng.standard_normal((300, DIM)).astype(
+        np.float32
+    )
+    truth = []
+    for q in queries:  # exact top-10 by squared distance
+        d = ((x[:n] - q) ** 2).sum(1)
+        truth.append(set(np.argpartition(d, 10)[:10].tolist()))
+    for label, seal_size in (("one_graph", 1 << 30), ("sealed", seal)):
+        path = workdir / f"graphs-{label}"
+        shutil.rmtree(path, ignore_errors=True)
+        with vdb.open(path, checkpoint_interval_s=None, checkpoint_wal_bytes=None) as db:
+            col = db.create_collection(COLLECTION, dim=DIM, metric="l2", graph_seal_size=seal_size, **PARAMS)
+            started = time.perf_counter()
+            for lo in range(0, n, batch):
+                col.upsert(list(range(lo, min(n, lo + batch))), x[lo : min(n, lo + batch)])
+            col.wait_indexed()
+            build_s = time.perf_counter() - started
+            db.checkpoint()
+            first = db.stats()
+            for lo in range(n, n + churn, batch):
+                hi = min(n + churn, lo + batch)
+                col.upsert(list(range(lo, hi)), x[lo:hi])
+            col.delete(rng.choice(n, churn // 10, replace=False).tolist())
+            col.wait_indexed()
+            started = time.perf_counter()
+            db.checkpoint()
+            checkpoint_s = time.perf_counter() - started
+            second = db.stats()
+            graphs = col.info()["segments"]["graphs"]
+            col.search(queries[0], k=10)
+            started = time.perf_counter()
+            hits = [col.search(q, k=10, ef=64, with_payload=False) for q in queries]
+            qps = len(queries) / (time.perf_counter() - started)
+            recall = float(
+                np.mean([len({h.id for h in hs} & t) / 10 for hs, t in zip(hits, truth, strict=True)])
+            )
+            emit(
+                {
+                    "bench": "graphs",
+                    "config": label,
+                    "n": n,
+                    "seal": seal_size if seal_size < n else None,
+                    "graphs": len(graphs),
+                    "sealed": sum(1 for g in graphs if g["sealed"]),
+                    "build_s": round(build_s, 2),
+                    "first_checkpoint_bytes_written": first["last_checkpoint_bytes_written"],
+                    "first_checkpoint_s": round(first["last_checkpoint_duration_s"], 3),
+                    "churn": churn,
+                    "checkpoint_bytes_written": second["last_checkpoint_bytes_written"],
+                    "checkpoint_bytes": second["last_checkpoint_bytes"],
+                    "checkpoint_s": round(checkpoint_s, 3),
+                    "single_qps_ef64": round(qps, 1),
+                    "recall_at_10": round(recall, 4),
+                    "load1": _load(),
+                }
+            )
+        shutil.rmtree(path, ignore_errors=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -289,7 +358,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--n", type=int, default=2_000_000)
     parser.add_argument("--step", type=int, default=500_000, help="rate reported per step")
     parser.add_argument("--batch", type=int, default=BATCH)
-    parser.add_argument("--only", default="load", help="load | open (needs --workdir)")
+    parser.add_argument("--only", default="load", help="load | open (needs --workdir) | graphs")
+    parser.add_argument("--seal", type=int, default=100_000, help="graphs: points per graph")
+    parser.add_argument("--churn", type=int, default=20_000, help="graphs: upserts between checkpoints")
     parser.add_argument("--workdir", default=None)
     parser.add_argument("--keep", action="store_true", help="keep the data directory")
     parser.add_argument("--quick", action="store_true", help="200k vectors, steps of 50k")
@@ -300,6 +371,8 @@ def main(argv: list[str] | None = None) -> int:
     workdir.mkdir(parents=True, exist_ok=True)
     if args.only == "open":
         open_after_close(workdir / "vdb", args.n, clustered(args.n)[args.n - 1])
+    elif args.only == "graphs":
+        bench_graphs(args.n, args.seal, args.churn, args.batch, workdir)
     else:
         bench_load(args.n, args.step, args.batch, workdir, args.keep)
     if not args.workdir:
