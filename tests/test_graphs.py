@@ -336,3 +336,59 @@ def test_graph_seal_size_is_an_option_of_the_database_and_the_collection(tmp_pat
     with vdb.open(tmp_path / "d") as db:
         assert db.collection("b").info()["segments"]["graph_seal_size"] == 200
         assert db.collection("a").info()["segments"]["graph_seal_size"] == 1 << 20
+
+
+def test_int8_on_disk_collection_keeps_its_settings_in_every_graph(tmp_path):
+    rng = np.random.default_rng(21)
+    x = rng.standard_normal((1000, DIM)).astype(np.float32)
+    queries = rng.standard_normal((10, DIM)).astype(np.float32)
+    with vdb.open(tmp_path / "d", graph_seal_size=SEAL) as db:
+        col = db.create_collection("c", dim=DIM, metric="cosine", quantization="int8", on_disk=True)
+        col.upsert(list(range(1000)), x)
+        assert col.wait_indexed(timeout=120)
+        graphs = col._index.graphs
+        assert len(graphs) == 4
+        assert all(g.index.quantization == "int8" and g.index.on_disk for g in graphs)
+        for i in (0, 299, 300, 999):
+            assert col.search(x[i], k=1)[0].id == i
+        col.delete(list(range(0, 1000, 5)))
+        before = [[(h.id, round(h.score, 4)) for h in hs] for hs in col.search(queries, k=10)]
+        exact = [[h.id for h in hs] for hs in col.search(queries, k=10, exact=True)]
+        db.checkpoint()
+    with vdb.open(tmp_path / "d", graph_seal_size=SEAL, indexing=False) as db:
+        col = db.collection("c")
+        assert all(g.index.quantization == "int8" and g.index.on_disk for g in col._index.graphs)
+        assert [[(h.id, round(h.score, 4)) for h in hs] for hs in col.search(queries, k=10)] == before
+        assert [[h.id for h in hs] for hs in col.search(queries, k=10, exact=True)] == exact
+
+
+def test_named_vectors_seal_their_graphs_and_round_trip(tmp_path):
+    rng = np.random.default_rng(22)
+    a = rng.standard_normal((900, DIM)).astype(np.float32)
+    b = rng.standard_normal((900, 5)).astype(np.float32)
+    have_b = [i for i in range(900) if i % 3]
+    with vdb.open(tmp_path / "d", graph_seal_size=SEAL) as db:
+        col = db.create_collection(
+            "c", vectors={"a": {"dim": DIM, "metric": "cosine"}, "b": {"dim": 5, "metric": "l2"}}
+        )
+        col.upsert(
+            list(range(900)),
+            vectors={"a": a, "b": [b[i] if i % 3 else None for i in range(900)]},
+        )
+        assert col.wait_indexed(timeout=120)
+        space = col._spaces.dense["b"]
+        assert len(space.segs.index.graphs) >= 2
+        assert sum(len(g.index) for g in space.segs.index.graphs) == len(have_b)
+        col.delete(list(range(0, 900, 4)))
+        left = [i for i in have_b if i % 4]
+        q = rng.standard_normal(5).astype(np.float32)
+        truth = sorted(left, key=lambda i: (float(((b[i] - q) ** 2).sum()), i))[:10]
+        assert [h.id for h in col.search(q, k=10, using="b", exact=True)] == truth
+        approx = [h.id for h in col.search(q, k=10, using="b", ef=256)]
+        assert len(set(approx) & set(truth)) >= 9
+        db.checkpoint()
+    with vdb.open(tmp_path / "d", graph_seal_size=SEAL, indexing=False) as db:
+        col = db.collection("c")
+        assert [h.id for h in col.search(q, k=10, using="b", ef=256)] == approx
+        assert col.search(a[5], k=1, using="a")[0].id == 5
+        assert col.count({"must": [{"has_vector": "b"}]}) == len(left)

@@ -166,7 +166,7 @@ class DenseSpace:
         self.name = name
         self.dim = int(dim)
         self.metric = metric
-        self.index = index
+        self.index = segs.index  # its graphs (vdb.graphs.Graphs), which wrap ``index``
         self.segs = segs
         segs.partial = partial
         self.has: np.ndarray | None = np.zeros(256, bool) if partial else None
