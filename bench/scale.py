@@ -303,7 +303,9 @@ def bench_graphs(n: int, seal: int, churn: int, batch: int, workdir: Path) -> No
         path = workdir / f"graphs-{label}"
         shutil.rmtree(path, ignore_errors=True)
         with vdb.open(path, checkpoint_interval_s=None, checkpoint_wal_bytes=None) as db:
-            col = db.create_collection(COLLECTION, dim=DIM, metric="l2", graph_seal_size=seal_size, **PARAMS)
+            col = db.create_collection(
+                COLLECTION, dim=DIM, metric="l2", graph_seal_size=seal_size, **PARAMS
+            )
             started = time.perf_counter()
             for lo in range(0, n, batch):
                 col.upsert(list(range(lo, min(n, lo + batch))), x[lo : min(n, lo + batch)])
@@ -325,9 +327,8 @@ def bench_graphs(n: int, seal: int, churn: int, batch: int, workdir: Path) -> No
             started = time.perf_counter()
             hits = [col.search(q, k=10, ef=64, with_payload=False) for q in queries]
             qps = len(queries) / (time.perf_counter() - started)
-            recall = float(
-                np.mean([len({h.id for h in hs} & t) / 10 for hs, t in zip(hits, truth, strict=True)])
-            )
+            found = [len({h.id for h in hs} & t) / 10 for hs, t in zip(hits, truth, strict=True)]
+            recall = float(np.mean(found))
             emit(
                 {
                     "bench": "graphs",
@@ -360,7 +361,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch", type=int, default=BATCH)
     parser.add_argument("--only", default="load", help="load | open (needs --workdir) | graphs")
     parser.add_argument("--seal", type=int, default=100_000, help="graphs: points per graph")
-    parser.add_argument("--churn", type=int, default=20_000, help="graphs: upserts between checkpoints")
+    parser.add_argument(
+        "--churn", type=int, default=20_000, help="graphs: upserts between checkpoints"
+    )
     parser.add_argument("--workdir", default=None)
     parser.add_argument("--keep", action="store_true", help="keep the data directory")
     parser.add_argument("--quick", action="store_true", help="200k vectors, steps of 50k")

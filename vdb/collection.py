@@ -41,8 +41,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from vdb.errors import CollectionNotFound, DimensionMismatch, InvalidInput, PointNotFound
-from vdb.ids import IdMap, normalize_id, normalize_ids, sort_key
 from vdb.graphs import DEFAULT_SEAL_SIZE
+from vdb.ids import IdMap, normalize_id, normalize_ids, sort_key
 from vdb.segments import DEFAULT_FRESH_LIMIT, Segments
 from vdb.types import DeadLetter, Delete, Hit, PointId, Record, Upsert
 from vdb.vectors import SparseSpace, _named_row, _sparse_row, main_row

@@ -292,8 +292,9 @@ class Database:
         database's). ``graph_seal_size``: points linked into one graph before it is
         sealed (default: the database's). ``partition_segments``: each source partition of
         the points gets its own graphs, so a search restricted to partitions walks only
-        theirs and ``drop_partition`` costs that partition's points. ``quantization``: ``None``, ``"int8"`` or ``{"type":
-        "int8", "quantile": 0.99, "always_ram": True}``: the graph walk runs on
+        theirs and ``drop_partition`` costs that partition's points. ``quantization``:
+        ``None``, ``"int8"`` or ``{"type": "int8", "quantile": 0.99, "always_ram": True}``:
+        the graph walk runs on
         int8 codes, rescored with the float vectors. ``on_disk``: keep the
         float vectors in a memory-mapped file (codes and graph stay in RAM).
         ``extra`` keyword arguments are stored with the collection's

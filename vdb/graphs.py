@@ -76,7 +76,9 @@ class Graph:
         return "" if self.labels is None else f"g{self.gid}/"
 
     def slots_of(self, local: np.ndarray) -> np.ndarray:
-        return local.astype(np.int64) if self.labels is None else self.labels[local].astype(np.int64)
+        if self.labels is None:
+            return local.astype(np.int64)
+        return self.labels[local].astype(np.int64)
 
     def live_locals(self) -> np.ndarray:
         index = self.index
@@ -460,8 +462,11 @@ class Graphs:
         g = self._growing.get(key)
         if g is not None:
             return g
-        if not self.graphs and not self.partitioned and self.template is not None and (
-            self.template.used == 0
+        if (
+            not self.graphs
+            and not self.partitioned
+            and self.template is not None
+            and (self.template.used == 0)
         ):
             g = Graph(0, self.template, None, None)  # the first graph: local == slot
         else:
