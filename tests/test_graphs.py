@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import threading
-
 import numpy as np
 import pytest
 
 import vdb
-from tests.test_segments import DIM, Model, brute, check_against_model, top_ids
+from tests.test_segments import DIM, Model, Race, answers, brute, check_against_model, top_ids
 from vdb.types import Upsert
 
 SEAL = 300
@@ -20,37 +18,6 @@ def graphs_of(col) -> list[dict]:
 
 def sealed_graphs(col) -> list[dict]:
     return [g for g in graphs_of(col) if g["sealed"]]
-
-
-@pytest.mark.parametrize("metric", ["l2", "ip", "cosine"])
-def test_several_graphs_and_fresh_rows_answer_like_brute_force(tmp_path, metric):
-    rng = np.random.default_rng(11)
-    model = Model()
-    with vdb.open(tmp_path / "d", graph_seal_size=SEAL) as db:
-        col = db.create_collection("c", dim=DIM, metric=metric)
-        n = 1600
-        x = rng.standard_normal((n, DIM)).astype(np.float32)
-        model.upsert(col, list(range(n)), x, [{"g": i % 4, "v": 0} for i in range(n)])
-        assert col.wait_indexed(timeout=120)
-        graphs = graphs_of(col)
-        assert len(sealed_graphs(col)) >= 4
-        assert all(g["points"] == SEAL for g in graphs if g["sealed"])
-        assert sum(g["live"] for g in graphs) == n == col.info()["segments"]["indexed_points"]
-        check_against_model(col, model, metric, rng)
-
-        # deletes and updates of points in sealed graphs, new points left fresh
-        db.pause_indexing()
-        model.delete(col, list(range(0, n, 7)))
-        model.upsert(col, list(range(1, 600, 3)), x[1:600:3] + 1, [{"g": 2, "v": 1}] * 200)
-        y = rng.standard_normal((250, DIM)).astype(np.float32)
-        model.upsert(col, list(range(n, n + 250)), y, [{"g": i % 3, "v": 2} for i in range(250)])
-        assert col.info()["segments"]["fresh_points"] > 0
-        check_against_model(col, model, metric, rng)
-
-        db.resume_indexing()
-        assert col.wait_indexed(timeout=120)
-        assert sum(g["live"] for g in graphs_of(col)) == len(model.points)
-        check_against_model(col, model, metric, rng)
 
 
 def test_a_sealed_graph_below_half_live_is_compacted_and_a_dead_one_dropped(tmp_path):
@@ -84,66 +51,34 @@ def test_readers_while_the_indexer_seals_and_starts_graphs(tmp_path):
     with vdb.open(tmp_path / "d", graph_seal_size=SEAL, fresh_limit=400) as db:
         col = db.create_collection("c", dim=DIM, metric="l2", ef=64)
         col.upsert(list(range(stable)), base, [{"v": -1}] * stable)
-        deleted_for_good: set[int] = set()
-        lock = threading.Lock()
-        done = threading.Event()
-        errors: list[str] = []
+        race = Race()
 
-        def writer() -> None:
+        def write() -> None:
             wrng = np.random.default_rng(1)
-            try:
-                for round_ in range(25):
-                    ids = list(range(1000 + round_ * 200, 1200 + round_ * 200))
-                    vecs = wrng.standard_normal((len(ids), DIM)).astype(np.float32)
-                    vecs[:, 0] = 100.0 + round_
-                    col.upsert(ids, vecs, [{"v": round_}] * len(ids))
-                    gone = ids[::4]  # deleted from fresh rows or from graphs, sealed or not
-                    col.delete(gone)
-                    with lock:
-                        deleted_for_good.update(gone)
-            except Exception as exc:
-                errors.append(repr(exc))
-            finally:
-                done.set()
+            for round_ in range(25):
+                ids = list(range(1000 + round_ * 200, 1200 + round_ * 200))
+                vecs = wrng.standard_normal((len(ids), DIM)).astype(np.float32)
+                vecs[:, 0] = 100.0 + round_
+                col.upsert(ids, vecs, [{"v": round_}] * len(ids))
+                col.delete(ids[::4])  # from fresh rows or from graphs, sealed or not
+                race.deleted(ids[::4])
 
-        def reader(seed: int) -> None:
-            rrng = np.random.default_rng(seed)
-            try:
-                while not done.is_set():
-                    with lock:
-                        dead = set(deleted_for_good)
-                    for i in rrng.choice(stable, 3, replace=False).tolist():
-                        hits = col.search(base[i], k=5, ef=128)
-                        ids = [h.id for h in hits]
-                        if len(ids) != len(set(ids)):
-                            errors.append(f"duplicate ids in {ids}")
-                        if ids[0] != i:
-                            errors.append(f"stable id {i} not found first by its vector: {ids}")
-                    q = rrng.standard_normal(DIM).astype(np.float32)
-                    q[0] = 100.0 + rrng.integers(0, 25)
-                    hits = col.search(q, k=30)
-                    ids = [h.id for h in hits]
-                    if len(ids) != len(set(ids)):
-                        errors.append(f"duplicate ids in {ids}")
-                    errors.extend(f"deleted id {h.id} returned" for h in hits if h.id in dead)
-            except Exception as exc:
-                errors.append(repr(exc))
+        def read(rrng) -> None:
+            for i in rrng.choice(stable, 3, replace=False).tolist():
+                race.hits(col.search(base[i], k=5, ef=128), first=i)
+            q = rrng.standard_normal(DIM).astype(np.float32)
+            q[0] = 100.0 + rrng.integers(0, 25)
+            race.hits(col.search(q, k=30))
 
-        threads = [threading.Thread(target=writer)] + [
-            threading.Thread(target=reader, args=(s,)) for s in range(2)
-        ]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        assert errors == []
+        race.run(write, read, readers=2)
+        assert race.errors == []
         assert col.wait_indexed(timeout=120)
         live = stable + 25 * 150
         assert col.count() == live == sum(g["live"] for g in graphs_of(col))
         assert len(sealed_graphs(col)) >= 8
         # every live id exactly once over the graphs: each found by its own vector
         ids = [i for i in range(stable)] + [
-            i for i in range(1000, 1000 + 25 * 200) if i not in deleted_for_good
+            i for i in range(1000, 1000 + 25 * 200) if i not in race.dead
         ]
         got = {r.id: r.vector for r in col.get(ids, with_vectors=True)}
         assert len(got) == live
@@ -208,11 +143,6 @@ def test_sealed_graphs_round_trip_through_reopen_replay_and_snapshot(tmp_path):
     x = rng.standard_normal((2000, DIM)).astype(np.float32)
     queries = rng.standard_normal((15, DIM)).astype(np.float32)
 
-    def answers(col):
-        ann = [[(h.id, round(h.score, 5)) for h in hs] for hs in col.search(queries, k=10)]
-        exact = [[h.id for h in hs] for hs in col.search(queries, k=10, exact=True)]
-        return ann, exact
-
     with vdb.open(tmp_path / "d", graph_seal_size=SEAL) as db:
         col = db.create_collection("c", dim=DIM, metric="l2")
         col.upsert(list(range(1500)), x[:1500], [{"i": i} for i in range(1500)])
@@ -221,27 +151,29 @@ def test_sealed_graphs_round_trip_through_reopen_replay_and_snapshot(tmp_path):
         db.pause_indexing()
         col.upsert(list(range(1200, 1800)), x[1200:1800] * 2)  # replaces points of graphs
         col.delete(list(range(0, 2000, 9)))
-        at_snapshot = answers(col)
+        at_snapshot = answers(col, queries)
         db.snapshot(tmp_path / "s.vdbsnap")
         col.upsert(list(range(1800, 2000)), x[1800:2000])
         col.delete(list(range(1, 2000, 13)))
-        before = answers(col)
+        before = answers(col, queries)
         db.close(checkpoint=False)  # as after kill -9: the WAL after the checkpoint is replayed
     with vdb.open(tmp_path / "d", graph_seal_size=SEAL, indexing=False) as db:
         col = db.collection("c")
         assert db.stats()["recovered_records"] > 0
-        assert answers(col) == before
+        assert answers(col, queries) == before
         assert len(sealed_graphs(col)) >= 4
         db.resume_indexing()
         assert col.wait_indexed(timeout=120)
-        assert answers(col)[1] == before[1]
-        after_index = answers(col)
+        assert answers(col, queries)[1] == before[1]
+        after_index = answers(col, queries)
     with vdb.open(tmp_path / "d", graph_seal_size=SEAL, indexing=False) as db:
-        assert answers(db.collection("c")) == after_index  # clean close: from the checkpoint
+        assert (
+            answers(db.collection("c"), queries) == after_index
+        )  # clean close: from the checkpoint
     vdb.restore(tmp_path / "s.vdbsnap", tmp_path / "r")
     with vdb.open(tmp_path / "r", graph_seal_size=SEAL, indexing=False) as db:
         col = db.collection("c")
-        assert answers(col) == at_snapshot
+        assert answers(col, queries) == at_snapshot
         assert col.get([1601])[0].payload is None and col.get([1900]) == []
 
 

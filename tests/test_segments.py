@@ -51,6 +51,67 @@ class Model:
         return dict(zip(ids, brute(x, q, metric).tolist(), strict=True))
 
 
+def answers(col, queries) -> tuple[list, list]:
+    """Approximate (ids, rounded scores) and exact ids of ``queries``: what a reopened or
+    restored collection must answer again."""
+    ann = [[(h.id, round(h.score, 5)) for h in hs] for hs in col.search(queries, k=10)]
+    exact = [[h.id for h in hs] for hs in col.search(queries, k=10, exact=True)]
+    return ann, exact
+
+
+class Race:
+    """One writer thread and reader threads over a collection; what they saw goes to
+    ``errors`` (asserted empty by the test). ``dead``: ids deleted and never written again."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.done = threading.Event()
+        self.errors: list[str] = []
+        self.dead: set[int] = set()
+
+    def deleted(self, ids) -> None:
+        with self.lock:
+            self.dead.update(ids)
+
+    def hits(self, hits, first=None) -> None:
+        """No id twice, none deleted, ``first`` (if given) first."""
+        ids = [h.id for h in hits]
+        if len(ids) != len(set(ids)):
+            self.errors.append(f"duplicate ids in {ids}")
+        if first is not None and (not ids or ids[0] != first):
+            self.errors.append(f"stable id {first} not found first by its vector: {ids}")
+        with self.lock:
+            dead = set(self.dead)
+        self.errors.extend(f"deleted id {h.id} returned" for h in hits if h.id in dead)
+
+    def run(self, write, read, readers: int) -> None:
+        """``write()`` once, ``read(rng)`` in each reader until the writer is done."""
+
+        def writer() -> None:
+            try:
+                write()
+            except Exception as exc:  # reported by the main thread
+                self.errors.append(repr(exc))
+            finally:
+                self.done.set()
+
+        def reader(seed: int) -> None:
+            rng = np.random.default_rng(seed)
+            try:
+                while not self.done.is_set():
+                    read(rng)
+            except Exception as exc:
+                self.errors.append(repr(exc))
+
+        threads = [threading.Thread(target=writer)] + [
+            threading.Thread(target=reader, args=(s,)) for s in range(readers)
+        ]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+
+
 def check_against_model(col, model: Model, metric: str, rng) -> None:
     assert col.count() == len(model.points)
     assert col.count({"must": [{"key": "g", "match": {"value": 1}}]}) == sum(
@@ -91,11 +152,14 @@ def check_against_model(col, model: Model, metric: str, rng) -> None:
         assert [h.id for h in kept] == best[:5]
 
 
+@pytest.mark.parametrize("seal", [1 << 20, 300], ids=["one_graph", "sealed_graphs"])
 @pytest.mark.parametrize("metric", ["l2", "ip", "cosine"])
-def test_fresh_indexed_and_mixed_collections_answer_like_brute_force(tmp_path, metric):
+def test_fresh_indexed_and_mixed_collections_answer_like_brute_force(tmp_path, metric, seal):
+    """With a seal size of 300 the indexed points are in several graphs (vdb.graphs), the
+    mixed phase deletes and replaces points of sealed graphs."""
     rng = np.random.default_rng(5)
     model = Model()
-    with vdb.open(tmp_path / "d", indexing=False) as db:
+    with vdb.open(tmp_path / "d", indexing=False, graph_seal_size=seal) as db:
         col = db.create_collection("c", dim=DIM, metric=metric)
         n = 1500
         x = rng.standard_normal((n, DIM)).astype(np.float32)
@@ -114,6 +178,8 @@ def test_fresh_indexed_and_mixed_collections_answer_like_brute_force(tmp_path, m
         assert col.wait_indexed(timeout=120)
         info = col.info()["segments"]
         assert info["fresh_points"] == 0 and info["indexed_points"] == len(model.points)
+        assert sum(g["sealed"] for g in info["graphs"]) == len(model.points) // seal
+        assert all(g["points"] == seal for g in info["graphs"] if g["sealed"])
         assert col.info()["status"] == "green"
         check_against_model(col, model, metric, rng)
 
@@ -129,6 +195,7 @@ def test_fresh_indexed_and_mixed_collections_answer_like_brute_force(tmp_path, m
 
         db.resume_indexing()
         assert col.wait_indexed(timeout=120)
+        assert sum(g["live"] for g in col.info()["segments"]["graphs"]) == len(model.points)
         check_against_model(col, model, metric, rng)
 
 
@@ -140,70 +207,39 @@ def test_concurrent_readers_see_every_live_point_once_and_never_a_stale_one(tmp_
     with vdb.open(tmp_path / "d", fresh_limit=700) as db:
         col = db.create_collection("c", dim=DIM, metric="l2", ef=64)
         col.upsert(list(range(stable)), base, [{"v": -1}] * stable)
-        deleted_for_good: set[int] = set()  # ids deleted and never written again
-        lock = threading.Lock()
-        done = threading.Event()
-        errors: list[str] = []
+        race = Race()
 
-        def writer() -> None:
+        def write() -> None:
             wrng = np.random.default_rng(1)
-            try:
-                for round_ in range(40):
-                    ids = list(range(1000, 1300))
-                    version = round_
-                    # the vector encodes the version in its first coordinate
-                    vecs = wrng.standard_normal((len(ids), DIM)).astype(np.float32)
-                    vecs[:, 0] = 100.0 + version
-                    col.upsert(ids, vecs, [{"v": version}] * len(ids))
-                    gone = list(range(5000 + round_ * 20, 5020 + round_ * 20))
-                    col.upsert(gone, vecs[:20], [{"v": version}] * 20)
-                    col.delete(gone)
-                    with lock:
-                        deleted_for_good.update(gone)
-            except Exception as exc:  # reported by the main thread
-                errors.append(repr(exc))
-            finally:
-                done.set()
+            for round_ in range(40):
+                ids = list(range(1000, 1300))
+                version = round_
+                # the vector encodes the version in its first coordinate
+                vecs = wrng.standard_normal((len(ids), DIM)).astype(np.float32)
+                vecs[:, 0] = 100.0 + version
+                col.upsert(ids, vecs, [{"v": version}] * len(ids))
+                gone = list(range(5000 + round_ * 20, 5020 + round_ * 20))
+                col.upsert(gone, vecs[:20], [{"v": version}] * 20)
+                col.delete(gone)
+                race.deleted(gone)
 
-        def reader(seed: int) -> None:
-            rrng = np.random.default_rng(seed)
-            try:
-                while not done.is_set():
-                    with lock:
-                        dead = set(deleted_for_good)
-                    picks = rrng.choice(stable, 8, replace=False)
-                    got = col.get(picks.tolist())
-                    if sorted(r.id for r in got) != sorted(picks.tolist()):
-                        errors.append(f"get missed stable ids {picks.tolist()}")
-                    for i in picks[:3].tolist():
-                        hits = col.search(base[i], k=5, ef=128, with_vectors=True)
-                        ids = [h.id for h in hits]
-                        if len(ids) != len(set(ids)):
-                            errors.append(f"duplicate ids in {ids}")
-                        if ids[0] != i:
-                            errors.append(f"stable id {i} not found first by its vector: {ids}")
-                    q = rrng.standard_normal(DIM).astype(np.float32)
-                    q[0] = 100.0 + rrng.integers(0, 40)
-                    hits = col.search(q, k=20, with_vectors=True)
-                    ids = [h.id for h in hits]
-                    if len(ids) != len(set(ids)):
-                        errors.append(f"duplicate ids in {ids}")
-                    for h in hits:
-                        if h.id in dead:
-                            errors.append(f"deleted id {h.id} returned")
-                        if h.id >= 1000 and h.vector[0] != 100.0 + h.payload["v"]:
-                            errors.append(f"id {h.id}: payload and vector of different versions")
-            except Exception as exc:
-                errors.append(repr(exc))
+        def read(rrng) -> None:
+            picks = rrng.choice(stable, 8, replace=False)
+            got = col.get(picks.tolist())
+            if sorted(r.id for r in got) != sorted(picks.tolist()):
+                race.errors.append(f"get missed stable ids {picks.tolist()}")
+            for i in picks[:3].tolist():
+                race.hits(col.search(base[i], k=5, ef=128, with_vectors=True), first=i)
+            q = rrng.standard_normal(DIM).astype(np.float32)
+            q[0] = 100.0 + rrng.integers(0, 40)
+            hits = col.search(q, k=20, with_vectors=True)
+            race.hits(hits)
+            for h in hits:
+                if h.id >= 1000 and h.vector[0] != 100.0 + h.payload["v"]:
+                    race.errors.append(f"id {h.id}: payload and vector of different versions")
 
-        threads = [threading.Thread(target=writer)] + [
-            threading.Thread(target=reader, args=(s,)) for s in range(3)
-        ]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        assert errors == []
+        race.run(write, read, readers=3)
+        assert race.errors == []
         assert col.count() == stable + 300
         assert col.wait_indexed(timeout=120)
         assert col.count() == stable + 300
@@ -245,11 +281,6 @@ def test_backlog_round_trips_through_checkpoint_reopen_and_snapshot(tmp_path):
     x = rng.standard_normal((3000, DIM)).astype(np.float32)
     queries = rng.standard_normal((20, DIM)).astype(np.float32)
 
-    def answers(col):
-        ann = [[(h.id, round(h.score, 5)) for h in hs] for hs in col.search(queries, k=10)]
-        exact = [[h.id for h in hs] for hs in col.search(queries, k=10, exact=True)]
-        return ann, exact
-
     with vdb.open(tmp_path / "d") as db:
         col = db.create_collection("c", dim=DIM, metric="cosine")
         col.upsert(list(range(2000)), x[:2000], [{"i": i} for i in range(2000)])
@@ -257,7 +288,7 @@ def test_backlog_round_trips_through_checkpoint_reopen_and_snapshot(tmp_path):
         db.pause_indexing()
         col.upsert(list(range(1500, 3000)), x[1500:3000], [{"i": -i} for i in range(1500)])
         col.delete(list(range(0, 3000, 10)))
-        before = answers(col)
+        before = answers(col, queries)
         segs = col.info()["segments"]
         assert segs["fresh_points"] > 0 and segs["indexed_points"] > 0
         db.checkpoint()
@@ -266,15 +297,15 @@ def test_backlog_round_trips_through_checkpoint_reopen_and_snapshot(tmp_path):
         col = db.collection("c")
         assert db.stats()["recovered_records"] == 0  # from the checkpoint alone
         assert col.info()["segments"]["fresh_points"] == segs["fresh_points"]
-        assert answers(col) == before
+        assert answers(col, queries) == before
     vdb.restore(tmp_path / "s.vdbsnap", tmp_path / "r")
     with vdb.open(tmp_path / "r", indexing=False) as db:
         col = db.collection("c")
-        assert answers(col) == before
+        assert answers(col, queries) == before
         assert col.get([1601])[0].payload == {"i": -101}
         db.resume_indexing()
         assert col.wait_indexed(timeout=120)
-        assert answers(col)[1] == before[1]  # exact answers do not depend on the graph
+        assert answers(col, queries)[1] == before[1]  # exact answers do not depend on the graph
 
 
 def test_replay_after_a_crash_refills_the_fresh_segment(tmp_path):
