@@ -225,13 +225,17 @@ class Graphs:
         return merge_top_k(results, k, self.metric == "l2")
 
     def get_vectors(self, slots: np.ndarray) -> np.ndarray:
+        """Vectors of ``slots``; zeros for a slot no graph holds (a point deleted while a
+        reader looked at it: the collection's seqlock makes that reader search again)."""
         slots = np.asarray(slots, np.int64).reshape(-1)
-        out = np.empty((len(slots), self.dim), np.float32)
+        out = np.zeros((len(slots), self.dim), np.float32)
         for _ in range(3):  # a graph retired meanwhile: its points were placed elsewhere
             where_g, where_l = self.where_g, self.where_l
-            gids = where_g[slots]
+            inside = slots < where_g.shape[0]
+            gids = np.full(len(slots), -1, np.int64)
+            gids[inside] = where_g[slots[inside]]
             missing = False
-            for gid in np.unique(gids).tolist():
+            for gid in np.unique(gids[gids >= 0]).tolist():
                 g = self._by_gid.get(gid)
                 if g is None:
                     missing = True
@@ -239,8 +243,8 @@ class Graphs:
                 sel = gids == gid
                 out[sel] = g.index.get_vectors(where_l[slots[sel]])
             if not missing:
-                return out
-        raise ValueError("slots not held by any graph")
+                break
+        return out
 
     def hide(self, slots: np.ndarray) -> None:
         """Stop returning live, linked slots at once (the writer; see ``HNSW.hide``)."""
@@ -322,11 +326,10 @@ class Graphs:
         self._by_gid.pop(g.gid, None)
         if self._growing.get(g.partition) is g:
             del self._growing[g.partition]
-        index = g.index
-        stale = g.slots_of(np.flatnonzero(index.live_mask()[: index.used]))
-        if stale.size:  # live points of a dropped graph that no other graph took
-            mine = self.where_g[stale] == g.gid
-            self.where_g[stale[mine]] = -1
+        stale = g.slots_of(np.arange(int(g.index.used)))
+        if stale.size:  # slots still pointing at it (hidden points, whose doomed entries wait)
+            stale = stale[(stale >= 0) & (stale < self.where_g.shape[0])]
+            self.where_g[stale[self.where_g[stale] == g.gid]] = -1
 
     # -- partitions ----------------------------------------------------------------------
 

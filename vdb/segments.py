@@ -133,6 +133,7 @@ class Segments:
         self._linking = 0  # rows from view.start being linked by the indexer
         self.dirty = False  # graph changed since the last checkpoint capture
         self._compact_due = False  # a graph to compact or drop (see Graphs.to_compact)
+        self._compacting: _Compaction | None = None
         self.compactions = 0
         self._work_since: float | None = None  # monotonic time work became pending
         self.wake: Callable[[], None] = _nothing  # the database points it at its indexer
@@ -456,29 +457,43 @@ class Segments:
         self.cycles += 1
         return len(slots)
 
-    def _compact(self, apply_lock: Any) -> None:
-        """Re-link the live points of every graph due for compaction into the growing graph
-        (in ``LINK_CHUNK`` calls, as fresh points are), then drop it (``Graphs.retire``).
-        Meanwhile a point may be live in both graphs; searches drop the duplicate by slot."""
+    def _compact(self, apply_lock: Any, budget: int = INDEX_BATCH) -> None:
+        """Compaction work of one cycle: re-link up to ``budget`` live points of graphs due
+        for compaction into the growing graph (in ``LINK_CHUNK`` calls, as fresh points are,
+        so fresh rows are still indexed every cycle); once a graph's points are all
+        re-linked, drop it (``Graphs.retire``). Meanwhile a point may be live in both
+        graphs; searches drop the duplicate by slot."""
         index = self.index
-        for old in index.to_compact():
-            with apply_lock:
-                local = old.live_locals()
-                slots = old.slots_of(local)
-                vectors = old.index.get_vectors(local) if local.size else None
-            moved = []
-            for lo in range(0, len(slots), LINK_CHUNK):
+        while budget > 0:
+            job = self._compacting
+            if job is None:
+                due = index.to_compact()
+                if not due:
+                    break
+                old = due[0]
+                with apply_lock:
+                    local = old.live_locals()
+                    slots = old.slots_of(local)
+                    vectors = old.index.get_vectors(local) if local.size else None
+                job = self._compacting = _Compaction(old, slots, vectors)
+            lo = job.done
+            hi = min(len(job.slots), lo + min(LINK_CHUNK, budget))
+            if hi > lo:
                 with self.index_lock:
-                    moved += index.link(
-                        vectors[lo : lo + LINK_CHUNK], slots[lo : lo + LINK_CHUNK],
-                        old.partition, place=False,
-                    )  # fmt: skip
+                    job.moved += index.link(
+                        job.vectors[lo:hi], job.slots[lo:hi], job.old.partition, place=False
+                    )
                     self.dirty = True
-            with self.index_lock, apply_lock:  # the checkpointer's order
-                index.retire(old, moved)
-                self.dirty = True
-            self.compactions += 1
-        self._compact_due = False  # after the work: wait_indexed waits for it too
+                job.done = hi
+                budget -= hi - lo
+            if job.done >= len(job.slots):
+                with self.index_lock, apply_lock:  # the checkpointer's order
+                    index.retire(job.old, job.moved)
+                    self.dirty = True
+                self._compacting = None
+                self.compactions += 1
+        # after the work, not before: wait_indexed waits for compactions too
+        self._compact_due = self._compacting is not None or bool(index.to_compact())
 
     # -- checkpoints -------------------------------------------------------------------------
 
@@ -551,6 +566,17 @@ class Segments:
             self.owner.hold(np.flatnonzero(graph_live))
         self.view = _View(_Buffer(256, self.dim), 0)
         self.append(slots, vectors)
+
+
+class _Compaction:
+    """A graph being compacted: its live points when it started, how many are re-linked."""
+
+    __slots__ = ("old", "slots", "vectors", "done", "moved")
+
+    def __init__(self, old: Any, slots: np.ndarray, vectors: np.ndarray | None) -> None:
+        self.old, self.slots, self.vectors = old, slots, vectors
+        self.done = 0
+        self.moved: list[Any] = []  # (graph, slots, locals) of the re-linked points
 
 
 class FreshCapture:
