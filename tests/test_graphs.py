@@ -326,3 +326,34 @@ def test_named_vectors_seal_their_graphs_and_round_trip(tmp_path):
         assert [h.id for h in col.search(q, k=10, using="b", ef=256)] == approx
         assert col.search(a[5], k=1, using="a")[0].id == 5
         assert col.count({"must": [{"has_vector": "b"}]}) == len(left)
+
+
+def test_a_checkpoint_in_the_middle_of_a_compaction_loads_every_point_once(tmp_path):
+    rng = np.random.default_rng(30)
+    x = rng.standard_normal((1000, DIM)).astype(np.float32)
+    queries = np.concatenate([x[300:330:3], rng.standard_normal((10, DIM)).astype(np.float32)])
+    with vdb.open(tmp_path / "d", graph_seal_size=SEAL) as db:
+        col = db.create_collection("c", dim=DIM, metric="l2")
+        col.upsert(list(range(1000)), x)
+        assert col.wait_indexed(timeout=120)
+        db.pause_indexing()
+        col.delete([i for i in range(300) if i % 3])  # the first graph: 100 live of 300
+        segs = col._segs
+        segs._compact(col._apply_lock, budget=40)  # what one short indexer cycle would do
+        assert segs._compacting is not None and segs._compacting.done == 40
+        assert sum(g["live"] for g in graphs_of(col)) == col.count() + 40  # 40 in two graphs
+        for i in (0, 3, 117, 297):  # found once, by their own vector
+            hits = col.search(x[i], k=3)
+            assert hits[0].id == i and len({h.id for h in hits}) == 3
+        before = answers(col, queries)
+        db.checkpoint()
+        db.close(checkpoint=False)
+    with vdb.open(tmp_path / "d", graph_seal_size=SEAL, indexing=False) as db:
+        col = db.collection("c")
+        assert answers(col, queries) == before
+        assert sum(g["live"] for g in graphs_of(col)) == col.count() == 800
+        db.resume_indexing()
+        assert col.wait_indexed(timeout=120)
+        assert 0 not in {g["id"] for g in graphs_of(col)}  # compacted after all
+        assert sum(g["live"] for g in graphs_of(col)) == 800
+        assert answers(col, queries)[1] == before[1]
