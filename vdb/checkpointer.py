@@ -4,7 +4,9 @@
 under the collection's indexer lock, the rest with the writer paused
 between two groups), copying only what changed since the previous
 checkpoint (``capture_graph``, ``capture``: the id-map and payload parts
-touched, the graph chunks of relinked rows; the link arrays whole), encodes
+touched, the growing graphs' chunks of relinked rows and their link arrays
+whole; of a sealed graph written before, only its deleted flags: its other
+blobs are carried by name, ``GraphCapture.carry``), encodes
 and writes the blobs outside both locks
 (``vdb.wal.checkpoint``: only chunks that changed are written), then
 installs the new manifests and removes the WAL records they cover in one
