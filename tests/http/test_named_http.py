@@ -346,7 +346,10 @@ def test_empty_name_equals_bare_params(client):
     for q in a[:3]:
         want = client.query_points("bare", query=q.tolist(), limit=5).points
         got = client.query_points("empty", query=q.tolist(), using="", limit=5).points
-        assert [(p.id, p.score) for p in got] == [(p.id, p.score) for p in want]
+        # a point may still be fresh in one collection and in the graph in the other: the
+        # two kernels sum in different orders, so scores agree to float precision only
+        assert [p.id for p in got] == [p.id for p in want]
+        assert [p.score for p in got] == pytest.approx([p.score for p in want], rel=1e-5)
     assert client.retrieve("empty", [3], with_vectors=True)[0].vector == pytest.approx(
         a[3].tolist()
     )
