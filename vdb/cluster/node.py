@@ -109,6 +109,8 @@ class ClusterNode:
                 "partitions_total": self._partitions_total(topic),
                 "distance": heartbeat.DISTANCES.get(str(info["metric"]), str(info["metric"])),
                 "dim": int(info["dim"]),
+                "metric": str(info["metric"]),
+                **heartbeat.vectors_of(info),
                 "partitions": parts,
             }
         return {

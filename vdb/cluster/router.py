@@ -47,6 +47,7 @@ from vdb.cluster.client import ClientError, NodeClient
 from vdb.cluster.membership import Membership, NodeView
 from vdb.cluster.merge import merge_by_id, merge_hits, merge_scroll
 from vdb.cluster.partitioner import point_key
+from vdb.cluster.remote import CollectionShape, RemoteCollection
 from vdb.errors import (
     AlreadyExists,
     CollectionNotFound,
@@ -63,6 +64,9 @@ log = logging.getLogger(__name__)
 
 LAG_SLACK = 1000
 """A replica this many records behind the best replica of its partition is not chosen."""
+
+MAX_LIMIT = 10_000
+"""``limit + offset`` of a query the router runs itself (prefetch, MMR): the nodes' default."""
 
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5)
 
@@ -212,6 +216,7 @@ class Router:
         self._round_robin = itertools.count()
         self._producer: Any = None
         self._client: NodeClient | None = None
+        self._shapes: dict[str, tuple[dict[str, Any], CollectionShape]] = {}
         self.app = self._build_app()
 
     # -- lifecycle -----------------------------------------------------------
@@ -247,6 +252,15 @@ class Router:
         if meta is None:
             raise CollectionNotFound(f"Not found: Collection `{collection}` doesn't exist!")
         return meta
+
+    def shape(self, collection: str) -> CollectionShape:
+        """The collection's vectors as its heartbeats describe them (rebuilt when they change)."""
+        meta = self.meta(collection)
+        cached = self._shapes.get(collection)
+        if cached is None or cached[0] is not meta:
+            cached = (meta, CollectionShape(meta))
+            self._shapes[collection] = cached
+        return cached[1]
 
     def _total(self, collection: str, meta: dict[str, Any]) -> int:
         total = meta.get("partitions_total")
@@ -402,7 +416,17 @@ class Router:
     ) -> tuple[list[Any], list[int]]:
         """Fan ``method path`` out (restricted per node by ``vdb_partitions``); node results."""
         partial = _flag(request.query_params.get("partial"))
+        return await self._read(collection, method, path, body, partial, extra_params)
 
+    async def _read(
+        self,
+        collection: str,
+        method: str,
+        path: str,
+        body: bytes | None,
+        partial: bool,
+        extra_params: dict[str, str] | None = None,
+    ) -> tuple[list[Any], list[int]]:
         async def call(node: NodeView, parts: list[int], timeout: float) -> Any:
             params = {"vdb_partitions": ",".join(str(x) for x in parts), **(extra_params or {})}
             return await self.call_node(
@@ -626,33 +650,51 @@ class Router:
 
     # -- reads ------------------------------------------------------------------------
 
-    async def _resolve_query(self, request: Request, name: str, query: Any) -> tuple[Any, Any]:
-        """A query by point id becomes a query by that point's vector: (query, id to exclude)."""
+    async def _resolve_query(
+        self, request: Request, name: str, query: Any, using: str
+    ) -> tuple[Any, Any]:
+        """A query by point id becomes a query by that point's vector ``using``:
+        (query, id to exclude)."""
         target = query.get("nearest") if isinstance(query, dict) and len(query) == 1 else query
         if not _is_id(target):
             return query, None
-        body = _dumps({"ids": [target], "with_payload": False, "with_vector": True})
+        shape = self.shape(name)
+        body = _dumps(
+            {"ids": [target], "with_payload": False, "with_vector": shape.with_vector([using])}
+        )
         answers, _ = await self.read(request, name, "POST", f"/collections/{name}/points", body)
         for records in answers:
             for record in records:
-                if record.get("vector") is not None:
-                    return record["vector"], record["id"]
+                vector = record.get("vector")
+                if isinstance(vector, dict) and shape.named:
+                    vector = vector.get(using)
+                if vector is not None:
+                    return vector, record["id"]
         raise PointNotFound(f"Not found: No point with id {target} found")
 
     async def _prepare(
-        self, request: Request, name: str, search: dict[str, Any], has_query: bool
+        self, request: Request, name: str, search: dict[str, Any], has_query: bool, legacy: bool
     ) -> tuple[dict[str, Any], dict[str, Any]]:
         """The body each node gets (``limit + offset`` hits, no offset) and how to merge."""
         limit, offset = search.get("limit", 10), search.get("offset", 0)
         limit = 10 if limit is None else limit
         offset = 0 if offset is None else offset
         post = {"by_score": has_query, "limit": 10, "offset": 0, "exclude": None}
+        if legacy:
+            vector = search.get("vector")
+            using = vector.get("name") if isinstance(vector, dict) else ""
+        else:
+            using = search.get("using") or ""
+        if isinstance(using, str) and has_query:
+            shape = self.shape(name)
+            shape.check_sparse(using)
+            post["ascending"] = shape.metric_of(using) == "l2"
         if not (_is_int(limit) and _is_int(offset) and limit >= 1 and offset >= 0):
             return search, post  # the nodes name the problem
         node_search = dict(search)
-        if has_query and "query" in search:
+        if has_query and "query" in search and isinstance(using, str):
             node_search["query"], post["exclude"] = await self._resolve_query(
-                request, name, search["query"]
+                request, name, search["query"], using
             )
         extra = 1 if post["exclude"] is not None else 0
         node_search["limit"] = limit + offset + extra
@@ -660,28 +702,57 @@ class Router:
         post.update(limit=limit, offset=offset)
         return node_search, post
 
-    def _merge(self, name: str, lists: list[list[dict[str, Any]]], post: dict[str, Any]) -> Any:
+    def _merge(self, lists: list[list[dict[str, Any]]], post: dict[str, Any]) -> Any:
         if not post["by_score"]:
             return merge_by_id(lists, offset=post["offset"], limit=post["limit"])
-        ascending = self.meta(name).get("distance") == "Euclid"
         return merge_hits(
             lists,
-            ascending=ascending,
+            ascending=post.get("ascending", False),
             offset=post["offset"],
             limit=post["limit"],
             exclude=post["exclude"],
         )
 
+    async def _search_one(
+        self, request: Request, name: str, body: dict[str, Any], legacy: bool
+    ) -> tuple[list[dict[str, Any]], list[int]]:
+        """One query (or legacy search) answered by merging the nodes' top hits."""
+        has_query = legacy or body.get("query") is not None
+        node_body, post = await self._prepare(request, name, body, has_query, legacy)
+        path = f"/collections/{name}/points/{'search' if legacy else 'query'}"
+        answers, missing = await self.read(request, name, "POST", path, _dumps(node_body))
+        return self._merge([a if legacy else a["points"] for a in answers], post), missing
+
+    async def _run_tree(
+        self, request: Request, name: str, query: Any
+    ) -> tuple[list[dict[str, Any]], list[int]]:
+        """A query with prefetch or MMR, run here over merged fan-outs (``vdb.cluster.remote``)."""
+        from vdb.http import hybrid
+        from vdb.http.qdrant import check_limit
+
+        check_limit(query, MAX_LIMIT)
+        partial = _flag(request.query_params.get("partial"))
+
+        def read(path: str, body: bytes) -> Awaitable[tuple[list[Any], list[int]]]:
+            return self._read(name, "POST", path, body, partial)
+
+        remote = RemoteCollection(
+            self.meta(name), name, read, asyncio.get_running_loop(), self.timeout_s
+        )
+        points = await asyncio.to_thread(hybrid.run, remote, query)
+        return points, sorted(remote.missing)
+
     async def _search(self, request: Request, route: str, legacy: bool) -> Response:
         started = time.perf_counter()
         name = request.path_params["name"]
         body = await self._body(request, required=legacy)
-        has_query = legacy or body.get("query") is not None
-        node_body, post = await self._prepare(request, name, body, has_query)
-        path = f"/collections/{name}/points/{'search' if legacy else 'query'}"
-        answers, missing = await self.read(request, name, "POST", path, _dumps(node_body))
-        lists = [a if legacy else a["points"] for a in answers]
-        points = self._merge(name, lists, post)
+        if not legacy and _runs_here(body):
+            from vdb.http import query_api as qa
+
+            self.meta(name)  # an unknown collection is a 404 before the body's errors
+            points, missing = await self._run_tree(request, name, qa.parse_query_request(body))
+        else:
+            points, missing = await self._search_one(request, name, body, legacy)
         return self._answer(route, points if legacy else {"points": points}, started, missing)
 
     async def query_points(self, request: Request) -> Response:
@@ -697,9 +768,13 @@ class Router:
         searches = body.get("searches")
         if not isinstance(searches, list) or not all(isinstance(s, dict) for s in searches):
             node_bodies, posts = body, None  # the nodes name the problem
+        elif not legacy and any(_runs_here(s) for s in searches):
+            return await self._query_batch_here(request, route, name, body, started)
         else:
             prepared = [
-                await self._prepare(request, name, s, legacy or s.get("query") is not None)
+                await self._prepare(
+                    request, name, s, legacy or s.get("query") is not None, legacy
+                )
                 for s in searches
             ]
             node_bodies = {**body, "searches": [nb for nb, _ in prepared]}
@@ -708,10 +783,27 @@ class Router:
         answers, missing = await self.read(request, name, "POST", path, _dumps(node_bodies))
         out = []
         for i, post in enumerate(posts or []):
-            lists = [a[i] if legacy else a[i]["points"] for a in answers]
-            points = self._merge(name, lists, post)
+            points = self._merge([a[i] if legacy else a[i]["points"] for a in answers], post)
             out.append(points if legacy else {"points": points})
         return self._answer(route, out, started, missing)
+
+    async def _query_batch_here(
+        self, request: Request, route: str, name: str, body: dict[str, Any], started: float
+    ) -> Response:
+        """A batch with a prefetch or MMR query: each search on its own, concurrently."""
+        from vdb.http import query_api as qa
+
+        self.meta(name)
+        parsed = qa.parse_query_batch(body)  # every search checked first, as on a node
+        runs = [
+            self._run_tree(request, name, query)
+            if _runs_here(raw)
+            else self._search_one(request, name, raw, legacy=False)
+            for raw, query in zip(body["searches"], parsed, strict=True)
+        ]
+        done = await asyncio.gather(*runs)
+        missing = sorted({m for _, ms in done for m in ms})
+        return self._answer(route, [{"points": points} for points, _ in done], started, missing)
 
     async def query_batch(self, request: Request) -> Response:
         return await self._search_batch(request, "query_batch", legacy=False)
@@ -794,15 +886,32 @@ class Router:
     # -- writes -----------------------------------------------------------------------
 
     async def upsert_points(self, request: Request) -> Response:
-        from vdb.http.qdrant import parse_upsert
+        from vdb.http.qdrant import has_named_vectors, parse_named_upsert, parse_upsert
 
         started = time.perf_counter()
         wait = p.parse_wait(request.query_params.get("wait"))
         name = request.path_params["name"]
         body = await self._body(request, required=True)
         meta = self.meta(name)
-        ids, vectors, payloads = parse_upsert(body, int(meta["dim"]))
-        _check_vectors(vectors, str(meta.get("distance")))
+        shape = self.shape(name)
+        if shape.named or has_named_vectors(body):
+            # the node's parser over the heartbeat's vectors: the same checks, the same errors
+            ids, columns, payloads = parse_named_upsert(body, shape)
+            for vname, column in columns.items():
+                rows = [v for v in column if v is not None]
+                if vname in shape.vectors and rows:
+                    where = "vectors" if vname == "" else f"vectors[{vname!r}]"
+                    _check_vectors(np.stack(rows), shape.metric_of(vname), where)
+            if shape.named:
+                vectors: Any = [
+                    {vname: column[i] for vname, column in columns.items() if column[i] is not None}
+                    for i in range(len(ids))
+                ]
+            else:
+                vectors = columns[""]
+        else:
+            ids, vectors, payloads = parse_upsert(body, int(meta["dim"]))
+            _check_vectors(vectors, shape.metric)
         records = [
             (
                 point_key(point_id),
@@ -941,26 +1050,35 @@ class Router:
                 return
 
 
+def _runs_here(body: Any) -> bool:
+    """A query the nodes' top hits cannot answer merged: prefetch (fusion, re-scoring) or MMR."""
+    if not isinstance(body, dict):
+        return False
+    query = body.get("query")
+    return bool(body.get("prefetch")) or (isinstance(query, dict) and query.get("mmr") is not None)
+
+
 def _flag(raw: str | None) -> bool:
     return raw is not None and raw.lower() in ("1", "true", "yes")
 
 
-def _check_vectors(vectors: np.ndarray, distance: str) -> None:
+def _check_vectors(vectors: np.ndarray, metric: str, what: str = "vectors") -> None:
     """What the node's core would refuse (ingest would make it a dead letter): refuse it here."""
     from vdb.collection import MAX_SQUARED_NORM
 
     if len(vectors) == 0:
         return
     squared = np.einsum("ij,ij->i", vectors.astype(np.float64), vectors.astype(np.float64))
-    if distance == "Cosine":
+    if metric == "cosine":
         bad = np.flatnonzero(squared == 0)
         if bad.size:
             raise InvalidInput(
-                f"vectors: vector {int(bad[0])} is all zeros (cosine needs a direction)"
+                f"{what}: vector {int(bad[0])} is all zeros (cosine needs a direction)"
             )
     else:
         bad = np.flatnonzero(squared > MAX_SQUARED_NORM)
         if bad.size:
             raise InvalidInput(
-                f"vectors: vector {int(bad[0])} is too large (squared norm above {MAX_SQUARED_NORM:.3g})"
+                f"{what}: vector {int(bad[0])} is too large "
+                f"(squared norm above {MAX_SQUARED_NORM:.3g})"
             )
