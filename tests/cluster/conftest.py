@@ -117,12 +117,15 @@ class Cluster:
         self.groups: dict[str, str] = {}
         self.router: RouterProcess | None = None
 
-    def add_node(self, node_id: str, group: str, wait: bool = True) -> ServerProcess:
+    def add_node(
+        self, node_id: str, group: str, wait: bool = True, extra: tuple[str, ...] = ()
+    ) -> ServerProcess:
+        """Start node ``node_id`` in ``group``; ``extra``: more serve flags (more ingest specs)."""
         old = self.nodes.get(node_id)
         port = old.port if old is not None else free_port()
         args = node_args(
             self.broker.bootstrap, self.topic, group, self.name, node_id, port, self.dim
-        )
+        ) + list(extra)
         data_dir = self.tmp / node_id
         if self.create is not None and old is None:
             import vdb

@@ -33,6 +33,13 @@ def add_subcommands(subparsers: Any) -> None:
         default=30000,
         help="longest wait of a wait=true write for a replica to apply it",
     )
+    p.add_argument(
+        "--no-lean-path",
+        dest="lean",
+        action="store_false",
+        help="serve query and search through Starlette like the other routes (the same "
+        "answers, more CPU per query; for comparison)",
+    )
     p.add_argument("--log-level", default="info", help="debug, info, warning or error")
     p.set_defaults(func=main)
 
@@ -59,6 +66,7 @@ def main(args: argparse.Namespace) -> int:
         timeout_s=args.timeout_ms / 1000.0,
         retries=args.retries,
         wait_timeout_s=args.wait_timeout_ms / 1000.0,
+        lean=args.lean,
     ).start()
     try:
         uvicorn.run(

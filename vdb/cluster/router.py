@@ -30,8 +30,9 @@ import contextlib
 import itertools
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from typing import Any
+from urllib.parse import parse_qs, urlencode
 
 import numpy as np
 import orjson
@@ -189,7 +190,9 @@ class Router:
     node is not used, ``timeout_s`` (5.0) deadline of one read, ``retries``
     (2) rounds of retry on other replicas, ``wait_timeout_s`` (30.0) longest
     wait of a ``wait=true`` write, ``settle_s`` (1.0) extra wait for the other
-    replicas of a written partition.
+    replicas of a written partition, ``lean`` (True) serve ``query`` and
+    ``search`` as raw ASGI (False: through Starlette like every other route,
+    the same answers).
     """
 
     def __init__(
@@ -203,6 +206,7 @@ class Router:
         wait_timeout_s: float = 30.0,
         settle_s: float = 1.0,
         producer_options: dict[str, Any] | None = None,
+        lean: bool = True,
     ) -> None:
         self.bootstrap = bootstrap
         self.cluster = cluster
@@ -212,6 +216,7 @@ class Router:
         self.wait_timeout_s = wait_timeout_s
         self.settle_s = settle_s
         self.producer_options = dict(producer_options or {})
+        self.lean = lean
         self.metrics = RouterMetrics(self.members)
         self._round_robin = itertools.count()
         self._producer: Any = None
@@ -274,7 +279,7 @@ class Router:
     ) -> tuple[dict[str, tuple[NodeView, list[int]]], list[int]]:
         """Which node answers for which of ``needed``; the partitions nobody can serve."""
         replicas = self.members.replicas(collection)
-        groups = sorted({r.group for rs in replicas.values() for r in rs})
+        groups = self.members.groups(collection)
         preferred = groups[next(self._round_robin) % len(groups)] if groups else None
         chosen: dict[str, tuple[NodeView, list[int]]] = {}
         missing = []
@@ -307,6 +312,7 @@ class Router:
         *,
         body: bytes | None = None,
         params: dict[str, str] | None = None,
+        query: str | None = None,
         timeout: float | None = None,
     ) -> Any:
         """One request to one node; its ``result``. ``NodeFailed`` / ``Forwarded`` otherwise."""
@@ -319,6 +325,7 @@ class Router:
                 method,
                 path,
                 params=params,
+                query=query,
                 body=body,
                 timeout=self.timeout_s if timeout is None else max(0.05, timeout),
             )
@@ -375,9 +382,7 @@ class Router:
             # time to ask another one within the request's deadline.
             remaining = (deadline - time.monotonic()) / (self.retries + 1 - attempt)
             plan = list(chosen.values())
-            outcomes = await asyncio.gather(
-                *(call(node, parts, remaining) for node, parts in plan), return_exceptions=True
-            )
+            outcomes = await _all(call(node, parts, remaining) for node, parts in plan)
             for (node, parts), outcome in zip(plan, outcomes, strict=True):
                 if isinstance(outcome, Forwarded):
                     raise outcome
@@ -428,17 +433,17 @@ class Router:
         extra_params: dict[str, str] | None = None,
     ) -> tuple[list[Any], list[int]]:
         async def call(node: NodeView, parts: list[int], timeout: float) -> Any:
-            params = {"vdb_partitions": ",".join(str(x) for x in parts), **(extra_params or {})}
-            return await self.call_node(
-                node, method, path, body=body, params=params, timeout=timeout
-            )
+            query = _partitions_query(parts)
+            if extra_params:
+                query += "&" + urlencode(extra_params)
+            return await self.call_node(node, method, path, body=body, query=query, timeout=timeout)
 
         answers, missing = await self.fan_out(collection, call, partial=partial)
         return [result for _, result in answers], missing
 
     # -- the app -------------------------------------------------------------------
 
-    def _build_app(self) -> Starlette:
+    def _build_app(self) -> Any:
         c = "/collections/{name}"
         routes = [
             # the searches first: Starlette tries the routes in order
@@ -481,17 +486,36 @@ class Router:
                 await self._client.close()
 
         async def on_error(request: Request, exc: Exception) -> Response:
-            if isinstance(exc, Forwarded):
-                return Response(exc.body, status_code=exc.status, media_type="application/json")
-            if not isinstance(exc, VdbError):
-                log.error("%s %s failed", request.method, request.url.path, exc_info=exc)
-            return error_response(exc)
+            return await self._failure(request.method, request.url.path, exc)
 
-        return Starlette(
+        starlette = Starlette(
             routes=routes,
             lifespan=lifespan,
             exception_handlers={Exception: on_error, Forwarded: on_error, VdbError: on_error},
         )
+        if not self.lean:
+            return starlette
+
+        async def app(scope: Any, receive: Any, send: Any) -> None:
+            # POST /collections/{name}/points/query | search: the lean path; the rest: Starlette
+            if scope["type"] == "http" and scope["method"] == "POST":
+                path = scope["path"]
+                if path.startswith("/collections/"):
+                    name, _, tail = path[13:].partition("/")
+                    if name and tail in _LEAN_ROUTES:
+                        await self._lean(scope, receive, send, name, _LEAN_ROUTES[tail])
+                        return
+            await starlette(scope, receive, send)
+
+        return app
+
+    async def _failure(self, method: str, path: str, exc: BaseException) -> Response:
+        """The error answer for ``exc`` (a node's 4xx is passed on as it is)."""
+        if isinstance(exc, Forwarded):
+            return Response(exc.body, status_code=exc.status, media_type="application/json")
+        if not isinstance(exc, VdbError):
+            log.error("%s %s failed", method, path, exc_info=exc)
+        return error_response(exc)
 
     def _answer(self, route: str, result: Any, started: float, missing: list[int] = ()) -> Response:
         headers = {"x-vdb-missing-partitions": ",".join(map(str, missing))} if missing else None
@@ -651,7 +675,7 @@ class Router:
     # -- reads ------------------------------------------------------------------------
 
     async def _resolve_query(
-        self, request: Request, name: str, query: Any, using: str
+        self, partial: bool, name: str, query: Any, using: str
     ) -> tuple[Any, Any]:
         """A query by point id becomes a query by that point's vector ``using``:
         (query, id to exclude)."""
@@ -662,7 +686,7 @@ class Router:
         body = _dumps(
             {"ids": [target], "with_payload": False, "with_vector": shape.with_vector([using])}
         )
-        answers, _ = await self.read(request, name, "POST", f"/collections/{name}/points", body)
+        answers, _ = await self._read(name, "POST", f"/collections/{name}/points", body, partial)
         for records in answers:
             for record in records:
                 vector = record.get("vector")
@@ -673,7 +697,7 @@ class Router:
         raise PointNotFound(f"Not found: No point with id {target} found")
 
     async def _prepare(
-        self, request: Request, name: str, search: dict[str, Any], has_query: bool, legacy: bool
+        self, partial: bool, name: str, search: dict[str, Any], has_query: bool, legacy: bool
     ) -> tuple[dict[str, Any], dict[str, Any]]:
         """The body each node gets (``limit + offset`` hits, no offset) and how to merge."""
         limit, offset = search.get("limit", 10), search.get("offset", 0)
@@ -694,7 +718,7 @@ class Router:
         node_search = dict(search)
         if has_query and "query" in search and isinstance(using, str):
             node_search["query"], post["exclude"] = await self._resolve_query(
-                request, name, search["query"], using
+                partial, name, search["query"], using
             )
         extra = 1 if post["exclude"] is not None else 0
         node_search["limit"] = limit + offset + extra
@@ -714,24 +738,23 @@ class Router:
         )
 
     async def _search_one(
-        self, request: Request, name: str, body: dict[str, Any], legacy: bool
+        self, partial: bool, name: str, body: dict[str, Any], legacy: bool
     ) -> tuple[list[dict[str, Any]], list[int]]:
         """One query (or legacy search) answered by merging the nodes' top hits."""
         has_query = legacy or body.get("query") is not None
-        node_body, post = await self._prepare(request, name, body, has_query, legacy)
+        node_body, post = await self._prepare(partial, name, body, has_query, legacy)
         path = f"/collections/{name}/points/{'search' if legacy else 'query'}"
-        answers, missing = await self.read(request, name, "POST", path, _dumps(node_body))
+        answers, missing = await self._read(name, "POST", path, _dumps(node_body), partial)
         return self._merge([a if legacy else a["points"] for a in answers], post), missing
 
     async def _run_tree(
-        self, request: Request, name: str, query: Any
+        self, partial: bool, name: str, query: Any
     ) -> tuple[list[dict[str, Any]], list[int]]:
         """A query with prefetch or MMR, run here over merged fan-outs (``vdb.cluster.remote``)."""
         from vdb.http import hybrid
         from vdb.http.qdrant import check_limit
 
         check_limit(query, MAX_LIMIT)
-        partial = _flag(request.query_params.get("partial"))
 
         def read(path: str, body: bytes) -> Awaitable[tuple[list[Any], list[int]]]:
             return self._read(name, "POST", path, body, partial)
@@ -742,24 +765,74 @@ class Router:
         points = await asyncio.to_thread(hybrid.run, remote, query)
         return points, sorted(remote.missing)
 
-    async def _search(self, request: Request, route: str, legacy: bool) -> Response:
-        started = time.perf_counter()
-        name = request.path_params["name"]
-        body = await self._body(request, required=legacy)
+    async def _points(
+        self, name: str, body: dict[str, Any], legacy: bool, partial: bool
+    ) -> tuple[Any, list[int]]:
+        """The result of one ``query`` (or legacy ``search``) and the partitions left out."""
         if not legacy and _runs_here(body):
             from vdb.http import query_api as qa
 
             self.meta(name)  # an unknown collection is a 404 before the body's errors
-            points, missing = await self._run_tree(request, name, qa.parse_query_request(body))
+            points, missing = await self._run_tree(partial, name, qa.parse_query_request(body))
         else:
-            points, missing = await self._search_one(request, name, body, legacy)
-        return self._answer(route, points if legacy else {"points": points}, started, missing)
+            points, missing = await self._search_one(partial, name, body, legacy)
+        return (points if legacy else {"points": points}), missing
+
+    async def _search(self, request: Request, route: str, legacy: bool) -> Response:
+        started = time.perf_counter()
+        name = request.path_params["name"]
+        body = await self._body(request, required=legacy)
+        partial = _flag(request.query_params.get("partial"))
+        result, missing = await self._points(name, body, legacy, partial)
+        return self._answer(route, result, started, missing)
 
     async def query_points(self, request: Request) -> Response:
         return await self._search(request, "query", legacy=False)
 
     async def search_points(self, request: Request) -> Response:
         return await self._search(request, "search", legacy=True)
+
+    async def _lean(self, scope: Any, receive: Any, send: Any, name: str, legacy: bool) -> None:
+        """``query`` / ``search`` as raw ASGI: the same answer as ``_search`` without
+        Starlette's middleware, routing, request and response objects (the hot path)."""
+        started = time.perf_counter()
+        chunks = []
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                return  # the client went away
+            chunks.append(message.get("body", b""))
+            if not message.get("more_body"):
+                break
+        content_type = None
+        for key, value in scope["headers"]:
+            if key == b"content-type":
+                content_type = value.decode("latin-1")
+                break
+        query_string = scope.get("query_string") or b""
+        partial = b"partial=" in query_string and _flag(
+            parse_qs(query_string.decode("latin-1")).get("partial", [None])[-1]
+        )
+        try:
+            body = parse_body(b"".join(chunks), content_type, required=legacy) or {}
+            result, missing = await self._points(name, body, legacy, partial)
+        except Exception as exc:
+            response = await self._failure(scope["method"], scope["path"], exc)
+            await response(scope, receive, send)
+            return
+        route = "search" if legacy else "query"
+        content = _dumps(envelope(result, started))
+        headers = [
+            (b"content-type", b"application/json"),
+            (b"content-length", b"%d" % len(content)),
+        ]
+        if missing:
+            headers.append((b"x-vdb-missing-partitions", ",".join(map(str, missing)).encode()))
+        count, latency = self.metrics.route(route)
+        count.inc()
+        latency.observe(time.perf_counter() - started)
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": content})
 
     async def _search_batch(self, request: Request, route: str, legacy: bool) -> Response:
         started = time.perf_counter()
@@ -771,9 +844,10 @@ class Router:
         elif not legacy and any(_runs_here(s) for s in searches):
             return await self._query_batch_here(request, route, name, body, started)
         else:
+            partial = _flag(request.query_params.get("partial"))
             prepared = [
                 await self._prepare(
-                    request, name, s, legacy or s.get("query") is not None, legacy
+                    partial, name, s, legacy or s.get("query") is not None, legacy
                 )
                 for s in searches
             ]
@@ -795,10 +869,11 @@ class Router:
 
         self.meta(name)
         parsed = qa.parse_query_batch(body)  # every search checked first, as on a node
+        partial = _flag(request.query_params.get("partial"))
         runs = [
-            self._run_tree(request, name, query)
+            self._run_tree(partial, name, query)
             if _runs_here(raw)
-            else self._search_one(request, name, raw, legacy=False)
+            else self._search_one(partial, name, raw, legacy=False)
             for raw, query in zip(body["searches"], parsed, strict=True)
         ]
         done = await asyncio.gather(*runs)
@@ -1050,12 +1125,53 @@ class Router:
                 return
 
 
+_LEAN_ROUTES = {"points/query": False, "points/search": True}
+"""The hot routes served as raw ASGI (``Router._lean``): tail of the path -> legacy search."""
+
+
+async def _all(calls: Iterable[Awaitable[Any]]) -> list[Any]:
+    """``gather(*calls, return_exceptions=True)`` with one task fewer: the last call runs in
+    this task (a query to one node makes no task at all)."""
+    calls = list(calls)
+    tasks = [asyncio.ensure_future(c) for c in calls[:-1]]
+    try:
+        try:
+            last = await calls[-1]
+        except Exception as exc:
+            last = exc
+        outcomes = []
+        for task in tasks:
+            try:
+                outcomes.append(await task)
+            except Exception as exc:
+                outcomes.append(exc)
+    finally:
+        for task in tasks:
+            task.cancel()
+    outcomes.append(last)
+    return outcomes
+
+
 def _runs_here(body: Any) -> bool:
     """A query the nodes' top hits cannot answer merged: prefetch (fusion, re-scoring) or MMR."""
     if not isinstance(body, dict):
         return False
     query = body.get("query")
     return bool(body.get("prefetch")) or (isinstance(query, dict) and query.get("mmr") is not None)
+
+
+_PARTITIONS_QUERIES: dict[tuple[int, ...], str] = {}
+
+
+def _partitions_query(parts: list[int]) -> str:
+    """``vdb_partitions=0%2C2`` for ``[0, 2]`` (made once per set of partitions)."""
+    key = tuple(parts)
+    found = _PARTITIONS_QUERIES.get(key)
+    if found is None:
+        found = urlencode({"vdb_partitions": ",".join(map(str, parts))})
+        if len(_PARTITIONS_QUERIES) < 4096:
+            _PARTITIONS_QUERIES[key] = found
+    return found
 
 
 def _flag(raw: str | None) -> bool:
