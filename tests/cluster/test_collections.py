@@ -47,7 +47,7 @@ def test_one_router_serves_every_collection_of_the_cluster(make_cluster: Any) ->
     cl = make_cluster(partitions=4, dim=8)
     small_topic = create_topic(cl.broker.bootstrap, unique("small"), partitions=2)
     for node_id in ("s1", "s2"):
-        cl.add_node(node_id, "g1", wait=False, extra=small_spec(cl, small_topic, "g1"))
+        cl.add_node(node_id, "g1", wait=False, extra=small_spec(cl, small_topic, "g1-small"))
     for node in cl.nodes.values():
         node.wait_ready()
     router = cl.start_router().url
@@ -75,7 +75,10 @@ def test_one_router_serves_every_collection_of_the_cluster(make_cluster: Any) ->
         assert info["config"]["params"]["vectors"]["size"] == vectors.shape[1]
         assert info["points_count"] == len(vectors)
         q = vectors[7] + 0.01
-        d = ((vectors - q) ** 2).sum(axis=1)
+        if name == "small":  # l2
+            d = ((vectors - q) ** 2).sum(axis=1)
+        else:  # docs: cosine
+            d = -(vectors @ q) / np.linalg.norm(vectors, axis=1)
         want = sorted(range(len(vectors)), key=lambda i: (d[i], i))[:10]
         r = post(url + "/points/query",
                  {"query": q.tolist(), "limit": 10, "params": {"exact": True},
