@@ -30,6 +30,7 @@ from vdb.types import DeadLetter, Upsert
 N = 2000
 N_DIRECT = 1000
 VOCAB = 300
+EXACT = {"exact": True}
 CREATE = {
     "vectors": {"text": {"dim": 384, "metric": "cosine"}, "pos": {"dim": 8, "metric": "l2"}},
     "sparse_vectors": {"kw": {}, "kwi": {"modifier": "idf"}},
@@ -115,6 +116,11 @@ def cluster(make_cluster: Any, data: dict[str, Any]) -> Cluster:
     return cl
 
 
+def query_sets(data: dict[str, Any]) -> tuple[Any, list[dict[str, list]], Any]:
+    """The dense ``text`` queries, the sparse ones and the ``pos`` ones."""
+    return data["queries"], data["sparse_queries"], data["pos_queries"]
+
+
 def expected(reference: Any, body: dict[str, Any]) -> list[dict[str, Any]]:
     return hybrid.run(reference, qa.parse_query_request(body))
 
@@ -163,29 +169,26 @@ def test_the_decoder_reads_named_and_sparse_vector_maps() -> None:
 def test_named_dense_and_sparse_queries_equal_one_node(
     cluster: Cluster, reference: Any, data: dict[str, Any]
 ) -> None:
-    queries, sparse_queries, pos_queries = (
-        data["queries"], data["sparse_queries"], data["pos_queries"]
-    )  # fmt: skip
-    exact = {"exact": True}
+    queries, sparse_queries, pos_queries = query_sets(data)
     g1 = {"must": [{"key": "g", "match": {"value": 1}}]}
     bodies = []
     for i in range(5):
         bodies += [
-            {"query": queries[i].tolist(), "using": "text", "limit": 10, "params": exact,
+            {"query": queries[i].tolist(), "using": "text", "limit": 10, "params": EXACT,
              "with_payload": True},
             {"query": pos_queries[i].tolist(), "using": "pos", "limit": 7, "offset": 2,
-             "params": exact, "filter": g1},
+             "params": EXACT, "filter": g1},
             {"query": sparse_queries[i], "using": "kw", "limit": 10},
             {"query": {"nearest": sparse_queries[i]}, "using": "kw", "limit": 5, "filter": g1,
              "with_payload": ["rank"]},
         ]  # fmt: skip
     bodies += [
-        {"query": 43, "using": "pos", "limit": 5, "params": exact},  # by id: its `pos`
+        {"query": 43, "using": "pos", "limit": 5, "params": EXACT},  # by id: its `pos`
         {"query": {"nearest": 43}, "using": "kw", "limit": 5},
         {"query": 42, "using": "kw", "limit": 5},
-        {"query": queries[0].tolist(), "using": "text", "limit": 3, "params": exact,
+        {"query": queries[0].tolist(), "using": "text", "limit": 3, "params": EXACT,
          "with_vector": ["pos", "kw"]},
-        {"query": pos_queries[0].tolist(), "using": "pos", "limit": 20, "params": exact,
+        {"query": pos_queries[0].tolist(), "using": "pos", "limit": 20, "params": EXACT,
          "score_threshold": 3.0},
     ]  # fmt: skip
     for body in bodies:
@@ -203,7 +206,7 @@ def test_named_dense_and_sparse_queries_equal_one_node(
     url = cluster.router.url + "/collections/docs/points/search"
     for body in (
         {"vector": {"name": "pos", "vector": pos_queries[1].tolist()}, "limit": 6,
-         "params": exact},
+         "params": EXACT},
         {"vector": {"name": "kw", "vector": sparse_queries[1]}, "limit": 6, "with_payload": True},
     ):  # fmt: skip
         r = post(url, body)
@@ -247,16 +250,13 @@ def test_named_dense_and_sparse_queries_equal_one_node(
 def test_fusion_rescoring_and_mmr_equal_one_node(
     cluster: Cluster, reference: Any, data: dict[str, Any]
 ) -> None:
-    queries, sparse_queries, pos_queries = (
-        data["queries"], data["sparse_queries"], data["pos_queries"]
-    )  # fmt: skip
-    exact = {"exact": True}
+    queries, sparse_queries, pos_queries = query_sets(data)
     g2 = {"must": [{"key": "g", "match": {"any": [2, 3]}}]}
     bodies = []
     for i in range(4):
-        dense = {"query": queries[i].tolist(), "using": "text", "limit": 25, "params": exact}
+        dense = {"query": queries[i].tolist(), "using": "text", "limit": 25, "params": EXACT}
         sparse = {"query": sparse_queries[i], "using": "kw", "limit": 25}
-        pos = {"query": pos_queries[i].tolist(), "using": "pos", "limit": 25, "params": exact}
+        pos = {"query": pos_queries[i].tolist(), "using": "pos", "limit": 25, "params": EXACT}
         bodies += [
             {"prefetch": [dense, sparse], "query": {"fusion": "rrf"}, "limit": 10,
              "with_payload": True},
@@ -271,12 +271,12 @@ def test_fusion_rescoring_and_mmr_equal_one_node(
             {"prefetch": {"prefetch": [dense, sparse], "query": {"fusion": "rrf"}, "limit": 30},
              "query": pos_queries[i].tolist(), "using": "pos", "limit": 5},
             {"query": {"nearest": queries[i].tolist(), "mmr": {"diversity": 0.6,
-             "candidates_limit": 30}}, "using": "text", "limit": 6, "params": exact},
+             "candidates_limit": 30}}, "using": "text", "limit": 6, "params": EXACT},
             {"prefetch": [dense, sparse], "query": {"fusion": "rrf"}, "limit": 10,
              "score_threshold": 0.4},
         ]  # fmt: skip
     bodies.append(
-        {"prefetch": [{"query": 44, "using": "pos", "limit": 10, "params": exact},
+        {"prefetch": [{"query": 44, "using": "pos", "limit": 10, "params": EXACT},
                       {"query": 44, "using": "kw", "limit": 10}],
          "query": {"fusion": "rrf"}, "limit": 5, "with_vector": ["pos"]}
     )  # fmt: skip
