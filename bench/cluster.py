@@ -19,10 +19,11 @@ Starts a Tansu broker, produces ``--n`` clustered unit vectors (128-d) to a
   ``cpu_ms_per_query_raw`` without the idle correction and
   ``idle_cpu_cores`` the idle use itself (on a loaded box the background
   threads get less CPU under load, so the corrected figure can undershoot).
-  With ``--compare-plain`` a second router (``--no-lean-path``: query and
-  search through Starlette like every other route) over the same nodes is
-  measured in the same run too (``router_plain``, ``p99_ratio_plain``), the
-  before/after of the lean path.
+  With ``--compare-plain`` a second router over the same nodes, served as
+  before the lean paths (``--http uvicorn --no-lean-path``: uvicorn's h11
+  server, every route through Starlette), is measured in the same run too
+  (``router_plain``, ``p99_ratio_plain``): the before/after of the lean
+  HTTP server and ASGI path.
 * **ingest** lines, per ``nodes_per_group``: ``--ingest-n`` records are
   produced to a fresh topic first, then a fresh group of that many nodes
   reads it; ``records_per_s`` = records applied after every node holds a
@@ -237,7 +238,8 @@ def main() -> None:
     parser.add_argument(
         "--compare-plain",
         action="store_true",
-        help="also measure a router without the lean query path (--no-lean-path)",
+        help="also measure a router served as before the lean paths "
+        "(--http uvicorn --no-lean-path)",
     )
     parser.add_argument(
         "--quick", action="store_true", help="n=5,000, ingest 10,000, nodes 1,2, 4 s per point"
@@ -286,7 +288,7 @@ def main() -> None:
             plain = Server(
                 [sys.executable, "-m", "vdb", "router", "--kafka-bootstrap", broker.bootstrap,
                  "--cluster", "bench", "--port", str(plain_port), "--log-level", "warning",
-                 "--no-lean-path"],
+                 "--http", "uvicorn", "--no-lean-path"],
                 plain_port, workdir / "router-plain.log", "/readyz",
             )  # fmt: skip
             servers.append(plain)

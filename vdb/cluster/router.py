@@ -236,6 +236,12 @@ class Router:
         if producer is not None:
             producer.close(timeout=5)
 
+    async def aclose(self) -> None:
+        """Close the connections to the nodes (the server's shutdown; ``close()`` the rest)."""
+        client, self._client = self._client, None
+        if client is not None:
+            await client.close()
+
     def producer(self) -> Any:
         if self._producer is None:
             from kafka import KafkaProducer
@@ -316,7 +322,8 @@ class Router:
         timeout: float | None = None,
     ) -> Any:
         """One request to one node; its ``result``. ``NodeFailed`` / ``Forwarded`` otherwise."""
-        assert self._client is not None
+        if self._client is None:
+            self._client = NodeClient()
         latency, errors = self.metrics.node(node.node_id)
         started = time.perf_counter()
         try:
@@ -479,11 +486,10 @@ class Router:
 
         @contextlib.asynccontextmanager
         async def lifespan(app: Starlette) -> AsyncIterator[None]:
-            self._client = NodeClient()
             try:
                 yield
             finally:
-                await self._client.close()
+                await self.aclose()
 
         async def on_error(request: Request, exc: Exception) -> Response:
             return await self._failure(request.method, request.url.path, exc)
