@@ -307,9 +307,11 @@ def main() -> None:
             if args.compare_plain:
                 pids["router_plain"] = plain.process.pid
             pids.update({f"node:{nm}": s.process.pid for nm, s in zip(names, group, strict=True)})
-            for clients in client_counts:
+            for turn, clients in enumerate(client_counts):
                 results = {}
-                for target, port in (("direct", direct.port), *routers):
+                # the routers in turn first and second, so neither always follows the direct run
+                order = routers if turn % 2 == 0 else routers[::-1]
+                for target, port in (("direct", direct.port), *order):
                     log(f"query: {k} node(s)/group, {clients} clients -> {target}")
                     results[target] = measured_load(port, bodies, args, workdir, clients, pids)
                 emit(

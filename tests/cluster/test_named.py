@@ -214,6 +214,22 @@ def test_named_dense_and_sparse_queries_equal_one_node(
         want = hybrid.run(reference, hybrid.from_search_request(body, "SearchRequest"))
         same(r.json()["result"], want)
 
+    # batches of plain queries: one node batch per replica, merged per search by its metric
+    searches = [bodies[1], bodies[2], bodies[-1]]
+    r = post(cluster.router.url + "/collections/docs/points/query/batch", {"searches": searches})
+    assert r.status_code == 200, r.text
+    for got, body in zip(r.json()["result"], searches, strict=True):
+        same(got["points"], expected(reference, body))
+    legacy = [
+        {"vector": {"name": "pos", "vector": pos_queries[2].tolist()}, "limit": 4,
+         "params": EXACT},
+        {"vector": {"name": "kw", "vector": sparse_queries[2]}, "limit": 4},
+    ]  # fmt: skip
+    r = post(url + "/batch", {"searches": legacy})
+    assert r.status_code == 200, r.text
+    for got, body in zip(r.json()["result"], legacy, strict=True):
+        same(got, hybrid.run(reference, hybrid.from_search_request(body, "SearchRequest")))
+
     # retrieve and scroll with a list of vector names
     r = post(
         cluster.router.url + "/collections/docs/points",
