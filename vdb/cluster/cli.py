@@ -45,8 +45,8 @@ def add_subcommands(subparsers: Any) -> None:
         "--http",
         choices=("lean", "uvicorn"),
         default="lean",
-        help="HTTP server: lean (vdb.cluster.http1, the default: a third less CPU per query "
-        "than h11) or uvicorn",
+        help="HTTP server: lean (vdb.cluster.http1, the default: less CPU per query than "
+        "uvicorn's h11) or uvicorn",
     )
     p.add_argument("--log-level", default="info", help="debug, info, warning or error")
     p.set_defaults(func=main)
