@@ -19,6 +19,11 @@ Starts a Tansu broker, produces ``--n`` clustered unit vectors (128-d) to a
   ``cpu_ms_per_query_raw`` without the idle correction and
   ``idle_cpu_cores`` the idle use itself (on a loaded box the background
   threads get less CPU under load, so the corrected figure can undershoot).
+  With ``--compare-plain`` a second router over the same nodes, served as
+  before the lean paths (``--http uvicorn --no-lean-path``: uvicorn's h11
+  server, every route through Starlette), is measured in the same run too
+  (``router_plain``, ``p99_ratio_plain``): the before/after of the lean
+  HTTP server and ASGI path.
 * **ingest** lines, per ``nodes_per_group``: ``--ingest-n`` records are
   produced to a fresh topic first, then a fresh group of that many nodes
   reads it; ``records_per_s`` = records applied after every node holds a
@@ -101,6 +106,7 @@ def measured_load(
     def per_role(values: dict[str, float]) -> dict[str, Any]:
         return {
             "router": values.get("router"),
+            **({"router_plain": values["router_plain"]} if "router_plain" in values else {}),
             "nodes": [values[n] for n in sorted(values) if n.startswith("node:")],
             "direct": values.get("direct"),
         }
@@ -230,6 +236,12 @@ def main() -> None:
         "fetches every 5 ms by default, 0.2-0.3 of a core on this box)",
     )
     parser.add_argument(
+        "--compare-plain",
+        action="store_true",
+        help="also measure a router served as before the lean paths "
+        "(--http uvicorn --no-lean-path)",
+    )
+    parser.add_argument(
         "--quick", action="store_true", help="n=5,000, ingest 10,000, nodes 1,2, 4 s per point"
     )
     args = parser.parse_args()
@@ -270,6 +282,17 @@ def main() -> None:
             router_port, workdir / "router.log", "/readyz",
         )  # fmt: skip
         servers.append(router)
+        routers = [("router", router_port)]
+        if args.compare_plain:
+            plain_port = free_port()
+            plain = Server(
+                [sys.executable, "-m", "vdb", "router", "--kafka-bootstrap", broker.bootstrap,
+                 "--cluster", "bench", "--port", str(plain_port), "--log-level", "warning",
+                 "--http", "uvicorn", "--no-lean-path"],
+                plain_port, workdir / "router-plain.log", "/readyz",
+            )  # fmt: skip
+            servers.append(plain)
+            routers.append(("router_plain", plain_port))
 
         # -- queries: router over k nodes vs one node directly
         for k in node_counts_query:
@@ -281,10 +304,14 @@ def main() -> None:
             wait(lambda names=names: group_serving(router_port, names), 300, "group serving")
             wait(lambda: count(router_port) == args.n, 300, "router counts every point")
             pids = {"router": router.process.pid, "direct": direct.process.pid}
+            if args.compare_plain:
+                pids["router_plain"] = plain.process.pid
             pids.update({f"node:{nm}": s.process.pid for nm, s in zip(names, group, strict=True)})
-            for clients in client_counts:
+            for turn, clients in enumerate(client_counts):
                 results = {}
-                for target, port in (("direct", direct.port), ("router", router_port)):
+                # the routers in turn first and second, so neither always follows the direct run
+                order = routers if turn % 2 == 0 else routers[::-1]
+                for target, port in (("direct", direct.port), *order):
                     log(f"query: {k} node(s)/group, {clients} clients -> {target}")
                     results[target] = measured_load(port, bodies, args, workdir, clients, pids)
                 emit(
@@ -301,6 +328,15 @@ def main() -> None:
                         "qps_ratio": results["router"]["qps"] / max(results["direct"]["qps"], 1e-9),
                         "p99_ratio": results["router"]["latency_ms"]["p99"]
                         / max(results["direct"]["latency_ms"]["p99"], 1e-9),
+                        **(
+                            {
+                                "router_plain": results["router_plain"],
+                                "p99_ratio_plain": results["router_plain"]["latency_ms"]["p99"]
+                                / max(results["direct"]["latency_ms"]["p99"], 1e-9),
+                            }
+                            if "router_plain" in results
+                            else {}
+                        ),
                         "node_kafka_options": list(NODE_OPTIONS),
                         "host": host_info(),
                     }

@@ -103,8 +103,11 @@ class RouterProcess:
 class Cluster:
     """Nodes in replica groups over one topic, and a router in front."""
 
-    def __init__(self, tmp: Path, broker: Broker, partitions: int, dim: int) -> None:
+    def __init__(
+        self, tmp: Path, broker: Broker, partitions: int, dim: int, create: dict | None = None
+    ) -> None:
         self.tmp = tmp
+        self.create = create  # create_collection keywords: the nodes' collection made up front
         self.broker = broker
         self.dim = dim
         self.topic = create_topic(broker.bootstrap, unique("cl"), partitions=partitions)
@@ -114,13 +117,22 @@ class Cluster:
         self.groups: dict[str, str] = {}
         self.router: RouterProcess | None = None
 
-    def add_node(self, node_id: str, group: str, wait: bool = True) -> ServerProcess:
+    def add_node(
+        self, node_id: str, group: str, wait: bool = True, extra: tuple[str, ...] = ()
+    ) -> ServerProcess:
+        """Start node ``node_id`` in ``group``; ``extra``: more serve flags (more ingest specs)."""
         old = self.nodes.get(node_id)
         port = old.port if old is not None else free_port()
         args = node_args(
             self.broker.bootstrap, self.topic, group, self.name, node_id, port, self.dim
-        )
-        node = ServerProcess(self.tmp / node_id, *args, port=port)
+        ) + list(extra)
+        data_dir = self.tmp / node_id
+        if self.create is not None and old is None:
+            import vdb
+
+            with vdb.open(data_dir, warm=False) as db:
+                db.create_collection("docs", **self.create)
+        node = ServerProcess(data_dir, *args, port=port)
         self.nodes[node_id] = node
         self.groups[node_id] = group
         return node.start(wait=wait)
@@ -165,8 +177,8 @@ def make_cluster(
 ) -> Iterator[Callable[..., Cluster]]:
     made: list[Cluster] = []
 
-    def make(partitions: int = 4, dim: int = 384) -> Cluster:
-        cluster = Cluster(tmp_path_factory.mktemp("cluster"), broker, partitions, dim)
+    def make(partitions: int = 4, dim: int = 384, create: dict | None = None) -> Cluster:
+        cluster = Cluster(tmp_path_factory.mktemp("cluster"), broker, partitions, dim, create)
         made.append(cluster)
         return cluster
 

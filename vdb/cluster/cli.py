@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
 import sys
 from typing import Any
@@ -33,8 +34,31 @@ def add_subcommands(subparsers: Any) -> None:
         default=30000,
         help="longest wait of a wait=true write for a replica to apply it",
     )
+    p.add_argument(
+        "--no-lean-path",
+        dest="lean",
+        action="store_false",
+        help="serve query and search through Starlette like the other routes (the same "
+        "answers, more CPU per query; for comparison)",
+    )
+    p.add_argument(
+        "--http",
+        choices=("lean", "uvicorn"),
+        default="lean",
+        help="HTTP server: lean (vdb.cluster.http1, the default: less CPU per query than "
+        "uvicorn's h11) or uvicorn",
+    )
     p.add_argument("--log-level", default="info", help="debug, info, warning or error")
     p.set_defaults(func=main)
+
+
+async def _serve(router: Any, host: str, port: int) -> None:
+    from vdb.cluster.http1 import serve_app
+
+    try:
+        await serve_app(router.app, host, port)
+    finally:
+        await router.aclose()
 
 
 def main(args: argparse.Namespace) -> int:
@@ -59,8 +83,12 @@ def main(args: argparse.Namespace) -> int:
         timeout_s=args.timeout_ms / 1000.0,
         retries=args.retries,
         wait_timeout_s=args.wait_timeout_ms / 1000.0,
+        lean=args.lean,
     ).start()
     try:
+        if args.http == "lean":
+            asyncio.run(_serve(router, args.host, args.port))
+            return 0
         uvicorn.run(
             router.app,
             host=args.host,

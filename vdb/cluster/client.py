@@ -54,9 +54,13 @@ class NodeClient:
         params: dict[str, str] | None = None,
         body: bytes | None = None,
         timeout: float = 5.0,
+        query: str | None = None,
     ) -> tuple[int, bytes]:
+        """``query``: an encoded query string, used instead of ``params`` when given."""
         key, host = self._target(base_url)
-        target = path + ("?" + urlencode(params) if params else "")
+        if query is None and params:
+            query = urlencode(params)
+        target = path + ("?" + query if query else "")
         head = f"{method} {target} HTTP/1.1\r\n".encode("latin-1") + host
         if body is not None:
             head += b"Content-Type: application/json\r\nContent-Length: %d\r\n" % len(body)

@@ -6,10 +6,18 @@ Key: the node id (UTF-8). Value: JSON::
      "ts_ms": wall-clock ms when sent, "interval_ms": heartbeat period,
      "collections": {NAME: {"topic": T, "group": G, "source": "kafka:G",
                             "partitions_total": P, "distance": "Cosine" | "Euclid" | "Dot",
-                            "dim": D,
+                            "dim": D, "metric": "cosine" | "l2" | "ip",
+                            "named": bool, "vectors": {NAME: {"dim", "metric"}},
+                            "sparse_vectors": {NAME: {"modifier": null | "idf"}},
                             "partitions": {"0": {"state": "serving" | "catching_up",
                                                  "offset": last applied or null,
                                                  "lag": records or null}}}}}
+
+``distance``, ``dim`` and ``metric`` are the default vector's (a collection
+without one has a placeholder of dimension 1); ``vectors`` holds every dense
+vector by name (``""`` the default one, when it exists), ``sparse_vectors``
+the sparse ones, ``named`` whether records carry their vectors as a map of
+names. A router parses writes and queries against these.
 
 A tombstone (null value) means the node left cleanly. Compaction keeps the
 latest record per node, so a router that starts reads every live node's last
@@ -28,6 +36,21 @@ log = logging.getLogger(__name__)
 VERSION = 1
 TOPIC_SUFFIX = ".vdb-nodes"
 DISTANCES = {"cosine": "Cosine", "l2": "Euclid", "ip": "Dot"}
+
+
+def vectors_of(info: dict[str, Any]) -> dict[str, Any]:
+    """The ``named``, ``vectors`` and ``sparse_vectors`` of a heartbeat, from ``col.info()``."""
+    return {
+        "named": bool(info.get("named")),
+        "vectors": {
+            name: {"dim": int(spec["dim"]), "metric": str(spec["metric"])}
+            for name, spec in (info.get("vectors") or {}).items()
+        },
+        "sparse_vectors": {
+            name: {"modifier": (spec or {}).get("modifier")}
+            for name, spec in (info.get("sparse_vectors") or {}).items()
+        },
+    }
 
 
 def topic_name(cluster: str) -> str:

@@ -294,6 +294,15 @@ class Membership:
             lambda healthy: self._replicas(name, include_catching_up, healthy),
         )
 
+    def groups(self, name: str) -> list[str]:
+        """The replica groups with a healthy node serving some partition of ``name``, sorted."""
+        return self._cached(
+            ("groups", name),
+            lambda healthy: sorted(
+                {r.group for rs in self._replicas(name, False, healthy).values() for r in rs}
+            ),
+        )
+
     def _replicas(
         self, name: str, include_catching_up: bool, healthy: list[NodeView]
     ) -> dict[int, list[Replica]]:

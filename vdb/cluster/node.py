@@ -39,6 +39,7 @@ class ClusterNode:
     ) -> None:
         self.db = db
         self.handles = [h for h in handles if _clustered(h)]
+        _check_one_topic_each(self.handles)
         self.cluster = cluster
         self.node_id = node_id
         self.url = url.rstrip("/")
@@ -109,6 +110,8 @@ class ClusterNode:
                 "partitions_total": self._partitions_total(topic),
                 "distance": heartbeat.DISTANCES.get(str(info["metric"]), str(info["metric"])),
                 "dim": int(info["dim"]),
+                "metric": str(info["metric"]),
+                **heartbeat.vectors_of(info),
                 "partitions": parts,
             }
         return {
@@ -165,6 +168,33 @@ class ClusterNode:
         except Exception as exc:
             log.debug("closing the heartbeat producer: %s", exc)
         self._producer = None
+
+
+def _check_one_topic_each(handles: list[Any]) -> None:
+    """A clustered collection is fed by exactly one topic, through one pipeline.
+
+    Partitions are the shards: a partition number names a share of ONE topic
+    (``vdb_partitions``, the heartbeat's map, the router's writes keyed into
+    it), so a collection fed by two topics, or by two pipelines, would have
+    two partitions 0 that nothing tells apart. ``ValueError`` names the case.
+    """
+    fed: dict[str, str] = {}
+    for h in handles:
+        topics = list(h.source.topics)
+        if len(topics) != 1:
+            raise ValueError(
+                f"collection {h.collection_name!r} is fed by {len(topics)} topics "
+                f"({', '.join(topics)}); a clustered collection is fed by exactly one topic "
+                "(its partitions are the shards): give each collection its own --ingest spec "
+                "with one --kafka-topic"
+            )
+        if h.collection_name in fed:
+            raise ValueError(
+                f"collection {h.collection_name!r} is fed by two ingest specs (topics "
+                f"{fed[h.collection_name]} and {topics[0]}); a clustered collection is fed by "
+                "exactly one topic"
+            )
+        fed[h.collection_name] = topics[0]
 
 
 def _clustered(handle: Any) -> bool:

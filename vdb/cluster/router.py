@@ -30,8 +30,9 @@ import contextlib
 import itertools
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from typing import Any
+from urllib.parse import parse_qs, urlencode
 
 import numpy as np
 import orjson
@@ -47,6 +48,7 @@ from vdb.cluster.client import ClientError, NodeClient
 from vdb.cluster.membership import Membership, NodeView
 from vdb.cluster.merge import merge_by_id, merge_hits, merge_scroll
 from vdb.cluster.partitioner import point_key
+from vdb.cluster.remote import CollectionShape, RemoteCollection
 from vdb.errors import (
     AlreadyExists,
     CollectionNotFound,
@@ -63,6 +65,9 @@ log = logging.getLogger(__name__)
 
 LAG_SLACK = 1000
 """A replica this many records behind the best replica of its partition is not chosen."""
+
+MAX_LIMIT = 10_000
+"""``limit + offset`` of a query the router runs itself (prefetch, MMR): the nodes' default."""
 
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5)
 
@@ -185,7 +190,9 @@ class Router:
     node is not used, ``timeout_s`` (5.0) deadline of one read, ``retries``
     (2) rounds of retry on other replicas, ``wait_timeout_s`` (30.0) longest
     wait of a ``wait=true`` write, ``settle_s`` (1.0) extra wait for the other
-    replicas of a written partition.
+    replicas of a written partition, ``lean`` (True) serve ``query`` and
+    ``search`` as raw ASGI (False: through Starlette like every other route,
+    the same answers).
     """
 
     def __init__(
@@ -199,6 +206,7 @@ class Router:
         wait_timeout_s: float = 30.0,
         settle_s: float = 1.0,
         producer_options: dict[str, Any] | None = None,
+        lean: bool = True,
     ) -> None:
         self.bootstrap = bootstrap
         self.cluster = cluster
@@ -208,10 +216,12 @@ class Router:
         self.wait_timeout_s = wait_timeout_s
         self.settle_s = settle_s
         self.producer_options = dict(producer_options or {})
+        self.lean = lean
         self.metrics = RouterMetrics(self.members)
         self._round_robin = itertools.count()
         self._producer: Any = None
         self._client: NodeClient | None = None
+        self._shapes: dict[str, tuple[dict[str, Any], CollectionShape]] = {}
         self.app = self._build_app()
 
     # -- lifecycle -----------------------------------------------------------
@@ -225,6 +235,12 @@ class Router:
         producer, self._producer = self._producer, None
         if producer is not None:
             producer.close(timeout=5)
+
+    async def aclose(self) -> None:
+        """Close the connections to the nodes (the server's shutdown; ``close()`` the rest)."""
+        client, self._client = self._client, None
+        if client is not None:
+            await client.close()
 
     def producer(self) -> Any:
         if self._producer is None:
@@ -248,6 +264,15 @@ class Router:
             raise CollectionNotFound(f"Not found: Collection `{collection}` doesn't exist!")
         return meta
 
+    def shape(self, collection: str) -> CollectionShape:
+        """The collection's vectors as its heartbeats describe them (rebuilt when they change)."""
+        meta = self.meta(collection)
+        cached = self._shapes.get(collection)
+        if cached is None or cached[0] is not meta:
+            cached = (meta, CollectionShape(meta))
+            self._shapes[collection] = cached
+        return cached[1]
+
     def _total(self, collection: str, meta: dict[str, Any]) -> int:
         total = meta.get("partitions_total")
         if total:
@@ -260,7 +285,7 @@ class Router:
     ) -> tuple[dict[str, tuple[NodeView, list[int]]], list[int]]:
         """Which node answers for which of ``needed``; the partitions nobody can serve."""
         replicas = self.members.replicas(collection)
-        groups = sorted({r.group for rs in replicas.values() for r in rs})
+        groups = self.members.groups(collection)
         preferred = groups[next(self._round_robin) % len(groups)] if groups else None
         chosen: dict[str, tuple[NodeView, list[int]]] = {}
         missing = []
@@ -293,10 +318,12 @@ class Router:
         *,
         body: bytes | None = None,
         params: dict[str, str] | None = None,
+        query: str | None = None,
         timeout: float | None = None,
     ) -> Any:
         """One request to one node; its ``result``. ``NodeFailed`` / ``Forwarded`` otherwise."""
-        assert self._client is not None
+        if self._client is None:
+            self._client = NodeClient()
         latency, errors = self.metrics.node(node.node_id)
         started = time.perf_counter()
         try:
@@ -305,6 +332,7 @@ class Router:
                 method,
                 path,
                 params=params,
+                query=query,
                 body=body,
                 timeout=self.timeout_s if timeout is None else max(0.05, timeout),
             )
@@ -361,9 +389,7 @@ class Router:
             # time to ask another one within the request's deadline.
             remaining = (deadline - time.monotonic()) / (self.retries + 1 - attempt)
             plan = list(chosen.values())
-            outcomes = await asyncio.gather(
-                *(call(node, parts, remaining) for node, parts in plan), return_exceptions=True
-            )
+            outcomes = await _all(call(node, parts, remaining) for node, parts in plan)
             for (node, parts), outcome in zip(plan, outcomes, strict=True):
                 if isinstance(outcome, Forwarded):
                     raise outcome
@@ -402,19 +428,29 @@ class Router:
     ) -> tuple[list[Any], list[int]]:
         """Fan ``method path`` out (restricted per node by ``vdb_partitions``); node results."""
         partial = _flag(request.query_params.get("partial"))
+        return await self._read(collection, method, path, body, partial, extra_params)
 
+    async def _read(
+        self,
+        collection: str,
+        method: str,
+        path: str,
+        body: bytes | None,
+        partial: bool,
+        extra_params: dict[str, str] | None = None,
+    ) -> tuple[list[Any], list[int]]:
         async def call(node: NodeView, parts: list[int], timeout: float) -> Any:
-            params = {"vdb_partitions": ",".join(str(x) for x in parts), **(extra_params or {})}
-            return await self.call_node(
-                node, method, path, body=body, params=params, timeout=timeout
-            )
+            query = _partitions_query(parts)
+            if extra_params:
+                query += "&" + urlencode(extra_params)
+            return await self.call_node(node, method, path, body=body, query=query, timeout=timeout)
 
         answers, missing = await self.fan_out(collection, call, partial=partial)
         return [result for _, result in answers], missing
 
     # -- the app -------------------------------------------------------------------
 
-    def _build_app(self) -> Starlette:
+    def _build_app(self) -> Any:
         c = "/collections/{name}"
         routes = [
             # the searches first: Starlette tries the routes in order
@@ -450,24 +486,42 @@ class Router:
 
         @contextlib.asynccontextmanager
         async def lifespan(app: Starlette) -> AsyncIterator[None]:
-            self._client = NodeClient()
             try:
                 yield
             finally:
-                await self._client.close()
+                await self.aclose()
 
         async def on_error(request: Request, exc: Exception) -> Response:
-            if isinstance(exc, Forwarded):
-                return Response(exc.body, status_code=exc.status, media_type="application/json")
-            if not isinstance(exc, VdbError):
-                log.error("%s %s failed", request.method, request.url.path, exc_info=exc)
-            return error_response(exc)
+            return await self._failure(request.method, request.url.path, exc)
 
-        return Starlette(
+        starlette = Starlette(
             routes=routes,
             lifespan=lifespan,
             exception_handlers={Exception: on_error, Forwarded: on_error, VdbError: on_error},
         )
+        if not self.lean:
+            return starlette
+
+        async def app(scope: Any, receive: Any, send: Any) -> None:
+            # POST /collections/{name}/points/query | search: the lean path; the rest: Starlette
+            if scope["type"] == "http" and scope["method"] == "POST":
+                path = scope["path"]
+                if path.startswith("/collections/"):
+                    name, _, tail = path[13:].partition("/")
+                    if name and tail in _LEAN_ROUTES:
+                        await self._lean(scope, receive, send, name, _LEAN_ROUTES[tail])
+                        return
+            await starlette(scope, receive, send)
+
+        return app
+
+    async def _failure(self, method: str, path: str, exc: BaseException) -> Response:
+        """The error answer for ``exc`` (a node's 4xx is passed on as it is)."""
+        if isinstance(exc, Forwarded):
+            return Response(exc.body, status_code=exc.status, media_type="application/json")
+        if not isinstance(exc, VdbError):
+            log.error("%s %s failed", method, path, exc_info=exc)
+        return error_response(exc)
 
     def _answer(self, route: str, result: Any, started: float, missing: list[int] = ()) -> Response:
         headers = {"x-vdb-missing-partitions": ",".join(map(str, missing))} if missing else None
@@ -626,33 +680,51 @@ class Router:
 
     # -- reads ------------------------------------------------------------------------
 
-    async def _resolve_query(self, request: Request, name: str, query: Any) -> tuple[Any, Any]:
-        """A query by point id becomes a query by that point's vector: (query, id to exclude)."""
+    async def _resolve_query(
+        self, partial: bool, name: str, query: Any, using: str
+    ) -> tuple[Any, Any]:
+        """A query by point id becomes a query by that point's vector ``using``:
+        (query, id to exclude)."""
         target = query.get("nearest") if isinstance(query, dict) and len(query) == 1 else query
         if not _is_id(target):
             return query, None
-        body = _dumps({"ids": [target], "with_payload": False, "with_vector": True})
-        answers, _ = await self.read(request, name, "POST", f"/collections/{name}/points", body)
+        shape = self.shape(name)
+        body = _dumps(
+            {"ids": [target], "with_payload": False, "with_vector": shape.with_vector([using])}
+        )
+        answers, _ = await self._read(name, "POST", f"/collections/{name}/points", body, partial)
         for records in answers:
             for record in records:
-                if record.get("vector") is not None:
-                    return record["vector"], record["id"]
+                vector = record.get("vector")
+                if isinstance(vector, dict) and shape.named:
+                    vector = vector.get(using)
+                if vector is not None:
+                    return vector, record["id"]
         raise PointNotFound(f"Not found: No point with id {target} found")
 
     async def _prepare(
-        self, request: Request, name: str, search: dict[str, Any], has_query: bool
+        self, partial: bool, name: str, search: dict[str, Any], has_query: bool, legacy: bool
     ) -> tuple[dict[str, Any], dict[str, Any]]:
         """The body each node gets (``limit + offset`` hits, no offset) and how to merge."""
         limit, offset = search.get("limit", 10), search.get("offset", 0)
         limit = 10 if limit is None else limit
         offset = 0 if offset is None else offset
         post = {"by_score": has_query, "limit": 10, "offset": 0, "exclude": None}
+        if legacy:
+            vector = search.get("vector")
+            using = vector.get("name") if isinstance(vector, dict) else ""
+        else:
+            using = search.get("using") or ""
+        if isinstance(using, str) and has_query:
+            shape = self.shape(name)
+            shape.check_sparse(using)
+            post["ascending"] = shape.metric_of(using) == "l2"
         if not (_is_int(limit) and _is_int(offset) and limit >= 1 and offset >= 0):
             return search, post  # the nodes name the problem
         node_search = dict(search)
-        if has_query and "query" in search:
+        if has_query and "query" in search and isinstance(using, str):
             node_search["query"], post["exclude"] = await self._resolve_query(
-                request, name, search["query"]
+                partial, name, search["query"], using
             )
         extra = 1 if post["exclude"] is not None else 0
         node_search["limit"] = limit + offset + extra
@@ -660,35 +732,113 @@ class Router:
         post.update(limit=limit, offset=offset)
         return node_search, post
 
-    def _merge(self, name: str, lists: list[list[dict[str, Any]]], post: dict[str, Any]) -> Any:
+    def _merge(self, lists: list[list[dict[str, Any]]], post: dict[str, Any]) -> Any:
         if not post["by_score"]:
             return merge_by_id(lists, offset=post["offset"], limit=post["limit"])
-        ascending = self.meta(name).get("distance") == "Euclid"
         return merge_hits(
             lists,
-            ascending=ascending,
+            ascending=post.get("ascending", False),
             offset=post["offset"],
             limit=post["limit"],
             exclude=post["exclude"],
         )
 
+    async def _search_one(
+        self, partial: bool, name: str, body: dict[str, Any], legacy: bool
+    ) -> tuple[list[dict[str, Any]], list[int]]:
+        """One query (or legacy search) answered by merging the nodes' top hits."""
+        has_query = legacy or body.get("query") is not None
+        node_body, post = await self._prepare(partial, name, body, has_query, legacy)
+        path = f"/collections/{name}/points/{'search' if legacy else 'query'}"
+        answers, missing = await self._read(name, "POST", path, _dumps(node_body), partial)
+        return self._merge([a if legacy else a["points"] for a in answers], post), missing
+
+    async def _run_tree(
+        self, partial: bool, name: str, query: Any
+    ) -> tuple[list[dict[str, Any]], list[int]]:
+        """A query with prefetch or MMR, run here over merged fan-outs (``vdb.cluster.remote``)."""
+        from vdb.http import hybrid
+        from vdb.http.qdrant import check_limit
+
+        check_limit(query, MAX_LIMIT)
+
+        def read(path: str, body: bytes) -> Awaitable[tuple[list[Any], list[int]]]:
+            return self._read(name, "POST", path, body, partial)
+
+        remote = RemoteCollection(
+            self.meta(name), name, read, asyncio.get_running_loop(), self.timeout_s
+        )
+        points = await asyncio.to_thread(hybrid.run, remote, query)
+        return points, sorted(remote.missing)
+
+    async def _points(
+        self, name: str, body: dict[str, Any], legacy: bool, partial: bool
+    ) -> tuple[Any, list[int]]:
+        """The result of one ``query`` (or legacy ``search``) and the partitions left out."""
+        if not legacy and _runs_here(body):
+            from vdb.http import query_api as qa
+
+            self.meta(name)  # an unknown collection is a 404 before the body's errors
+            points, missing = await self._run_tree(partial, name, qa.parse_query_request(body))
+        else:
+            points, missing = await self._search_one(partial, name, body, legacy)
+        return (points if legacy else {"points": points}), missing
+
     async def _search(self, request: Request, route: str, legacy: bool) -> Response:
         started = time.perf_counter()
         name = request.path_params["name"]
         body = await self._body(request, required=legacy)
-        has_query = legacy or body.get("query") is not None
-        node_body, post = await self._prepare(request, name, body, has_query)
-        path = f"/collections/{name}/points/{'search' if legacy else 'query'}"
-        answers, missing = await self.read(request, name, "POST", path, _dumps(node_body))
-        lists = [a if legacy else a["points"] for a in answers]
-        points = self._merge(name, lists, post)
-        return self._answer(route, points if legacy else {"points": points}, started, missing)
+        partial = _flag(request.query_params.get("partial"))
+        result, missing = await self._points(name, body, legacy, partial)
+        return self._answer(route, result, started, missing)
 
     async def query_points(self, request: Request) -> Response:
         return await self._search(request, "query", legacy=False)
 
     async def search_points(self, request: Request) -> Response:
         return await self._search(request, "search", legacy=True)
+
+    async def _lean(self, scope: Any, receive: Any, send: Any, name: str, legacy: bool) -> None:
+        """``query`` / ``search`` as raw ASGI: the same answer as ``_search`` without
+        Starlette's middleware, routing, request and response objects (the hot path)."""
+        started = time.perf_counter()
+        chunks = []
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                return  # the client went away
+            chunks.append(message.get("body", b""))
+            if not message.get("more_body"):
+                break
+        content_type = None
+        for key, value in scope["headers"]:
+            if key == b"content-type":
+                content_type = value.decode("latin-1")
+                break
+        query_string = scope.get("query_string") or b""
+        partial = b"partial=" in query_string and _flag(
+            parse_qs(query_string.decode("latin-1")).get("partial", [None])[-1]
+        )
+        try:
+            body = parse_body(b"".join(chunks), content_type, required=legacy) or {}
+            result, missing = await self._points(name, body, legacy, partial)
+        except Exception as exc:
+            response = await self._failure(scope["method"], scope["path"], exc)
+            await response(scope, receive, send)
+            return
+        route = "search" if legacy else "query"
+        content = _dumps(envelope(result, started))
+        headers = [
+            (b"content-type", b"application/json"),
+            (b"content-length", b"%d" % len(content)),
+        ]
+        if missing:
+            headers.append((b"x-vdb-missing-partitions", ",".join(map(str, missing)).encode()))
+        count, latency = self.metrics.route(route)
+        count.inc()
+        latency.observe(time.perf_counter() - started)
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": content})
 
     async def _search_batch(self, request: Request, route: str, legacy: bool) -> Response:
         started = time.perf_counter()
@@ -697,9 +847,14 @@ class Router:
         searches = body.get("searches")
         if not isinstance(searches, list) or not all(isinstance(s, dict) for s in searches):
             node_bodies, posts = body, None  # the nodes name the problem
+        elif not legacy and any(_runs_here(s) for s in searches):
+            return await self._query_batch_here(request, route, name, body, started)
         else:
+            partial = _flag(request.query_params.get("partial"))
             prepared = [
-                await self._prepare(request, name, s, legacy or s.get("query") is not None)
+                await self._prepare(
+                    partial, name, s, legacy or s.get("query") is not None, legacy
+                )
                 for s in searches
             ]
             node_bodies = {**body, "searches": [nb for nb, _ in prepared]}
@@ -708,10 +863,28 @@ class Router:
         answers, missing = await self.read(request, name, "POST", path, _dumps(node_bodies))
         out = []
         for i, post in enumerate(posts or []):
-            lists = [a[i] if legacy else a[i]["points"] for a in answers]
-            points = self._merge(name, lists, post)
+            points = self._merge([a[i] if legacy else a[i]["points"] for a in answers], post)
             out.append(points if legacy else {"points": points})
         return self._answer(route, out, started, missing)
+
+    async def _query_batch_here(
+        self, request: Request, route: str, name: str, body: dict[str, Any], started: float
+    ) -> Response:
+        """A batch with a prefetch or MMR query: each search on its own, concurrently."""
+        from vdb.http import query_api as qa
+
+        self.meta(name)
+        parsed = qa.parse_query_batch(body)  # every search checked first, as on a node
+        partial = _flag(request.query_params.get("partial"))
+        runs = [
+            self._run_tree(partial, name, query)
+            if _runs_here(raw)
+            else self._search_one(partial, name, raw, legacy=False)
+            for raw, query in zip(body["searches"], parsed, strict=True)
+        ]
+        done = await asyncio.gather(*runs)
+        missing = sorted({m for _, ms in done for m in ms})
+        return self._answer(route, [{"points": points} for points, _ in done], started, missing)
 
     async def query_batch(self, request: Request) -> Response:
         return await self._search_batch(request, "query_batch", legacy=False)
@@ -794,15 +967,32 @@ class Router:
     # -- writes -----------------------------------------------------------------------
 
     async def upsert_points(self, request: Request) -> Response:
-        from vdb.http.qdrant import parse_upsert
+        from vdb.http.qdrant import has_named_vectors, parse_named_upsert, parse_upsert
 
         started = time.perf_counter()
         wait = p.parse_wait(request.query_params.get("wait"))
         name = request.path_params["name"]
         body = await self._body(request, required=True)
         meta = self.meta(name)
-        ids, vectors, payloads = parse_upsert(body, int(meta["dim"]))
-        _check_vectors(vectors, str(meta.get("distance")))
+        shape = self.shape(name)
+        if shape.named or has_named_vectors(body):
+            # the node's parser over the heartbeat's vectors: the same checks, the same errors
+            ids, columns, payloads = parse_named_upsert(body, shape)
+            for vname, column in columns.items():
+                rows = [v for v in column if v is not None]
+                if vname in shape.vectors and rows:
+                    where = "vectors" if vname == "" else f"vectors[{vname!r}]"
+                    _check_vectors(np.stack(rows), shape.metric_of(vname), where)
+            if shape.named:
+                vectors: Any = [
+                    {vname: column[i] for vname, column in columns.items() if column[i] is not None}
+                    for i in range(len(ids))
+                ]
+            else:
+                vectors = columns[""]
+        else:
+            ids, vectors, payloads = parse_upsert(body, int(meta["dim"]))
+            _check_vectors(vectors, shape.metric)
         records = [
             (
                 point_key(point_id),
@@ -941,26 +1131,76 @@ class Router:
                 return
 
 
+_LEAN_ROUTES = {"points/query": False, "points/search": True}
+"""The hot routes served as raw ASGI (``Router._lean``): tail of the path -> legacy search."""
+
+
+async def _all(calls: Iterable[Awaitable[Any]]) -> list[Any]:
+    """``gather(*calls, return_exceptions=True)`` with one task fewer: the last call runs in
+    this task (a query to one node makes no task at all)."""
+    calls = list(calls)
+    tasks = [asyncio.ensure_future(c) for c in calls[:-1]]
+    try:
+        try:
+            last = await calls[-1]
+        except Exception as exc:
+            last = exc
+        outcomes = []
+        for task in tasks:
+            try:
+                outcomes.append(await task)
+            except Exception as exc:
+                outcomes.append(exc)
+    finally:
+        for task in tasks:
+            task.cancel()
+    outcomes.append(last)
+    return outcomes
+
+
+def _runs_here(body: Any) -> bool:
+    """A query the nodes' top hits cannot answer merged: prefetch (fusion, re-scoring) or MMR."""
+    if not isinstance(body, dict):
+        return False
+    query = body.get("query")
+    return bool(body.get("prefetch")) or (isinstance(query, dict) and query.get("mmr") is not None)
+
+
+_PARTITIONS_QUERIES: dict[tuple[int, ...], str] = {}
+
+
+def _partitions_query(parts: list[int]) -> str:
+    """``vdb_partitions=0%2C2`` for ``[0, 2]`` (made once per set of partitions)."""
+    key = tuple(parts)
+    found = _PARTITIONS_QUERIES.get(key)
+    if found is None:
+        found = urlencode({"vdb_partitions": ",".join(map(str, parts))})
+        if len(_PARTITIONS_QUERIES) < 4096:
+            _PARTITIONS_QUERIES[key] = found
+    return found
+
+
 def _flag(raw: str | None) -> bool:
     return raw is not None and raw.lower() in ("1", "true", "yes")
 
 
-def _check_vectors(vectors: np.ndarray, distance: str) -> None:
+def _check_vectors(vectors: np.ndarray, metric: str, what: str = "vectors") -> None:
     """What the node's core would refuse (ingest would make it a dead letter): refuse it here."""
     from vdb.collection import MAX_SQUARED_NORM
 
     if len(vectors) == 0:
         return
     squared = np.einsum("ij,ij->i", vectors.astype(np.float64), vectors.astype(np.float64))
-    if distance == "Cosine":
+    if metric == "cosine":
         bad = np.flatnonzero(squared == 0)
         if bad.size:
             raise InvalidInput(
-                f"vectors: vector {int(bad[0])} is all zeros (cosine needs a direction)"
+                f"{what}: vector {int(bad[0])} is all zeros (cosine needs a direction)"
             )
     else:
         bad = np.flatnonzero(squared > MAX_SQUARED_NORM)
         if bad.size:
             raise InvalidInput(
-                f"vectors: vector {int(bad[0])} is too large (squared norm above {MAX_SQUARED_NORM:.3g})"
+                f"{what}: vector {int(bad[0])} is too large "
+                f"(squared norm above {MAX_SQUARED_NORM:.3g})"
             )

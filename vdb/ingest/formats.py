@@ -6,7 +6,14 @@ Formats (``--format``):
     An object ``{"id": ..., "vector": [...], "payload": {...}?, "op": "upsert"|"delete"?}``.
     ``op: "delete"`` needs only the id. In msgpack the vector may also be a
     ``bin`` of little-endian float32. When the object has no ``id`` the
-    message key is used.
+    message key is used. For a collection with named or sparse vectors
+    ``vector`` is a map of names, as in Qdrant's ``PointStruct``:
+    ``{"text": [...], "keywords": {"indices": [...], "values": [...]}}`` (a
+    point may lack some names; ``""`` is the default vector). The decoder
+    checks each value's shape (finite numbers; sparse indices distinct
+    unsigned 32-bit integers with one value each); the names and sizes are
+    the collection's to check when the batch is applied, and a message it
+    refuses becomes a dead letter on its own.
 ``float32``
     The value is the raw little-endian float32 vector; the id is the key.
 ``text``
@@ -162,7 +169,12 @@ class Decoder:
             if "vector" not in obj or obj["vector"] is None:
                 raise InvalidInput("missing vector")
             raw = obj["vector"]
-            vector = self.vector_from_bytes(raw) if isinstance(raw, bytes) else self.vector(raw)
+            if isinstance(raw, dict):
+                vector = self.named_vectors(raw)
+            elif isinstance(raw, bytes):
+                vector = self.vector_from_bytes(raw)
+            else:
+                vector = self.vector(raw)
         payload = obj.get("payload")
         if payload is not None:
             if not isinstance(payload, dict):
@@ -237,12 +249,61 @@ class Decoder:
             raise InvalidInput(f"wrong dimension: expected {self.dim}, got {got}")
         return self._check(np.frombuffer(value, dtype="<f4").astype(np.float32))
 
+    def named_vectors(self, values: dict[Any, Any]) -> dict[str, Any]:
+        """``{name: dense list | {"indices", "values"}}`` -> ``{name: float32 array | sparse}``."""
+        out: dict[str, Any] = {}
+        for name, value in values.items():
+            if not isinstance(name, str):
+                raise InvalidInput(f"vector names must be strings, found {type(name).__name__}")
+            where = f"vector[{name!r}]"
+            if isinstance(value, dict):
+                out[name] = _sparse(value, where)
+                continue
+            if isinstance(value, bytes):
+                dense = np.frombuffer(value[: len(value) // 4 * 4], dtype="<f4").astype(np.float32)
+            elif isinstance(value, list | tuple) and all(
+                isinstance(v, int | float) and not isinstance(v, bool) for v in value
+            ):
+                try:
+                    with np.errstate(over="ignore"):
+                        dense = np.asarray(value, dtype=np.float32)
+                except (OverflowError, ValueError) as exc:
+                    raise InvalidInput(f"{where} not representable as float32: {exc}") from None
+            else:
+                raise InvalidInput(f"{where} must be a list of numbers or a sparse vector")
+            if dense.size == 0 or not np.isfinite(dense).all():
+                raise InvalidInput(f"{where} is empty or contains NaN or infinity")
+            out[name] = dense
+        return out
+
     def _check(self, vector: np.ndarray) -> np.ndarray:
         if not np.isfinite(vector).all():
             raise InvalidInput("vector contains NaN or infinity")
         if self.metric == "cosine" and not np.any(vector):
             raise InvalidInput("zero vector cannot be normalised for cosine")
         return vector
+
+
+def _sparse(value: dict[Any, Any], where: str) -> dict[str, np.ndarray]:
+    """A sparse vector ``{"indices": [...], "values": [...]}`` as uint32 / float32 arrays."""
+    if set(value) != {"indices", "values"}:
+        raise InvalidInput(f"{where}: a sparse vector is {{'indices': [...], 'values': [...]}}")
+    indices, values = value["indices"], value["values"]
+    if not isinstance(indices, list | tuple) or not isinstance(values, list | tuple):
+        raise InvalidInput(f"{where}: indices and values must be lists")
+    if len(indices) != len(values):
+        raise InvalidInput(f"{where}: {len(indices)} indices but {len(values)} values")
+    if any(isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < 1 << 32 for i in indices):
+        raise InvalidInput(f"{where}: indices must be integers in [0, 2**32)")
+    if len(set(indices)) != len(indices):
+        raise InvalidInput(f"{where}: indices must be distinct")
+    if any(isinstance(v, bool) or not isinstance(v, int | float) for v in values):
+        raise InvalidInput(f"{where}: values must be numbers")
+    with np.errstate(over="ignore"):
+        weights = np.asarray(values, dtype=np.float32)
+    if not np.isfinite(weights).all():
+        raise InvalidInput(f"{where}: values contain NaN or infinity")
+    return {"indices": np.asarray(indices, dtype=np.uint32), "values": weights}
 
 
 def _check_payload(value: Any, depth: int = 0) -> None:
