@@ -20,10 +20,9 @@ Starts a Tansu broker, produces ``--n`` clustered unit vectors (128-d) to a
   ``idle_cpu_cores`` the idle use itself (on a loaded box the background
   threads get less CPU under load, so the corrected figure can undershoot).
   With ``--compare-plain`` a second router over the same nodes, served as
-  before the lean paths (``--http uvicorn --no-lean-path``: uvicorn's h11
+  before the lean path (``--no-lean-path``: uvicorn's
   server, every route through Starlette), is measured in the same run too
-  (``router_plain``, ``p99_ratio_plain``): the before/after of the lean
-  HTTP server and ASGI path.
+  (``router_plain``, ``p99_ratio_plain``): the before/after of the lean ASGI path.
 * **ingest** lines, per ``nodes_per_group``: ``--ingest-n`` records are
   produced to a fresh topic first, then a fresh group of that many nodes
   reads it; ``records_per_s`` = records applied after every node holds a
@@ -239,7 +238,7 @@ def main() -> None:
         "--compare-plain",
         action="store_true",
         help="also measure a router served as before the lean paths "
-        "(--http uvicorn --no-lean-path)",
+        "(--no-lean-path)",
     )
     parser.add_argument(
         "--quick", action="store_true", help="n=5,000, ingest 10,000, nodes 1,2, 4 s per point"
@@ -288,7 +287,7 @@ def main() -> None:
             plain = Server(
                 [sys.executable, "-m", "vdb", "router", "--kafka-bootstrap", broker.bootstrap,
                  "--cluster", "bench", "--port", str(plain_port), "--log-level", "warning",
-                 "--http", "uvicorn", "--no-lean-path"],
+                 "--no-lean-path"],
                 plain_port, workdir / "router-plain.log", "/readyz",
             )  # fmt: skip
             servers.append(plain)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
 import sys
 from typing import Any
@@ -41,24 +40,8 @@ def add_subcommands(subparsers: Any) -> None:
         help="serve query and search through Starlette like the other routes (the same "
         "answers, more CPU per query; for comparison)",
     )
-    p.add_argument(
-        "--http",
-        choices=("lean", "uvicorn"),
-        default="lean",
-        help="HTTP server: lean (vdb.cluster.http1, the default: less CPU per query than "
-        "uvicorn's h11) or uvicorn",
-    )
     p.add_argument("--log-level", default="info", help="debug, info, warning or error")
     p.set_defaults(func=main)
-
-
-async def _serve(router: Any, host: str, port: int) -> None:
-    from vdb.cluster.http1 import serve_app
-
-    try:
-        await serve_app(router.app, host, port)
-    finally:
-        await router.aclose()
 
 
 def main(args: argparse.Namespace) -> int:
@@ -86,9 +69,6 @@ def main(args: argparse.Namespace) -> int:
         lean=args.lean,
     ).start()
     try:
-        if args.http == "lean":
-            asyncio.run(_serve(router, args.host, args.port))
-            return 0
         uvicorn.run(
             router.app,
             host=args.host,

@@ -852,9 +852,7 @@ class Router:
         else:
             partial = _flag(request.query_params.get("partial"))
             prepared = [
-                await self._prepare(
-                    partial, name, s, legacy or s.get("query") is not None, legacy
-                )
+                await self._prepare(partial, name, s, legacy or s.get("query") is not None, legacy)
                 for s in searches
             ]
             node_bodies = {**body, "searches": [nb for nb, _ in prepared]}
