@@ -218,19 +218,23 @@ def bench_single(ds, workdir: Path, threads: int, seconds: float) -> None:
         rates = {}
         for label, linger in (("no_linger", 0.0), ("linger", commit.linger_s)) * 2:
             commit.linger_s = linger
-            col = db.create_collection(f"single_{label}_{len(rates)}", dim=dim, metric="cosine", **PARAMS)
+            col = db.create_collection(
+                f"single_{label}_{len(rates)}", dim=dim, metric="cosine", **PARAMS
+            )
             before = db.stats()
             counts = [0] * threads
             stop = threading.Event()
 
-            def work(t: int) -> None:
+            def work(t: int, col: Any, stop: threading.Event, counts: list[int]) -> None:
                 i = t
                 while not stop.is_set():
                     col.upsert([i], base[i % n])
                     counts[t] += 1
                     i += threads
 
-            workers = [threading.Thread(target=work, args=(t,)) for t in range(threads)]
+            workers = [
+                threading.Thread(target=work, args=(t, col, stop, counts)) for t in range(threads)
+            ]
             started = time.perf_counter()
             for w in workers:
                 w.start()
@@ -242,7 +246,11 @@ def bench_single(ds, workdir: Path, threads: int, seconds: float) -> None:
             after = db.stats()
             txns = after["wal_txns_committed"] - before["wal_txns_committed"]
             rates.setdefault(label, []).append(
-                (rate, (after["group_commit_requests_total"] - before["group_commit_requests_total"]) / max(1, txns))
+                (
+                    rate,
+                    (after["group_commit_requests_total"] - before["group_commit_requests_total"])
+                    / max(1, txns),
+                )
             )
             log(f"single {label}: {rate:.0f}/s")
             db.drop_collection(col.name)
@@ -329,7 +337,11 @@ def bench_open(workdir: Path, n: int) -> None:
             col.create_payload_index(field, schema)
         for lo in range(0, n, 20_000):
             ids = list(range(lo, min(n, lo + 20_000)))
-            col.upsert(ids, rng.standard_normal((len(ids), dim)).astype(np.float32), [payload(i) for i in ids])
+            col.upsert(
+                ids,
+                rng.standard_normal((len(ids), dim)).astype(np.float32),
+                [payload(i) for i in ids],
+            )
         log(f"open: {n} points written")
         db.checkpoint()
         blobs = db._state.manifests[col.uid]["blobs"]
@@ -351,9 +363,7 @@ def bench_open(workdir: Path, n: int) -> None:
                     int(m["written_bytes"]) for k, m in blobs.items() if k.startswith("x/pi/")
                 ),
                 "payload_bytes_written": sum(
-                    int(m["written_bytes"])
-                    for k, m in blobs.items()
-                    if k.startswith("payloads/")
+                    int(m["written_bytes"]) for k, m in blobs.items() if k.startswith("payloads/")
                 ),
             }
         expected = [col.count(filter=f) for f in OPEN_FILTERS]

@@ -111,9 +111,7 @@ def test_a_write_to_a_dropped_collection_fails_alone_in_its_group(tmp_path):
                     errors.append(exc)
 
         workers = [
-            threading.Thread(target=work, args=(col, t))
-            for t in range(8)
-            for col in (keep, gone)
+            threading.Thread(target=work, args=(col, t)) for t in range(8) for col in (keep, gone)
         ]
         for w in workers:
             w.start()

@@ -8,8 +8,8 @@ from __future__ import annotations
 import numpy as np
 
 import vdb
+from bench.segments import strip_columns  # a checkpoint as written before the columns
 from vdb.filters import PayloadIndex, matches
-from vdb.wal.store import Store, pack, unpack
 
 DIM = 8
 UUIDS = ["6f1c2a4e-0b7d-4c1e-9a55-3d2f8e1b7c90", "0d8e7f6a-5b4c-4d3e-8f2a-1b0c9d8e7f6a"]
@@ -38,8 +38,15 @@ FILTERS = [
     {"must": [{"is_null": {"key": "maybe"}}]},
     {"must": [{"key": "obj.inner", "match": {"value": "x2"}}]},
     {"must": [{"key": "items[].x", "range": {"lt": 2}}]},
-    {"must": [{"nested": {"key": "items", "filter": {"must": [{"key": "x", "match": {"value": 2}}]}}}]},
-    {"must_not": [{"key": "n", "range": {"lt": 50}}], "should": [{"key": "b", "match": {"value": True}}]},
+    {
+        "must": [
+            {"nested": {"key": "items", "filter": {"must": [{"key": "x", "match": {"value": 2}}]}}}
+        ]
+    },
+    {
+        "must_not": [{"key": "n", "range": {"lt": 50}}],
+        "should": [{"key": "b", "match": {"value": True}}],
+    },
     {
         "min_should": {
             "conditions": [
@@ -189,34 +196,13 @@ def test_snapshot_restore_keeps_the_columns(tmp_path):
         assert answers(col) == before
 
 
-def _strip_columns(path) -> int:
-    """Make the stored checkpoint look like one written before the columns were kept."""
-    store = Store(path)
-    try:
-
-        def strip(txn) -> int:
-            removed = 0
-            for key, raw in list(txn.cursor(db=store.db("ckptman"))):
-                manifest = unpack(raw)
-                blobs = manifest.get("blobs") or {}
-                kept = {k: v for k, v in blobs.items() if not k.startswith("x/pi/")}
-                removed += len(blobs) - len(kept)
-                manifest["blobs"] = kept
-                txn.put(bytes(key), pack(manifest), db=store.db("ckptman"))
-            return removed
-
-        return store.write(strip)
-    finally:
-        store.close()
-
-
 def test_a_checkpoint_without_columns_is_rebuilt_then_written_whole(tmp_path):
     rng = np.random.default_rng(4)
     with open_db(tmp_path / "d") as db:
         col = build(db, rng)
         mutate(db, col, rng, 1)
         before = answers(col)
-    assert _strip_columns(tmp_path / "d") > 0
+    assert strip_columns(tmp_path / "d") > 0
     with open_db(tmp_path / "d") as db:
         col = db.collection("c")
         assert col._payloads._loaded_upto == 0  # rebuilt from the payloads
@@ -261,4 +247,3 @@ def test_a_checkpoint_writes_only_the_column_parts_that_changed(tmp_path):
         col = db.collection("c")
         assert col.get([5000])[0].payload["kw"] == "w-new"
         assert answers(col) == before
-

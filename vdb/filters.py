@@ -1556,9 +1556,7 @@ def _multi_by_part(column: _Column | None, parts: np.ndarray) -> dict[int, np.nd
     keys = of[where]
     cuts = np.flatnonzero(np.r_[True, keys[1:] != keys[:-1]])
     ends = np.r_[cuts[1:], len(where)]
-    return {
-        int(keys[a]): where[a:b] for a, b in zip(cuts.tolist(), ends.tolist(), strict=True)
-    }
+    return {int(keys[a]): where[a:b] for a, b in zip(cuts.tolist(), ends.tolist(), strict=True)}
 
 
 def _restore_multi(column: _Column, pieces: list[tuple[bytes, bytes]]) -> None:
@@ -1585,7 +1583,9 @@ def _load_words(blobs: dict[str, np.ndarray], field: int, tag: str, n: int) -> _
     dictionary = _Dictionary()
     words: list[Any] = []
     for part in range(-(-n >> PART_SHIFT)):
-        words.extend(unpack(np.asarray(blobs[f"{COLUMNS_PREFIX}words/{field}/{tag}/{part:08d}"]).tobytes()))
+        words.extend(
+            unpack(np.asarray(blobs[f"{COLUMNS_PREFIX}words/{field}/{tag}/{part:08d}"]).tobytes())
+        )
     words = [(_TRUE if w else _FALSE) if type(w) is bool else w for w in words[:n]]
     if len(words) != n:
         raise ValueError(f"a dictionary holds {len(words)} of its {n} words")
@@ -1802,7 +1802,8 @@ class PayloadIndex:
                 return out
             wanted = np.array(sorted(parts), np.int64)
             multi = [
-                {name: _multi_by_part(getattr(f, name), wanted) for name in _COLUMNS} for f in fields
+                {name: _multi_by_part(getattr(f, name), wanted) for name in _COLUMNS}
+                for f in fields
             ]
             size = 1 << PART_SHIFT
             for part in wanted.tolist():
