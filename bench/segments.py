@@ -344,6 +344,7 @@ def bench_open(workdir: Path, n: int) -> None:
             )
         log(f"open: {n} points written")
         db.checkpoint()
+        full_pause = db.stats()["last_checkpoint_pause_s"]
         blobs = db._state.manifests[col.uid]["blobs"]
         whole = sum(int(m["size"]) for m in blobs.values())
         columns = sum(int(m["size"]) for k, m in blobs.items() if k.startswith("x/pi/"))
@@ -358,6 +359,7 @@ def bench_open(workdir: Path, n: int) -> None:
             db.checkpoint()
             blobs = db._state.manifests[col.uid]["blobs"]
             after[label] = {
+                "writer_pause_s": round(db.stats()["last_checkpoint_pause_s"], 4),
                 "checkpoint_bytes_written": sum(int(m["written_bytes"]) for m in blobs.values()),
                 "column_bytes_written": sum(
                     int(m["written_bytes"]) for k, m in blobs.items() if k.startswith("x/pi/")
@@ -404,6 +406,7 @@ def bench_open(workdir: Path, n: int) -> None:
             "checkpoint_bytes": whole,
             "checkpoint_column_bytes": columns,
             "checkpoint_payload_bytes": payloads,
+            "first_checkpoint_writer_pause_s": round(full_pause, 4),
             **after,
             "host": {**host_info(), "load1": _load()},
         }
