@@ -237,8 +237,7 @@ def main() -> None:
     parser.add_argument(
         "--compare-plain",
         action="store_true",
-        help="also measure a router served as before the lean paths "
-        "(--no-lean-path)",
+        help="also measure a router served as before the lean paths (--no-lean-path)",
     )
     parser.add_argument(
         "--quick", action="store_true", help="n=5,000, ingest 10,000, nodes 1,2, 4 s per point"

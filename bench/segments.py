@@ -11,7 +11,11 @@ Lines (anchors from the same run):
   indexed everything against hnswlib's build time; recall@10 and single-query
   QPS right after the last acknowledgement and after indexing, against
   hnswlib's graph at the same ef.
-* ``single``: single-vector upserts from 16 threads against batched upserts.
+* ``single``: single-vector upserts from 16 threads against batched upserts, without
+  the group commit's linger (the default) and with it, in the same run.
+* ``open`` (``--only open``): open time of 500k points with payloads and 3 indexed
+  fields from a checkpoint holding the payload-index columns, against the same
+  checkpoint without them (rebuilt from the payloads); the checkpoint's bytes.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ import numpy as np
 from bench.common import debian_minilm, emit, host_info, log, recall_at_k
 
 BATCH = 1000
+LINGER_S = 0.002  # the group commit's linger measured against none (its default)
 EF = 64
 PARAMS = {"M": 16, "ef_construction": 128}
 
@@ -195,6 +200,9 @@ def bench_burst(ds, workdir: Path) -> None:
 
 
 def bench_single(ds, workdir: Path, threads: int, seconds: float) -> None:
+    """Single upserts from ``threads`` threads without the group commit's linger (the
+    default) and with ``LINGER_S``, alternating, against batched upserts; all in one
+    database, one after the other."""
     import vdb
 
     base = ds.base
@@ -206,27 +214,49 @@ def bench_single(ds, workdir: Path, threads: int, seconds: float) -> None:
         for lo in range(0, m, BATCH):
             col.upsert(list(range(lo, min(m, lo + BATCH))), base[lo : lo + BATCH])
         batched = m / (time.perf_counter() - started)
-        col = db.create_collection("single", dim=dim, metric="cosine", **PARAMS)
-        counts = [0] * threads
-        stop = threading.Event()
+        assert col.wait_indexed(timeout=600)
+        commit = db._commit
+        rates = {}
+        for label, linger in (("no_linger", 0.0), ("linger", LINGER_S)) * 2:
+            commit.linger_s = linger
+            col = db.create_collection(
+                f"single_{label}_{len(rates)}", dim=dim, metric="cosine", **PARAMS
+            )
+            before = db.stats()
+            counts = [0] * threads
+            stop = threading.Event()
 
-        def work(t: int) -> None:
-            i = t
-            while not stop.is_set():
-                col.upsert([i], base[i % n])
-                counts[t] += 1
-                i += threads
+            def work(t: int, col: Any, stop: threading.Event, counts: list[int]) -> None:
+                i = t
+                while not stop.is_set():
+                    col.upsert([i], base[i % n])
+                    counts[t] += 1
+                    i += threads
 
-        workers = [threading.Thread(target=work, args=(t,)) for t in range(threads)]
-        started = time.perf_counter()
-        for w in workers:
-            w.start()
-        time.sleep(seconds)
-        stop.set()
-        for w in workers:
-            w.join()
-        single = sum(counts) / (time.perf_counter() - started)
-        group = db.stats()["group_commit_mean"]
+            workers = [
+                threading.Thread(target=work, args=(t, col, stop, counts)) for t in range(threads)
+            ]
+            started = time.perf_counter()
+            for w in workers:
+                w.start()
+            time.sleep(seconds)
+            stop.set()
+            for w in workers:
+                w.join()
+            rate = sum(counts) / (time.perf_counter() - started)
+            after = db.stats()
+            txns = after["wal_txns_committed"] - before["wal_txns_committed"]
+            rates.setdefault(label, []).append(
+                (
+                    rate,
+                    (after["group_commit_requests_total"] - before["group_commit_requests_total"])
+                    / max(1, txns),
+                )
+            )
+            log(f"single {label}: {rate:.0f}/s")
+            db.drop_collection(col.name)
+    best = {label: max(runs) for label, runs in rates.items()}
+    single, group = best["no_linger"]
     emit(
         {
             "bench": "segments",
@@ -236,11 +266,150 @@ def bench_single(ds, workdir: Path, threads: int, seconds: float) -> None:
             "threads": threads,
             "single_upserts_per_s": round(single, 1),
             "group_commit_mean": round(group, 2),
+            "with_linger": {
+                "linger_s": LINGER_S,
+                "single_upserts_per_s": round(best["linger"][0], 1),
+                "group_commit_mean": round(best["linger"][1], 2),
+            },
             "anchor": {
                 "system": "vdb batched upserts (1,000 per call)",
                 "vectors_per_s": round(batched, 1),
             },
             "ratio_single_over_batched": round(single / batched, 3),
+            "ratio_linger_over_without": round(best["linger"][0] / single, 3),
+            "host": {**host_info(), "load1": _load()},
+        }
+    )
+
+
+def strip_columns(path: Path) -> int:
+    """Remove the payload-index columns from the stored checkpoints, as a checkpoint
+    written before they were kept looks (the next open rebuilds them from the payloads).
+    Returns how many blobs were removed."""
+    from vdb.wal.store import Store, pack, unpack
+
+    store = Store(path)
+    try:
+
+        def strip(txn) -> int:
+            removed = 0
+            for key, raw in list(txn.cursor(db=store.db("ckptman"))):
+                manifest = unpack(raw)
+                blobs = manifest.get("blobs") or {}
+                kept = {k: v for k, v in blobs.items() if not k.startswith("x/pi/")}
+                removed += len(blobs) - len(kept)
+                manifest["blobs"] = kept
+                txn.put(bytes(key), pack(manifest), db=store.db("ckptman"))
+            return removed
+
+        return store.write(strip)
+    finally:
+        store.close()
+
+
+OPEN_FILTERS = (
+    {"must": [{"key": "kind", "match": {"value": "k7"}}]},
+    {"must": [{"key": "n", "range": {"gte": 100, "lt": 200}}]},
+    {"must": [{"key": "at", "range": {"gte": "2024-03-01T00:00:00Z"}}]},
+)
+
+
+def bench_open(workdir: Path, n: int) -> None:
+    """Open time of ``n`` points with payloads and 3 indexed fields (keyword, integer,
+    datetime): from a checkpoint holding the payload-index columns, and from the same
+    checkpoint without them (rebuilt from the payloads, as before); checkpoint bytes,
+    whole and after 1,000 single updates."""
+    import vdb
+
+    dim = 8
+    rng = np.random.default_rng(0)
+    path = workdir / "open"
+    options = {"checkpoint_interval_s": None, "checkpoint_wal_bytes": None}
+
+    def payload(i: int, v: int = 0) -> dict:
+        return {
+            "kind": f"k{(i + v) % 50}",
+            "n": (i * 31 + v) % 1000,
+            "at": f"2024-{1 + i % 12:02d}-{1 + i % 28:02d}T{i % 24:02d}:00:00Z",
+        }
+
+    with vdb.open(path, indexing=False, fresh_limit=2 * n + 2000, **options) as db:
+        col = db.create_collection("c", dim=dim, metric="l2")
+        for field, schema in (("kind", "keyword"), ("n", "integer"), ("at", "datetime")):
+            col.create_payload_index(field, schema)
+        for lo in range(0, n, 20_000):
+            ids = list(range(lo, min(n, lo + 20_000)))
+            col.upsert(
+                ids,
+                rng.standard_normal((len(ids), dim)).astype(np.float32),
+                [payload(i) for i in ids],
+            )
+        log(f"open: {n} points written")
+        db.checkpoint()
+        full_pause = db.stats()["last_checkpoint_pause_s"]
+        blobs = db._state.manifests[col.uid]["blobs"]
+        whole = sum(int(m["size"]) for m in blobs.values())
+        columns = sum(int(m["size"]) for k, m in blobs.items() if k.startswith("x/pi/"))
+        payloads = sum(int(m["size"]) for k, m in blobs.items() if k.startswith("payloads/"))
+        after = {}
+        for label, ids in (
+            ("after_1000_appended", list(range(n, n + 1000))),
+            ("after_1000_random_updates", rng.choice(n, 1000, replace=False).tolist()),
+        ):
+            for i in ids:
+                col.upsert([i], rng.standard_normal(dim).astype(np.float32), payload(i, 1))
+            db.checkpoint()
+            blobs = db._state.manifests[col.uid]["blobs"]
+            after[label] = {
+                "writer_pause_s": round(db.stats()["last_checkpoint_pause_s"], 4),
+                "checkpoint_bytes_written": sum(int(m["written_bytes"]) for m in blobs.values()),
+                "column_bytes_written": sum(
+                    int(m["written_bytes"]) for k, m in blobs.items() if k.startswith("x/pi/")
+                ),
+                "payload_bytes_written": sum(
+                    int(m["written_bytes"]) for k, m in blobs.items() if k.startswith("payloads/")
+                ),
+            }
+        expected = [col.count(filter=f) for f in OPEN_FILTERS]
+    old = workdir / "open-without-columns"
+    shutil.copytree(path, old)
+    strip_columns(old)
+
+    def open_once(where: Path) -> tuple[float, float]:
+        started = time.perf_counter()
+        db = vdb.open(where, indexing=False, fresh_limit=2 * n + 2000, **options)
+        opened = time.perf_counter() - started
+        col = db.collection("c")
+        counts = [col.count(filter=f) for f in OPEN_FILTERS]
+        first = time.perf_counter() - started
+        db.close(checkpoint=False)
+        assert counts == expected, (counts, expected)
+        return opened, first
+
+    runs: dict[str, list[tuple[float, float]]] = {"columns": [], "rebuilt": []}
+    for _ in range(2):
+        runs["columns"].append(open_once(path))
+        runs["rebuilt"].append(open_once(old))
+    best = {k: min(v) for k, v in runs.items()}
+    emit(
+        {
+            "bench": "segments",
+            "measure": "open_payload_columns",
+            "points": n,
+            "indexed_fields": 3,
+            "open_s": round(best["columns"][0], 3),
+            "open_to_first_filtered_count_s": round(best["columns"][1], 3),
+            "anchor": {
+                "system": "vdb, the same checkpoint without columns (rebuilt from payloads)",
+                "open_s": round(best["rebuilt"][0], 3),
+                "open_to_first_filtered_count_s": round(best["rebuilt"][1], 3),
+            },
+            "ratio_open_rebuilt_over_columns": round(best["rebuilt"][0] / best["columns"][0], 2),
+            "checkpoint_bytes": whole,
+            "checkpoint_column_bytes": columns,
+            "checkpoint_payload_bytes": payloads,
+            "first_checkpoint_writer_pause_s": round(full_pause, 4),
+            **after,
             "host": {**host_info(), "load1": _load()},
         }
     )
@@ -255,15 +424,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=16)
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--workdir", default=None)
+    parser.add_argument("--open-n", type=int, default=500_000, help="points of the open measure")
     args = parser.parse_args(argv)
-    ds = debian_minilm(n=args.n)
     only = set(args.only.split(","))
+    ds = debian_minilm(n=args.n) if only & {"burst", "single"} else None
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="vdb-bench-segments-"))
     try:
         if "burst" in only:
             bench_burst(ds, workdir)
         if "single" in only:
             bench_single(ds, workdir, args.threads, args.seconds)
+        if "open" in only:
+            bench_open(workdir, args.open_n)
     finally:
         if args.workdir is None:
             shutil.rmtree(workdir, ignore_errors=True)

@@ -28,6 +28,7 @@ import numpy as np
 
 from vdb.collection import Collection
 from vdb.errors import StorageError, VdbError
+from vdb.filters import COLUMNS_PREFIX
 from vdb.state import State
 from vdb.types import PART_SHIFT
 from vdb.wal import checkpoint as ckpt
@@ -142,6 +143,7 @@ class Checkpointer:
                             graph.arrays,
                             full=not _has_parts(self._manifests.get(col.uid)),
                             extra=extra,
+                            columns_full=not _has_columns(self._manifests.get(col.uid)),
                         )
                         for col, graph, extra in zip(changed, graphs, named, strict=True)
                     ]
@@ -277,6 +279,12 @@ def _has_parts(manifest: dict[str, Any] | None) -> bool:
     return bool(manifest and manifest.get("blobs")) and manifest.get("parts") == PART_SHIFT
 
 
+def _has_columns(manifest: dict[str, Any] | None) -> bool:
+    """Whether ``manifest`` holds the payload-index columns (older checkpoints do not)."""
+    blobs = (manifest or {}).get("blobs") or {}
+    return f"x/{COLUMNS_PREFIX}meta" in blobs and manifest.get("parts") == PART_SHIFT
+
+
 class GraphCapture:
     """What ``capture_graph`` took: the arrays, the rows to give back if the checkpoint
     fails, the blob names carried unchanged (sealed graphs written before) and the sealed
@@ -365,6 +373,7 @@ def capture(
     arrays: dict[str, Any],
     full: bool = False,
     extra: dict[str, np.ndarray] | None = None,
+    columns_full: bool = True,
 ) -> ckpt.Captured:
     """Copy what changed of a collection's state since its last checkpoint (the writer is
     paused by the caller; ``arrays`` is its graph, captured just before under the
@@ -373,7 +382,8 @@ def capture(
     O(changed): the id-map and payload parts touched since the last capture (slices and
     references), the fresh rows' slot column; nothing is encoded here. ``extra``: the named
     vectors' graphs (copied whole, see ``vdb.vectors``), to which their fresh rows and the
-    sparse indexes are added here.
+    sparse indexes are added here, and the payload-index columns of the payload parts
+    taken (every part when ``columns_full``: the previous checkpoint has none).
     """
     with col._apply_lock:
         fresh = col._segs.capture_fresh()
@@ -392,5 +402,9 @@ def capture(
             payload_indexes=col._payloads.indexes(),
             fresh=fresh,  # its rows are gathered by ``encode``, outside the locks
             part_shift=PART_SHIFT,
-            extra={**(extra or {}), **col._spaces.capture_rest()},
+            extra={
+                **(extra or {}),
+                **col._spaces.capture_rest(),
+                **col._payloads.capture_columns(payload_parts, full=full or columns_full),
+            },
         )

@@ -72,6 +72,7 @@ import numpy as np
 
 from vdb.errors import InvalidFilter, InvalidInput
 from vdb.types import PART_SHIFT, PointId
+from vdb.wal.store import pack, unpack
 
 logger = logging.getLogger(__name__)
 
@@ -525,13 +526,14 @@ _KIND_NAMES = (
 class _Dictionary:
     """Values <-> dense int32 codes; reference counts let unused codes be reused."""
 
-    __slots__ = ("codes", "words", "refs", "free")
+    __slots__ = ("codes", "words", "refs", "free", "dirty")
 
     def __init__(self) -> None:
         self.codes: dict[Any, int] = {}  # value -> code
         self.words: list[Any] = []  # code -> value (None when free)
         self.refs: list[int] = []  # code -> number of slots holding it
         self.free: list[int] = []
+        self.dirty: set[int] = set()  # parts (code >> PART_SHIFT) of ``words`` changed
 
     def __len__(self) -> int:
         return len(self.words)
@@ -549,6 +551,7 @@ class _Dictionary:
                 self.words.append(key)
                 self.refs.append(0)
             self.codes[key] = code
+            self.dirty.add(code >> PART_SHIFT)
         self.refs[code] += 1
         return code
 
@@ -558,6 +561,7 @@ class _Dictionary:
             del self.codes[self.words[code]]
             self.words[code] = None
             self.free.append(code)
+            self.dirty.add(code >> PART_SHIFT)
 
 
 class _Field:
@@ -1503,6 +1507,105 @@ def _collect(payload: dict) -> dict[Path, list[Any]]:
     return found
 
 
+# ---------------------------------------------------------------------------
+# Checkpointed columns
+#
+# A checkpoint keeps the columns as they are in memory, so that opening a
+# database loads them instead of re-indexing every payload:
+#
+# - ``pi/meta``: the fields in their order (key path, kinds seen, which columns,
+#   dictionary sizes), the explicit indexes and the limits (msgpack);
+# - ``pi/part/<part>``: per part of ``2**PART_SHIFT`` slots, for each field with a
+#   value there, its flags, each column's single values and the multi-valued
+#   entries (values and slots) of the part's slots;
+# - ``pi/words/<field>/<k|t>/<part>``: a dictionary's words (keywords ``k``,
+#   text tokens ``t``) per part of ``2**PART_SHIFT`` codes.
+#
+# Parts are taken with the payload parts (the same dirty set); dictionary parts
+# when a code in them was allocated or freed. Parts not written are carried from
+# the previous checkpoint. Reference counts are recounted on load from the
+# columns, spans from the multi-valued entries (one vectorised pass each).
+
+COLUMNS_PREFIX = "pi/"
+COLUMNS_VERSION = 1
+_COLUMNS = {  # column attribute of ``_Field`` -> (dtype, missing)
+    "keywords": (np.int32, -1),
+    "numbers": (np.float64, math.nan),
+    "datetimes": (np.int64, _NO_TIME),
+    "counts": (np.float64, math.nan),
+    "tokens": (np.int32, -1),
+}
+
+
+def _blob(value: Any) -> np.ndarray:
+    return np.frombuffer(pack(value), np.uint8)
+
+
+def _multi_by_part(column: _Column | None, parts: np.ndarray) -> dict[int, np.ndarray]:
+    """``{part: positions in column.values}`` of the multi-valued entries of ``parts``'s
+    slots, each in stored order (a slot's entries stay together)."""
+    if column is None or not column.used:
+        return {}
+    slots = column.slots[: column.used]
+    of = np.where(slots >= 0, slots >> PART_SHIFT, -1)
+    where = np.flatnonzero(np.isin(of, parts))
+    if not where.size:
+        return {}
+    order = np.argsort(of[where], kind="stable")
+    where = where[order]
+    keys = of[where]
+    cuts = np.flatnonzero(np.r_[True, keys[1:] != keys[:-1]])
+    ends = np.r_[cuts[1:], len(where)]
+    return {int(keys[a]): where[a:b] for a, b in zip(cuts.tolist(), ends.tolist(), strict=True)}
+
+
+def _restore_multi(column: _Column, pieces: list[tuple[bytes, bytes]]) -> None:
+    """Fill a column's multi-valued entries from checkpointed pieces (parts in order)."""
+    if not pieces:
+        return
+    values = np.concatenate([np.frombuffer(v, column.dtype) for v, _ in pieces])
+    slots = np.concatenate([np.frombuffer(s, np.int32) for _, s in pieces])
+    size = max(64, len(values))
+    column.values = np.empty(size, column.dtype)
+    column.values[: len(values)] = values
+    column.slots = np.full(size, -1, np.int32)
+    column.slots[: len(slots)] = slots
+    column.used = len(values)
+    starts = np.flatnonzero(np.r_[True, slots[1:] != slots[:-1]])
+    counts = np.diff(np.r_[starts, len(slots)])
+    column.spans = dict(
+        zip(slots[starts].tolist(), zip(starts.tolist(), counts.tolist(), strict=True), strict=True)
+    )
+
+
+def _load_words(blobs: dict[str, np.ndarray], field: int, tag: str, n: int) -> _Dictionary:
+    """A dictionary from its checkpointed word parts (reference counts come later)."""
+    dictionary = _Dictionary()
+    words: list[Any] = []
+    for part in range(-(-n >> PART_SHIFT)):
+        words.extend(
+            unpack(np.asarray(blobs[f"{COLUMNS_PREFIX}words/{field}/{tag}/{part:08d}"]).tobytes())
+        )
+    words = [(_TRUE if w else _FALSE) if type(w) is bool else w for w in words[:n]]
+    if len(words) != n:
+        raise ValueError(f"a dictionary holds {len(words)} of its {n} words")
+    dictionary.words = words
+    dictionary.codes = {w: c for c, w in enumerate(words) if w is not None}
+    dictionary.free = [c for c, w in enumerate(words) if w is None]
+    return dictionary
+
+
+def _recount(dictionary: _Dictionary, column: _Column | None) -> None:
+    """A dictionary's reference counts: the slots holding each code in ``column``."""
+    n = len(dictionary.words)
+    refs = np.zeros(n, np.int64)
+    if column is not None and n:
+        single = column.single[column.single >= 0]
+        multi = column.values[: column.used][column.slots[: column.used] >= 0]
+        refs = np.bincount(np.concatenate([single, multi]).astype(np.int64), minlength=n)[:n]
+    dictionary.refs = refs.tolist()
+
+
 class PayloadIndex:
     """Payloads per slot, plus per-key-path columns that answer filters as masks.
 
@@ -1528,6 +1631,10 @@ class PayloadIndex:
         self._saturated = False
         self._lock = threading.RLock()
         self._dirty: set[int] = set()  # parts (slot >> PART_SHIFT) changed since the capture
+        # Slots below this came from checkpointed columns without a ``_slot_fields`` entry:
+        # their fields are found from the fields' flags (see ``_fields_of``).
+        self._loaded_upto = 0
+        self._words_full = False  # a failed checkpoint took dictionary parts: write them all
 
     # -- writes -------------------------------------------------------------
 
@@ -1570,8 +1677,19 @@ class PayloadIndex:
             self._payloads.pop(slot, None)
 
     def _unindex(self, slot: int) -> None:
-        for field in self._slot_fields.pop(slot, ()):
+        for field in self._fields_of(slot, pop=True):
             field.drop(slot)
+
+    def _fields_of(self, slot: int, pop: bool = False) -> tuple[_Field, ...]:
+        """The fields holding a value of ``slot`` (``pop``: and forget the entry)."""
+        fields = self._slot_fields.pop(slot, None) if pop else self._slot_fields.get(slot)
+        if fields is None:
+            if slot >= self._loaded_upto:
+                return ()
+            fields = tuple(
+                f for f in self._fields.values() if slot < len(f.flags) and f.flags[slot]
+            )
+        return fields
 
     @staticmethod
     def _check_slot(slot: Any) -> int:
@@ -1603,9 +1721,11 @@ class PayloadIndex:
         return dirty
 
     def mark_dirty(self, parts: Iterable[int]) -> None:
-        """Give back parts taken by a checkpoint that failed."""
+        """Give back parts taken by a checkpoint that failed (and, with them, every part of
+        the dictionaries: the next capture writes them all)."""
         with self._lock:
             self._dirty.update(parts)
+            self._words_full = True
 
     def capture_parts(self, parts: set[int], missing: Any) -> dict[int, list[Any]]:
         """``{part: [payload of each slot of the part, or missing]}``: references only.
@@ -1623,6 +1743,164 @@ class PayloadIndex:
 
     def __contains__(self, slot: object) -> bool:
         return slot in self._payloads
+
+    def capture_columns(self, parts: set[int], full: bool = False) -> dict[str, np.ndarray]:
+        """The columns of the given slot parts and what changed of the dictionaries, as
+        blobs for a checkpoint (``{name: uint8 array}``, see "Checkpointed columns").
+
+        ``parts`` are those ``take_dirty`` returned (the same parts as the payloads);
+        ``full``: every part (the previous checkpoint has no columns to carry from).
+        The caller keeps the writer out; the copies are O(parts taken) except one
+        vectorised pass over each multi-valued column.
+        """
+        with self._lock:
+            fields = list(self._fields.values())
+            if full:
+                parts = self._all_parts()
+            words_full = full or self._words_full
+            self._words_full = False
+            meta_fields = []
+            out: dict[str, np.ndarray] = {}
+            for i, field in enumerate(fields):
+                columns = {}
+                for name in _COLUMNS:
+                    column = getattr(field, name)
+                    if column is not None:
+                        columns[name] = True
+                vocabulary = field.vocabulary
+                meta_fields.append(
+                    {
+                        "path": list(field.path),
+                        "kinds": field.kinds,
+                        "columns": sorted(columns),
+                        "words": len(field.dictionary.words),
+                        "vocabulary": None if vocabulary is None else len(vocabulary.words),
+                    }
+                )
+                for tag, dictionary in (("k", field.dictionary), ("t", vocabulary)):
+                    if dictionary is None:
+                        continue
+                    taken = dictionary.dirty
+                    dictionary.dirty = set()
+                    if words_full:
+                        taken = set(range(-(-len(dictionary.words) >> PART_SHIFT)))
+                    for part in taken:
+                        words = dictionary.words[part << PART_SHIFT : (part + 1) << PART_SHIFT]
+                        out[f"{COLUMNS_PREFIX}words/{i}/{tag}/{part:08d}"] = _blob(
+                            [w.value if type(w) is _BoolKey else w for w in words]
+                        )
+            meta = {
+                "version": COLUMNS_VERSION,
+                "part_shift": PART_SHIFT,
+                "max_fields": self.max_fields,
+                "saturated": self._saturated,
+                "explicit": [[list(path), schema] for path, schema in self._explicit.items()],
+                "fields": meta_fields,
+            }
+            out[f"{COLUMNS_PREFIX}meta"] = _blob(meta)
+            if not parts:
+                return out
+            wanted = np.array(sorted(parts), np.int64)
+            multi = [
+                {name: _multi_by_part(getattr(f, name), wanted) for name in _COLUMNS}
+                for f in fields
+            ]
+            size = 1 << PART_SHIFT
+            for part in wanted.tolist():
+                lo, hi = part * size, (part + 1) * size
+                held = []
+                for i, field in enumerate(fields):
+                    flags = field.flags[lo:hi]
+                    if not flags.any():
+                        continue
+                    cols = {}
+                    for name in _COLUMNS:
+                        column = getattr(field, name)
+                        if column is None:
+                            continue
+                        single = column.single[lo:hi]
+                        entries = multi[i][name].get(part)
+                        cols[name] = [
+                            single.tobytes() if len(single) else None,
+                            None if entries is None else column.values[entries].tobytes(),
+                            None if entries is None else column.slots[entries].tobytes(),
+                        ]
+                    held.append([i, flags.tobytes(), cols])
+                out[f"{COLUMNS_PREFIX}part/{part:08d}"] = _blob(held)
+            return out
+
+    @classmethod
+    def from_checkpoint(
+        cls,
+        items: Iterable[tuple[int, dict | None]],
+        indexes: dict[str, Any] | None,
+        blobs: dict[str, np.ndarray],
+    ) -> PayloadIndex:
+        """The index of a checkpoint: its payloads plus its columns as saved
+        (``capture_columns``; no payload is re-indexed), or, for a checkpoint written
+        without columns (or by another version of them), rebuilt from the payloads."""
+        raw = blobs.get(f"{COLUMNS_PREFIX}meta")
+        meta = None if raw is None else unpack(np.asarray(raw).tobytes())
+        if (
+            not isinstance(meta, dict)
+            or meta.get("version") != COLUMNS_VERSION
+            or meta.get("part_shift") != PART_SHIFT
+        ):
+            if raw is not None:
+                logger.warning("payload index: unknown checkpointed columns; rebuilding them")
+            return cls.from_items(items, indexes=indexes)
+        index = cls(max_fields=int(meta["max_fields"]))
+        index._payloads = dict(items if isinstance(items, list) else list(items))
+        if len(index._payloads) and min(index._payloads) < 0:
+            raise InvalidInput("a checkpointed payload has a negative slot")
+        index._saturated = bool(meta["saturated"])
+        index._explicit = {tuple(path): schema for path, schema in meta["explicit"]}
+        size = 1 << PART_SHIFT
+        prefix = f"{COLUMNS_PREFIX}part/"
+        parts = sorted((int(k[len(prefix) :]), k) for k in blobs if k.startswith(prefix))
+        capacity = (parts[-1][0] + 1) * size if parts else 0
+        fields = []
+        multi: list[dict[str, list[tuple[bytes, bytes]]]] = []
+        for i, spec in enumerate(meta["fields"]):
+            field = _Field(tuple(spec["path"]))
+            field.kinds = int(spec["kinds"])
+            field.flags = np.zeros(capacity, np.uint8)
+            for name in spec["columns"]:
+                dtype, missing = _COLUMNS[name]
+                column = _Column(dtype, missing)
+                column.single = np.full(capacity, missing, dtype)
+                setattr(field, name, column)
+            field.dictionary = _load_words(blobs, i, "k", int(spec["words"]))
+            if spec["vocabulary"] is not None:
+                field.vocabulary = _load_words(blobs, i, "t", int(spec["vocabulary"]))
+                if field.tokens is None:
+                    field.tokens = _Column(np.int32, -1)
+            fields.append(field)
+            multi.append({name: [] for name in spec["columns"]})
+            index._fields[field.path] = field
+        for part, key in parts:
+            lo = part * size
+            for i, flags, cols in unpack(np.asarray(blobs[key]).tobytes()):
+                field = fields[i]
+                flags = np.frombuffer(flags, np.uint8)
+                field.flags[lo : lo + len(flags)] = flags
+                for name, (single, values, slots) in cols.items():
+                    column = getattr(field, name, None)
+                    if column is None:  # dropped since (a text index): nothing to keep
+                        continue
+                    if single is not None:
+                        single = np.frombuffer(single, column.dtype)
+                        column.single[lo : lo + len(single)] = single
+                    if values is not None:
+                        multi[i][name].append((values, slots))
+        for field, held in zip(fields, multi, strict=True):
+            for name, pieces in held.items():
+                _restore_multi(getattr(field, name), pieces)
+            _recount(field.dictionary, field.keywords)
+            if field.vocabulary is not None:
+                _recount(field.vocabulary, field.tokens)
+        index._loaded_upto = capacity
+        return index
 
     @classmethod
     def from_items(
@@ -1730,7 +2008,7 @@ class PayloadIndex:
                         selected = _select(payload, path)
                         if selected:
                             built.put(slot, selected)
-                            self._slot_fields[slot] = (*self._slot_fields.get(slot, ()), built)
+                            self._slot_fields[slot] = (*self._fields_of(slot), built)
                 self._fields[path] = built
             field = self._fields[path]
             if schema_type == "text":
@@ -1738,6 +2016,7 @@ class PayloadIndex:
             else:
                 field.disable_text()
             self._explicit[path] = schema_type
+            self._dirty.update(self._all_parts())  # columns changed in every part
 
     def drop_index(self, field: str) -> bool:
         """Forget an explicit index; returns whether there was one."""
@@ -1748,8 +2027,14 @@ class PayloadIndex:
         with self._lock:
             field = self._fields.get(path)
             if field is not None:
+                if field.vocabulary is not None:
+                    self._dirty.update(self._all_parts())  # the tokens leave every part
                 field.disable_text()
             return self._explicit.pop(path, None) is not None
+
+    def _all_parts(self) -> set[int]:
+        """Every part that holds a payload (columns hold values of those slots only)."""
+        return set(range((max(self._payloads, default=-1) >> PART_SHIFT) + 1))
 
     def indexes(self) -> dict[str, str]:
         """The explicit indexes as ``{field: schema type}`` (to checkpoint them)."""

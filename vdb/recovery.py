@@ -94,7 +94,9 @@ def new_collection(
                 template=empty() if "graphs" in loaded.arrays else None,
             )
             ids = IdMap.from_state(loaded.slots, loaded.ids, loaded.partitions)
-            payloads = PayloadIndex.from_items(loaded.payloads, indexes=loaded.payload_indexes)
+            payloads = PayloadIndex.from_checkpoint(
+                loaded.payloads, loaded.payload_indexes, loaded.extra
+            )
             payloads.take_dirty()  # as checkpointed: the next checkpoint carries its parts
         except (ValueError, KeyError, TypeError, IndexError) as exc:
             raise CorruptData(

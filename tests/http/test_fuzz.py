@@ -115,7 +115,9 @@ def query_request(rng: random.Random) -> tuple[str, str, object]:
     elif kind == 2:
         body["filter"] = bad_filter(rng)
     elif kind == 3:
-        body["params"] = rng.choice([{"hnsw_ef": -1}, {"hnsw_ef": "x"}, {"quantization": {"oversampling": 0.5}}, 5])
+        body["params"] = rng.choice(
+            [{"hnsw_ef": -1}, {"hnsw_ef": "x"}, {"quantization": {"oversampling": 0.5}}, 5]
+        )
     elif kind == 4:
         body["score_threshold"] = rng.choice(["high", [1], {}])
     elif kind == 5:

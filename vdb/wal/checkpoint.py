@@ -48,7 +48,8 @@ TXN_BYTES = 32 << 20
 HASH = "xxh3_128"  # chunk digests: xxh3 reads GB/s (BLAKE2b ran at 0.1-0.2 GB/s here)
 _U32 = struct.Struct(">I")
 MISSING = object()  # a payload part's slot without a payload
-PART_PREFIXES = ("idmap/part/", "payloads/part/")
+# blobs kept in parts: a checkpoint writes the parts that changed and carries the others
+PART_PREFIXES = ("idmap/part/", "payloads/part/", "x/pi/part/", "x/pi/words/")
 
 
 @dataclass
