@@ -526,6 +526,8 @@ class HNSW:
         (the last call has ``done == n``), so a caller can show a long build advancing."""
         x = self._matrix(vectors, "vectors")
         n = x.shape[0]
+        if not _warm_done[group := self._build_group()]:
+            _warm_group(group)  # waits for a background warm() still loading the group
         if self._quantizer is not None and not self._quantizer.fitted and n:
             self._fit(x)
         if slots is not None:
@@ -1173,28 +1175,31 @@ class HNSW:
 
     # -- warm-up ----------------------------------------------------------------------------
 
-    def warm(self, writes: bool = True, background: bool = False) -> None:
+    def warm(self, writes: bool = True, background: bool = True) -> None:
         """Load (from Numba's cache, or compile) the kernels this index needs before its first
         query: the search kernels of its kind (float32 or int8) now, and when ``writes`` the
         kernels of ``add`` (candidate search, linking, reachability repair), in a daemon thread
-        when ``background`` (so a first query does not wait for kernels only writes use).
+        when ``background`` (the default: a first query does not wait for kernels only writes
+        use; a write that comes first waits for that thread), else now.
 
         Only what the index uses is loaded: an int8 index loads the int8 walk, not the float32
         one (``ignore_quantization`` compiles that on first use), and the kernels of
         ``replace`` and of re-adding into deleted slots load on their first use. The kernels
         are typed on array dtypes only, not on ``dim`` or the metric, so each group loads once
         per process: later calls return at once."""
-        quantized = self._quantization is not None
-        _warm_group("qsearch" if quantized else "search")
+        _warm_group("qsearch" if self._quantization is not None else "search")
         if not writes:
             return
-        group = "qbuild" if quantized else "build"
+        group = self._build_group()
         if background and not _warm_done[group]:
             threading.Thread(
                 target=_warm_group, args=(group,), name="vdb-warm", daemon=True
             ).start()
         else:
             _warm_group(group)
+
+    def _build_group(self) -> str:
+        return "qbuild" if self._quantization is not None else "build"
 
 
 def _warm_search(quantization: str | None) -> None:
@@ -1235,21 +1240,26 @@ _WARM_GROUPS: dict[str, Callable[[], None]] = {
     "qbuild": lambda: _warm_build("int8"),
     "relink": _warm_relink,
 }
-_warm_locks = {name: threading.Lock() for name in _WARM_GROUPS}
+_warm_locks = {name: threading.RLock() for name in _WARM_GROUPS}
 _warm_done = dict.fromkeys(_WARM_GROUPS, False)
+_warm_active: set[str] = set()  # groups being loaded (by the thread holding their lock)
 
 
 def _warm_group(name: str) -> None:
-    """Load kernel group ``name`` once per process (a second caller waits for the first)."""
+    """Load kernel group ``name`` once per process (a second caller waits for the first; the
+    throw-away run's own writes, in the loading thread, pass through)."""
     if _warm_done[name]:
         return
     with _warm_locks[name]:
-        if _warm_done[name]:
+        if _warm_done[name] or name in _warm_active:
             return
+        _warm_active.add(name)
         try:
             _WARM_GROUPS[name]()
         except Exception:  # warming is an optimisation only; the first use compiles instead
             log.warning("warming the index kernels (%s) failed", name, exc_info=True)
+        finally:
+            _warm_active.discard(name)
         _warm_done[name] = True
 
 

@@ -252,7 +252,9 @@ def _row(layer, slot, upper_off):
 
 @njit(fastmath=True, cache=True, nogil=True)
 def greedy(metric, vectors, upper, upper_off, layer, q, cur, curd):
-    """Greedy walk (ef = 1) on an upper layer; returns the closest slot found and its distance."""
+    """Greedy walk (ef = 1) on an upper layer; returns the closest slot found and its distance.
+    Vectors are fetched ahead as in ``search_layer``: without it the descent was ~20% of a
+    query at ef=16 on 384-d vectors (each neighbour's vector a cache miss)."""
     maxc = upper.shape[1] - 1
     changed = True
     while changed:
@@ -262,6 +264,12 @@ def greedy(metric, vectors, upper, upper_off, layer, q, cur, curd):
         if cnt > maxc:
             cnt = maxc
         for j in range(1, cnt + 1):
+            _prefetch(vectors, upper[row, j], 0)
+        for j in range(1, min(cnt, _AHEAD) + 1):
+            _prefetch_row(vectors, upper[row, j])
+        for j in range(1, cnt + 1):
+            if j + _AHEAD <= cnt:
+                _prefetch_row(vectors, upper[row, j + _AHEAD])
             c = upper[row, j]
             d = distance(metric, vectors[c], q)
             if d < curd:

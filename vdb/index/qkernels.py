@@ -109,7 +109,13 @@ def greedy_q(codes, terms, upper, upper_off, layer, cq, tq, const, s, cur, curd)
         cnt = upper[row, 0]
         if cnt > maxc:
             cnt = maxc
+        for j in range(1, cnt + 1):  # codes fetched ahead, as in kernels.greedy
+            _prefetch(codes, upper[row, j], 0)
+        for j in range(1, min(cnt, _AHEAD) + 1):
+            _prefetch_codes(codes, upper[row, j])
         for j in range(1, cnt + 1):
+            if j + _AHEAD <= cnt:
+                _prefetch_codes(codes, upper[row, j + _AHEAD])
             c = upper[row, j]
             d = _qdist(codes, terms, c, cq, tq, const, s)
             if d < curd:
