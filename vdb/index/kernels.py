@@ -233,6 +233,71 @@ def _insertion_sort(hd, hi, n):
 
 
 @njit(inline="always", cache=True)
+def _sift_down_min(hd, hi, size, pos, d, i):
+    """Put (d, i) at ``pos`` of a min-heap of ``size`` items and sift it down."""
+    while True:
+        c = 2 * pos + 1
+        if c >= size:
+            break
+        if c + 1 < size and hd[c + 1] < hd[c]:
+            c += 1
+        if hd[c] >= d:
+            break
+        hd[pos] = hd[c]
+        hi[pos] = hi[c]
+        pos = c
+    hd[pos] = d
+    hi[pos] = i
+
+
+@njit(inline="always", cache=True)
+def _heapify_min(hd, hi, n):
+    for start in range(n // 2 - 1, -1, -1):
+        _sift_down_min(hd, hi, n, start, hd[start], hi[start])
+
+
+@njit(inline="always", cache=True)
+def _pop_to_tail(hd, hi, nh):
+    """Pop the nearest of the min-heap ``hd[:nh]`` into position ``nh - 1`` (just past the
+    shrunk heap); returns the new heap size. Successive pops leave the popped items at the
+    end of the array, nearest last: the neighbour selection reads candidates in order this
+    way and stops once it has chosen enough, without sorting the rest."""
+    d = hd[0]
+    i = hi[0]
+    nh -= 1
+    if nh > 0:
+        _sift_down_min(hd, hi, nh, 0, hd[nh], hi[nh])
+    hd[nh] = d
+    hi[nh] = i
+    return nh
+
+
+@njit(cache=True)
+def _top_up(hd, hi, nh, n, out, off, ns, target):
+    """After a selection that popped ``hd[nh:n]`` (nearest last) from the min-heap
+    ``hd[:nh]``: append the nearest candidates not chosen yet to ``out[off:off + ns]`` until
+    it holds ``target``; returns the new count."""
+    t = n - 1
+    while ns < target and (t >= nh or nh > 0):
+        if t >= nh:
+            c = hi[t]
+            t -= 1
+        else:
+            nh = _pop_to_tail(hd, hi, nh)
+            c = hi[nh]
+            t = nh - 1
+        taken = False
+        for r in range(ns):
+            if out[off + r] == c:
+                taken = True
+                break
+        if not taken:
+            out[off + ns] = c
+            ns += 1
+    return ns
+
+
+@njit(inline="always", cache=True)
 def _admit(slot, deleted, mask, mode):
     if deleted[slot] != 0:
         return False
@@ -537,25 +602,32 @@ def build_select(
                         merged_d[nm] = d
                         merged_i[nm] = s
                         nm += 1
-            _sort_pairs(merged_d, merged_i, np.int64(nm))
+            # the heuristic (see _heuristic) over the candidates nearest first, popped from a
+            # min-heap: it stops at M chosen without sorting the rest (measured: the sort was
+            # ~4% and the heuristic ~6% of the selection, the search ~90%)
             off = i * width + layer * sel.shape[2]
-            ns = _heuristic(
-                metric, vectors, merged_d, merged_i, np.int64(nm), M, flat, np.int64(off)
-            )
+            _heapify_min(merged_d, merged_i, nm)
+            nh = nm
+            ns = 0
+            while nh > 0 and ns < M:
+                nh = _pop_to_tail(merged_d, merged_i, nh)
+                c = merged_i[nh]
+                dc = merged_d[nh]
+                vc = vectors[c]
+                good = True
+                for r in range(ns):
+                    if distance(metric, vc, vectors[flat[off + r]]) < dc:
+                        good = False
+                        break
+                if good:
+                    flat[off + ns] = c
+                    ns += 1
             target = fill if layer == 0 else M
             if fill > 0 and ns < target:
-                for t in range(nm):
-                    if ns >= target:
-                        break
-                    c = merged_i[t]
-                    taken = False
-                    for r in range(ns):
-                        if flat[off + r] == c:
-                            taken = True
-                            break
-                    if not taken:
-                        flat[off + ns] = c
-                        ns += 1
+                ns = _top_up(
+                    merged_d, merged_i, np.int64(nh), np.int64(nm), flat, np.int64(off),
+                    np.int64(ns), np.int64(target),
+                )  # fmt: skip
             sel_n[i, layer] = ns
 
 

@@ -22,8 +22,10 @@ from vdb.index.kernels import (
     ADMIT_NOT_MASK,
     L2,
     _admit,
+    _heapify_min,
     _next_tag,
     _pop_min,
+    _pop_to_tail,
     _prefetch,
     _prefetch_row,
     _push_max,
@@ -31,6 +33,7 @@ from vdb.index.kernels import (
     _row,
     _sift_down_max,
     _sort_pairs,
+    _top_up,
     distance,
     exact_scan,
     query_status,
@@ -265,26 +268,6 @@ def _qpair(codes, terms, a, b, const, s):
 
 
 @njit(fastmath=True, cache=True, nogil=True)
-def _heuristic_q(codes, terms, const, s, cand_d, cand_i, n, limit, out, out_off):
-    """``kernels._heuristic`` on quantized distances."""
-    ns = 0
-    for t in range(n):
-        c = cand_i[t]
-        dc = cand_d[t]
-        good = True
-        for r in range(ns):
-            if _qpair(codes, terms, c, out[out_off + r], const, s) < dc:
-                good = False
-                break
-        if good:
-            out[out_off + ns] = c
-            ns += 1
-            if ns == limit:
-                break
-    return ns
-
-
-@njit(fastmath=True, cache=True, nogil=True)
 def build_select_q(
     codes, terms, consts, links0, upper, upper_off, levels, deleted, pending, entry, chunk, lo,
     hi, ef_construction, M, fill, visited, vgen, sel, sel_n,
@@ -347,23 +330,26 @@ def build_select_q(
                         merged_d[nm] = d
                         merged_i[nm] = sj
                         nm += 1
-            _sort_pairs(merged_d, merged_i, np.int64(nm))
             off = i * width + layer * sel.shape[2]
-            ns = _heuristic_q(
-                codes, terms, const, s, merged_d, merged_i, np.int64(nm), M, flat, np.int64(off)
-            )
+            _heapify_min(merged_d, merged_i, nm)  # as in kernels.build_select
+            nh = nm
+            ns = 0
+            while nh > 0 and ns < M:
+                nh = _pop_to_tail(merged_d, merged_i, nh)
+                c = merged_i[nh]
+                dc = merged_d[nh]
+                good = True
+                for r in range(ns):
+                    if _qpair(codes, terms, c, flat[off + r], const, s) < dc:
+                        good = False
+                        break
+                if good:
+                    flat[off + ns] = c
+                    ns += 1
             target = fill if layer == 0 else M
             if fill > 0 and ns < target:
-                for t in range(nm):
-                    if ns >= target:
-                        break
-                    c = merged_i[t]
-                    taken = False
-                    for r in range(ns):
-                        if flat[off + r] == c:
-                            taken = True
-                            break
-                    if not taken:
-                        flat[off + ns] = c
-                        ns += 1
+                ns = _top_up(
+                    merged_d, merged_i, np.int64(nh), np.int64(nm), flat, np.int64(off),
+                    np.int64(ns), np.int64(target),
+                )  # fmt: skip
             sel_n[i, layer] = ns
