@@ -39,7 +39,7 @@ same time as the writer. Search kernels run with the GIL released.
 Churn: re-linking a reused or replaced slot hands the in-links it gave its old
 neighbours over to its other neighbours (``kernels.hand_over``), and after
 writes the writer re-attaches any live point the entry point no longer reaches
-on layer 0 (``kernels.repair_reachability``; after every write up to
+on layer 0 (``HNSW._reattach``; after every write up to
 ``_CHECK_ALWAYS_MAX`` live points, amortised above). Both add links the same way
 as inserts (row first, count last). The entry point is moved off a slot before
 that slot is re-linked.
@@ -86,7 +86,7 @@ _CHUNK_MAX = 256
 # the scan was faster at 20% allowed (281 vs 710 us/query, ratio 12.7) and slower at 50%
 # (ratio 77); the crossover sits near 30.
 _EXACT_FACTOR = 30.0
-# Reachability check after writes (kernels.repair_reachability): a walk over layer 0 costs about
+# Reachability check after writes (HNSW._reattach): a walk over layer 0 costs about
 # 0.2 us per used slot (~8 ms at 40k on this class of machine, against ~0.1-1 ms to link one
 # point). Up to _CHECK_ALWAYS_MAX live points it runs after every add/replace; above, once the
 # points (re)linked since the last check reach 1/_CHECK_SHARE of the live points, which costs
@@ -726,7 +726,7 @@ class HNSW:
 
     def _repair(self, written: int) -> None:
         """Re-attach live slots that the entry point no longer reaches (see
-        ``kernels.repair_reachability``) after ``written`` points were (re)linked; on large
+        ``_reattach``) after ``written`` points were (re)linked; on large
         indexes the check is amortised over several writes (see ``_CHECK_SHARE``). Also the
         point where a quantized index applies its refit rule (every write ends here)."""
         self._maybe_refit()
@@ -734,14 +734,46 @@ class HNSW:
         if self._live > _CHECK_ALWAYS_MAX and self._unchecked * _CHECK_SHARE < self._live:
             return
         self._unchecked = 0
-        g = self._g
-        visited, vgen = self._visited(g.capacity)
-        fixed = kernels.repair_reachability(
-            self._code, g.vectors, g.links0, g.upper, g.upper_off, g.levels, g.deleted, g.state,
-            self._efc, visited, vgen,
-        )  # fmt: skip
+        fixed = self._reattach()
         if fixed:
             log.debug("re-attached %d unreachable points", fixed)
+
+    def _reattach(self) -> int:
+        """Make every live slot reachable on layer 0 from the entry point; returns how many
+        slots were re-attached. ``kernels.reach`` marks what the entry point reaches; each live
+        slot left unmarked is searched for (the index's own layer-0 search, admitting marked
+        slots only: no kernel of its own to compile) and linked from the nearest reached slot
+        (``kernels.attach``). A link added with pruning may cut a path, so the marking is then
+        redone (at most 4 rounds)."""
+        g = self._g
+        n = int(g.state[2])
+        if n == 0:
+            return 0
+        seen = np.zeros(n, np.uint8)
+        stack = np.empty(n, np.int32)
+        if not kernels.reach(g.links0, g.deleted, g.state, seen, stack):
+            return 0
+        k = self._efc
+        hosts = np.empty((1, k), np.int32)
+        scores = np.empty((1, k), np.float32)
+        fixed = 0
+        for _round in range(4):
+            pruned = False
+            for u in np.flatnonzero((seen == 0) & (g.deleted[:n] == 0)).tolist():
+                if seen[u]:  # reached through a slot attached before it
+                    continue
+                self._search_rows(
+                    g, g.vectors[u : u + 1], k, k, seen, kernels.ADMIT_MASK, 0, False, hosts,
+                    scores, g.codes is not None, 0,
+                )  # fmt: skip
+                got = kernels.attach(
+                    self._code, g.vectors, g.links0, g.upper_off, u, hosts[0], seen, stack
+                )
+                pruned |= got == kernels.ATTACH_PRUNED
+                fixed += got != kernels.ATTACH_NONE
+            if not pruned or not kernels.reach(g.links0, g.deleted, g.state, seen, stack):
+                break
+        return fixed
 
     def _link(
         self, slots: np.ndarray, fill: int = 0, on_chunk: Callable[[int], None] | None = None
@@ -1232,6 +1264,10 @@ def _warm_build(quantization: str | None) -> None:
         quantization=quantization,
     )  # fmt: skip
     h.add(rng.standard_normal((40, 8)).astype(np.float32) + 0.1)
+    g = h._g
+    seen = np.ones(64, np.uint8)  # nothing to attach (no hosts): loads the kernel only
+    kernels.attach(h._code, g.vectors, g.links0, g.upper_off, 0, np.full(1, -1, np.int32), seen,
+                   np.empty(64, np.int32))  # fmt: skip
 
 
 def _warm_relink() -> None:

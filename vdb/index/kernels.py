@@ -764,73 +764,56 @@ def _mark_from(links0, start, seen, stack):
                 top += 1
 
 
-@njit(fastmath=True, cache=True, nogil=True)
-def repair_reachability(
-    metric, vectors, links0, upper, upper_off, levels, deleted, state, ef, visited, vgen
-):  # fmt: skip
-    """Make every live slot reachable on layer 0 from the entry point; returns how many slots
-    were re-attached.
-
-    Marks what the entry point reaches; for each live slot left unmarked, searches the graph
-    for its vector and adds a link to it from the nearest reached live slot whose row has room
-    (adding a link never cuts a path, so nothing reached before is lost), or, when every
-    candidate row is full, from the nearest one with the usual heuristic pruning (the marking
-    is then redone). The slot's own out-links make what it reaches reachable too."""
+@njit(cache=True, nogil=True)
+def reach(links0, deleted, state, seen, stack):
+    """Mark in ``seen`` (zeroed first; uint8, >= the used slots) every slot the entry point
+    reaches on layer 0; returns how many live slots are left unmarked (0 when empty)."""
     n = state[2]
     ep = state[0]
+    for s in range(n):
+        seen[s] = 0
     if ep < 0 or n == 0:
         return 0
-    m0 = links0.shape[1] - 1
-    seen = np.zeros(n, np.uint8)
-    stack = np.empty(n, np.int32)
     _mark_from(links0, ep, seen, stack)
-    res_d = np.empty(ef + 1, np.float32)
-    res_i = np.empty(ef + 1, np.int32)
-    repaired = 0
-    for _rounds in range(4):
-        pruned = False
-        for u in range(n):
-            if seen[u] != 0 or deleted[u] != 0:
-                continue
-            q = vectors[u]
-            cur = ep
-            curd = distance(metric, vectors[ep], q)
-            for layer in range(levels[ep], 0, -1):
-                cur, curd = greedy(metric, vectors, upper, upper_off, layer, q, cur, curd)
-            tag = _next_tag(visited, vgen)
-            nr = search_layer(
-                metric, vectors, links0, upper_off, _LAYER0, deleted, seen, np.int64(ADMIT_MASK),
-                q, cur, curd, ef, visited, tag, res_d, res_i,
-            )  # fmt: skip
-            if nr == 0:
-                continue
-            _sort_pairs(res_d, res_i, np.int64(nr))
-            host = -1
-            for t in range(nr):
-                c = res_i[t]
-                if c != u and links0[c, 0] < m0:
-                    host = c
-                    break
-            if host >= 0:
-                cnt = links0[host, 0]
-                links0[host, cnt + 1] = u
-                links0[host, 0] = cnt + 1
-                _mark_from(links0, u, seen, stack)
-            else:
-                host = res_i[0]
-                if host == u:
-                    continue
-                _add_link(
-                    metric, vectors, links0, upper_off, _LAYER0, np.int64(host), np.int64(u),
-                    np.int64(m0),
-                )  # fmt: skip
-                pruned = True
-            repaired += 1
-        if not pruned:
+    left = 0
+    for s in range(n):
+        if seen[s] == 0 and deleted[s] == 0:
+            left += 1
+    return left
+
+
+ATTACH_NONE = 0  # no reached slot to attach to
+ATTACH_LINKED = 1  # linked from a reached slot with room; what it reaches is marked
+ATTACH_PRUNED = 2  # linked from the nearest reached slot with pruning: marking must be redone
+
+
+@njit(fastmath=True, cache=True, nogil=True)
+def attach(metric, vectors, links0, upper_off, u, hosts, seen, stack):
+    """Re-attach unreached slot ``u`` given ``hosts``: reached live slots nearest first (-1
+    ends the list; found by a layer-0 search admitting ``seen`` slots only). Adds a link to
+    ``u`` from the first host whose row has room (adding a link never cuts a path) and marks
+    what ``u`` reaches, or, when every row is full, from the nearest host with the usual
+    heuristic pruning. Returns an ``ATTACH_*`` code."""
+    m0 = links0.shape[1] - 1
+    first = -1
+    for t in range(hosts.shape[0]):
+        c = hosts[t]
+        if c < 0:
             break
-        seen[:] = 0
-        _mark_from(links0, ep, seen, stack)
-    return repaired
+        if c == u:
+            continue
+        if first < 0:
+            first = c
+        if links0[c, 0] < m0:
+            cnt = links0[c, 0]
+            links0[c, cnt + 1] = u
+            links0[c, 0] = cnt + 1
+            _mark_from(links0, u, seen, stack)
+            return ATTACH_LINKED
+    if first < 0:
+        return ATTACH_NONE
+    _add_link(metric, vectors, links0, upper_off, _LAYER0, np.int64(first), u, np.int64(m0))
+    return ATTACH_PRUNED
 
 
 @njit(fastmath=True, cache=True, nogil=True)
@@ -838,7 +821,7 @@ def hand_over(metric, vectors, links0, upper_off, slots, skip):
     """Before slots get new vectors: each layer-0 out-neighbour ``n`` of a slot is about to lose
     the link slot -> n, so it gets a link from the slot's other neighbour closest to it (not
     one in ``skip``, the slots being re-linked), added with the usual pruning. This keeps most
-    paths that went through the slot; ``repair_reachability`` catches the rest."""
+    paths that went through the slot; ``HNSW._reattach`` catches the rest."""
     maxc = links0.shape[1] - 1
     for idx in range(slots.shape[0]):
         p = slots[idx]
