@@ -12,7 +12,7 @@ engine embedded, HNSW after ``optimize()``, without / with its int8 scalar quant
 rescoring); ``--systems all`` runs every one. Prints one JSON line per (system, dataset, ef),
 one summary line per dataset (ratios over hnswlib, and vdb-int8 over qdrant-edge-int8, at the
 lowest ef that reaches the recall target for each system; the recall lost by int8 at every
-ef), then one line for vdb's cold Numba compile time and one for the time from ``import vdb``
+ef; vdb's index RAM over hnswlib's process RSS growth as well as over its file), then one line for vdb's cold Numba compile time and one for the time from ``import vdb``
 to the first answered query in a new process (warm cache).
 """
 
@@ -658,7 +658,9 @@ rng = np.random.default_rng(0)
 h.add(rng.normal(size=(200, 128)).astype(np.float32))
 h.search(rng.normal(size=(1, 128)).astype(np.float32), 10)
 t_end = time.perf_counter()
-print(json.dumps({"import_s": t_import - t0, "warm_s": t_warm - t_import, "add_search_after_warm_s": t_end - t_warm, "total_s": t_end - t0}))
+import resource
+ru = resource.getrusage(resource.RUSAGE_SELF)
+print(json.dumps({"import_s": t_import - t0, "warm_s": t_warm - t_import, "add_search_after_warm_s": t_end - t_warm, "total_s": t_end - t0, "cpu_s": ru.ru_utime + ru.ru_stime}))
 """
 
 _FIRST_QUERY_CORE = r"""
@@ -731,7 +733,9 @@ def _cold_compile(metric: str, quant: str) -> None:
                     "warm_cache": warm,
                     "warm_process_wall_s": warm_wall,
                     "method": "python -c: import vdb.index, HNSW(...).warm(), add 200, one search; "
-                    "first with an empty NUMBA_CACHE_DIR, then again with the cache it filled",
+                    "first with an empty NUMBA_CACHE_DIR, then again with the cache it filled; "
+                    "warm() loads the build group in a daemon thread, which the add waits for; "
+                    "cpu_s: the process's user + system time (the box is shared)",
                     "host": host_info(),
                 }
             )

@@ -34,12 +34,13 @@ print(json.dumps({"loaded": loaded, "scipy_at_warm": scipy_loaded}))
 """
 
 
-def _probe(quantization: str) -> dict:
+def _probe(quantization: str, script: str = _PROBE) -> dict:
+    """Run ``script`` in a new process (its kernels start unloaded); its last line is JSON."""
     env = dict(
         os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])
     )
     out = subprocess.run(
-        [sys.executable, "-c", _PROBE, quantization],
+        [sys.executable, "-c", script, quantization],
         env=env, capture_output=True, text=True, timeout=600, check=True,
     )  # fmt: skip
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -114,14 +115,7 @@ print(json.dumps({"empty": searchable, "found_self": int((found == slots[:20]).s
 
 @pytest.mark.parametrize("quantization", ["none", "int8"])
 def test_add_right_after_a_background_warm(quantization):
-    env = dict(
-        os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])
-    )
-    out = subprocess.run(
-        [sys.executable, "-c", _BACKGROUND, quantization],
-        env=env, capture_output=True, text=True, timeout=600, check=True,
-    )  # fmt: skip
-    got = json.loads(out.stdout.strip().splitlines()[-1])
+    got = _probe(quantization, _BACKGROUND)
     assert got["empty"] == [[-1, -1, -1]]
     assert got["found_self"] == 20
     assert got["build_done"] is True

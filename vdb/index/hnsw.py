@@ -361,7 +361,10 @@ class HNSW:
         self._hidden: set[int] = set()  # hidden by ``hide``, not yet deleted
         self._swap_lock = threading.Lock()  # ``hide`` against the growth swap
         self._unchecked = 0  # points (re)linked since the last reachability check
-        self._pending = np.zeros(capacity, np.uint8)
+        # marks the slots being re-linked (replace, reuse of deleted slots) for the candidate
+        # search to skip; allocated on the first re-link (new points are skipped through their
+        # deleted flag, so an index only ever added to does without: 1 byte per slot)
+        self._pending: np.ndarray | None = None
         self._write_lock = threading.RLock()
         self._tls = threading.local()
         self._n_threads = max(1, int(n_threads or os.cpu_count() or 1))
@@ -426,7 +429,9 @@ class HNSW:
         """Bytes held by the index arrays: ``ram`` (graph, codes, and the floats unless they are
         memory-mapped) and ``mapped`` (the memory-mapped float vectors)."""
         g = self._g
-        arrays = [g.links0, g.upper, g.upper_off, g.levels, g.deleted, g.state, self._pending]
+        arrays = [g.links0, g.upper, g.upper_off, g.levels, g.deleted, g.state]
+        if self._pending is not None:
+            arrays.append(self._pending)
         if g.codes is not None:
             arrays += [g.codes, g.terms, g.consts]
         ram = sum(a.nbytes for a in arrays)
@@ -619,16 +624,10 @@ class HNSW:
         rows_needed = int(g.state[3]) + int(levels.sum(dtype=np.int64))
         if start + n > g.capacity or rows_needed > g.upper.shape[0]:
             cap = _grow_to(g.capacity, start + n)
-            rows = max(
-                _upper_rows(cap, self._M, rows_needed, start + n), g.upper.shape[0] * 9 // 8
-            )
+            rows = max(_upper_rows(cap, self._M, rows_needed, start + n), g.upper.shape[0] * 9 // 8)
             with self._swap_lock:  # no ``hide`` between the copy and the swap
                 g = g.grown(cap, rows)
                 self._g = g
-            if cap > self._pending.shape[0]:
-                pending = np.zeros(cap, np.uint8)
-                pending[: self._pending.shape[0]] = self._pending
-                self._pending = pending
             log.debug("index grown to capacity %d, %d upper rows", cap, rows)
         slots = np.arange(start, start + n, dtype=np.int32)
         offsets = int(g.state[3]) + np.cumsum(levels, dtype=np.int64) - levels
@@ -655,9 +654,12 @@ class HNSW:
         g = self._g
         self._move_entry_off(g, slots)
         slots32 = slots.astype(np.int32)
-        self._pending[slots32] = 1
-        kernels.hand_over(self._code, g.vectors, g.links0, g.upper_off, slots32, self._pending)
-        self._pending[slots32] = 0
+        if self._pending is None or self._pending.shape[0] < g.capacity:
+            self._pending = np.zeros(g.capacity, np.uint8)  # all zeros between writes
+        pending = self._pending
+        pending[slots32] = 1
+        kernels.hand_over(self._code, g.vectors, g.links0, g.upper_off, slots32, pending)
+        pending[slots32] = 0
         kernels.unlink(self._code, g.vectors, g.links0, g.upper, g.upper_off, g.levels, slots32)
         g.vectors[slots] = x
         self._encode(g, slots, x)
@@ -789,24 +791,30 @@ class HNSW:
             size = min(total - pos, _CHUNK_MAX, max(_CHUNK_MIN, self._live // 2))
             chunk = np.ascontiguousarray(slots[pos : pos + size])
             pos += size
-            self._pending[chunk] = 1
+            # the candidate search skips the chunk: new points through their deleted flag,
+            # re-linked ones (fill > 0, live or not) through the re-link mask
+            skip = self._pending if fill > 0 else g.deleted
+            if fill > 0:
+                skip[chunk] = 1
             top = int(g.levels[chunk].max())
             sel = np.zeros((size, top + 1, max(M, fill)), np.int32)
             sel_n = np.zeros((size, top + 1), np.int32)
             entry = int(g.state[0])
 
-            def select(lo, hi, g=g, chunk=chunk, sel=sel, sel_n=sel_n, entry=entry) -> None:
+            def select(
+                lo, hi, g=g, chunk=chunk, sel=sel, sel_n=sel_n, entry=entry, skip=skip
+            ) -> None:
                 visited, vgen = self._visited(g.capacity)
                 if g.codes is not None and self._build_on_codes:
                     qkernels.build_select_q(
                         g.codes, g.terms, g.consts, g.links0, g.upper, g.upper_off, g.levels,
-                        g.deleted, self._pending, entry, chunk, lo, hi, self._efc, M, fill,
+                        g.deleted, skip, entry, chunk, lo, hi, self._efc, M, fill,
                         visited, vgen, sel, sel_n,
                     )  # fmt: skip
                     return
                 kernels.build_select(
                     self._code, g.vectors, g.links0, g.upper, g.upper_off, g.levels, g.deleted,
-                    self._pending, entry, chunk, lo, hi, self._efc, M, fill, visited, vgen, sel, sel_n,
+                    skip, entry, chunk, lo, hi, self._efc, M, fill, visited, vgen, sel, sel_n,
                 )  # fmt: skip
 
             _parallel(select, size, _BUILD_GRAIN, self._n_threads)
@@ -814,7 +822,8 @@ class HNSW:
                 self._code, g.vectors, g.links0, g.upper, g.upper_off, g.levels, g.deleted,
                 g.state, chunk, sel, sel_n, M,
             )  # fmt: skip
-            self._pending[chunk] = 0
+            if fill > 0:
+                skip[chunk] = 0
             if on_chunk is not None:
                 on_chunk(pos)
 
