@@ -75,9 +75,21 @@ def _prefetch(typingctx, arr, row, col):
 
 
 @njit(inline="always", cache=True)
-def _prefetch_row(vectors, row):
-    for col in range(0, vectors.shape[1], 16):
-        _prefetch(vectors, row, col)
+def _prefetch_row(arr, row):
+    """Hint the CPU to fetch every cache line of row ``row`` (float vectors or int8 codes)."""
+    for col in range(0, arr.shape[1], 64 // arr.itemsize):
+        _prefetch(arr, row, col)
+
+
+@njit(inline="always", cache=True)
+def _prefetch_neighbours(arr, links, row, cnt):
+    """Before scoring the ``cnt`` neighbours in ``links[row, 1:]``: touch the first line of
+    each one's row of ``arr`` and fetch the first ``_AHEAD`` rows whole (the scoring loop then
+    fetches row ``j + _AHEAD`` as it scores row ``j``)."""
+    for j in range(1, cnt + 1):
+        _prefetch(arr, links[row, j], 0)
+    for j in range(1, min(cnt, _AHEAD) + 1):
+        _prefetch_row(arr, links[row, j])
 
 
 @njit(fastmath=True, inline="always", cache=True)
@@ -122,13 +134,8 @@ def _push_min(hd, hi, size, d, i):
 
 
 @njit(inline="always", cache=True)
-def _pop_min(hd, hi, size):
-    size -= 1
-    if size == 0:
-        return 0
-    d = hd[size]
-    i = hi[size]
-    pos = 0
+def _sift_down_min(hd, hi, size, pos, d, i):
+    """Put (d, i) at ``pos`` of a min-heap of ``size`` items and sift it down."""
     while True:
         c = 2 * pos + 1
         if c >= size:
@@ -142,6 +149,13 @@ def _pop_min(hd, hi, size):
         pos = c
     hd[pos] = d
     hi[pos] = i
+
+
+@njit(inline="always", cache=True)
+def _pop_min(hd, hi, size):
+    size -= 1
+    if size > 0:
+        _sift_down_min(hd, hi, size, 0, hd[size], hi[size])
     return size
 
 
@@ -233,24 +247,6 @@ def _insertion_sort(hd, hi, n):
 
 
 @njit(inline="always", cache=True)
-def _sift_down_min(hd, hi, size, pos, d, i):
-    """Put (d, i) at ``pos`` of a min-heap of ``size`` items and sift it down."""
-    while True:
-        c = 2 * pos + 1
-        if c >= size:
-            break
-        if c + 1 < size and hd[c + 1] < hd[c]:
-            c += 1
-        if hd[c] >= d:
-            break
-        hd[pos] = hd[c]
-        hi[pos] = hi[c]
-        pos = c
-    hd[pos] = d
-    hi[pos] = i
-
-
-@njit(inline="always", cache=True)
 def _heapify_min(hd, hi, n):
     for start in range(n // 2 - 1, -1, -1):
         _sift_down_min(hd, hi, n, start, hd[start], hi[start])
@@ -328,10 +324,7 @@ def greedy(metric, vectors, upper, upper_off, layer, q, cur, curd):
         cnt = upper[row, 0]
         if cnt > maxc:
             cnt = maxc
-        for j in range(1, cnt + 1):
-            _prefetch(vectors, upper[row, j], 0)
-        for j in range(1, min(cnt, _AHEAD) + 1):
-            _prefetch_row(vectors, upper[row, j])
+        _prefetch_neighbours(vectors, upper, row, cnt)
         for j in range(1, cnt + 1):
             if j + _AHEAD <= cnt:
                 _prefetch_row(vectors, upper[row, j + _AHEAD])

@@ -18,6 +18,7 @@ import numpy as np
 from numba import njit
 
 from vdb.index.kernels import (
+    _AHEAD,
     _LAYER0,
     ADMIT_NOT_MASK,
     L2,
@@ -27,6 +28,7 @@ from vdb.index.kernels import (
     _pop_min,
     _pop_to_tail,
     _prefetch,
+    _prefetch_neighbours,
     _prefetch_row,
     _push_max,
     _push_min,
@@ -39,14 +41,6 @@ from vdb.index.kernels import (
     query_status,
     write_top,
 )
-
-_AHEAD = 3
-
-
-@njit(inline="always", cache=True)
-def _prefetch_codes(codes, row):
-    for col in range(0, codes.shape[1], 64):
-        _prefetch(codes, row, col)
 
 
 @njit(fastmath=True, cache=True, nogil=True)
@@ -112,13 +106,10 @@ def greedy_q(codes, terms, upper, upper_off, layer, cq, tq, const, s, cur, curd)
         cnt = upper[row, 0]
         if cnt > maxc:
             cnt = maxc
-        for j in range(1, cnt + 1):  # codes fetched ahead, as in kernels.greedy
-            _prefetch(codes, upper[row, j], 0)
-        for j in range(1, min(cnt, _AHEAD) + 1):
-            _prefetch_codes(codes, upper[row, j])
+        _prefetch_neighbours(codes, upper, row, cnt)  # codes fetched ahead, as in kernels.greedy
         for j in range(1, cnt + 1):
             if j + _AHEAD <= cnt:
-                _prefetch_codes(codes, upper[row, j + _AHEAD])
+                _prefetch_row(codes, upper[row, j + _AHEAD])
             c = upper[row, j]
             d = _qdist(codes, terms, c, cq, tq, const, s)
             if d < curd:
@@ -165,11 +156,11 @@ def search_layer_q(
             nb += 1
             _prefetch(codes, c, 0)
         for j in range(min(nb, _AHEAD)):
-            _prefetch_codes(codes, fresh[j])
+            _prefetch_row(codes, fresh[j])
         for j in range(nb):
             c = fresh[j]
             if j + _AHEAD < nb:
-                _prefetch_codes(codes, fresh[j + _AHEAD])
+                _prefetch_row(codes, fresh[j + _AHEAD])
             d = _qdist(codes, terms, c, cq, tq, const, s)
             if nr < ef or d < res_d[0]:
                 if nc == cand_d.shape[0]:
