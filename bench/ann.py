@@ -12,7 +12,7 @@ engine embedded, HNSW after ``optimize()``, without / with its int8 scalar quant
 rescoring); ``--systems all`` runs every one. Prints one JSON line per (system, dataset, ef),
 one summary line per dataset (ratios over hnswlib, and vdb-int8 over qdrant-edge-int8, at the
 lowest ef that reaches the recall target for each system; the recall lost by int8 at every
-ef), then one line for vdb's cold Numba compile time and one for the time from ``import vdb``
+ef; vdb's index RAM over hnswlib's process RSS growth as well as over its file), then one line for vdb's cold Numba compile time and one for the time from ``import vdb``
 to the first answered query in a new process (warm cache).
 """
 
@@ -391,10 +391,15 @@ class HnswlibSystem:
         return index
 
     def build(self, base: np.ndarray) -> float:
+        rss0 = _rss()
         self.index = self._new()
         start = time.perf_counter()
         self.index.add_items(base, np.arange(base.shape[0]), num_threads=self.build_threads)
-        return time.perf_counter() - start
+        elapsed = time.perf_counter() - start
+        # its RAM, beside the file size: the file holds the level-0 block (links, vector,
+        # label) and the upper lists; in RAM come a mutex per element, the label map, ...
+        self.rss_delta = _rss() - rss0
+        return elapsed
 
     def build_single_thread(self, base: np.ndarray) -> float:
         index = self._new()
@@ -458,6 +463,7 @@ def measure_ef(
     # (at least one pass over the queries or single_seconds, whichever is shorter,
     # then more passes until min(0.5 s, single_seconds) has passed)
     done = 0
+    cpu0 = time.thread_time()
     start = time.perf_counter()
     floor = min(0.5, single_seconds)
     while True:
@@ -469,11 +475,21 @@ def measure_ef(
         ):
             break
     single_qps = done / elapsed
+    # per second of this thread's CPU: every system answers a single query in the calling
+    # thread (qdrant-edge may not: read its figure with care), so on a shared box this is not
+    # diluted by time the thread spent waiting for a core
+    single_qps_cpu = done / max(time.thread_time() - cpu0, 1e-9)
 
     elapsed, items = timed_repeat(
         lambda: system.batch_two_threads(pool, halves, ef), len(queries), batch_seconds
     )
-    row = {"ef": ef, "recall_at_10": recall, "single_qps": single_qps, "batch_qps": items / elapsed}
+    row = {
+        "ef": ef,
+        "recall_at_10": recall,
+        "single_qps": single_qps,
+        "single_qps_cpu": single_qps_cpu,
+        "batch_qps": items / elapsed,
+    }
     if system.name.startswith("vdb"):
         elapsed1, items1 = timed_repeat(
             lambda: system.index.search(queries, K, ef=ef), len(queries), batch_seconds
@@ -522,6 +538,9 @@ def run_dataset(data: Dataset, args: argparse.Namespace, systems: list[str]) -> 
         }
         if name.startswith("vdb"):
             build["warm_s"] = warm_s
+        if name == "hnswlib":
+            build["rss_growth_bytes"] = system.rss_delta
+            build["rss_growth_method"] = "process RSS growth over init_index + add_items"
         if name == "hnswlib" and not args.no_single_thread_build:
             one = system.build_single_thread(data.base)
             build["build_vps_1thread"] = data.n / one
@@ -562,6 +581,7 @@ def run_dataset(data: Dataset, args: argparse.Namespace, systems: list[str]) -> 
                     "build_vps": anchor["build"]["build_vps"],
                     "build_vps_1thread": anchor["build"].get("build_vps_1thread"),
                     "memory_bytes": anchor["build"]["memory_bytes"],
+                    "rss_growth_bytes": anchor["build"].get("rss_growth_bytes"),
                 }
             line["host"] = host_info()
             emit(line)
@@ -594,7 +614,7 @@ def run_dataset(data: Dataset, args: argparse.Namespace, systems: list[str]) -> 
         x, y = summary[a], summary[b]
         return {
             key: x[key] / y[key]
-            for key in ("single_qps", "batch_qps", "build_vps", "memory_bytes")
+            for key in ("single_qps", "single_qps_cpu", "batch_qps", "build_vps", "memory_bytes")
             if y.get(key)
         }
 
@@ -609,6 +629,13 @@ def run_dataset(data: Dataset, args: argparse.Namespace, systems: list[str]) -> 
         summary["note"] = (
             "a system did not reach the recall target at any ef measured (or was not run)"
         )
+    anchor_rss = per_system.get("hnswlib", {}).get("build", {}).get("rss_growth_bytes")
+    if anchor_rss:
+        summary["memory_over_hnswlib_rss"] = {
+            n: r["build"]["memory_bytes"] / anchor_rss
+            for n, r in per_system.items()
+            if n.startswith("vdb")
+        }
     others = [n for n in per_system if n not in ("vdb", "hnswlib")]
     if others and "hnswlib" in per_system:
         summary["ratio_over_hnswlib"] = {n: ratio(n, "hnswlib") for n in others}
@@ -642,7 +669,9 @@ rng = np.random.default_rng(0)
 h.add(rng.normal(size=(200, 128)).astype(np.float32))
 h.search(rng.normal(size=(1, 128)).astype(np.float32), 10)
 t_end = time.perf_counter()
-print(json.dumps({"import_s": t_import - t0, "warm_s": t_warm - t_import, "add_search_after_warm_s": t_end - t_warm, "total_s": t_end - t0}))
+import resource
+ru = resource.getrusage(resource.RUSAGE_SELF)
+print(json.dumps({"import_s": t_import - t0, "warm_s": t_warm - t_import, "add_search_after_warm_s": t_end - t_warm, "total_s": t_end - t0, "cpu_s": ru.ru_utime + ru.ru_stime}))
 """
 
 _FIRST_QUERY_CORE = r"""
@@ -715,7 +744,9 @@ def _cold_compile(metric: str, quant: str) -> None:
                     "warm_cache": warm,
                     "warm_process_wall_s": warm_wall,
                     "method": "python -c: import vdb.index, HNSW(...).warm(), add 200, one search; "
-                    "first with an empty NUMBA_CACHE_DIR, then again with the cache it filled",
+                    "first with an empty NUMBA_CACHE_DIR, then again with the cache it filled; "
+                    "warm() loads the build group in a daemon thread, which the add waits for; "
+                    "cpu_s: the process's user + system time (the box is shared)",
                     "host": host_info(),
                 }
             )

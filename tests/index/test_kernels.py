@@ -34,12 +34,13 @@ print(json.dumps({"loaded": loaded, "scipy_at_warm": scipy_loaded}))
 """
 
 
-def _probe(quantization: str) -> dict:
+def _probe(quantization: str, script: str = _PROBE) -> dict:
+    """Run ``script`` in a new process (its kernels start unloaded); its last line is JSON."""
     env = dict(
         os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])
     )
     out = subprocess.run(
-        [sys.executable, "-c", _PROBE, quantization],
+        [sys.executable, "-c", script, quantization],
         env=env, capture_output=True, text=True, timeout=600, check=True,
     )  # fmt: skip
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -95,3 +96,26 @@ def test_single_query_lean_path_rejects_bad_values():
         h.search(np.zeros((1, 4), np.float32), 2)
     with pytest.raises(ValueError, match="ef must be >= 1"):
         h.search(np.ones((1, 4), np.float32), 2, ef=0)
+
+
+_BACKGROUND = r"""
+import json, sys
+import numpy as np
+from vdb.index import HNSW, hnsw
+h = HNSW(16, "l2", seed=0, quantization=None if sys.argv[1] == "none" else sys.argv[1])
+h.warm()  # search kernels now, the build group in a daemon thread
+searchable = h.search(np.ones((1, 16), np.float32), 3)[0].tolist()
+x = np.random.default_rng(0).standard_normal((300, 16)).astype(np.float32)
+slots = h.add(x)  # at once: waits for the background load, or loads itself
+found = h.search(x[:20], 1)[0][:, 0]
+print(json.dumps({"empty": searchable, "found_self": int((found == slots[:20]).sum()),
+                  "build_done": hnsw._warm_done[h._build_group()]}))
+"""
+
+
+@pytest.mark.parametrize("quantization", ["none", "int8"])
+def test_add_right_after_a_background_warm(quantization):
+    got = _probe(quantization, _BACKGROUND)
+    assert got["empty"] == [[-1, -1, -1]]
+    assert got["found_self"] == 20
+    assert got["build_done"] is True

@@ -322,3 +322,22 @@ def test_search_options_map_to_index_arguments():
     ):
         with pytest.raises(ValueError, match=message):
             qz.search_options(bad)
+
+
+def test_ram_per_slot_with_floats_on_disk(tmp_path):
+    """What stays in RAM per slot (M=16, 128-d): links 132 + codes 128 + term 4 + upper offset
+    4 + level 1 + deleted flag 1 bytes, plus the upper rows (~68 / 15 bytes: sized to the
+    expected count, not doubled); the re-link mask only once a slot was re-linked."""
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((4000, 128)).astype(np.float32)
+    h = HNSW(128, "l2", M=16, ef_construction=32, capacity=4000, seed=1, quantization="int8",
+             on_disk=str(tmp_path))  # fmt: skip
+    h.add(x)
+    ram = h.memory_bytes()["ram"]
+    per_slot = 132 + 128 + 4 + 4 + 1 + 1
+    upper = ram - 4000 * per_slot - h._g.consts.nbytes - h._g.state.nbytes
+    assert 0 < upper <= 4000 * 68 * 1.3 / 15  # rows used ~4000/15, allocated within 30%
+    assert int(h._g.state[3]) * 68 <= upper
+    h.replace(3, x[4] + 0.5)
+    assert h.memory_bytes()["ram"] == ram + 4000  # the re-link mask, 1 byte per slot
+    assert h.search(x[4:5] + 0.5, 1)[0][0, 0] == 3

@@ -39,7 +39,7 @@ same time as the writer. Search kernels run with the GIL released.
 Churn: re-linking a reused or replaced slot hands the in-links it gave its old
 neighbours over to its other neighbours (``kernels.hand_over``), and after
 writes the writer re-attaches any live point the entry point no longer reaches
-on layer 0 (``kernels.repair_reachability``; after every write up to
+on layer 0 (``HNSW._reattach``; after every write up to
 ``_CHECK_ALWAYS_MAX`` live points, amortised above). Both add links the same way
 as inserts (row first, count last). The entry point is moved off a slot before
 that slot is re-linked.
@@ -86,7 +86,7 @@ _CHUNK_MAX = 256
 # the scan was faster at 20% allowed (281 vs 710 us/query, ratio 12.7) and slower at 50%
 # (ratio 77); the crossover sits near 30.
 _EXACT_FACTOR = 30.0
-# Reachability check after writes (kernels.repair_reachability): a walk over layer 0 costs about
+# Reachability check after writes (HNSW._reattach): a walk over layer 0 costs about
 # 0.2 us per used slot (~8 ms at 40k on this class of machine, against ~0.1-1 ms to link one
 # point). Up to _CHECK_ALWAYS_MAX live points it runs after every add/replace; above, once the
 # points (re)linked since the last check reach 1/_CHECK_SHARE of the live points, which costs
@@ -261,6 +261,14 @@ def _float_storage(shape: tuple[int, int], disk: str | None) -> np.ndarray:
     return np.asarray(mm)  # a plain ndarray over the mapping: the kernels' one array type
 
 
+def _upper_rows(capacity: int, M: int, rows: int = 0, slots: int = 0) -> int:  # noqa: N803
+    """Upper-layer rows to allocate for ``capacity`` slots when ``slots`` of them hold ``rows``
+    rows: those plus 5% over the expected count for the free slots (a point has
+    ``sum((1/M)**l, l >= 1) = 1/(M-1)`` upper rows on average), plus 16. Sizing to the
+    expectation rather than doubling cut the index's RAM by ~4 bytes per point (M=16)."""
+    return rows + math.ceil(max(0, capacity - slots) * 1.05 / (M - 1)) + 16
+
+
 def _grow_to(current: int, needed: int) -> int:
     size = max(1, current)
     while size < needed:
@@ -346,14 +354,17 @@ class HNSW:
         # 0.990/0.991/0.993 vs 0.993/0.995/0.995, l2 0.987/1.0/1.0 vs 0.987/1.0/1.0.
         self._build_on_codes = True
         self._g = _Graph.empty(
-            capacity, dim, M, max(16, capacity // M), quantization is not None, self._disk
+            capacity, dim, M, _upper_rows(capacity, M), quantization is not None, self._disk
         )
         self._free: list[int] = []
         self._live = 0
         self._hidden: set[int] = set()  # hidden by ``hide``, not yet deleted
         self._swap_lock = threading.Lock()  # ``hide`` against the growth swap
         self._unchecked = 0  # points (re)linked since the last reachability check
-        self._pending = np.zeros(capacity, np.uint8)
+        # marks the slots being re-linked (replace, reuse of deleted slots) for the candidate
+        # search to skip; allocated on the first re-link (new points are skipped through their
+        # deleted flag, so an index only ever added to does without: 1 byte per slot)
+        self._pending: np.ndarray | None = None
         self._write_lock = threading.RLock()
         self._tls = threading.local()
         self._n_threads = max(1, int(n_threads or os.cpu_count() or 1))
@@ -418,7 +429,9 @@ class HNSW:
         """Bytes held by the index arrays: ``ram`` (graph, codes, and the floats unless they are
         memory-mapped) and ``mapped`` (the memory-mapped float vectors)."""
         g = self._g
-        arrays = [g.links0, g.upper, g.upper_off, g.levels, g.deleted, g.state, self._pending]
+        arrays = [g.links0, g.upper, g.upper_off, g.levels, g.deleted, g.state]
+        if self._pending is not None:
+            arrays.append(self._pending)
         if g.codes is not None:
             arrays += [g.codes, g.terms, g.consts]
         ram = sum(a.nbytes for a in arrays)
@@ -526,6 +539,8 @@ class HNSW:
         (the last call has ``done == n``), so a caller can show a long build advancing."""
         x = self._matrix(vectors, "vectors")
         n = x.shape[0]
+        if not _warm_done[group := self._build_group()]:
+            _warm_group(group)  # waits for a background warm() still loading the group
         if self._quantizer is not None and not self._quantizer.fitted and n:
             self._fit(x)
         if slots is not None:
@@ -609,14 +624,10 @@ class HNSW:
         rows_needed = int(g.state[3]) + int(levels.sum(dtype=np.int64))
         if start + n > g.capacity or rows_needed > g.upper.shape[0]:
             cap = _grow_to(g.capacity, start + n)
-            rows = _grow_to(g.upper.shape[0], rows_needed)
+            rows = max(_upper_rows(cap, self._M, rows_needed, start + n), g.upper.shape[0] * 9 // 8)
             with self._swap_lock:  # no ``hide`` between the copy and the swap
                 g = g.grown(cap, rows)
                 self._g = g
-            if cap > self._pending.shape[0]:
-                pending = np.zeros(cap, np.uint8)
-                pending[: self._pending.shape[0]] = self._pending
-                self._pending = pending
             log.debug("index grown to capacity %d, %d upper rows", cap, rows)
         slots = np.arange(start, start + n, dtype=np.int32)
         offsets = int(g.state[3]) + np.cumsum(levels, dtype=np.int64) - levels
@@ -643,9 +654,12 @@ class HNSW:
         g = self._g
         self._move_entry_off(g, slots)
         slots32 = slots.astype(np.int32)
-        self._pending[slots32] = 1
-        kernels.hand_over(self._code, g.vectors, g.links0, g.upper_off, slots32, self._pending)
-        self._pending[slots32] = 0
+        if self._pending is None or self._pending.shape[0] < g.capacity:
+            self._pending = np.zeros(g.capacity, np.uint8)  # all zeros between writes
+        pending = self._pending
+        pending[slots32] = 1
+        kernels.hand_over(self._code, g.vectors, g.links0, g.upper_off, slots32, pending)
+        pending[slots32] = 0
         kernels.unlink(self._code, g.vectors, g.links0, g.upper, g.upper_off, g.levels, slots32)
         g.vectors[slots] = x
         self._encode(g, slots, x)
@@ -714,7 +728,7 @@ class HNSW:
 
     def _repair(self, written: int) -> None:
         """Re-attach live slots that the entry point no longer reaches (see
-        ``kernels.repair_reachability``) after ``written`` points were (re)linked; on large
+        ``_reattach``) after ``written`` points were (re)linked; on large
         indexes the check is amortised over several writes (see ``_CHECK_SHARE``). Also the
         point where a quantized index applies its refit rule (every write ends here)."""
         self._maybe_refit()
@@ -722,14 +736,46 @@ class HNSW:
         if self._live > _CHECK_ALWAYS_MAX and self._unchecked * _CHECK_SHARE < self._live:
             return
         self._unchecked = 0
-        g = self._g
-        visited, vgen = self._visited(g.capacity)
-        fixed = kernels.repair_reachability(
-            self._code, g.vectors, g.links0, g.upper, g.upper_off, g.levels, g.deleted, g.state,
-            self._efc, visited, vgen,
-        )  # fmt: skip
+        fixed = self._reattach()
         if fixed:
             log.debug("re-attached %d unreachable points", fixed)
+
+    def _reattach(self) -> int:
+        """Make every live slot reachable on layer 0 from the entry point; returns how many
+        slots were re-attached. ``kernels.reach`` marks what the entry point reaches; each live
+        slot left unmarked is searched for (the index's own layer-0 search, admitting marked
+        slots only: no kernel of its own to compile) and linked from the nearest reached slot
+        (``kernels.attach``). A link added with pruning may cut a path, so the marking is then
+        redone (at most 4 rounds)."""
+        g = self._g
+        n = int(g.state[2])
+        if n == 0:
+            return 0
+        seen = np.zeros(n, np.uint8)
+        stack = np.empty(n, np.int32)
+        if not kernels.reach(g.links0, g.deleted, g.state, seen, stack):
+            return 0
+        k = self._efc
+        hosts = np.empty((1, k), np.int32)
+        scores = np.empty((1, k), np.float32)
+        fixed = 0
+        for _round in range(4):
+            pruned = False
+            for u in np.flatnonzero((seen == 0) & (g.deleted[:n] == 0)).tolist():
+                if seen[u]:  # reached through a slot attached before it
+                    continue
+                self._search_rows(
+                    g, g.vectors[u : u + 1], k, k, seen, kernels.ADMIT_MASK, 0, False, hosts,
+                    scores, g.codes is not None, 0,
+                )  # fmt: skip
+                got = kernels.attach(
+                    self._code, g.vectors, g.links0, g.upper_off, u, hosts[0], seen, stack
+                )
+                pruned |= got == kernels.ATTACH_PRUNED
+                fixed += got != kernels.ATTACH_NONE
+            if not pruned or not kernels.reach(g.links0, g.deleted, g.state, seen, stack):
+                break
+        return fixed
 
     def _link(
         self, slots: np.ndarray, fill: int = 0, on_chunk: Callable[[int], None] | None = None
@@ -745,24 +791,30 @@ class HNSW:
             size = min(total - pos, _CHUNK_MAX, max(_CHUNK_MIN, self._live // 2))
             chunk = np.ascontiguousarray(slots[pos : pos + size])
             pos += size
-            self._pending[chunk] = 1
+            # the candidate search skips the chunk: new points through their deleted flag,
+            # re-linked ones (fill > 0, live or not) through the re-link mask
+            skip = self._pending if fill > 0 else g.deleted
+            if fill > 0:
+                skip[chunk] = 1
             top = int(g.levels[chunk].max())
             sel = np.zeros((size, top + 1, max(M, fill)), np.int32)
             sel_n = np.zeros((size, top + 1), np.int32)
             entry = int(g.state[0])
 
-            def select(lo, hi, g=g, chunk=chunk, sel=sel, sel_n=sel_n, entry=entry) -> None:
+            def select(
+                lo, hi, g=g, chunk=chunk, sel=sel, sel_n=sel_n, entry=entry, skip=skip
+            ) -> None:
                 visited, vgen = self._visited(g.capacity)
                 if g.codes is not None and self._build_on_codes:
                     qkernels.build_select_q(
                         g.codes, g.terms, g.consts, g.links0, g.upper, g.upper_off, g.levels,
-                        g.deleted, self._pending, entry, chunk, lo, hi, self._efc, M, fill,
+                        g.deleted, skip, entry, chunk, lo, hi, self._efc, M, fill,
                         visited, vgen, sel, sel_n,
                     )  # fmt: skip
                     return
                 kernels.build_select(
                     self._code, g.vectors, g.links0, g.upper, g.upper_off, g.levels, g.deleted,
-                    self._pending, entry, chunk, lo, hi, self._efc, M, fill, visited, vgen, sel, sel_n,
+                    skip, entry, chunk, lo, hi, self._efc, M, fill, visited, vgen, sel, sel_n,
                 )  # fmt: skip
 
             _parallel(select, size, _BUILD_GRAIN, self._n_threads)
@@ -770,7 +822,8 @@ class HNSW:
                 self._code, g.vectors, g.links0, g.upper, g.upper_off, g.levels, g.deleted,
                 g.state, chunk, sel, sel_n, M,
             )  # fmt: skip
-            self._pending[chunk] = 0
+            if fill > 0:
+                skip[chunk] = 0
             if on_chunk is not None:
                 on_chunk(pos)
 
@@ -1149,7 +1202,9 @@ class HNSW:
             heapq.heapify(h._free)
             h._live = live
             return h
-        g = _Graph.empty(cap, dim, M, max(rows, 16), quantization is not None, h._disk)
+        g = _Graph.empty(
+            cap, dim, M, _upper_rows(cap, M, rows, n), quantization is not None, h._disk
+        )
         if quantization is not None:
             try:
                 h._quantizer = ScalarQuantizer.from_array(dim, h._metric, arrays["quantizer"])
@@ -1173,28 +1228,31 @@ class HNSW:
 
     # -- warm-up ----------------------------------------------------------------------------
 
-    def warm(self, writes: bool = True, background: bool = False) -> None:
+    def warm(self, writes: bool = True, background: bool = True) -> None:
         """Load (from Numba's cache, or compile) the kernels this index needs before its first
         query: the search kernels of its kind (float32 or int8) now, and when ``writes`` the
         kernels of ``add`` (candidate search, linking, reachability repair), in a daemon thread
-        when ``background`` (so a first query does not wait for kernels only writes use).
+        when ``background`` (the default: a first query does not wait for kernels only writes
+        use; a write that comes first waits for that thread), else now.
 
         Only what the index uses is loaded: an int8 index loads the int8 walk, not the float32
         one (``ignore_quantization`` compiles that on first use), and the kernels of
         ``replace`` and of re-adding into deleted slots load on their first use. The kernels
         are typed on array dtypes only, not on ``dim`` or the metric, so each group loads once
         per process: later calls return at once."""
-        quantized = self._quantization is not None
-        _warm_group("qsearch" if quantized else "search")
+        _warm_group("qsearch" if self._quantization is not None else "search")
         if not writes:
             return
-        group = "qbuild" if quantized else "build"
+        group = self._build_group()
         if background and not _warm_done[group]:
             threading.Thread(
                 target=_warm_group, args=(group,), name="vdb-warm", daemon=True
             ).start()
         else:
             _warm_group(group)
+
+    def _build_group(self) -> str:
+        return "qbuild" if self._quantization is not None else "build"
 
 
 def _warm_search(quantization: str | None) -> None:
@@ -1215,6 +1273,10 @@ def _warm_build(quantization: str | None) -> None:
         quantization=quantization,
     )  # fmt: skip
     h.add(rng.standard_normal((40, 8)).astype(np.float32) + 0.1)
+    g = h._g
+    seen = np.ones(64, np.uint8)  # nothing to attach (no hosts): loads the kernel only
+    kernels.attach(h._code, g.vectors, g.links0, g.upper_off, 0, np.full(1, -1, np.int32), seen,
+                   np.empty(64, np.int32))  # fmt: skip
 
 
 def _warm_relink() -> None:
@@ -1235,21 +1297,26 @@ _WARM_GROUPS: dict[str, Callable[[], None]] = {
     "qbuild": lambda: _warm_build("int8"),
     "relink": _warm_relink,
 }
-_warm_locks = {name: threading.Lock() for name in _WARM_GROUPS}
+_warm_locks = {name: threading.RLock() for name in _WARM_GROUPS}
 _warm_done = dict.fromkeys(_WARM_GROUPS, False)
+_warm_active: set[str] = set()  # groups being loaded (by the thread holding their lock)
 
 
 def _warm_group(name: str) -> None:
-    """Load kernel group ``name`` once per process (a second caller waits for the first)."""
+    """Load kernel group ``name`` once per process (a second caller waits for the first; the
+    throw-away run's own writes, in the loading thread, pass through)."""
     if _warm_done[name]:
         return
     with _warm_locks[name]:
-        if _warm_done[name]:
+        if _warm_done[name] or name in _warm_active:
             return
+        _warm_active.add(name)
         try:
             _WARM_GROUPS[name]()
         except Exception:  # warming is an optimisation only; the first use compiles instead
             log.warning("warming the index kernels (%s) failed", name, exc_info=True)
+        finally:
+            _warm_active.discard(name)
         _warm_done[name] = True
 
 

@@ -18,32 +18,29 @@ import numpy as np
 from numba import njit
 
 from vdb.index.kernels import (
+    _AHEAD,
     _LAYER0,
     ADMIT_NOT_MASK,
     L2,
     _admit,
+    _heapify_min,
     _next_tag,
     _pop_min,
+    _pop_to_tail,
     _prefetch,
+    _prefetch_neighbours,
     _prefetch_row,
     _push_max,
     _push_min,
     _row,
     _sift_down_max,
     _sort_pairs,
+    _top_up,
     distance,
     exact_scan,
     query_status,
     write_top,
 )
-
-_AHEAD = 3
-
-
-@njit(inline="always", cache=True)
-def _prefetch_codes(codes, row):
-    for col in range(0, codes.shape[1], 64):
-        _prefetch(codes, row, col)
 
 
 @njit(fastmath=True, cache=True, nogil=True)
@@ -109,7 +106,10 @@ def greedy_q(codes, terms, upper, upper_off, layer, cq, tq, const, s, cur, curd)
         cnt = upper[row, 0]
         if cnt > maxc:
             cnt = maxc
+        _prefetch_neighbours(codes, upper, row, cnt)  # codes fetched ahead, as in kernels.greedy
         for j in range(1, cnt + 1):
+            if j + _AHEAD <= cnt:
+                _prefetch_row(codes, upper[row, j + _AHEAD])
             c = upper[row, j]
             d = _qdist(codes, terms, c, cq, tq, const, s)
             if d < curd:
@@ -156,11 +156,11 @@ def search_layer_q(
             nb += 1
             _prefetch(codes, c, 0)
         for j in range(min(nb, _AHEAD)):
-            _prefetch_codes(codes, fresh[j])
+            _prefetch_row(codes, fresh[j])
         for j in range(nb):
             c = fresh[j]
             if j + _AHEAD < nb:
-                _prefetch_codes(codes, fresh[j + _AHEAD])
+                _prefetch_row(codes, fresh[j + _AHEAD])
             d = _qdist(codes, terms, c, cq, tq, const, s)
             if nr < ef or d < res_d[0]:
                 if nc == cand_d.shape[0]:
@@ -259,26 +259,6 @@ def _qpair(codes, terms, a, b, const, s):
 
 
 @njit(fastmath=True, cache=True, nogil=True)
-def _heuristic_q(codes, terms, const, s, cand_d, cand_i, n, limit, out, out_off):
-    """``kernels._heuristic`` on quantized distances."""
-    ns = 0
-    for t in range(n):
-        c = cand_i[t]
-        dc = cand_d[t]
-        good = True
-        for r in range(ns):
-            if _qpair(codes, terms, c, out[out_off + r], const, s) < dc:
-                good = False
-                break
-        if good:
-            out[out_off + ns] = c
-            ns += 1
-            if ns == limit:
-                break
-    return ns
-
-
-@njit(fastmath=True, cache=True, nogil=True)
 def build_select_q(
     codes, terms, consts, links0, upper, upper_off, levels, deleted, pending, entry, chunk, lo,
     hi, ef_construction, M, fill, visited, vgen, sel, sel_n,
@@ -341,23 +321,26 @@ def build_select_q(
                         merged_d[nm] = d
                         merged_i[nm] = sj
                         nm += 1
-            _sort_pairs(merged_d, merged_i, np.int64(nm))
             off = i * width + layer * sel.shape[2]
-            ns = _heuristic_q(
-                codes, terms, const, s, merged_d, merged_i, np.int64(nm), M, flat, np.int64(off)
-            )
+            _heapify_min(merged_d, merged_i, nm)  # as in kernels.build_select
+            nh = nm
+            ns = 0
+            while nh > 0 and ns < M:
+                nh = _pop_to_tail(merged_d, merged_i, nh)
+                c = merged_i[nh]
+                dc = merged_d[nh]
+                good = True
+                for r in range(ns):
+                    if _qpair(codes, terms, c, flat[off + r], const, s) < dc:
+                        good = False
+                        break
+                if good:
+                    flat[off + ns] = c
+                    ns += 1
             target = fill if layer == 0 else M
             if fill > 0 and ns < target:
-                for t in range(nm):
-                    if ns >= target:
-                        break
-                    c = merged_i[t]
-                    taken = False
-                    for r in range(ns):
-                        if flat[off + r] == c:
-                            taken = True
-                            break
-                    if not taken:
-                        flat[off + ns] = c
-                        ns += 1
+                ns = _top_up(
+                    merged_d, merged_i, np.int64(nh), np.int64(nm), flat, np.int64(off),
+                    np.int64(ns), np.int64(target),
+                )  # fmt: skip
             sel_n[i, layer] = ns
