@@ -224,6 +224,26 @@ def test_router_equals_one_node(cluster: Cluster, reference: Any, data: dict[str
 
 
 @pytest.mark.slow
+def test_a_node_keeps_each_partition_in_its_own_graphs(cluster: Cluster) -> None:
+    # serve --cluster creates its collection with partition_segments: once everything is
+    # indexed, a node holds one graph per partition it serves (a revoked partition's graphs
+    # were dropped with its points) and nothing fresh
+    for node_id, node in cluster.nodes.items():
+        group = cluster.groups[node_id]
+        held = {p for p, nodes in cluster.serving(group).items() if node_id in nodes}
+        assert held, f"node {node_id} serves no partition"
+
+        def indexed(url: str = node.url) -> dict[str, Any] | None:
+            r = httpx.get(url + "/collections/docs", timeout=10)
+            info = r.json()["result"]
+            return info if info["status"] == "green" else None
+
+        info = wait_for(indexed, timeout=120)
+        assert info["segments_count"] == len(held), (node_id, held, info)
+        assert info["indexed_vectors_count"] == info["points_count"]
+
+
+@pytest.mark.slow
 def test_bad_input_keeps_the_single_node_shapes(cluster: Cluster) -> None:
     router = cluster.router.url + "/collections/docs"
     node = cluster.nodes["a"].url + "/collections/docs"

@@ -1778,7 +1778,9 @@ def collection_info(info: dict[str, Any]) -> dict[str, Any]:
     return {
         "status": info.get("status", "green"),
         "optimizer_status": "ok",
-        "segments_count": 2 if segments.get("fresh_points") else 1,
+        # the indexed segments (graphs) and the fresh one when it holds points
+        "segments_count": max(1, len(segments.get("graphs") or ()))
+        + (1 if segments.get("fresh_points") else 0),
         "points_count": count,
         "indexed_vectors_count": int(segments.get("indexed_points", count)),
         "config": config,

@@ -106,8 +106,13 @@ def _start_ingest(db: Any, args: argparse.Namespace, config: ServerConfig) -> li
     except ImportError:
         log.info("ingest is not available; serving HTTP only")
         return []
-    options = {"drop_revoked": True} if config.cluster else None
-    return list(start_from_args(db, args, options) or [])
+    if not config.cluster:
+        return list(start_from_args(db, args) or [])
+    # a node's collection keeps each source partition in its own graphs, so a revoked
+    # partition is freed in time proportional to its points (vdb.graphs)
+    return list(
+        start_from_args(db, args, {"drop_revoked": True}, {"partition_segments": True}) or []
+    )
 
 
 def _start_node(db: Any, handles: list[Any], config: ServerConfig) -> Any:

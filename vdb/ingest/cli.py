@@ -361,12 +361,17 @@ def _kafka_options(raw: Any) -> dict[str, Any]:
 
 
 def start_spec(
-    db: Any, spec: dict[str, Any], pipeline_options: dict[str, Any] | None = None
+    db: Any,
+    spec: dict[str, Any],
+    pipeline_options: dict[str, Any] | None = None,
+    create_options: dict[str, Any] | None = None,
 ) -> Any:
     """Create the collection if asked, build the source, start the pipeline.
 
-    ``pipeline_options`` are added to every spec's pipeline options (``serve
-    --cluster`` passes ``drop_revoked=True``).
+    ``pipeline_options`` are added to every spec's pipeline options and
+    ``create_options`` to the collection it creates (``serve --cluster``
+    passes ``drop_revoked=True`` and ``partition_segments=True``: a node frees
+    a revoked partition's points in time proportional to their number).
     """
     from vdb.ingest.pipeline import start_ingest
 
@@ -382,6 +387,7 @@ def start_spec(
             dim=int(spec["dim"]) if spec.get("dim") else None,
             metric=spec.get("metric"),
             embedder=spec.get("embedder"),
+            **(create_options or {}),
         )
     options = {k: spec[k] for k in _PIPELINE_KEYS if spec.get(k) is not None}
     options.update(pipeline_options or {})
@@ -391,14 +397,17 @@ def start_spec(
 
 
 def start_from_args(
-    db: Any, args: argparse.Namespace, pipeline_options: dict[str, Any] | None = None
+    db: Any,
+    args: argparse.Namespace,
+    pipeline_options: dict[str, Any] | None = None,
+    create_options: dict[str, Any] | None = None,
 ) -> list[Any]:
     """Start every ingest spec in ``args``; ``[]`` when there is none. All or nothing."""
     specs = specs_from_args(args)
     started: list[Any] = []
     try:
         for spec in specs:
-            started.append(start_spec(db, spec, pipeline_options))
+            started.append(start_spec(db, spec, pipeline_options, create_options))
     except BaseException:
         for handle in started:
             handle.stop()
