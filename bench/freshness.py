@@ -19,6 +19,7 @@ every process on the box.
 from __future__ import annotations
 
 import argparse
+import http.client
 import importlib.util
 import json
 import os
@@ -304,14 +305,23 @@ class HttpTarget:
     """Visibility probes through the server's REST API (one keep-alive connection)."""
 
     def __init__(self, port: int, collection: str):
-        import http.client
-
         self.path = f"/collections/{collection}/points"
         self.conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
 
     def _post(self, path: str, body: dict[str, Any]) -> tuple[int, Any]:
-        self.conn.request("POST", path, json.dumps(body), {"Content-Type": "application/json"})
-        response = self.conn.getresponse()
+        # the server closes a keep-alive connection that idled past its timeout (uvicorn: 5 s,
+        # e.g. while the consumer group joins): reconnect once instead of ending the watcher
+        for attempt in (0, 1):
+            try:
+                self.conn.request(
+                    "POST", path, json.dumps(body), {"Content-Type": "application/json"}
+                )
+                response = self.conn.getresponse()
+                break
+            except (ConnectionError, http.client.HTTPException):
+                self.conn.close()
+                if attempt:
+                    raise
         raw = response.read()
         return response.status, json.loads(raw) if raw else None
 
