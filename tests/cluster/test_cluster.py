@@ -21,11 +21,12 @@ import pytest
 import vdb
 from tests.cluster.conftest import Cluster, minilm, post, wait_for
 
-# 10,000 points (the whole fixture): 6,000 produced with kafka-python, 3,000 upserted
-# through the router, 1,000 with string ids (produced directly)
-N_DIRECT = 6000
-N_ROUTER = 3000
-N_STRING = 1000
+# 20,000 points: the fixture's 10,000 embeddings and 10,000 more, each the normalised sum of
+# two of them (on the same manifold, no near-duplicates); 12,000 produced with kafka-python,
+# 6,000 upserted through the router, 2,000 with string ids (produced directly)
+N_DIRECT = 12000
+N_ROUTER = 6000
+N_STRING = 2000
 N_QUERIES = 200
 N_EXACT = 30
 GROUPS = {"a": "g1", "b": "g1", "c": "g2", "d": "g2"}
@@ -42,8 +43,12 @@ def payload(i: int, texts: list[str]) -> dict[str, Any]:
 @pytest.fixture(scope="module")
 def data() -> dict[str, Any]:
     n = N_DIRECT + N_ROUTER + N_STRING
-    base, queries, texts = minilm(n, N_QUERIES)
-    return {"n": n, "base": base, "queries": queries, "texts": texts}
+    real, queries, texts = minilm(n // 2, N_QUERIES)
+    pair = np.random.default_rng(20).permutation(len(real))
+    mixed = real + real[pair]
+    mixed /= np.linalg.norm(mixed, axis=1, keepdims=True)
+    base = np.concatenate([real, mixed.astype(np.float32)])
+    return {"n": n, "base": base, "queries": queries, "texts": list(texts) * 2}
 
 
 @pytest.fixture(scope="module")
