@@ -194,6 +194,24 @@ class Graphs:
     ) -> tuple[np.ndarray, np.ndarray] | None:
         """Merged top-``k`` slots of every graph (of ``partitions`` only, when given);
         ``None`` when no graph holds a point. ``allowed`` is a mask over slots."""
+        results = self.search_each(queries, k, ef, allowed, partitions, **options)
+        if not results:
+            return None
+        if len(results) == 1:
+            return results[0]
+        return merge_top_k(results, k, self.metric == "l2")
+
+    def search_each(
+        self,
+        queries: np.ndarray,
+        k: int,
+        ef: int | None = None,
+        allowed: np.ndarray | None = None,
+        partitions: Sequence[int] | set[int] | None = None,
+        **options: Any,
+    ) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Each graph's top-``k`` slots, unmerged (for a caller that merges them with more
+        lists in one pass); graphs without points are left out."""
         results = []
         for g in self.graphs:
             if partitions is not None and g.partition not in partitions:
@@ -218,11 +236,7 @@ class Graphs:
             labels = g.labels  # after the search: it names every local the search returned
             slots = np.where(local >= 0, labels[np.maximum(local, 0)], -1)
             results.append((slots, scores))
-        if not results:
-            return None
-        if len(results) == 1:
-            return results[0]
-        return merge_top_k(results, k, self.metric == "l2")
+        return results
 
     def get_vectors(self, slots: np.ndarray) -> np.ndarray:
         """Vectors of ``slots``; zeros for a slot no graph holds (a point deleted while a

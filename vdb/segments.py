@@ -338,17 +338,21 @@ class Segments:
         if graph_allowed is None and self._doomed_linking:
             graph_allowed = live
         nq = len(queries)
-        graph = self.index.search(
+        # each graph's list, merged once below with the fresh rows' (not twice)
+        graphs = self.index.search_each(
             queries, k, ef=ef, allowed=graph_allowed, partitions=partitions, **options
         )
         vectors, rows = buf.vectors, buf.slots
         if partitions is not None and stop > start:
             vectors, rows = vectors[start:stop], self._rows_of(rows[start:stop], partitions)
             start, stop = 0, stop - start
+        ascending = self.metric_code == flat.L2
         if stop <= start:
-            if graph is None:
+            if not graphs:
                 return np.full((nq, k), -1, np.int64), np.full((nq, k), np.nan, np.float32)
-            return graph  # int32 slots: the common case pays no conversion
+            if len(graphs) == 1:
+                return graphs[0]  # int32 slots: the common case pays no conversion
+            return merge_top_k(graphs, k, ascending)
         fs = np.empty((nq, k), np.int64)
         fd = np.empty((nq, k), np.float32)
         use = allowed is not None
@@ -356,9 +360,9 @@ class Segments:
             self.metric_code, vectors, rows, start, stop, queries, k, live,
             allowed if use else live, use, fs, fd,
         )  # fmt: skip
-        if graph is None:
+        if not graphs:
             return fs, fd
-        return merge_top_k([graph, (fs, fd)], k, self.metric_code == flat.L2)
+        return merge_top_k([*graphs, (fs, fd)], k, ascending)
 
     def _rows_of(self, rows: np.ndarray, partitions: set[int]) -> np.ndarray:
         """Fresh rows' slot column with the rows of other partitions marked ``-1`` (a copy
