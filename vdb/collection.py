@@ -523,8 +523,6 @@ class Collection:
         ops: Sequence[Upsert | Delete],
         source_offsets: dict[tuple[str, str, int], int] | None = None,
         dead_letters: Iterable[DeadLetter] | None = None,
-        *,
-        _validated: bool = False,
     ) -> int:
         """Apply upserts and deletes, the source offsets and dead letters in ONE durable transaction.
 
@@ -592,24 +590,19 @@ class Collection:
         if up_pos or del_ids:
             up_ids = [normalized_ids[i] for i in up_pos]
             if up_pos:
-                if _validated:
-                    arr = np.ascontiguousarray(
-                        np.stack([ops[i].vector for i in up_pos]), dtype=np.float32
-                    )
-                else:
+                arr = None
+                try:
+                    stacked = np.asarray([ops[i].vector for i in up_pos], dtype=np.float32)
+                    if stacked.ndim == 2 and stacked.shape[1] == self.dim:
+                        arr = self._vectors(stacked, len(up_pos))
+                except (InvalidInput, TypeError, ValueError):
                     arr = None
-                    try:
-                        stacked = np.asarray([ops[i].vector for i in up_pos], dtype=np.float32)
-                        if stacked.ndim == 2 and stacked.shape[1] == self.dim:
-                            arr = self._vectors(stacked, len(up_pos))
-                    except (InvalidInput, TypeError, ValueError):
-                        arr = None
-                    if arr is None:  # find the bad one and name it
-                        rows = [
-                            self._vectors(ops[i].vector, 1, what=f"operation {i} vector")[0]
-                            for i in up_pos
-                        ]
-                        arr = np.ascontiguousarray(np.stack(rows), dtype=np.float32)
+                if arr is None:  # find the bad one and name it
+                    rows = [
+                        self._vectors(ops[i].vector, 1, what=f"operation {i} vector")[0]
+                        for i in up_pos
+                    ]
+                    arr = np.ascontiguousarray(np.stack(rows), dtype=np.float32)
                 payloads = [canonical_payload(ops[i].payload, f"operation {i}") for i in up_pos]
                 partitions = [_partition(ops[i].partition, i) for i in up_pos]
             else:
