@@ -11,8 +11,8 @@ Lines (anchors from the same run):
   indexed everything against hnswlib's build time; recall@10 and single-query
   QPS right after the last acknowledgement and after indexing, against
   hnswlib's graph at the same ef.
-* ``single``: single-vector upserts from 16 threads against batched upserts, without
-  the group commit's linger (the default) and with it, in the same run.
+* ``single``: single-vector upserts from 16 threads against batched upserts, in the
+  same run (best of two rounds).
 * ``open`` (``--only open``): open time of 500k points with payloads and 3 indexed
   fields from a checkpoint holding the payload-index columns, against the same
   checkpoint without them (rebuilt from the payloads); the checkpoint's bytes.
@@ -34,7 +34,6 @@ import numpy as np
 from bench.common import debian_minilm, emit, host_info, log, recall_at_k
 
 BATCH = 1000
-LINGER_S = 0.002  # the group commit's linger measured against none (its default)
 EF = 64
 PARAMS = {"M": 16, "ef_construction": 128}
 
@@ -200,9 +199,8 @@ def bench_burst(ds, workdir: Path) -> None:
 
 
 def bench_single(ds, workdir: Path, threads: int, seconds: float) -> None:
-    """Single upserts from ``threads`` threads without the group commit's linger (the
-    default) and with ``LINGER_S``, alternating, against batched upserts; all in one
-    database, one after the other."""
+    """Single upserts from ``threads`` threads (two rounds, the best kept) against batched
+    upserts; all in one database, one after the other."""
     import vdb
 
     base = ds.base
@@ -215,13 +213,9 @@ def bench_single(ds, workdir: Path, threads: int, seconds: float) -> None:
             col.upsert(list(range(lo, min(m, lo + BATCH))), base[lo : lo + BATCH])
         batched = m / (time.perf_counter() - started)
         assert col.wait_indexed(timeout=600)
-        commit = db._commit
-        rates = {}
-        for label, linger in (("no_linger", 0.0), ("linger", LINGER_S)) * 2:
-            commit.linger_s = linger
-            col = db.create_collection(
-                f"single_{label}_{len(rates)}", dim=dim, metric="cosine", **PARAMS
-            )
+        runs = []
+        for round_ in range(2):
+            col = db.create_collection(f"single_{round_}", dim=dim, metric="cosine", **PARAMS)
             before = db.stats()
             counts = [0] * threads
             stop = threading.Event()
@@ -246,17 +240,16 @@ def bench_single(ds, workdir: Path, threads: int, seconds: float) -> None:
             rate = sum(counts) / (time.perf_counter() - started)
             after = db.stats()
             txns = after["wal_txns_committed"] - before["wal_txns_committed"]
-            rates.setdefault(label, []).append(
+            runs.append(
                 (
                     rate,
                     (after["group_commit_requests_total"] - before["group_commit_requests_total"])
                     / max(1, txns),
                 )
             )
-            log(f"single {label}: {rate:.0f}/s")
+            log(f"single round {round_}: {rate:.0f}/s")
             db.drop_collection(col.name)
-    best = {label: max(runs) for label, runs in rates.items()}
-    single, group = best["no_linger"]
+    single, group = max(runs)
     emit(
         {
             "bench": "segments",
@@ -266,17 +259,11 @@ def bench_single(ds, workdir: Path, threads: int, seconds: float) -> None:
             "threads": threads,
             "single_upserts_per_s": round(single, 1),
             "group_commit_mean": round(group, 2),
-            "with_linger": {
-                "linger_s": LINGER_S,
-                "single_upserts_per_s": round(best["linger"][0], 1),
-                "group_commit_mean": round(best["linger"][1], 2),
-            },
             "anchor": {
                 "system": "vdb batched upserts (1,000 per call)",
                 "vectors_per_s": round(batched, 1),
             },
             "ratio_single_over_batched": round(single / batched, 3),
-            "ratio_linger_over_without": round(best["linger"][0] / single, 3),
             "host": {**host_info(), "load1": _load()},
         }
     )

@@ -12,7 +12,6 @@ import threading
 from pathlib import Path
 
 import numpy as np
-import pytest
 
 import vdb
 from vdb.errors import CollectionNotFound
@@ -126,11 +125,9 @@ def test_a_write_to_a_dropped_collection_fails_alone_in_its_group(tmp_path):
         assert "gone" not in db.list_collections()
 
 
-@pytest.mark.parametrize("linger_s", [0.0, 0.002])
-def test_threads_writing_one_id_each_see_their_own_order(tmp_path, linger_s):
+def test_threads_writing_one_id_each_see_their_own_order(tmp_path):
     rng = np.random.default_rng(1)
     with vdb.open(tmp_path / "d", checkpoint_interval_s=None, checkpoint_wal_bytes=None) as db:
-        db._commit.linger_s = linger_s
         col = db.create_collection("c", dim=8, metric="l2")
 
         def work(t):

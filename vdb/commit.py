@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import logging
 import queue
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -35,11 +34,6 @@ from vdb.wal.store import i64, pack, u64, unpack
 log = logging.getLogger(__name__)
 
 STOP = object()  # queued by ``close``: the writer finishes what is before it and ends
-# Longest wait of a group for writers expected back (see ``_gather``); off by default:
-# on a 2-core box under load, 16 threads take about as long to come back as a commit
-# takes, so the two cohorts of the default already overlap one's return with the other's
-# commit (bench/segments.py ``single`` measures both ways in one run).
-LINGER_S = 0.0
 
 
 class GroupCommit:
@@ -67,10 +61,6 @@ class GroupCommit:
         self._indexer = indexer
         self.max_group_ops = max_group_ops
         self.dead_letter_limit = dead_letter_limit
-        self.linger_s = LINGER_S
-        self.max_group_requests = 256  # a group never lingers for more requests than this
-        self._expect = 1  # requests expected in the next group (see ``_gather``)
-        self._group_s = 0.0  # recent time of one group (commit + apply), smoothed
 
         self._new_collection = new_collection
 
@@ -85,7 +75,6 @@ class GroupCommit:
                 break
             group, stop = self._gather(request)
             self._wait_for_room(group)
-            started = time.perf_counter()
             try:
                 self._process(group)
             except BaseException as exc:  # never let the writer die silently
@@ -97,41 +86,21 @@ class GroupCommit:
                             if isinstance(exc, VdbError)
                             else StorageError(f"write failed: {exc}")
                         )
-            self._group_s += 0.2 * (time.perf_counter() - started - self._group_s)
-            # The writers just acknowledged are likely to write again at once (a thread
-            # per client, each waiting for its own write): the next group waits a moment
-            # for them as well as for those already queued.
-            self._expect = min(len(group) + self._queue.qsize(), self.max_group_requests)
 
     def _gather(self, first: Any) -> tuple[list[WriteRequest], bool]:
         """The next group, starting with ``first``: whatever is queued, up to
         ``max_group_ops`` operations; returns it and whether ``STOP`` came.
 
-        When fewer requests are queued than were in flight around the last group
-        (``_expect``: those it acknowledged plus those queued meanwhile), the group
-        lingers for the missing ones, at most ``linger_s`` (0 by default: no lingering)
-        and half the recent group time. Closed-loop writers (N threads, one write each outstanding) then share
-        one commit instead of splitting into two cohorts that alternate, each waiting
-        for two commits per write. A lone writer (expecting 1) never waits.
+        A group never waits for writers that are not queued yet: concurrent writers
+        queue while the previous group commits, so they share the next commit.
         """
         group = [first]
         ops = first.n_ops
-        deadline = None
         while ops < self.max_group_ops:
             try:
                 nxt = self._queue.get_nowait()
             except queue.Empty:
-                if len(group) >= self._expect:
-                    break
-                now = time.perf_counter()
-                if deadline is None:
-                    deadline = now + min(self.linger_s, 0.5 * self._group_s)
-                if now >= deadline:
-                    break
-                try:
-                    nxt = self._queue.get(timeout=deadline - now)
-                except queue.Empty:
-                    break
+                break
             if nxt is STOP:
                 return group, True
             group.append(nxt)
