@@ -1647,6 +1647,9 @@ class PayloadIndex:
         with self._lock:
             self._dirty.add(slot >> PART_SHIFT)
             self._unindex(slot)
+            if payload is None:  # kept as absent: no entry per point without a payload
+                self._payloads.pop(slot, None)
+                return
             self._payloads[slot] = payload
             touched = []
             for path, selected in collected.items():
@@ -1704,7 +1707,7 @@ class PayloadIndex:
         return self._payloads.get(int(slot))
 
     def items(self) -> Iterator[tuple[int, dict | None]]:
-        """``(slot, payload)`` for every slot that was set, ascending by slot."""
+        """``(slot, payload)`` for every slot that holds a payload, ascending by slot."""
         with self._lock:
             snapshot = sorted(self._payloads.items())
         yield from snapshot
