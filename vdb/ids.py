@@ -8,10 +8,17 @@ Only this map knows both the user id and the slot; the index sees slots.
 The map is written by the single writer and read by any number of readers.
 Each slot carries the generation of its last change so that a reader can
 tell whether a slot it got back from a search was reused while it searched.
+
+A map loaded from a checkpoint (``from_state``) builds its id -> slot dict on
+first use, not at open: a search maps slots to ids through ``ids`` and needs
+no dict, so a large collection answers its first query sooner. Every method
+that changes the map touches ``slot_of`` before anything else, so the dict is
+always built from the state as loaded.
 """
 
 from __future__ import annotations
 
+import threading
 import uuid
 from collections.abc import Iterable
 from typing import Any
@@ -88,6 +95,25 @@ class IdMap:
         # every one held needs no mask (what a cluster node is asked for, every request)
         self.per_partition: dict[int, int] = {}
 
+    def __getattr__(self, name: str) -> Any:
+        # only called while ``slot_of`` is not built yet (see the module docstring)
+        if name != "slot_of":
+            raise AttributeError(name)
+        pending = self.__dict__.get("_pending")
+        if pending is None:
+            raise AttributeError(name)
+        with pending[0]:
+            if "slot_of" not in self.__dict__:
+                ids, slots = pending[1], pending[2]
+                slot_of = dict(zip(ids, slots.tolist(), strict=True))
+                if len(slot_of) != len(ids):
+                    from vdb.errors import CorruptData
+
+                    raise CorruptData("id map checkpoint: an id is stored twice")
+                self.__dict__["slot_of"] = slot_of
+                self.__dict__["_pending"] = None
+        return self.__dict__["slot_of"]
+
     def __len__(self) -> int:
         return len(self.slot_of)
 
@@ -129,6 +155,7 @@ class IdMap:
         return set(list(self.per_partition))  # one C-level copy: safe beside the writer
 
     def assign(self, point_id: PointId, slot: int, partition: int | None, generation: int) -> None:
+        slot_of = self.slot_of  # built before anything changes (see the module docstring)
         self._ensure(slot)
         self.dirty.add(slot >> PART_SHIFT)
         self.changed[slot] = generation
@@ -138,9 +165,10 @@ class IdMap:
         self.partitions[slot] = NO_PARTITION if partition is None else partition
         self.live[slot] = True
         self._count(slot, 1)
-        self.slot_of[point_id] = slot
+        slot_of[point_id] = slot
 
     def set_partition(self, slot: int, partition: int | None) -> None:
+        self.slot_of  # noqa: B018 - built before anything changes
         self.dirty.add(slot >> PART_SHIFT)
         live = bool(self.live[slot])
         if live:
@@ -164,6 +192,7 @@ class IdMap:
 
     def release(self, slot: int, generation: int) -> None:
         """Empty ``slot`` whose id already moved to another slot (``assign`` did)."""
+        self.slot_of  # noqa: B018 - built before anything changes
         self.dirty.add(slot >> PART_SHIFT)
         self.changed[slot] = generation
         if self.live[slot]:
@@ -246,7 +275,6 @@ class IdMap:
         """The map from its checkpoint form: the live slots, their ids (a list, or a uint64
         array when all are integers) and partitions. Built with numpy, not per slot."""
         slots = np.asarray(slots if isinstance(slots, np.ndarray) else list(slots), np.int64)
-        int_ids = ids if isinstance(ids, np.ndarray) else None  # uint64: all integer ids
         ids = ids.tolist() if isinstance(ids, np.ndarray) else list(ids)
         partitions = np.asarray(
             partitions if isinstance(partitions, np.ndarray) else list(partitions), np.int32
@@ -258,21 +286,18 @@ class IdMap:
         m = cls(int(slots.max()) + 1 if slots.size else 0)
         if not slots.size:
             return m
-        table = np.empty(len(m.ids), object)
-        if int_ids is not None:
-            table[slots] = int_ids  # Python ints, in C
+        if len(ids) == len(m.ids) and int(slots[0]) == 0 and bool((np.diff(slots) == 1).all()):
+            m.ids = ids  # every slot up to the last is live and the slots ascend: ids as they are
         else:
             held = np.empty(len(ids), object)
-            held[:] = ids  # ids stay the same Python objects (ints beyond int64, strings)
+            held[:] = ids  # the same Python objects, no new ints
+            table = np.empty(len(m.ids), object)
             table[slots] = held
-        m.ids = table.tolist()
+            m.ids = table.tolist()
         m.live[slots] = True
         m.partitions[slots] = partitions
-        held, counts = np.unique(partitions, return_counts=True)
-        m.per_partition = dict(zip(held.tolist(), counts.tolist(), strict=True))
-        m.slot_of = dict(zip(ids, slots.tolist(), strict=True))
-        if len(m.slot_of) != len(ids):
-            from vdb.errors import CorruptData
-
-            raise CorruptData("id map checkpoint: an id is stored twice")
+        held_parts, counts = np.unique(partitions, return_counts=True)
+        m.per_partition = dict(zip(held_parts.tolist(), counts.tolist(), strict=True))
+        del m.slot_of  # built on first use from the loaded ids and slots
+        m._pending = (threading.Lock(), ids, slots)
         return m
