@@ -133,8 +133,10 @@ class Checkpointer:
                     col._segs.dirty = False
                     graphs.append(capture_graph(col, self._manifests.get(col.uid)))
                     named.append(col._spaces.capture_graphs(held))
-                pause_start = time.perf_counter()
                 with self._write_lock:
+                    # the writer's pause: from when it is held (until then the writer may
+                    # still be finishing a group, which is not a pause)
+                    pause_start = time.perf_counter()
                     seq = self._state.last_seq
                     captured = [
                         capture(

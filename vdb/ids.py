@@ -115,6 +115,9 @@ class IdMap:
         return self.__dict__["slot_of"]
 
     def __len__(self) -> int:
+        pending = self.__dict__.get("_pending")
+        if pending is not None:  # loaded and unchanged: as many points as loaded ids
+            return len(pending[1])
         return len(self.slot_of)
 
     def __contains__(self, point_id: object) -> bool:
