@@ -357,3 +357,201 @@ def test_a_checkpoint_in_the_middle_of_a_compaction_loads_every_point_once(tmp_p
         assert 0 not in {g["id"] for g in graphs_of(col)}  # compacted after all
         assert sum(g["live"] for g in graphs_of(col)) == 800
         assert answers(col, queries)[1] == before[1]
+
+
+NAMED = {
+    "": {"dim": DIM, "metric": "l2"},
+    "a": {"dim": DIM, "metric": "cosine", "quantization": "int8"},
+    "b": {"dim": 5, "metric": "l2", "M": 8},
+}
+
+
+def _named_points(n: int, rng) -> dict[str, np.ndarray]:
+    return {
+        "": rng.standard_normal((n, DIM)).astype(np.float32),
+        "a": rng.standard_normal((n, DIM)).astype(np.float32),
+        "b": rng.standard_normal((n, 5)).astype(np.float32),
+    }
+
+
+def _named_columns(points: dict[str, np.ndarray], ids, scale: float = 1.0) -> dict:
+    """Every point has "" and "a"; every third one lacks "b"."""
+    return {
+        "": points[""][ids] * scale,
+        "a": points["a"][ids] * scale,
+        "b": [points["b"][i] * scale if i % 3 else None for i in ids],
+    }
+
+
+def _named_answers(col, queries: dict[str, np.ndarray]) -> dict[str, tuple[list, list]]:
+    """Per vector name: approximate (ids, rounded scores) and exact ids of its queries."""
+    out = {}
+    for name, qs in queries.items():
+        ann = col.search(qs, k=10, using=name)
+        exact = col.search(qs, k=10, using=name, exact=True)
+        out[name] = (
+            [[(h.id, round(h.score, 5)) for h in hs] for hs in ann],
+            [[h.id for h in hs] for hs in exact],
+        )
+    return out
+
+
+def _sealed_named_blobs(col, manifest: dict) -> dict[str, list[str]]:
+    """Per sealed graph of the named vectors (``x/d{i}/index/<graph prefix>``): the names
+    of its immutable blobs in ``manifest``."""
+    out = {}
+    for i, space in enumerate(col._spaces.extra.values()):
+        for g in space.segs.index.graphs:
+            if not g.sealed:
+                continue
+            p = f"x/d{i}/index/{g.prefix()}"
+            names = [
+                p + n
+                for n in ("vectors", "links0", "upper", "upper_off", "levels", "labels")
+                + ("codes", "terms", "quantizer")
+                if p + n in manifest
+            ]
+            out[p] = names
+    return out
+
+
+def test_named_vectors_sealed_graphs_are_written_once_then_carried(tmp_path):
+    rng = np.random.default_rng(24)
+    points = _named_points(1400, rng)
+    queries = {name: rng.standard_normal((8, x.shape[1])).astype(np.float32)
+               for name, x in points.items()}  # fmt: skip
+    with vdb.open(tmp_path / "d", graph_seal_size=SEAL, checkpoint_interval_s=None) as db:
+        col = db.create_collection("c", vectors=NAMED)
+        ids = list(range(1000))
+        col.upsert(ids, vectors=_named_columns(points, ids), payloads=[{"i": i} for i in ids])
+        assert col.wait_indexed(timeout=120)
+        db.checkpoint()
+        first = _manifest(db, col)
+        sealed = _sealed_named_blobs(col, first)
+        # "a": 1000 points, 3 sealed graphs; "b": 666 points, 2 sealed graphs
+        assert sum(p.startswith("x/d0/") for p in sealed) == 3
+        assert sum(p.startswith("x/d1/") for p in sealed) == 2
+        immutable = [name for names in sealed.values() for name in names]
+        assert all(len(names) >= 5 for names in sealed.values())
+        assert any(name.endswith("/codes") for name in immutable)  # "a" is int8
+        assert all(first[name]["written_bytes"] == first[name]["size"] for name in immutable)
+        # more points (new growing graphs), deletes in sealed graphs of every name
+        more = list(range(1000, 1400))
+        col.upsert(more, vectors=_named_columns(points, more))
+        col.delete([1, 2, 4, 350, 700, 701])
+        assert col.wait_indexed(timeout=120)
+        db.checkpoint()
+        second = _manifest(db, col)
+        stats = db.stats()
+        for name in immutable:
+            assert second[name]["written_bytes"] == 0, name
+            assert second[name]["chunk_gens"] == first[name]["chunk_gens"], name
+        for p in sealed:  # what a sealed graph writes: its small mutable arrays only
+            written = {n[len(p) :] for n, m in second.items() if n.startswith(p)
+                       and "/" not in n[len(p) :] and m["written_bytes"]}  # fmt: skip
+            assert written <= {"params", "deleted", "free"}, (p, written)
+        assert {"deleted", "free"} <= {
+            n.rsplit("/", 1)[1] for n, m in second.items()
+            if n.startswith(tuple(sealed)) and m["written_bytes"]
+        }  # fmt: skip
+        assert stats["last_checkpoint_bytes_written"] < stats["last_checkpoint_bytes"] / 2
+        before = _named_answers(col, queries)
+    with vdb.open(tmp_path / "d", graph_seal_size=SEAL, indexing=False) as db:
+        col = db.collection("c")
+        assert db.stats()["recovered_records"] == 0
+        assert _named_answers(col, queries) == before
+        assert col.get([1, 350]) == [] and len(col) == 1394
+        # a checkpoint after the reopen carries them too, and writes nothing of them
+        col.upsert([5000], vectors=_named_columns(points, [3]))
+        db.checkpoint()
+        third = _manifest(db, col)
+        for name in immutable:
+            assert third[name]["chunk_gens"] == first[name]["chunk_gens"], name
+        for name, meta in third.items():
+            if name.startswith(tuple(sealed)):
+                assert meta["written_bytes"] == 0, name
+        after = _named_answers(col, queries)
+    with vdb.open(tmp_path / "d", graph_seal_size=SEAL, indexing=False) as db:
+        col = db.collection("c")
+        assert db.stats()["recovered_records"] == 0
+        assert _named_answers(col, queries) == after
+
+
+def test_named_vectors_checkpoint_layout_is_the_graphs_arrays(tmp_path):
+    """The named graphs' blobs hold exactly ``Graphs.to_arrays()`` (what every checkpoint
+    wrote for them before sealed graphs were carried): names and contents, also when the
+    sealed graphs were carried and only some chunks of the growing ones written."""
+    from vdb.wal import checkpoint as ckpt
+
+    rng = np.random.default_rng(25)
+    points = _named_points(1200, rng)
+    with vdb.open(tmp_path / "d", graph_seal_size=SEAL, checkpoint_interval_s=None) as db:
+        col = db.create_collection("c", vectors=NAMED)
+        ids = list(range(1000))
+        col.upsert(ids, vectors=_named_columns(points, ids))
+        assert col.wait_indexed(timeout=120)
+        db.checkpoint()
+        col.upsert(list(range(1000, 1200)), vectors=_named_columns(points, range(1000, 1200)))
+        col.delete(list(range(0, 1200, 7)))
+        assert col.wait_indexed(timeout=120)
+        for _ in range(2):  # carried sealed graphs, growing graphs in changed chunks
+            db.checkpoint()
+            store = db._state.store
+            with store.read() as txn:
+                loaded = ckpt.load(store, txn, col.uid, db._state.manifests[col.uid])
+            for i, space in enumerate(col._spaces.extra.values()):
+                p = f"d{i}/index/"
+                saved = {k[len(p) :]: v for k, v in loaded.extra.items() if k.startswith(p)}
+                whole = space.segs.index.to_arrays()
+                assert sorted(saved) == sorted(whole)
+                assert "graphs" in saved and len(saved) > 20
+                for key, arr in whole.items():
+                    np.testing.assert_array_equal(saved[key], arr, err_msg=key)
+            col.upsert([7000], vectors=_named_columns(points, [5]))
+            assert col.wait_indexed(timeout=120)
+
+
+def test_named_sealed_graphs_round_trip_through_reopen_replay_and_snapshot(tmp_path):
+    rng = np.random.default_rng(26)
+    points = _named_points(2000, rng)
+    queries = {name: rng.standard_normal((10, x.shape[1])).astype(np.float32)
+               for name, x in points.items()}  # fmt: skip
+    with vdb.open(tmp_path / "d", graph_seal_size=SEAL) as db:
+        col = db.create_collection("c", vectors=NAMED)
+        ids = list(range(1500))
+        col.upsert(ids, vectors=_named_columns(points, ids), payloads=[{"i": i} for i in ids])
+        assert col.wait_indexed(timeout=120)
+        db.checkpoint()
+        col.delete(list(range(5, 1500, 17)))
+        assert col.wait_indexed(timeout=120)
+        db.checkpoint()  # the sealed graphs carried
+        db.pause_indexing()
+        moved = list(range(1200, 1800))
+        col.upsert(moved, vectors=_named_columns(points, moved, scale=2.0))  # replaces
+        col.delete(list(range(0, 2000, 9)))
+        at_snapshot = _named_answers(col, queries)
+        db.snapshot(tmp_path / "s.vdbsnap")  # checkpoints with the graphs' points hidden
+        rest = list(range(1800, 2000))
+        col.upsert(rest, vectors=_named_columns(points, rest))
+        col.delete(list(range(1, 2000, 13)))
+        before = _named_answers(col, queries)
+        db.close(checkpoint=False)  # as after kill -9: the WAL after the checkpoint is replayed
+    with vdb.open(tmp_path / "d", graph_seal_size=SEAL, indexing=False) as db:
+        col = db.collection("c")
+        assert db.stats()["recovered_records"] > 0
+        assert _named_answers(col, queries) == before
+        for space in col._spaces.extra.values():
+            assert sum(g.sealed for g in space.segs.index.graphs) >= 2
+        db.resume_indexing()
+        assert col.wait_indexed(timeout=120)
+        after_index = _named_answers(col, queries)
+        assert {n: a[1] for n, a in after_index.items()} == {n: b[1] for n, b in before.items()}
+    with vdb.open(tmp_path / "d", graph_seal_size=SEAL, indexing=False) as db:
+        assert _named_answers(db.collection("c"), queries) == after_index
+    vdb.restore(tmp_path / "s.vdbsnap", tmp_path / "r")
+    with vdb.open(tmp_path / "r", graph_seal_size=SEAL, indexing=False) as db:
+        col = db.collection("c")
+        assert _named_answers(col, queries) == at_snapshot
+        assert col.get([1900]) == []
+        got = col.get([1601], with_vectors=True)[0].vector
+        np.testing.assert_allclose(got["b"], points["b"][1601] * 2, rtol=1e-6)
