@@ -7,7 +7,9 @@ import pytest
 
 import vdb
 from tests.test_segments import DIM, Model, Race, answers, brute, check_against_model, top_ids
+from vdb.checkpointer import capture_graph
 from vdb.types import Upsert
+from vdb.wal.checkpoint import PartialArray
 
 SEAL = 300
 
@@ -449,12 +451,31 @@ def test_named_vectors_sealed_graphs_are_written_once_then_carried(tmp_path):
         for p in sealed:  # what a sealed graph writes: its small mutable arrays only
             written = {n[len(p) :] for n, m in second.items() if n.startswith(p)
                        and "/" not in n[len(p) :] and m["written_bytes"]}  # fmt: skip
+            written.discard("graphs")  # the name's list of graphs (x/d{i}/index/graphs)
             assert written <= {"params", "deleted", "free"}, (p, written)
-        assert {"deleted", "free"} <= {
-            n.rsplit("/", 1)[1] for n, m in second.items()
-            if n.startswith(tuple(sealed)) and m["written_bytes"]
+        assert {"deleted", "free"} <= {  # the deletes recorded
+            n[len(p) :] for p in sealed for n, m in second.items()
+            if n.startswith(p) and "/" not in n[len(p) :] and m["written_bytes"]
         }  # fmt: skip
         assert stats["last_checkpoint_bytes_written"] < stats["last_checkpoint_bytes"] / 2
+        # what the next capture copies (not only what a write would find unchanged): of a
+        # sealed graph its params, deleted and free; of a growing one the changed chunks
+        partial = 0
+        for prefix, segs in col._spaces.graph_segments():
+            with segs.index_lock:
+                cap = capture_graph(segs, second, "x/", prefix)
+            segs.mark_graph_rows(cap.rows)  # given back, as after a failed checkpoint
+            for g in segs.index.graphs:
+                p = prefix + g.prefix()
+                own = {k[len(p) :] for k in cap.arrays if k.startswith(p)}
+                own = {k for k in own if "/" not in k} - {"graphs"}
+                if g.sealed:
+                    assert own == {"params", "deleted", "free"}, p
+                    assert {"x/" + p + n for n in ("vectors", "links0", "levels")} <= set(cap.carry)
+                elif "x/" + p + "vectors" in second:
+                    assert isinstance(cap.arrays[p + "vectors"], PartialArray), p
+                    partial += 1
+        assert partial == 2  # the growing graph of each name
         before = _named_answers(col, queries)
     with vdb.open(tmp_path / "d", graph_seal_size=SEAL, indexing=False) as db:
         col = db.collection("c")
