@@ -576,3 +576,226 @@ def test_named_sealed_graphs_round_trip_through_reopen_replay_and_snapshot(tmp_p
         assert col.get([1900]) == []
         got = col.get([1601], with_vectors=True)[0].vector
         np.testing.assert_allclose(got["b"], points["b"][1601] * 2, rtol=1e-6)
+
+
+class PartitionModel:
+    """What a partitioned collection should hold: id -> (vectors by name, partition, g)."""
+
+    def __init__(self, named: bool) -> None:
+        self.named = named
+        self.points: dict[int, tuple[dict[str, np.ndarray], int, int]] = {}
+        self.names = [("", DIM, "l2"), ("a", DIM, "cosine"), ("b", 5, "l2")] if named else [
+            ("", DIM, "l2")
+        ]  # fmt: skip
+
+    def write(self, col, ids, rng, partition=None) -> None:
+        ops = []
+        for i in ids:
+            p = i % 3 if partition is None else partition
+            vectors = {"": rng.standard_normal(DIM).astype(np.float32)}
+            if self.named:
+                vectors["a"] = rng.standard_normal(DIM).astype(np.float32)
+                if i % 4:
+                    vectors["b"] = rng.standard_normal(5).astype(np.float32)
+            self.points[i] = (vectors, p, i % 3)
+            vector = vectors if self.named else vectors[""]
+            ops.append(Upsert(i, vector, {"g": i % 3}, partition=p))
+        for lo in range(0, len(ops), 500):
+            col.apply(ops[lo : lo + 500])
+
+    def delete(self, col, ids) -> None:
+        col.delete(ids)
+        for i in ids:
+            self.points.pop(i, None)
+
+    def drop(self, partition: int) -> None:
+        self.points = {i: v for i, v in self.points.items() if v[1] != partition}
+
+    def truth(self, name, metric, q, wanted, g=None) -> dict:
+        sel = [
+            i
+            for i, (vecs, p, gi) in self.points.items()
+            if p in wanted and name in vecs and (g is None or gi == g)
+        ]
+        if not sel:
+            return {}
+        x = np.stack([self.points[i][0][name] for i in sel])
+        return dict(zip(sel, brute(x, q, metric).tolist(), strict=True))
+
+
+def _restricted_answers(col, model: PartitionModel, rng, wanted_lists) -> list:
+    """Restricted searches of every name (plain, filtered, exact, exact filtered) checked
+    against brute force over the partitions' points; returns what they answered."""
+    flt = {"must": [{"key": "g", "match": {"value": 0}}]}
+    out = []
+    for wanted in wanted_lists:
+        for name, dim, metric in model.names:
+            using = name if model.named else None
+            for q in rng.standard_normal((3, dim)).astype(np.float32):
+                truth = model.truth(name, metric, q, wanted)
+                g0 = model.truth(name, metric, q, wanted, g=0)
+                best, best0 = top_ids(truth, 10, metric), top_ids(g0, 5, metric)
+                exact = col.search(q, k=10, exact=True, partitions=wanted, using=using)
+                assert [h.id for h in exact] == best, (wanted, name)
+                for h in exact:
+                    assert h.score == pytest.approx(truth[h.id], rel=1e-4, abs=1e-4)
+                fx = col.search(q, k=5, exact=True, partitions=wanted, filter=flt, using=using)
+                assert [h.id for h in fx] == best0, (wanted, name)
+                ann = col.search(q, k=10, ef=256, partitions=wanted, using=using)
+                ids = [h.id for h in ann]
+                assert len(ids) == len(set(ids)) == len(best)
+                assert all(model.points[i][1] in wanted for i in ids)
+                assert len(set(ids) & set(best)) >= min(len(best), 9), (wanted, name)
+                fa = col.search(q, k=5, ef=256, partitions=wanted, filter=flt, using=using)
+                fids = [h.id for h in fa]
+                assert len(fids) == len(set(fids)) == len(best0)
+                assert all(i in g0 for i in fids)
+                assert len(set(fids) & set(best0)) >= min(len(best0), 4), (wanted, name)
+                out.append((
+                    [(h.id, round(h.score, 5)) for h in ann], [h.id for h in exact],
+                    [h.id for h in fa], [h.id for h in fx],
+                ))  # fmt: skip
+    return out
+
+
+def _partitioned_named(db, named: bool, sparse: bool = False):
+    if not named:
+        return db.create_collection("c", dim=DIM, metric="l2", partition_segments=True)
+    return db.create_collection(
+        "c",
+        vectors={"": {"dim": DIM, "metric": "l2"}, "a": {"dim": DIM, "metric": "cosine"},
+                 "b": {"dim": 5, "metric": "l2", "M": 8}},
+        sparse_vectors={"s": {}} if sparse else None,
+        partition_segments=True,
+    )  # fmt: skip
+
+
+def _dense_graphs(col) -> dict[str, list]:
+    return {name: list(space.segs.index.graphs) for name, space in col._spaces.dense.items()} or {
+        "": list(col._index.graphs)
+    }
+
+
+WANTED = ([1], [0, 2], [2, 7], [5])
+
+
+@pytest.mark.parametrize("named", [False, True], ids=["default", "named"])
+def test_partition_segments_restricted_searches_against_brute_force_drop_reopen_replay(
+    tmp_path, named
+):
+    rng = np.random.default_rng(40)
+    model = PartitionModel(named)
+    with vdb.open(tmp_path / "d", graph_seal_size=SEAL) as db:
+        col = _partitioned_named(db, named)
+        model.write(col, range(1800), rng)
+        assert col.wait_indexed(timeout=120)
+        for name, graphs in _dense_graphs(col).items():  # every name: graphs per partition
+            assert {g.partition for g in graphs} == {0, 1, 2}, name
+            assert sum(g.sealed for g in graphs) >= 3, name
+        db.pause_indexing()
+        model.write(col, range(1800, 1950), rng)  # fresh rows of every partition
+        model.delete(col, list(range(0, 1800, 10)))  # hidden in graphs
+        _restricted_answers(col, model, rng, WANTED)
+        n_one = sum(1 for _, p, _ in model.points.values() if p == 1)
+        assert col.drop_partition(1) == n_one
+        model.drop(1)
+        assert col.count(partitions=[1]) == 0 and col.count() == len(model.points)
+        _restricted_answers(col, model, rng, WANTED)
+        db.resume_indexing()
+        assert col.wait_indexed(timeout=120)
+        for name, graphs in _dense_graphs(col).items():  # the partition's graphs dropped
+            assert {g.partition for g in graphs} == {0, 2}, name
+        _restricted_answers(col, model, rng, WANTED)
+        db.checkpoint()
+        db.pause_indexing()
+        model.write(col, range(2000, 2300), rng)  # partition 1 assigned again, and others
+        model.delete(col, list(range(1, 1800, 7)))
+        before = _restricted_answers(col, model, np.random.default_rng(1), WANTED)
+        db.close(checkpoint=False)  # the WAL after the checkpoint is replayed
+    with vdb.open(tmp_path / "d", graph_seal_size=SEAL, indexing=False) as db:
+        col = db.collection("c")
+        assert db.stats()["recovered_records"] > 0
+        assert _restricted_answers(col, model, np.random.default_rng(1), WANTED) == before
+        for name, graphs in _dense_graphs(col).items():
+            assert {g.partition for g in graphs} == {0, 2}, name
+            assert all(g.partition is not None for g in graphs)
+        db.resume_indexing()
+        assert col.wait_indexed(timeout=120)
+        for name, graphs in _dense_graphs(col).items():
+            assert {g.partition for g in graphs} == {0, 1, 2}, name
+        _restricted_answers(col, model, rng, WANTED)
+        assert col.drop_partition(0) == sum(1 for _, p, _ in model.points.values() if p == 0)
+        model.drop(0)
+        _restricted_answers(col, model, rng, WANTED)
+        db.checkpoint()
+    with vdb.open(tmp_path / "d", graph_seal_size=SEAL) as db:
+        col = db.collection("c")
+        assert db.stats()["recovered_records"] == 0
+        _restricted_answers(col, model, rng, WANTED)
+
+
+def test_restricted_filtered_and_exact_searches_walk_only_the_partitions(tmp_path, monkeypatch):
+    """No mask over every slot by partition and no graph of another partition searched, for
+    plain, filtered and exact searches of the default and the named vectors; the answers
+    still equal brute force."""
+    from vdb.index import HNSW
+
+    rng = np.random.default_rng(41)
+    model = PartitionModel(named=True)
+    with vdb.open(tmp_path / "d", graph_seal_size=SEAL) as db:
+        col = _partitioned_named(db, named=True)
+        model.write(col, range(1500), rng)
+        assert col.wait_indexed(timeout=120)
+        db.pause_indexing()
+        model.write(col, range(1500, 1600), rng)
+        owner = {id(g.index): g.partition for graphs in _dense_graphs(col).values() for g in graphs}
+        searched: list[int | None] = []
+        masks: list[int] = []
+        real_search, real_mask = HNSW.search, col._partition_mask
+
+        def search(self, *args, **kwargs):
+            searched.append(owner.get(id(self), "?"))
+            return real_search(self, *args, **kwargs)
+
+        def partition_mask(partitions, capacity):
+            if capacity:
+                masks.append(capacity)
+            return real_mask(partitions, capacity)
+
+        monkeypatch.setattr(HNSW, "search", search)
+        monkeypatch.setattr(col, "_partition_mask", partition_mask)
+        _restricted_answers(col, model, rng, ([1], [0, 2]))
+        assert masks == []
+        assert searched and set(searched) <= {0, 1, 2}
+        searched.clear()
+        _restricted_answers(col, model, rng, ([1],))
+        assert set(searched) == {1}
+        assert masks == []
+        # the drop finds the partition through its graphs and fresh rows (no scan of the id map)
+        monkeypatch.setattr(
+            col._ids, "live_mask", lambda capacity: pytest.fail("drop scanned every slot")
+        )
+        assert col.drop_partition(2) == sum(1 for _, p, _ in model.points.values() if p == 2)
+        monkeypatch.undo()
+        model.drop(2)
+        _restricted_answers(col, model, rng, ([1], [2]))
+
+
+def test_drop_partition_of_named_vectors_finds_points_with_sparse_vectors_only(tmp_path):
+    rng = np.random.default_rng(42)
+    model = PartitionModel(named=True)
+    with vdb.open(tmp_path / "d", graph_seal_size=SEAL) as db:
+        col = _partitioned_named(db, named=True, sparse=True)
+        model.write(col, range(900), rng)
+        col.apply([
+            Upsert(5000 + i, {"s": {"indices": [i, 100 + i], "values": [1.0, 0.5]}}, partition=1)
+            for i in range(20)
+        ])  # fmt: skip
+        assert col.wait_indexed(timeout=120)
+        n_one = sum(1 for _, p, _ in model.points.values() if p == 1)
+        assert col.drop_partition(1) == n_one + 20
+        assert col.get([5000, 5019]) == []
+        assert col.count(partitions=[1]) == 0
+        assert col.search({"indices": [3], "values": [1.0]}, k=3, using="s") == []
+        model.drop(1)
+        _restricted_answers(col, model, rng, ([0], [1, 2]))

@@ -253,15 +253,17 @@ class Spaces:
     ) -> DenseSpace:
         if segs is None:
             make = self._make_index
+            main = self.main.segs
             segs = Segments(
                 index,
-                self.main.segs.fresh_limit,
-                owner=self.main.segs,
+                main.fresh_limit,
+                owner=main,
                 make=lambda gid: make(spec, i, gid),
-                seal_size=self.main.segs.index.seal_size,
+                seal_size=main.index.seal_size,
+                partitioned=main.index.partitioned,  # graphs per partition, as the default's
             )
-            main = self.main.segs
             segs.wake = lambda: main.wake()
+            segs.partition_of = main.partition_of
         return DenseSpace(name, spec["dim"], spec["metric"], index, segs, partial=True)
 
     def names(self) -> list[str]:
@@ -310,6 +312,7 @@ class Spaces:
                     arrays,
                     on_disk=str(path) if spec.get("on_disk") else False,
                     seal_size=self.main.segs.index.seal_size,
+                    partitioned=self.main.segs.index.partitioned,
                     template=self._make_index(spec, i),
                 )
                 space = self._dense_space(name, spec, index, None, i)
