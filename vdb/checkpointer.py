@@ -1,12 +1,12 @@
 """Checkpoints: capture a collection's state, write it beside the WAL, install it.
 
-``Checkpointer.checkpoint`` captures every changed collection (its graph
-under the collection's indexer lock, the rest with the writer paused
-between two groups), copying only what changed since the previous
-checkpoint (``capture_graph``, ``capture``: the id-map and payload parts
-touched, the growing graphs' chunks of relinked rows and their link arrays
-whole; of a sealed graph written before, only its deleted flags: its other
-blobs are carried by name, ``GraphCapture.carry``), encodes
+``Checkpointer.checkpoint`` captures every changed collection (the graphs
+of each dense vector name under that name's indexer lock, the rest with the
+writer paused between two groups), copying only what changed since the
+previous checkpoint (``capture_graph``, ``capture``: the id-map and payload
+parts touched, the growing graphs' chunks of relinked rows and their link
+arrays whole; of a sealed graph written before, only its deleted flags: its
+other blobs are carried by name, ``GraphCapture.carry``), encodes
 and writes the blobs outside both locks
 (``vdb.wal.checkpoint``: only chunks that changed are written), then
 installs the new manifests and removes the WAL records they cover in one
