@@ -1,12 +1,12 @@
 """Checkpoints: capture a collection's state, write it beside the WAL, install it.
 
-``Checkpointer.checkpoint`` captures every changed collection (its graph
-under the collection's indexer lock, the rest with the writer paused
-between two groups), copying only what changed since the previous
-checkpoint (``capture_graph``, ``capture``: the id-map and payload parts
-touched, the growing graphs' chunks of relinked rows and their link arrays
-whole; of a sealed graph written before, only its deleted flags: its other
-blobs are carried by name, ``GraphCapture.carry``), encodes
+``Checkpointer.checkpoint`` captures every changed collection (the graphs
+of each dense vector name under that name's indexer lock, the rest with the
+writer paused between two groups), copying only what changed since the
+previous checkpoint (``capture_graph``, ``capture``: the id-map and payload
+parts touched, the growing graphs' chunks of relinked rows and their link
+arrays whole; of a sealed graph written before, only its deleted flags: its
+other blobs are carried by name, ``GraphCapture.carry``), encodes
 and writes the blobs outside both locks
 (``vdb.wal.checkpoint``: only chunks that changed are written), then
 installs the new manifests and removes the WAL records they cover in one
@@ -126,13 +126,15 @@ class Checkpointer:
                 # The graphs first, each under its indexer lock only (the writer never
                 # writes a graph, so it keeps running); the indexer waits until the
                 # collection state is captured too, so graph and state agree.
-                graphs: list[GraphCapture] = []
-                named = []  # the named vectors' graphs, each under its own indexer lock
+                graphs: list[list[GraphCapture]] = []  # per collection: default, named
                 for col in changed:
-                    held.enter_context(col._segs.index_lock)
-                    col._segs.dirty = False
-                    graphs.append(capture_graph(col, self._manifests.get(col.uid)))
-                    named.append(col._spaces.capture_graphs(held))
+                    old = (self._manifests.get(col.uid) or {}).get("blobs") or {}
+                    taken = []
+                    for root, prefix, segs in graph_segments(col):
+                        held.enter_context(segs.index_lock)
+                        segs.dirty = False
+                        taken.append(capture_graph(segs, old, root, prefix))
+                    graphs.append(taken)
                 with self._write_lock:
                     # the writer's pause: from when it is held (until then the writer may
                     # still be finishing a group, which is not a pause)
@@ -142,30 +144,32 @@ class Checkpointer:
                         capture(
                             col,
                             seq,
-                            graph.arrays,
+                            taken[0].arrays,
                             full=not _has_parts(self._manifests.get(col.uid)),
-                            extra=extra,
+                            extra={k: v for named in taken[1:] for k, v in named.arrays.items()},
                             columns_full=not _has_columns(self._manifests.get(col.uid)),
                         )
-                        for col, graph, extra in zip(changed, graphs, named, strict=True)
+                        for col, taken in zip(changed, graphs, strict=True)
                     ]
                     uids = [col.uid for col in self._collections.values()]
                     wal_bytes = self._stats.wal_bytes_since_checkpoint
                 pause = time.perf_counter() - pause_start
             try:
                 installed, new_manifests = self._write(
-                    captured, uids, seq, started, [g.carry for g in graphs]
+                    captured, uids, seq, started, [[n for g in t for n in g.carry] for t in graphs]
                 )
             except BaseException:
                 # what was captured is still to be written by the next checkpoint
-                for col, cap, graph in zip(changed, captured, graphs, strict=True):
+                for col, cap, taken in zip(changed, captured, graphs, strict=True):
                     col._ids.dirty.update(cap.id_parts)
                     col._payloads.mark_dirty(cap.payload_parts)
-                    col._segs.mark_graph_rows(graph.rows)
+                    for graph in taken:
+                        graph.segs.mark_graph_rows(graph.rows)
                 raise
-            for graph in graphs:  # sealed graphs now in the checkpoint: carried from now on
-                for g, params, saved in graph.sealed:
-                    g.params, g.saved, g.persisted = params, saved, True
+            for taken in graphs:  # sealed graphs now in the checkpoint: carried from now on
+                for graph in taken:
+                    for g, params, saved in graph.sealed:
+                        g.params, g.saved, g.persisted = params, saved, True
             with self._write_lock:
                 for uid, manifest in installed.items():
                     if uid in self._by_uid:
@@ -288,18 +292,37 @@ def _has_columns(manifest: dict[str, Any] | None) -> bool:
 
 
 class GraphCapture:
-    """What ``capture_graph`` took: the arrays, the rows to give back if the checkpoint
-    fails, the blob names carried unchanged (sealed graphs written before) and the sealed
-    graphs written whole (carried from the next checkpoint on)."""
+    """What ``capture_graph`` took of one vector name's graphs: the arrays, the segments
+    and rows to give back if the checkpoint fails, the blob names carried unchanged
+    (sealed graphs written before) and the sealed graphs written whole (carried from the
+    next checkpoint on)."""
 
-    __slots__ = ("arrays", "rows", "carry", "sealed")
+    __slots__ = ("segs", "arrays", "rows", "carry", "sealed")
 
-    def __init__(self, arrays: dict[str, Any], rows: Any, carry: list[str], sealed: list[Any]):
-        self.arrays, self.rows, self.carry, self.sealed = arrays, rows, carry, sealed
+    def __init__(
+        self, segs: Any, arrays: dict[str, Any], rows: Any, carry: list[str], sealed: list[Any]
+    ) -> None:
+        self.segs, self.arrays, self.rows, self.carry, self.sealed = (
+            segs, arrays, rows, carry, sealed,
+        )  # fmt: skip
 
 
-def capture_graph(col: Collection, previous: dict[str, Any] | None) -> GraphCapture:
-    """The graph arrays of ``col`` (the caller holds its ``index_lock``, so no link changes).
+def graph_segments(col: Collection) -> list[tuple[str, str, Any]]:
+    """``(root, prefix, segments)`` of every dense vector name of ``col``: its graph arrays
+    are the blobs ``root + prefix + name``. The default vector's are ``index/<name>``
+    (``Captured.arrays``), the other names' ``x/d{i}/index/<name>`` (``Captured.extra``,
+    ``vdb.vectors``)."""
+    return [("index/", "", col._segs)] + [
+        ("x/", prefix, segs) for prefix, segs in col._spaces.graph_segments()
+    ]
+
+
+def capture_graph(
+    segs: Any, old: dict[str, Any], root: str = "index/", prefix: str = ""
+) -> GraphCapture:
+    """The graph arrays of one vector name (the caller holds ``segs.index_lock``, so no
+    link changes), keyed ``prefix + name``; ``old``: the previous manifest's blob table,
+    where they are ``root + prefix + name``.
 
     A sealed graph already in the previous checkpoint is carried: its vectors, links and
     labels are neither copied nor written again, only its deleted flags, free list and
@@ -309,19 +332,18 @@ def capture_graph(col: Collection, previous: dict[str, Any] | None) -> GraphCapt
     rest are that checkpoint's chunks. Its link arrays are copied whole (inserts rewrite
     neighbours' lists all over the graph). One graph keeps the names it always had.
     """
-    graphs = col._index
-    rows = col._segs.take_graph_rows()
-    old = ((previous or {}).get("blobs") or {}) if previous else {}
+    graphs = segs.index
+    rows = segs.take_graph_rows()
     arrays: dict[str, Any] = {}
     carry: list[str] = []
     sealed: list[Any] = []
     listed = graphs.graphs
     if not (len(listed) == 1 and listed[0].identity and not listed[0].sealed):
-        arrays["graphs"] = graphs.meta()
+        arrays[prefix + "graphs"] = graphs.meta()
     for g in listed:
-        p = g.prefix()
+        p = prefix + g.prefix()
         if g.sealed and g.persisted and g.params is not None:
-            names = [f"index/{p}{n}" for n in (*IMMUTABLE, "labels") if n in g.saved]
+            names = [f"{root}{p}{n}" for n in (*IMMUTABLE, "labels") if n in g.saved]
             if all(name in old for name in names):
                 live = g.index.live_mask()[: int(g.index.used)]
                 params = g.params.copy()
@@ -334,21 +356,22 @@ def capture_graph(col: Collection, previous: dict[str, Any] | None) -> GraphCapt
         own = g.index.to_arrays(views=GRAPH_VIEWS)
         if g.labels is not None:
             own["labels"] = g.labels[: int(g.index.used)]
-        _partial(own, p, rows.get(g.gid, np.zeros(0, np.int64)), old)
+        _partial(own, root + p, rows.get(g.gid, np.zeros(0, np.int64)), old)
         if g.sealed:
             sealed.append((g, own["params"].copy(), sorted(own)))
         arrays.update({p + k: v for k, v in own.items()})
-    return GraphCapture(arrays, rows, carry, sealed)
+    return GraphCapture(segs, arrays, rows, carry, sealed)
 
 
 IMMUTABLE = ("vectors", "links0", "upper", "upper_off", "levels", "codes", "terms", "quantizer")
 
 
 def _partial(own: dict[str, Any], p: str, rows: np.ndarray, old: dict[str, Any]) -> None:
-    """Replace the per-point arrays of one graph by their changed chunks (see above)."""
+    """Replace the per-point arrays of one graph (blobs ``p + name``) by their changed
+    chunks (see above)."""
     refit = False
     if "quantizer" in own:  # a refit re-codes every slot
-        meta = old.get(f"index/{p}quantizer")
+        meta = old.get(f"{p}quantizer")
         refit = meta is None or meta.get("chunk_digests") != [
             ckpt.digest(np.ascontiguousarray(own["quantizer"]).tobytes())
         ]
@@ -356,7 +379,7 @@ def _partial(own: dict[str, Any], p: str, rows: np.ndarray, old: dict[str, Any])
         arr = own.get(name)
         if arr is None:
             continue
-        meta = old.get(f"index/{p}{name}")
+        meta = old.get(f"{p}{name}")
         if (
             meta is None
             or meta.get("hash") != ckpt.HASH
@@ -374,7 +397,7 @@ def capture(
     seq: int,
     arrays: dict[str, Any],
     full: bool = False,
-    extra: dict[str, np.ndarray] | None = None,
+    extra: dict[str, Any] | None = None,
     columns_full: bool = True,
 ) -> ckpt.Captured:
     """Copy what changed of a collection's state since its last checkpoint (the writer is
@@ -383,8 +406,8 @@ def capture(
 
     O(changed): the id-map and payload parts touched since the last capture (slices and
     references), the fresh rows' slot column; nothing is encoded here. ``extra``: the named
-    vectors' graphs (copied whole, see ``vdb.vectors``), to which their fresh rows and the
-    sparse indexes are added here, and the payload-index columns of the payload parts
+    vectors' graphs (``capture_graph`` of each, under its own indexer lock), to which their
+    fresh rows and the sparse indexes are added here, and the payload-index columns of the payload parts
     taken (every part when ``columns_full``: the previous checkpoint has none).
     """
     with col._apply_lock:

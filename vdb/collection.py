@@ -131,12 +131,14 @@ class Collection:
             partitioned=bool(config.get("partition_segments")),
         )
         self._index = self._segs.index  # the default vector's graphs (vdb.graphs.Graphs)
+        self._ids = ids
+        # the source partition of every slot: the key of per-partition graphs, shared by
+        # every vector name's segments
+        self._segs.partition_of = lambda: self._ids.partitions
         from vdb.vectors import Spaces
 
         # every vector name over the same slots (the default one is _index / _segs)
         self._spaces = Spaces(config, self._index, self._segs, self._named_index)
-        self._ids = ids
-        self._segs.partition_of = lambda: self._ids.partitions
         self._payloads = payloads
         self._generation = 0
         self.search_retries = 0  # searches that ran again because a write raced them
@@ -293,6 +295,29 @@ class Collection:
         mask = np.zeros(capacity, dtype=bool)
         mask[: len(parts)] = np.isin(parts, wanted)
         return mask
+
+    def _partition_slots(self, segments: Sequence[Segments], wanted: set[int]) -> np.ndarray:
+        """Live slots (sorted, each once) of points of partitions ``wanted`` held by
+        ``segments``, found in those partitions' graphs and fresh rows: time proportional to
+        the partitions' points, no mask over every slot. Every segment's graphs must be
+        per partition (``Graphs.keyed``)."""
+        found = [segs.partition_slots(wanted) for segs in segments]
+        slots = found[0] if len(found) == 1 else np.unique(np.concatenate(found))
+        live, parts = self._ids.live, self._ids.partitions
+        slots = slots[slots < min(live.shape[0], parts.shape[0])]
+        keep = live[slots] & np.isin(parts[slots], np.fromiter(wanted, np.int32, len(wanted)))
+        return slots[keep]
+
+    def _partition_candidates(
+        self, segs: Segments, wanted: set[int], allowed: np.ndarray | None
+    ) -> np.ndarray:
+        """The points of ``wanted`` in ``segs`` that ``allowed`` (a mask over slots, or
+        ``None``) admits: the candidates of a restricted exact scan."""
+        slots = self._partition_slots([segs], wanted)
+        if allowed is not None:
+            slots = slots[slots < allowed.shape[0]]
+            slots = slots[allowed[slots]]
+        return slots
 
     def _vector_of(self, slot: int) -> np.ndarray:
         return self._segs.get_vectors(np.array([slot]))[0]
@@ -666,14 +691,15 @@ class Collection:
                 raise InvalidInput(f"offsets to forget are (source, topic, partition), got {key!r}")
             forget.append((str(key[0]), str(key[1]), int(key[2])))
         with self._apply_lock:
-            if self._index.keyed() and not self._spaces.named:
-                # graphs per partition: that partition's graphs and the fresh rows, not a
-                # scan of every slot
-                slots = self._segs.partition_slots(int(partition))
-                live, parts = self._ids.live, self._ids.partitions
-                slots = slots[slots < live.shape[0]]
-                slots = slots[live[slots] & (parts[slots] == int(partition))]
-            else:
+            slots = None
+            segments = self._all_segments()
+            if all(segs.index.keyed() for segs in segments):
+                # graphs per partition (every dense vector name): that partition's graphs and
+                # the fresh rows, not a scan of every slot
+                slots = self._partition_slots(segments, {int(partition)})
+                if len(slots) != self._ids.per_partition.get(int(partition), 0):
+                    slots = None  # points in no dense segment (sparse vectors only)
+            if slots is None:
                 capacity = len(self._ids.ids)
                 slots = np.flatnonzero(
                     self._ids.live_mask(capacity)
@@ -1213,41 +1239,49 @@ class Collection:
         allowed = None
         n_allowed = None
         capacity = self._capacity()
-        seg_parts = None  # partitions whose graphs and fresh rows are searched, unmasked
-        if (
-            partitions is not None
-            and space is None
-            and parsed is None
-            and not exact
-            and segs.index.keyed()
-        ):
-            restrict = None
+        restrict = None
+        # partitions whose graphs and fresh rows are searched (graphs per partition): no
+        # partition mask over every slot; a filter's mask applies within them
+        seg_parts = None
+        if partitions is not None:
             wanted = {int(p) for p in partitions}
-            if not self._ids.partitions_held() <= wanted:
-                seg_parts = wanted
-                counts = self._ids.per_partition
-                n_allowed = sum(counts.get(p, 0) for p in wanted)
-                if n_allowed == 0:
-                    return [[] for _ in range(nq)]
-        else:
-            restrict = self._partition_mask(partitions, capacity)
+            held = self._ids.partitions_held()
+            if not held & wanted:
+                return [[] for _ in range(nq)]
+            if not held <= wanted:  # else every live point is in a wanted partition
+                if segs.index.keyed():
+                    seg_parts = wanted
+                else:
+                    restrict = self._partition_mask(partitions, capacity)
         has = None
-        if space is not None and (exact or parsed is not None or restrict is not None):
+        if (
+            seg_parts is None
+            and space is not None
+            and (exact or parsed is not None or restrict is not None)
+        ):
             # points without this vector are never candidates of a masked or exact search
-            # (a plain search needs no mask: they are in neither segment of this name)
+            # (a plain search needs no mask: they are in neither segment of this name; nor
+            # does a search of some partitions' segments of this name)
             has = space.has_mask(capacity)
         if has is not None:
             restrict = has if restrict is None else restrict & has
-        if exact:
+        if exact and seg_parts is not None:
+            allowed = None if parsed is None else self._allowed(parsed, capacity)
+            candidates = self._partition_candidates(segs, seg_parts, allowed)
+            if not candidates.size:
+                return [[] for _ in range(nq)]
+            slots, scores = self._exact(queries, k, None, space, candidates)
+        elif exact:
             allowed = self._allowed(parsed, capacity, restrict)
             if not allowed.any():
                 return [[] for _ in range(nq)]
             slots, scores = self._exact(queries, k, allowed, space)
         elif parsed is not None or restrict is not None:
             allowed = self._allowed(parsed, capacity, restrict)
-            n_allowed = int(allowed.sum())
-            if n_allowed == 0:
-                return [[] for _ in range(nq)]
+            if seg_parts is None:
+                n_allowed = int(allowed.sum())
+                if n_allowed == 0:
+                    return [[] for _ in range(nq)]
         elif generation is not None and generation % 2:
             # A write is being applied: admit only points whose write was
             # applied (the id map's live slots), so points being inserted or
@@ -1257,17 +1291,22 @@ class Collection:
             slots, scores = segs.search(
                 queries, k, ef, allowed, self._ids.live, seg_parts, **(qopts or {})
             )
-        if n_allowed is not None:
-            want = min(k, n_allowed)
-            for row in range(nq):
-                if int((slots[row] >= 0).sum()) < want:
-                    if seg_parts is not None:  # the partitions' points, as a mask at last
-                        allowed = self._allowed(
-                            None, capacity, self._partition_mask(partitions, capacity)
+            # too few hits (a selective filter, small partitions): the exact scan
+            short = []
+            if n_allowed is not None or seg_parts is not None:
+                short = [row for row in range(nq) if int((slots[row] >= 0).sum()) < k]
+            if short:
+                candidates = None
+                if seg_parts is not None:  # counted only now, from the partitions' segments
+                    candidates = self._partition_candidates(segs, seg_parts, allowed)
+                    n_allowed = len(candidates)
+                want = min(k, n_allowed)
+                for row in short:
+                    if int((slots[row] >= 0).sum()) < want:
+                        row_slots, row_scores = self._exact(
+                            queries[row : row + 1], k, allowed, space, candidates
                         )
-                        seg_parts = None
-                    row_slots, row_scores = self._exact(queries[row : row + 1], k, allowed, space)
-                    slots[row], scores[row] = row_slots[0], row_scores[0]
+                        slots[row], scores[row] = row_slots[0], row_scores[0]
         metric = self.metric if space is None else space.metric
         return self._hits(
             slots, scores, with_payload, with_vectors, score_threshold, generation, metric == "l2"
@@ -1322,18 +1361,25 @@ class Collection:
         return score <= threshold if self.metric == "l2" else score >= threshold
 
     def _exact(
-        self, queries: np.ndarray, k: int, allowed: np.ndarray, space: Any = None
+        self,
+        queries: np.ndarray,
+        k: int,
+        allowed: np.ndarray | None,
+        space: Any = None,
+        candidates: np.ndarray | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """Exact top-k of each query over the allowed live slots, by brute force.
 
         Returns ``(slots int64[nq, k], scores float32[nq, k])``, best first
         (ties by slot), ``-1``/NaN padding when fewer than ``k`` are allowed.
         The stored vectors are read in chunks, so memory stays bounded on a
-        big collection.
+        big collection. ``candidates``: the live, allowed slots, given (some
+        partitions' points, ``_partition_candidates``) instead of ``allowed``.
         """
         nq = len(queries)
-        live = self._ids.live_mask(len(allowed))
-        candidates = np.flatnonzero(np.asarray(allowed, dtype=bool) & live)
+        if candidates is None:
+            live = self._ids.live_mask(len(allowed))
+            candidates = np.flatnonzero(np.asarray(allowed, dtype=bool) & live)
         best_slots = np.full((nq, k), -1, dtype=np.int64)
         best_keys = np.full((nq, k), np.inf, dtype=np.float32)
         segs = self._segs if space is None else space.segs

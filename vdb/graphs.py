@@ -347,9 +347,13 @@ class Graphs:
 
     # -- partitions ----------------------------------------------------------------------
 
-    def partition_slots(self, partition: int) -> np.ndarray:
-        """Slots live in the graphs of ``partition`` (time proportional to those graphs)."""
-        parts = [g.slots_of(g.live_locals()) for g in self.graphs if g.partition == partition]
+    def partition_slots(self, partitions: int | Sequence[int] | set[int]) -> np.ndarray:
+        """Slots live in the graphs of ``partitions`` (one or several; time proportional to
+        those graphs). A slot live in two graphs (a compaction under way) is listed twice."""
+        if isinstance(partitions, int | np.integer):
+            partitions = (int(partitions),)
+        wanted = set(partitions)
+        parts = [g.slots_of(g.live_locals()) for g in self.graphs if g.partition in wanted]
         return np.concatenate(parts) if parts else np.zeros(0, np.int64)
 
     def keyed(self) -> bool:

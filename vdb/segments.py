@@ -377,13 +377,15 @@ class Segments:
         out[~keep] = -1
         return out
 
-    def partition_slots(self, partition: int) -> np.ndarray:
-        """Slots of points of ``partition`` in this segment (graphs per partition: time
-        proportional to that partition's points and the fresh rows)."""
+    def partition_slots(self, partitions: int | set[int]) -> np.ndarray:
+        """Slots of points of ``partitions`` (one or a set) in this segment, sorted, each
+        once (graphs per partition: time proportional to those partitions' points and the
+        fresh rows). The view is taken before the graphs, as a search does."""
+        wanted = {int(partitions)} if isinstance(partitions, int | np.integer) else partitions
         view = self.view
-        rows = self._rows_of(view.buffer.slots[view.start : view.buffer.n], {int(partition)})
+        rows = self._rows_of(view.buffer.slots[view.start : view.buffer.n], wanted)
         fresh = rows[rows >= 0].astype(np.int64)
-        return np.union1d(self.index.partition_slots(int(partition)), fresh)
+        return np.union1d(self.index.partition_slots(wanted), fresh)
 
     def get_vectors(self, slots: np.ndarray) -> np.ndarray:
         """Stored vectors of occupied ``slots`` (fresh or indexed)."""

@@ -253,15 +253,17 @@ class Spaces:
     ) -> DenseSpace:
         if segs is None:
             make = self._make_index
+            main = self.main.segs
             segs = Segments(
                 index,
-                self.main.segs.fresh_limit,
-                owner=self.main.segs,
+                main.fresh_limit,
+                owner=main,
                 make=lambda gid: make(spec, i, gid),
-                seal_size=self.main.segs.index.seal_size,
+                seal_size=main.index.seal_size,
+                partitioned=main.index.partitioned,  # graphs per partition, as the default's
             )
-            main = self.main.segs
             segs.wake = lambda: main.wake()
+            segs.partition_of = main.partition_of
         return DenseSpace(name, spec["dim"], spec["metric"], index, segs, partial=True)
 
     def names(self) -> list[str]:
@@ -279,17 +281,11 @@ class Spaces:
 
     # -- checkpoints ---------------------------------------------------------------------
 
-    def capture_graphs(self, held: Any) -> dict[str, np.ndarray]:
-        """The extra graphs' arrays, each copied under its indexer lock (entered in ``held``,
-        an ExitStack the caller closes once the rest of the state is captured too)."""
-        out: dict[str, np.ndarray] = {}
-        for i, space in enumerate(self.extra.values()):
-            held.enter_context(space.segs.index_lock)
-            space.segs.dirty = False
-            space.segs.take_graph_rows()  # its graph is copied whole: the rows are not needed
-            for key, arr in space.index.to_arrays().items():
-                out[f"d{i}/index/{key}"] = arr
-        return out
+    def graph_segments(self) -> list[tuple[str, Segments]]:
+        """``(key prefix, segments)`` of every extra dense name: its graph arrays are the
+        checkpoint's ``x/d{i}/index/*`` blobs, captured as the default vector's are
+        (``vdb.checkpointer.capture_graph``: a sealed graph is written once, then carried)."""
+        return [(f"d{i}/index/", space.segs) for i, space in enumerate(self.extra.values())]
 
     def capture_rest(self) -> dict[str, np.ndarray]:
         """The extra fresh rows and the sparse indexes (the caller holds the apply lock)."""
@@ -316,6 +312,7 @@ class Spaces:
                     arrays,
                     on_disk=str(path) if spec.get("on_disk") else False,
                     seal_size=self.main.segs.index.seal_size,
+                    partitioned=self.main.segs.index.partitioned,
                     template=self._make_index(spec, i),
                 )
                 space = self._dense_space(name, spec, index, None, i)

@@ -82,7 +82,9 @@ def reference(tmp_path_factory: pytest.TempPathFactory, data: dict[str, Any]) ->
 
 @pytest.fixture(scope="module")
 def cluster(make_cluster: Any, data: dict[str, Any]) -> Cluster:
-    cl = make_cluster(partitions=4, dim=384, create=CREATE)
+    # the nodes' collection has graphs per partition for every dense name, as `serve
+    # --cluster` gives the collections it creates
+    cl = make_cluster(partitions=4, dim=384, create={**CREATE, "partition_segments": True})
     for node_id in ("n1", "n2"):
         cl.add_node(node_id, "g1", wait=False)
     for node in cl.nodes.values():

@@ -87,8 +87,9 @@ class Captured:
     # the fresh segment's rows, or an object whose ``arrays()`` gathers them (outside locks)
     fresh: Any = field(default_factory=dict)
     part_shift: int = 12
-    # more arrays of the collection (its named vectors), stored as blobs "x/<key>"
-    extra: dict[str, np.ndarray] = field(default_factory=dict)
+    # more arrays of the collection (its named vectors), stored as blobs "x/<key>"; may be
+    # :class:`PartialArray` (a named vector's graph)
+    extra: dict[str, np.ndarray | PartialArray] = field(default_factory=dict)
 
 
 def digest(data: bytes | memoryview, kind: str = HASH) -> str:
@@ -193,7 +194,7 @@ def encode(captured: Captured) -> dict[str, Blob]:
     for name, arr in fresh.items():
         blobs[f"fresh/{name}"] = _array_blob(arr)
     for name, arr in captured.extra.items():
-        blobs[f"x/{name}"] = _array_blob(arr)
+        blobs[f"x/{name}"] = arr if isinstance(arr, PartialArray) else _array_blob(arr)
     size = 1 << captured.part_shift
     for part, (ids, live, partitions) in sorted(captured.id_parts.items()):
         data = _encode_id_part(ids, live, partitions)
