@@ -1460,6 +1460,16 @@ class Collection:
         """How many points (matching ``filter`` if given; of ``partitions`` if given)."""
         self._check_open()
         parsed = self._filter(filter)
+        if parsed is None and partitions is not None:
+            # the live count per partition is kept: no mask over every slot
+            try:
+                wanted = {int(p) for p in partitions}
+            except (TypeError, ValueError):
+                raise InvalidInput(
+                    f"partitions must be a list of integers, got {partitions!r}"
+                ) from None
+            counts = dict(self._ids.per_partition)  # one C-level copy: safe beside the writer
+            return sum(counts.get(p, 0) for p in wanted)
         restrict = self._partition_mask(partitions, len(self._ids.ids))
         if parsed is None and restrict is None:
             return len(self._ids)
