@@ -24,22 +24,24 @@ occupied. A slot is in one of these states:
   it was fully indexed: ``HNSW.hide``), deleted from the graph by the indexer
   at the start of its next cycle, and only then free again.
 
-Publication (one writer, one indexer, any number of readers):
+Publication (one writer, one indexer, one upkeep thread, any number of readers):
 
 * Rows are only appended to a ``_Buffer``; its row count ``n`` is published
   after the rows are written: the float row, the slot, and (once the buffer
   has them) the row's int8 codes and term in ``buffer.coding`` and its list in
   ``buffer.part``. A reader takes ``self.view`` once (a buffer and the first
-  row that is still fresh), reads ``n`` once, and only then ``coding`` and
-  ``part`` (once each).
-* ``coding`` and ``part`` are set by the indexer thread and replaced whole,
+  row that is still fresh), reads ``n`` once, and only then ``coding``,
+  ``part`` and ``pack`` (once each).
+* ``coding`` and ``part`` are set by the upkeep thread and replaced whole,
   never changed in place (except rows at or above ``n``, which the writer fills):
   the new object's rows are coded / assigned outside the apply lock, the rows
   appended meanwhile under it, and it is published under it, so every row
   below ``n`` is in the object a reader reads after ``n``, and the writer codes
   and assigns new rows into that object from then on. A reader holding an older
   ``part`` sees the rows appended after the swap unassigned (``-1``: scanned by
-  every query), never assigned to the wrong centroids.
+  every query), never assigned to the wrong centroids. ``pack`` is immutable
+  and names the ``coding`` and ``part`` it was built from; a reader uses it only
+  when those are the ones it read, and only for its rows in ``[start, n)``.
 * Growth copies the fresh rows (floats, slots, codes, lists) into a new buffer
   and swaps ``self.view``; readers that hold the old view keep a consistent,
   older picture. An upkeep that finds its buffer replaced when it publishes
@@ -59,7 +61,7 @@ Searching the fresh rows (``flat.scan`` / ``flat.scan_codes``):
 
 * Fewer than ``EXACT_BELOW`` (2,048) fresh rows, or no codes yet, or the
   query's ``ignore_quantization``: the exact float32 scan.
-* Codes: once the fresh rows reach ``EXACT_BELOW``, the indexer thread codes
+* Codes: once the fresh rows reach ``EXACT_BELOW``, the upkeep thread codes
   them in int8 (``_Coding``) with a ``ScalarQuantizer``: a copy of the int8
   graph's when the collection is int8-quantized and its graph's quantizer is
   fitted, else one fitted on the live fresh rows then (at most ``FIT_SAMPLE``
@@ -71,20 +73,26 @@ Searching the fresh rows (``flat.scan`` / ``flat.scan_codes``):
   clipped); a copied one the clipping rule only, and then the graph's current
   quantizer is copied again if it changed, else one is fitted on the fresh
   rows. A refit codes every fresh row into a new ``_Coding`` (published whole).
-  Cost: ``dim`` bytes of codes and 4 bytes of term per row of the buffer's
-  capacity (a quarter of the float rows), twice that while a refit is built.
-* Lists: once the fresh rows reach ``LISTS_FROM`` (4,096), the indexer trains
-  ``FRESH_LISTS`` (128) k-means centroids on up to ``TRAIN_SAMPLE`` live rows
+* Lists: once the fresh rows reach ``LISTS_FROM`` (4,096), the upkeep thread
+  trains ``FRESH_LISTS`` (256) k-means centroids on up to ``TRAIN_SAMPLE`` live rows
   (``vdb.index.coarse``, ``KMEANS_ITERATIONS``) and assigns every row to its
   nearest one (``_Lists``); the writer assigns each appended batch (one matrix
   product against the centroids: 4 bytes per row). Retrain rule: when the
   fresh rows grow to ``RETRAIN_GROWTH`` times the rows the centroids were
   trained on, while those were fewer than ``TRAIN_SAMPLE`` (so at most twice
-  on a burst into an empty segment). The indexer assigns the rows there are
+  on a burst into an empty segment). The upkeep assigns the rows there are
   when it publishes lists; a reader that holds older lists sees the rows
   appended since unassigned (scanned by every query).
+* Pack (``_Pack``, ``buffer.pack``): the rows' codes copied in list order (with
+  their row numbers and one offset per list), so a query reads each probed
+  list in one run instead of picking its rows out of the whole buffer (half
+  the time on debian-minilm). Built by the upkeep from one coding and one
+  partition, used only with those two, never changed; built again when the
+  rows appended since reach ``max(PACK_TAIL, fresh rows / 4)``, or more than
+  half of its rows were moved into the graph. Rows after the pack are read by
+  row (their list checked per row).
 * A search without a payload filter scores, on the codes, the rows of the
-  ``FRESH_PROBES`` (32) lists whose centroids are nearest the query and every
+  ``FRESH_PROBES`` (64) lists whose centroids are nearest the query and every
   unassigned row; with a filter every admitted row (the filter may keep only
   rows of other lists). The best ``max(MIN_CANDIDATES, k * FRESH_OVERSAMPLING)``
   (or ``k * oversampling`` when the query asks for more) are rescored with the
@@ -93,10 +101,21 @@ Searching the fresh rows (``flat.scan`` / ``flat.scan_codes``):
   stored point's own vector finds it first: its list is the one nearest to it.
   ``exact=True`` never comes here (the collection scans the float vectors).
   Measured on debian-minilm (see ``bench/segments.py`` ``burst``).
-* The codes and lists are not checkpointed: ``restore`` appends the fresh
-  float rows, and the indexer codes and partitions them again (the same work
-  as after a burst). The indexer does this work while indexing is paused too
-  (it moves no point), between the link calls of a cycle, and before a cycle.
+* Who: the ``Indexer``'s second thread (``_run_upkeep``), woken with the
+  indexer after every append, also while indexing is paused (it moves no
+  point); not the indexer thread itself, whose link calls take seconds on a
+  loaded box (measured: a whole 50k burst was acknowledged while the first
+  cycle linked its first 2,000 rows), and
+  never the writer, which only codes and assigns its own batch.
+* The codes, lists and pack are not checkpointed: ``restore`` appends the
+  fresh float rows, and the upkeep codes and partitions them again (the same
+  work as after a burst).
+* Memory per row of the buffer's capacity: ``dim`` bytes of codes, 4 of term,
+  4 of list, and ``dim + 8`` more in the pack (about half of the float rows'
+  ``4 * dim`` in all), twice the codes while a refit is built.
+* Centroids trained on earlier rows partition rows of a different
+  distribution poorly: on a synthetic set whose later points came from other
+  clusters recall fell to 0.88 (ip); the retrain rule follows growth only.
 """
 
 from __future__ import annotations
@@ -297,6 +316,7 @@ class Segments:
             0,
         )
         self._upkeep_after = 0.0  # monotonic time before which upkeep_due says no
+        self._upkeep_lock = threading.Lock()  # one upkeep at a time
         self.upkeeps = 0
         self.fresh_limit = int(fresh_limit)
         self.view = _View(_Buffer(256, self.dim), 0)
@@ -643,6 +663,10 @@ class Segments:
         (train centroids, assign every row) when ``upkeep_due``; the work is done outside the
         apply lock, only the rows appended meanwhile are coded and assigned under it, and the
         new arrays are published whole. Returns whether anything was published."""
+        with self._upkeep_lock:
+            return self._upkeep(apply_lock)
+
+    def _upkeep(self, apply_lock: Any) -> bool:
         self._upkeep_after = time.monotonic() + UPKEEP_BACKOFF_S  # cleared when all is done
         done = False
         for _ in range(4):  # codes, lists, pack; a regrow meanwhile: again
@@ -766,8 +790,6 @@ class Segments:
         """One indexer cycle: delete doomed slots from the graph, link up to ``max_rows``
         fresh rows, publish. Returns the points linked."""
         started = time.perf_counter()
-        if self.upkeep_due():
-            self.upkeep(apply_lock)
         with apply_lock:
             doomed, self._doomed = self._doomed, []
             self._work_since = None
@@ -793,8 +815,6 @@ class Segments:
                     self._give_back(slot)
         for lo in range(0, len(slots), LINK_CHUNK):
             hi = lo + LINK_CHUNK
-            if lo and self.upkeep_due():  # rows keep arriving while a cycle links
-                self.upkeep(apply_lock)
             with self.index_lock:
                 index.add(vectors[lo:hi], slots[lo:hi], None if keys is None else keys[lo:hi])
                 self.dirty = True
@@ -967,28 +987,40 @@ def _nothing() -> None:
 
 
 class Indexer:
-    """One background thread per database that moves fresh points into the graphs.
+    """One background thread per database that moves fresh points into the graphs, and one
+    that keeps the fresh rows' codes and lists (``Segments.upkeep``).
 
-    It works on the collection with the oldest backlog, one cycle at a time, and sleeps
-    while there is nothing to do. ``wake()`` is called by the writer after it appended.
-    The thread lowers its own scheduling priority (Linux), so searches and the writer
-    get the cores first when both want them.
+    The indexer works on the collection with the oldest backlog, one cycle at a time, and
+    sleeps while there is nothing to do. ``wake()`` is called by the writer after it
+    appended. The indexer thread lowers its own scheduling priority (Linux), so searches and
+    the writer get the cores first when both want them. The upkeep thread is a second thread
+    because a cycle's link calls take seconds on a loaded box, and the fresh rows of a burst
+    need their codes and lists within that time; its work is bounded (a few fits, trainings
+    and packs per burst, each of them linear in the fresh rows), it runs while indexing is
+    paused (it moves no point), and it never holds the apply lock longer than it takes to
+    code or assign the rows appended while it worked.
     """
 
     def __init__(self, collections: Any, name: str) -> None:
         self._collections = collections  # callable -> list of collections
         self._wake = threading.Event()
+        self._upkeep_wake = threading.Event()
         self._stop = threading.Event()
         self._paused = threading.Event()
         self._drained = threading.Condition()
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._upkeeper = threading.Thread(
+            target=self._run_upkeep, name=f"{name}-fresh", daemon=True
+        )
         self.failures = 0
 
     def start(self) -> None:
         self._thread.start()
+        self._upkeeper.start()
 
     def wake(self) -> None:
         self._wake.set()
+        self._upkeep_wake.set()
 
     def pause(self) -> None:
         """Stop moving points into the graphs after the current cycle (writes go on)."""
@@ -1005,7 +1037,10 @@ class Indexer:
     def stop(self) -> None:
         self._stop.set()
         self._wake.set()
+        self._upkeep_wake.set()
         self._thread.join()
+        if self._upkeeper.is_alive():
+            self._upkeeper.join()
 
     def wait_below(self, segs: Segments, limit: int, timeout: float) -> bool:
         """Block until ``segs`` holds fewer than ``limit`` fresh rows (or ``timeout``)."""
@@ -1027,28 +1062,15 @@ class Indexer:
         while not self._stop.is_set():
             busy = []
             wait = 0.5
-            paused = self._paused.is_set()
-            now = time.monotonic()
-            upkeep = []
-            for c in self._collections():
-                for segs in c._all_segments():
-                    if segs.upkeep_due():  # while paused too: it moves no point
-                        upkeep.append((c, segs))
-                    if paused:
-                        continue
-                    left = segs.ready(now)
-                    if left == 0.0:
-                        busy.append((c, segs))
-                    elif segs.has_work():
-                        wait = min(wait, left)
-            if upkeep:
-                for col, segs in upkeep:
-                    try:
-                        col._fresh_upkeep(segs)
-                    except Exception:
-                        self.failures += 1
-                        log.exception("fresh rows of collection %s: upkeep failed", col.name)
-                continue
+            if not self._paused.is_set():
+                now = time.monotonic()
+                for c in self._collections():
+                    for segs in c._all_segments():
+                        left = segs.ready(now)
+                        if left == 0.0:
+                            busy.append((c, segs))
+                        elif segs.has_work():
+                            wait = min(wait, left)
             if not busy:
                 self._wake.wait(wait)
                 self._wake.clear()
@@ -1062,3 +1084,22 @@ class Indexer:
                 self._stop.wait(1.0)
             with self._drained:
                 self._drained.notify_all()
+
+    def _run_upkeep(self) -> None:
+        while not self._stop.is_set():
+            due = [
+                (c, segs)
+                for c in self._collections()
+                for segs in c._all_segments()
+                if segs.upkeep_due()
+            ]
+            if not due:
+                self._upkeep_wake.wait(0.2)
+                self._upkeep_wake.clear()
+                continue
+            for col, segs in due:
+                try:
+                    col._fresh_upkeep(segs)
+                except Exception:
+                    self.failures += 1
+                    log.exception("fresh rows of collection %s: upkeep failed", col.name)
