@@ -50,7 +50,11 @@ Publication (one writer, one indexer, one upkeep thread, any number of readers):
   (holding ``index_lock``), and only then publishes a view that starts after
   them. A search takes the view before it searches the graph, so a point
   being moved is found in the fresh rows it holds, in the graph, or in both
-  (merged by slot): never in neither. While moved points that were removed
+  (merged by slot): never in neither. After each link call of a cycle the
+  indexer publishes ``_linked`` (its buffer and the row below which every row
+  of the cycle is linked); a search that reads it, before the graph, with its
+  view's buffer scans the fresh rows from that row on only (those below are in
+  the graph it is about to search). It is cleared when the view moves past them. While moved points that were removed
   meanwhile may still be live in the graph (``has_doomed_linking``), graph
   searches are given the live mask.
 * Removal of a fresh row writes ``-1`` into its slot cell; the kernel also
@@ -249,7 +253,9 @@ class _Pack:
 class _Buffer:
     """Append-only flat rows of the fresh segment (one generation of its arrays)."""
 
-    __slots__ = ("vectors", "slots", "stamps", "pos", "n", "coding", "part", "pack")
+    __slots__ = (
+        "vectors", "slots", "stamps", "pos", "n", "coding", "part", "pack", "successor"
+    )  # fmt: skip
 
     def __init__(self, capacity: int, dim: int) -> None:
         self.vectors = np.zeros((capacity, dim), np.float32)
@@ -260,6 +266,8 @@ class _Buffer:
         self.coding: _Coding | None = None  # every row below n is coded once it is set
         self.part: _Lists | None = None  # rows appended after it is set are assigned
         self.pack: _Pack | None = None  # rows grouped by list (built from coding and part)
+        # (buffer, shift): the buffer that replaced this one; row r is row r - shift there
+        self.successor: tuple[_Buffer, int] | None = None
 
     @property
     def capacity(self) -> int:
@@ -326,6 +334,7 @@ class Segments:
         self._doomed: list[int] = []  # to delete from the graph, then free
         self._doomed_linking: set[int] = set()  # removed while being linked
         self._linking = 0  # rows from view.start being linked by the indexer
+        self._linked: tuple[_Buffer, int] | None = None  # (buffer, row): rows below are linked
         self.dirty = False  # graph changed since the last checkpoint capture
         self._compact_due = False  # a graph to compact or drop (see Graphs.to_compact)
         self._compacting: _Compaction | None = None
@@ -485,6 +494,7 @@ class Segments:
             new.part = old.part.moved(capacity, view.start, old.n)
         new.pos = {slot: row - view.start for slot, row in old.pos.items()}
         new.n = keep
+        old.successor = (new, view.start)  # before the swap: an upkeep follows it
         self.view = _View(new, 0)
         return new
 
@@ -546,6 +556,9 @@ class Segments:
         buf = view.buffer
         start, stop = view.start, buf.n
         coding, part, pack = buf.coding, buf.part, buf.pack  # after n: rows below stop coded
+        linked = self._linked  # before the graph too: rows below it are found there
+        if linked is not None and linked[0] is buf and linked[1] > start:
+            start = min(linked[1], stop)
         graph_allowed = allowed
         if graph_allowed is None and self._doomed_linking:
             graph_allowed = live
@@ -753,20 +766,34 @@ class Segments:
 
     def _publish(self, apply_lock: Any, buf: _Buffer, hi: int, new: Any, field: str) -> bool:
         """Code or assign the rows appended since ``hi`` into ``new`` (outside the lock while
-        many are, the last ones under it) and publish it as ``buf.<field>``; ``False`` when
-        the buffer was replaced meanwhile (its rows copied: ``new`` is of no use)."""
-        while True:
+        many are, the last ones under it) and publish it as ``<buffer>.<field>``. When the
+        buffer grew meanwhile, ``new`` follows the rows into the new buffer (``_follow``);
+        ``False`` when it was replaced otherwise (``restore``)."""
+        for _ in range(64):
+            buf, hi, new = self._follow(buf, hi, new)
             n = buf.n
-            if n - hi < 1024 or self.view.buffer is not buf:
+            if n - hi < 1024:
                 break
             self._fill(buf, hi, n, new, field)
             hi = n
         with apply_lock:
+            buf, hi, new = self._follow(buf, hi, new)
             if self.view.buffer is not buf:
                 return False
             self._fill(buf, hi, buf.n, new, field)
             setattr(buf, field, new)
         return True
+
+    @staticmethod
+    def _follow(buf: _Buffer, hi: int, new: Any) -> tuple[_Buffer, int, Any]:
+        """``new`` (filled for rows below ``hi`` of ``buf``) moved along the buffers that
+        replaced ``buf`` as it grew: rows ``[shift, hi)`` become rows ``[0, hi - shift)``."""
+        while buf.successor is not None:
+            nxt, shift = buf.successor
+            covered = min(max(hi, shift), buf.n)
+            new = new.moved(nxt.capacity, shift, covered)
+            buf, hi = nxt, covered - shift
+        return buf, hi, new
 
     def _fill(self, buf: _Buffer, lo: int, hi: int, new: Any, field: str) -> None:
         if hi <= lo:
@@ -801,6 +828,7 @@ class Segments:
             keep = sl >= 0
             slots = sl[keep].copy()
             vectors = buf.vectors[view.start : view.start + rows][keep].copy()
+            link_buf, kept_rows = buf, np.flatnonzero(keep) + view.start
             keys = None
             if self.index.partitioned and self.partition_of is not None:
                 keys = self.partition_of()[slots].copy()
@@ -818,6 +846,8 @@ class Segments:
             with self.index_lock:
                 index.add(vectors[lo:hi], slots[lo:hi], None if keys is None else keys[lo:hi])
                 self.dirty = True
+            # the rows below this one are in the graph now: searches need not scan them
+            self._linked = (link_buf, int(kept_rows[min(hi, len(kept_rows)) - 1]) + 1)
         with apply_lock:
             view = self.view  # may have been regrown: row numbers are relative to view.start
             buf = view.buffer
@@ -827,6 +857,7 @@ class Segments:
                 if slot >= 0:
                     pos.pop(slot, None)
             self.view = _View(buf, end)
+            self._linked = None
             self._linking = 0
             linked = set(slots.tolist())
             hide = [s for s in self._doomed_linking if s in linked]
