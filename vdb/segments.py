@@ -71,12 +71,14 @@ Searching the fresh rows (``flat.scan`` / ``flat.scan_codes``):
   fitted, else one fitted on the live fresh rows then (at most ``FIT_SAMPLE``
   of them). From then on the writer codes each appended batch (one vectorised
   numpy pass); values outside the learned range are clipped to +-127. Refit
-  rule: an own quantizer follows ``ScalarQuantizer.needs_refit`` (the rows
-  appended since the fit outnumber a fit sample smaller than ``FIT_SAMPLE``
-  ``GROWTH_REFIT`` times over, or more than ``CLIP_REFIT`` of their values were
-  clipped); a copied one the clipping rule only, and then the graph's current
-  quantizer is copied again if it changed, else one is fitted on the fresh
-  rows. A refit codes every fresh row into a new ``_Coding`` (published whole).
+  rule: once more than ``CLIP_REFIT`` (5%) of the values coded since the fit
+  were clipped (counted over at least ``CLIP_MIN_VALUES``): the graph's current
+  quantizer is copied if it is fitted and differs from the one in use, else
+  one is fitted on the fresh rows; every fresh row is coded into a new
+  ``_Coding`` (published whole). Not ``ScalarQuantizer``'s growth rule: a fit
+  on the first 2,048 rows ranks as well as one on more (the candidates are
+  rescored), and refitting in the middle of a burst measured 2 s of the
+  upkeep thread's time before the lists could be trained.
 * Lists: once the fresh rows reach ``LISTS_FROM`` (4,096), the upkeep thread
   trains ``FRESH_LISTS`` (256) k-means centroids on up to ``TRAIN_SAMPLE`` live rows
   (``vdb.index.coarse``, ``KMEANS_ITERATIONS``) and assigns every row to its
@@ -92,7 +94,8 @@ Searching the fresh rows (``flat.scan`` / ``flat.scan_codes``):
   list in one run instead of picking its rows out of the whole buffer (half
   the time on debian-minilm). Built by the upkeep from one coding and one
   partition, used only with those two, never changed; built again when the
-  rows appended since reach ``max(PACK_TAIL, fresh rows / 4)``, or more than
+  rows appended since reach ``max(PACK_TAIL, fresh rows / 16)`` (2,048: ~30 ms
+  of the upkeep thread per 50k rows packed), or more than
   half of its rows were moved into the graph. Rows after the pack are read by
   row (their list checked per row).
 * A search without a payload filter scores, on the codes, the rows of the
@@ -158,7 +161,7 @@ FRESH_OVERSAMPLING = 4  # candidates rescored with the float rows: k * this (at 
 MIN_CANDIDATES = 40
 TRAIN_SAMPLE = 16_384  # rows the centroids are trained on (at most)
 RETRAIN_GROWTH = 4  # train again once the fresh rows are this many times those trained on
-PACK_TAIL = 4_096  # rows appended after the pack that make it worth building again (at least)
+PACK_TAIL = 2_048  # rows appended after the pack that make it worth building again (at least)
 UPKEEP_BACKOFF_S = 1.0  # after an upkeep that left work due (all rows removed, a race)
 
 
@@ -173,7 +176,7 @@ class _Coding:
         self.consts = quantizer.constants()
         self.codes = np.zeros((capacity, dim), np.int8)
         self.terms = np.zeros(capacity, np.float32)
-        self.borrowed = borrowed  # the int8 graph's quantizer (a copy of it)
+        self.borrowed = borrowed  # a copy of the int8 graph's quantizer
 
     def encode(self, vectors: np.ndarray, lo: int, count: bool = True) -> None:
         """Code rows ``[lo, lo + len(vectors))`` (clipped values counted when ``count``)."""
@@ -181,10 +184,8 @@ class _Coding:
         self.quantizer.encode(vectors, self.codes[lo:hi], self.terms[lo:hi], count)
 
     def stale(self) -> bool:
-        """The refit rule (module docstring)."""
+        """The refit rule (module docstring): too many clipped values."""
         q = self.quantizer
-        if not self.borrowed:
-            return q.needs_refit()
         return (
             q.values_added >= quantizer.CLIP_MIN_VALUES
             and q.values_clipped > quantizer.CLIP_REFIT * q.values_added
@@ -245,7 +246,7 @@ class _Pack:
         moved into the graph."""
         if self.coding is not coding or self.part is not part:
             return True
-        if n - max(self.hi, start) >= max(PACK_TAIL, (n - start) // 4):
+        if n - max(self.hi, start) >= max(PACK_TAIL, (n - start) // 16):
             return True
         return start - self.lo > (self.hi - self.lo) // 2
 

@@ -20,7 +20,8 @@ from __future__ import annotations
 
 import numpy as np
 
-KMEANS_ITERATIONS = 8
+# debian-minilm 50k, 256 lists, 64 probes: recall 0.959 after 4 iterations, 0.960 after 8
+KMEANS_ITERATIONS = 4
 _ASSIGN_CHUNK = 8192  # rows per matrix product (bounds the [rows, lists] score block)
 
 
