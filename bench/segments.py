@@ -180,6 +180,12 @@ def bench_burst(ds, workdir: Path) -> None:
             "at_qps_start": at_qps,
             "at_qps_end": {**_fresh_state(col), "load1": _load()},
         }
+        # the recall of the path the QPS window measured (right after the acknowledgement
+        # the fresh rows may not have their codes and lists yet: that recall is the exact
+        # scan's)
+        right_after["at_qps_end"]["recall_at_10"] = round(
+            recall_at_k(_vdb_found(col, queries, row_of), gt, 10), 4
+        )
         col.wait_indexed()
         indexed = time.perf_counter() - started
         qps, qps_cpu = _qps_both(lambda q: col.search(q, k=10, with_payload=False), queries)
