@@ -821,6 +821,7 @@ class Segments:
         with apply_lock:
             doomed, self._doomed = self._doomed, []
             self._work_since = None
+            self._linked = None  # (a cycle that failed may have left one)
             view = self.view
             buf = view.buffer
             rows = min(max_rows, buf.n - view.start)
