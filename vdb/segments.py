@@ -94,7 +94,7 @@ Searching the fresh rows (``flat.scan`` / ``flat.scan_codes``):
   list in one run instead of picking its rows out of the whole buffer (half
   the time on debian-minilm). Built by the upkeep from one coding and one
   partition, used only with those two, never changed; built again when the
-  rows appended since reach ``max(PACK_TAIL, fresh rows / 16)`` (2,048: ~30 ms
+  rows appended since reach ``max(PACK_TAIL, fresh rows / 8)`` (4,096; ~30 ms
   of the upkeep thread per 50k rows packed), or more than
   half of its rows were moved into the graph. Rows after the pack are read by
   row (their list checked per row).
@@ -161,7 +161,7 @@ FRESH_OVERSAMPLING = 4  # candidates rescored with the float rows: k * this (at 
 MIN_CANDIDATES = 40
 TRAIN_SAMPLE = 16_384  # rows the centroids are trained on (at most)
 RETRAIN_GROWTH = 4  # train again once the fresh rows are this many times those trained on
-PACK_TAIL = 2_048  # rows appended after the pack that make it worth building again (at least)
+PACK_TAIL = 4_096  # rows appended after the pack that make it worth building again (at least)
 UPKEEP_BACKOFF_S = 1.0  # after an upkeep that left work due (all rows removed, a race)
 
 
@@ -246,7 +246,7 @@ class _Pack:
         moved into the graph."""
         if self.coding is not coding or self.part is not part:
             return True
-        if n - max(self.hi, start) >= max(PACK_TAIL, (n - start) // 16):
+        if n - max(self.hi, start) >= max(PACK_TAIL, (n - start) // 8):
             return True
         return start - self.lo > (self.hi - self.lo) // 2
 
@@ -1119,6 +1119,10 @@ class Indexer:
                 self._drained.notify_all()
 
     def _run_upkeep(self) -> None:
+        try:  # as the indexer: the writer gets the cores first (its acknowledgements)
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 5)
+        except (AttributeError, OSError):
+            pass
         while not self._stop.is_set():
             due = [
                 (c, segs)
