@@ -9,8 +9,11 @@ Lines (anchors from the same run):
   Qdrant Edge ``EdgeShard.update(upsert_points)`` of the same batches, LanceDB
   ``table.add`` and hnswlib ``add_items`` (2 threads); the time until vdb has
   indexed everything against hnswlib's build time; recall@10 and single-query
-  QPS right after the last acknowledgement and after indexing, against
-  hnswlib's graph at the same ef.
+  QPS right after the last acknowledgement (with the fresh rows, how a search
+  scans them and load1 at the acknowledgement and at the start and end of the
+  QPS window) and after indexing (the anchor of the fresh path's QPS), against
+  hnswlib's graph at the same ef; QPS by the wall clock and per second of the
+  searching thread's CPU.
 * ``single``: single-vector upserts from 16 threads against batched upserts, in the
   same run (best of two rounds).
 * ``open`` (``--only open``): open time of 500k points with payloads and 3 indexed
@@ -43,12 +46,31 @@ def _load() -> float:
 
 
 def _qps(search, queries: np.ndarray, seconds: float = 2.0) -> float:
+    return _qps_both(search, queries, seconds)[0]
+
+
+def _qps_both(search, queries: np.ndarray, seconds: float = 2.0) -> tuple[float, float]:
+    """Single-query QPS by the wall clock and per second of the calling thread's CPU (the
+    shared box's load swings the wall figure; the indexer thread competes for the cores)."""
     done = 0
+    cpu0 = time.thread_time()
     started = time.perf_counter()
     while time.perf_counter() - started < seconds:
         search(queries[done % len(queries)])
         done += 1
-    return done / (time.perf_counter() - started)
+    wall = done / (time.perf_counter() - started)
+    return wall, done / max(time.thread_time() - cpu0, 1e-9)
+
+
+def _fresh_state(col) -> dict[str, Any]:
+    """The fresh segment as a search finds it now (rows, points, how they are scanned)."""
+    segs = col.info()["segments"]
+    return {
+        "fresh_rows": segs["fresh_rows"],
+        "fresh_points": segs["fresh_points"],
+        "indexed_points": segs["indexed_points"],
+        "fresh_scan": segs.get("fresh_scan", "exact"),  # before the codes: always exact
+    }
 
 
 def _vdb_found(col, queries: np.ndarray, row_of: dict) -> np.ndarray:
@@ -145,21 +167,32 @@ def bench_burst(ds, workdir: Path) -> None:
         for lo in range(0, n, BATCH):
             col.upsert(list(range(lo, min(n, lo + BATCH))), base[lo : lo + BATCH])
         acked = time.perf_counter() - started
-        segs = col.info()["segments"]
+        at_ack = _fresh_state(col)
+        recall_right_after = recall_at_k(_vdb_found(col, queries, row_of), gt, 10)
+        at_qps = {**_fresh_state(col), "load1": _load()}
+        qps, qps_cpu = _qps_both(lambda q: col.search(q, k=10, with_payload=False), queries)
         right_after = {
-            "fresh_points": segs["fresh_points"],
-            "recall_at_10": round(recall_at_k(_vdb_found(col, queries, row_of), gt, 10), 4),
-            "single_qps": round(
-                _qps(lambda q: col.search(q, k=10, with_payload=False), queries), 1
-            ),
+            **at_ack,
+            "recall_at_10": round(recall_right_after, 4),
+            "single_qps": round(qps, 1),
+            "single_qps_cpu": round(qps_cpu, 1),
+            "at_qps_start": at_qps,
+            "at_qps_end": {**_fresh_state(col), "load1": _load()},
         }
+        # the recall of the path the QPS window measured (right after the acknowledgement
+        # the fresh rows may not have their codes and lists yet: that recall is the exact
+        # scan's)
+        right_after["at_qps_end"]["recall_at_10"] = round(
+            recall_at_k(_vdb_found(col, queries, row_of), gt, 10), 4
+        )
         col.wait_indexed()
         indexed = time.perf_counter() - started
+        qps, qps_cpu = _qps_both(lambda q: col.search(q, k=10, with_payload=False), queries)
         after = {
             "recall_at_10": round(recall_at_k(_vdb_found(col, queries, row_of), gt, 10), 4),
-            "single_qps": round(
-                _qps(lambda q: col.search(q, k=10, with_payload=False), queries), 1
-            ),
+            "single_qps": round(qps, 1),
+            "single_qps_cpu": round(qps_cpu, 1),
+            "load1": _load(),
         }
     emit(
         {
@@ -190,6 +223,9 @@ def bench_burst(ds, workdir: Path) -> None:
                 "indexed_time_over_hnswlib_build": round(indexed / hnsw_build, 3),
                 "qps_right_after_over_indexed": round(
                     right_after["single_qps"] / after["single_qps"], 3
+                ),
+                "cpu_qps_right_after_over_indexed": round(
+                    right_after["single_qps_cpu"] / after["single_qps_cpu"], 3
                 ),
                 "indexed_qps_over_hnswlib": round(after["single_qps"] / hnsw_qps, 3),
             },

@@ -1059,6 +1059,11 @@ class Collection:
         database's indexer thread."""
         return (segs or self._segs).index_once(self._apply_lock)
 
+    def _fresh_upkeep(self, segs: Segments) -> bool:
+        """Codes and lists of ``segs``' fresh rows (``Segments.upkeep``), called by the
+        database's indexer thread."""
+        return segs.upkeep(self._apply_lock)
+
     def _all_segments(self) -> list[Segments]:
         """The segments of every dense vector name (the indexer works through them)."""
         return self._spaces.all_segments()
@@ -1289,8 +1294,9 @@ class Collection:
             allowed = self._ids.live_mask(capacity)
         if not exact:
             slots, scores = segs.search(
-                queries, k, ef, allowed, self._ids.live, seg_parts, **(qopts or {})
-            )
+                queries, k, ef, allowed, self._ids.live, seg_parts,
+                filtered=parsed is not None, **(qopts or {}),
+            )  # fmt: skip
             # too few hits (a selective filter, small partitions): the exact scan
             short = []
             if n_allowed is not None or seg_parts is not None:

@@ -1,8 +1,10 @@
-"""A collection's vectors in two segments: a fresh one (flat, scanned exactly) and the graph.
+"""A collection's vectors in two segments: a fresh one (flat rows) and the graph.
 
 A write is acknowledged once it is durable and its points are appended to
 the **fresh segment**: flat arrays (``vectors``, ``slots``) that a search
-scans exactly with a nogil kernel (``vdb.index.flat``). A background
+scans with a nogil kernel (``vdb.index.flat``; exactly while they are few,
+on int8 codes by coarse lists once they are many: see "Searching the fresh
+rows" below). A background
 **indexer** (``Indexer``, one thread per database) moves fresh points into the
 **indexed segment**, the HNSW graph, in large batches with the parallel bulk
 build, and deletes from the graph the points that were removed or replaced.
@@ -22,23 +24,105 @@ occupied. A slot is in one of these states:
   it was fully indexed: ``HNSW.hide``), deleted from the graph by the indexer
   at the start of its next cycle, and only then free again.
 
-Publication (one writer, one indexer, any number of readers):
+Publication (one writer, one indexer, one upkeep thread, any number of readers):
 
 * Rows are only appended to a ``_Buffer``; its row count ``n`` is published
-  after the rows are written. A reader takes ``self.view`` once (a buffer and
-  the first row that is still fresh) and reads ``n`` once.
-* Growth copies the fresh rows into a new buffer and swaps ``self.view``;
-  readers that hold the old view keep a consistent, older picture.
+  after the rows are written: the float row, the slot, and (once the buffer
+  has them) the row's int8 codes and term in ``buffer.coding`` and its list in
+  ``buffer.part``. A reader takes ``self.view`` once (a buffer and the first
+  row that is still fresh), reads ``n`` once, and only then ``coding``,
+  ``part`` and ``pack`` (once each).
+* ``coding`` and ``part`` are set by the upkeep thread and replaced whole,
+  never changed in place (except rows at or above ``n``, which the writer fills):
+  the new object's rows are coded / assigned outside the apply lock, the rows
+  appended meanwhile under it, and it is published under it, so every row
+  below ``n`` is in the object a reader reads after ``n``, and the writer codes
+  and assigns new rows into that object from then on. A reader holding an older
+  ``part`` sees the rows appended after the swap unassigned (``-1``: scanned by
+  every query), never assigned to the wrong centroids. ``pack`` is immutable
+  and names the ``coding`` and ``part`` it was built from; a reader uses it only
+  when those are the ones it read, and only for its rows in ``[start, n)``.
+* Growth copies the fresh rows (floats, slots, codes, lists) into a new buffer
+  and swaps ``self.view``; readers that hold the old view keep a consistent,
+  older picture. An upkeep that finds its buffer replaced when it publishes
+  starts again on the new one.
 * The indexer copies a prefix of the fresh rows, links them into the graph
   (holding ``index_lock``), and only then publishes a view that starts after
   them. A search takes the view before it searches the graph, so a point
   being moved is found in the fresh rows it holds, in the graph, or in both
-  (merged by slot): never in neither. While moved points that were removed
+  (merged by slot): never in neither. After each link call of a cycle the
+  indexer publishes ``_linked`` (its buffer and the row below which every row
+  of the cycle is linked); a search that reads it, before the graph, with its
+  view's buffer scans the fresh rows from that row on only (those below are in
+  the graph it is about to search). It is cleared when the view moves past them. While moved points that were removed
   meanwhile may still be live in the graph (``has_doomed_linking``), graph
   searches are given the live mask.
 * Removal of a fresh row writes ``-1`` into its slot cell; the kernel also
   checks the id map's live flags, and the collection's seqlock (generation
   marks on changed slots) makes a search that raced a change run again.
+
+Searching the fresh rows (``flat.scan`` / ``flat.scan_codes``):
+
+* Fewer than ``EXACT_BELOW`` (2,048) fresh rows, or no codes yet, or the
+  query's ``ignore_quantization``: the exact float32 scan.
+* Codes: once the fresh rows reach ``EXACT_BELOW``, the upkeep thread codes
+  them in int8 (``_Coding``) with a ``ScalarQuantizer``: a copy of the int8
+  graph's when the collection is int8-quantized and its graph's quantizer is
+  fitted, else one fitted on the live fresh rows then (at most ``FIT_SAMPLE``
+  of them). From then on the writer codes each appended batch (one vectorised
+  numpy pass); values outside the learned range are clipped to +-127. Refit
+  rule: once more than ``CLIP_REFIT`` (5%) of the values coded since the fit
+  were clipped (counted over at least ``CLIP_MIN_VALUES``): the graph's current
+  quantizer is copied if it is fitted and differs from the one in use, else
+  one is fitted on the fresh rows; every fresh row is coded into a new
+  ``_Coding`` (published whole). Not ``ScalarQuantizer``'s growth rule: a fit
+  on the first 2,048 rows ranks as well as one on more (the candidates are
+  rescored), and refitting in the middle of a burst measured 2 s of the
+  upkeep thread's time before the lists could be trained.
+* Lists: once the fresh rows reach ``LISTS_FROM`` (4,096), the upkeep thread
+  trains ``FRESH_LISTS`` (256) k-means centroids on up to ``TRAIN_SAMPLE`` live rows
+  (``vdb.index.coarse``, ``KMEANS_ITERATIONS``) and assigns every row to its
+  nearest one (``_Lists``); the writer assigns each appended batch (one matrix
+  product against the centroids: 4 bytes per row). Retrain rule: when the
+  fresh rows grow to ``RETRAIN_GROWTH`` times the rows the centroids were
+  trained on, while those were fewer than ``TRAIN_SAMPLE`` (so at most twice
+  on a burst into an empty segment). The upkeep assigns the rows there are
+  when it publishes lists; a reader that holds older lists sees the rows
+  appended since unassigned (scanned by every query).
+* Pack (``_Pack``, ``buffer.pack``): the rows' codes copied in list order (with
+  their row numbers and one offset per list), so a query reads each probed
+  list in one run instead of picking its rows out of the whole buffer (half
+  the time on debian-minilm). Built by the upkeep from one coding and one
+  partition, used only with those two, never changed; built again when the
+  rows appended since reach ``max(PACK_TAIL, fresh rows / 8)`` (4,096; ~30 ms
+  of the upkeep thread per 50k rows packed), or more than
+  half of its rows were moved into the graph. Rows after the pack are read by
+  row (their list checked per row).
+* A search without a payload filter scores, on the codes, the rows of the
+  ``FRESH_PROBES`` (64) lists whose centroids are nearest the query and every
+  unassigned row; with a filter every admitted row (the filter may keep only
+  rows of other lists). The best ``max(MIN_CANDIDATES, k * FRESH_OVERSAMPLING)``
+  (or ``k * oversampling`` when the query asks for more) are rescored with the
+  float rows, so the scores are exact and the same as the exact scan's; when
+  at most that many rows are admitted, the result is the exact scan's. A
+  stored point's own vector finds it first: its list is the one nearest to it.
+  ``exact=True`` never comes here (the collection scans the float vectors).
+  Measured on debian-minilm (see ``bench/segments.py`` ``burst``).
+* Who: the ``Indexer``'s second thread (``_run_upkeep``), woken with the
+  indexer after every append, also while indexing is paused (it moves no
+  point); not the indexer thread itself, whose link calls take seconds on a
+  loaded box (measured: a whole 50k burst was acknowledged while the first
+  cycle linked its first 2,000 rows), and
+  never the writer, which only codes and assigns its own batch.
+* The codes, lists and pack are not checkpointed: ``restore`` appends the
+  fresh float rows, and the upkeep codes and partitions them again (the same
+  work as after a burst).
+* Memory per row of the buffer's capacity: ``dim`` bytes of codes, 4 of term,
+  4 of list, and ``dim + 8`` more in the pack (about half of the float rows'
+  ``4 * dim`` in all), twice the codes while a refit is built.
+* Centroids trained on earlier rows partition rows of a different
+  distribution poorly: on a synthetic set whose later points came from other
+  clusters recall fell to 0.88 (ip); the retrain rule follows growth only.
 """
 
 from __future__ import annotations
@@ -54,7 +138,8 @@ from typing import Any
 import numpy as np
 
 from vdb.graphs import DEFAULT_SEAL_SIZE, Graphs, merge_top_k
-from vdb.index import flat
+from vdb.index import coarse, flat, quantizer
+from vdb.index.quantizer import ScalarQuantizer
 
 log = logging.getLogger(__name__)
 
@@ -67,11 +152,111 @@ INDEX_MIN_BATCH = 1_024
 INDEX_MAX_WAIT_S = 0.2
 LINK_CHUNK = 2_048  # points per HNSW.add call (a checkpoint waits at most one of these)
 
+# The approximate fresh scan (module docstring, "Searching the fresh rows").
+EXACT_BELOW = 2_048  # fewer fresh rows than this: the exact float scan
+LISTS_FROM = 4_096  # fresh rows from which the rows are partitioned into lists
+FRESH_LISTS = 256  # lists of the partition
+FRESH_PROBES = 64  # lists a query scans
+FRESH_OVERSAMPLING = 4  # candidates rescored with the float rows: k * this (at least 40)
+MIN_CANDIDATES = 40
+TRAIN_SAMPLE = 16_384  # rows the centroids are trained on (at most)
+RETRAIN_GROWTH = 4  # train again once the fresh rows are this many times those trained on
+PACK_TAIL = 4_096  # rows appended after the pack that make it worth building again (at least)
+UPKEEP_BACKOFF_S = 1.0  # after an upkeep that left work due (all rows removed, a race)
+
+
+class _Coding:
+    """int8 codes of a buffer's rows under one quantizer. Replaced whole (a refit codes the
+    rows into a new one), never re-coded in place: a reader's codes and constants agree."""
+
+    __slots__ = ("quantizer", "consts", "codes", "terms", "borrowed")
+
+    def __init__(self, quantizer: ScalarQuantizer, capacity: int, dim: int, borrowed: bool):
+        self.quantizer = quantizer
+        self.consts = quantizer.constants()
+        self.codes = np.zeros((capacity, dim), np.int8)
+        self.terms = np.zeros(capacity, np.float32)
+        self.borrowed = borrowed  # a copy of the int8 graph's quantizer
+
+    def encode(self, vectors: np.ndarray, lo: int, count: bool = True) -> None:
+        """Code rows ``[lo, lo + len(vectors))`` (clipped values counted when ``count``)."""
+        hi = lo + vectors.shape[0]
+        self.quantizer.encode(vectors, self.codes[lo:hi], self.terms[lo:hi], count)
+
+    def stale(self) -> bool:
+        """The refit rule (module docstring): too many clipped values."""
+        q = self.quantizer
+        return (
+            q.values_added >= quantizer.CLIP_MIN_VALUES
+            and q.values_clipped > quantizer.CLIP_REFIT * q.values_added
+        )
+
+    def moved(self, capacity: int, lo: int, hi: int) -> _Coding:
+        """A copy of rows ``[lo, hi)`` at rows ``[0, hi - lo)`` of a bigger buffer."""
+        out = _Coding.__new__(_Coding)
+        out.quantizer, out.consts, out.borrowed = self.quantizer, self.consts, self.borrowed
+        out.codes = np.zeros((capacity, self.codes.shape[1]), np.int8)
+        out.terms = np.zeros(capacity, np.float32)
+        out.codes[: hi - lo] = self.codes[lo:hi]
+        out.terms[: hi - lo] = self.terms[lo:hi]
+        return out
+
+
+class _Lists:
+    """The coarse partition of a buffer's rows: centroids and each row's list (``-1``: not
+    assigned, scanned by every query). Replaced whole when the centroids are trained again."""
+
+    __slots__ = ("centroids", "lists", "trained_rows")
+
+    def __init__(self, centroids: np.ndarray, capacity: int, trained_rows: int) -> None:
+        self.centroids = centroids
+        self.lists = np.full(capacity, -1, np.int32)
+        self.trained_rows = trained_rows  # fresh rows when the centroids were trained
+
+    def stale(self, rows: int) -> bool:
+        """The retrain rule (module docstring)."""
+        return self.trained_rows < TRAIN_SAMPLE and rows >= RETRAIN_GROWTH * self.trained_rows
+
+    def moved(self, capacity: int, lo: int, hi: int) -> _Lists:
+        out = _Lists(self.centroids, capacity, self.trained_rows)
+        out.lists[: hi - lo] = self.lists[lo:hi]
+        return out
+
+
+class _Pack:
+    """Rows ``[lo, hi)`` of a buffer grouped by list: their row numbers, codes and terms in
+    list order (``offsets[l]:offsets[l + 1]`` is list ``l``), so a query reads each probed
+    list's codes in one run. Built from one ``coding`` and ``part`` and used only with them;
+    never changed once published."""
+
+    __slots__ = ("coding", "part", "lo", "hi", "rows", "codes", "terms", "offsets")
+
+    def __init__(self, coding: _Coding, part: _Lists, lo: int, hi: int) -> None:
+        lists = part.lists[lo:hi]
+        order = np.argsort(lists, kind="stable")
+        self.coding, self.part, self.lo, self.hi = coding, part, lo, hi
+        self.rows = (order + lo).astype(np.int32)
+        self.codes = coding.codes[self.rows]
+        self.terms = coding.terms[self.rows]
+        self.offsets = np.zeros(part.centroids.shape[0] + 1, np.int64)
+        np.cumsum(np.bincount(lists, minlength=part.centroids.shape[0]), out=self.offsets[1:])
+
+    def due(self, coding: _Coding, part: _Lists, start: int, n: int) -> bool:
+        """Build again: other codes or lists, or many rows appended since, or most of its rows
+        moved into the graph."""
+        if self.coding is not coding or self.part is not part:
+            return True
+        if n - max(self.hi, start) >= max(PACK_TAIL, (n - start) // 8):
+            return True
+        return start - self.lo > (self.hi - self.lo) // 2
+
 
 class _Buffer:
     """Append-only flat rows of the fresh segment (one generation of its arrays)."""
 
-    __slots__ = ("vectors", "slots", "stamps", "pos", "n")
+    __slots__ = (
+        "vectors", "slots", "stamps", "pos", "n", "coding", "part", "pack", "successor"
+    )  # fmt: skip
 
     def __init__(self, capacity: int, dim: int) -> None:
         self.vectors = np.zeros((capacity, dim), np.float32)
@@ -79,6 +264,11 @@ class _Buffer:
         self.stamps = np.zeros(capacity, np.float64)  # when each row was appended
         self.pos: dict[int, int] = {}  # slot -> row, for the rows that are still fresh
         self.n = 0
+        self.coding: _Coding | None = None  # every row below n is coded once it is set
+        self.part: _Lists | None = None  # rows appended after it is set are assigned
+        self.pack: _Pack | None = None  # rows grouped by list (built from coding and part)
+        # (buffer, shift): the buffer that replaced this one; row r is row r - shift there
+        self.successor: tuple[_Buffer, int] | None = None
 
     @property
     def capacity(self) -> int:
@@ -122,7 +312,21 @@ class Segments:
         self._pending_free: set[int] = set()  # owner: given up here, still held elsewhere
         self.partial = False  # points may lack this vector (named vectors)
         self.dim = int(index.dim)
+        self.metric = str(index.metric)
         self.metric_code = flat.L2 if index.metric == "l2" else flat.IP
+        self._qlevels = flat.query_levels(self.dim)
+        self._no_lists = np.zeros(0, np.int32)
+        self._no_centroids = np.zeros((0, self.dim), np.float32)
+        self._no_pack = (
+            np.zeros(0, np.int32),
+            np.zeros((0, self.dim), np.int8),
+            np.zeros(0, np.float32),
+            np.zeros(1, np.int64),
+            0,
+        )
+        self._upkeep_after = 0.0  # monotonic time before which upkeep_due says no
+        self._upkeep_lock = threading.Lock()  # one upkeep at a time
+        self.upkeeps = 0
         self.fresh_limit = int(fresh_limit)
         self.view = _View(_Buffer(256, self.dim), 0)
         self.index_lock = threading.Lock()  # the indexer holds it while it writes the graph
@@ -131,6 +335,7 @@ class Segments:
         self._doomed: list[int] = []  # to delete from the graph, then free
         self._doomed_linking: set[int] = set()  # removed while being linked
         self._linking = 0  # rows from view.start being linked by the indexer
+        self._linked: tuple[_Buffer, int] | None = None  # (buffer, row): rows below are linked
         self.dirty = False  # graph changed since the last checkpoint capture
         self._compact_due = False  # a graph to compact or drop (see Graphs.to_compact)
         self._compacting: _Compaction | None = None
@@ -191,6 +396,8 @@ class Segments:
             "backlog_age_s": self.backlog_age(),
             "graph_seal_size": self.index.seal_size,
             "graph_compactions": self.compactions,
+            "fresh_scan": self.fresh_scan(),
+            "fresh_upkeeps": self.upkeeps,
             "graphs": [g.info() for g in self.index.graphs],
         }
 
@@ -226,6 +433,11 @@ class Segments:
         buf.vectors[lo:hi] = vectors
         buf.slots[lo:hi] = slots
         buf.stamps[lo:hi] = time.time()
+        coding, part = buf.coding, buf.part
+        if coding is not None:  # the codes and the list of a row are written before n
+            coding.encode(buf.vectors[lo:hi], lo)
+        if part is not None:
+            part.lists[lo:hi] = coarse.assign(buf.vectors[lo:hi], part.centroids, self.metric)
         pos = buf.pos
         for row, slot in enumerate(slots.tolist(), lo):
             pos[slot] = row
@@ -277,8 +489,13 @@ class Segments:
         new.vectors[:keep] = old.vectors[view.start : old.n]
         new.slots[:keep] = old.slots[view.start : old.n]
         new.stamps[:keep] = old.stamps[view.start : old.n]
+        if old.coding is not None:
+            new.coding = old.coding.moved(capacity, view.start, old.n)
+        if old.part is not None:
+            new.part = old.part.moved(capacity, view.start, old.n)
         new.pos = {slot: row - view.start for slot, row in old.pos.items()}
         new.n = keep
+        old.successor = (new, view.start)  # before the swap: an upkeep follows it
         self.view = _View(new, 0)
         return new
 
@@ -320,6 +537,8 @@ class Segments:
         allowed: np.ndarray | None,
         live: np.ndarray,
         partitions: set[int] | None = None,
+        *,
+        filtered: bool | None = None,
         **options: Any,
     ) -> tuple[np.ndarray, np.ndarray]:
         """Merged top-``k`` of the graph and the fresh rows: ``(slots, scores float32)``.
@@ -327,13 +546,20 @@ class Segments:
         ``allowed`` (a mask over slots, or ``None``) restricts both; ``live`` is the id map's
         live flags (fresh rows of points whose write is not applied are skipped). Rows are
         best first, padded with ``-1`` / NaN. ``options`` go to the graph's search (the
-        quantization settings of an int8 index); the fresh rows are always scanned in float32.
-        ``partitions`` (graphs per partition only): search those partitions' graphs and fresh
-        rows, with no mask over every slot.
+        quantization settings of an int8 index). ``partitions`` (graphs per partition only):
+        search those partitions' graphs and fresh rows, with no mask over every slot.
+        ``filtered``: ``allowed`` holds a payload filter (default: whenever ``allowed`` is
+        given), so the fresh rows are not probed by list (see "Searching the fresh rows");
+        ``options["ignore_quantization"]`` scans them exactly in float32, ``oversampling``
+        raises the fresh rows' rescored candidates to ``k * oversampling``.
         """
         view = self.view  # before the graph: see the module docstring
         buf = view.buffer
         start, stop = view.start, buf.n
+        coding, part, pack = buf.coding, buf.part, buf.pack  # after n: rows below stop coded
+        linked = self._linked  # before the graph too: rows below it are found there
+        if linked is not None and linked[0] is buf and linked[1] > start:
+            start = min(linked[1], stop)
         graph_allowed = allowed
         if graph_allowed is None and self._doomed_linking:
             graph_allowed = live
@@ -342,10 +568,6 @@ class Segments:
         graphs = self.index.search_each(
             queries, k, ef=ef, allowed=graph_allowed, partitions=partitions, **options
         )
-        vectors, rows = buf.vectors, buf.slots
-        if partitions is not None and stop > start:
-            vectors, rows = vectors[start:stop], self._rows_of(rows[start:stop], partitions)
-            start, stop = 0, stop - start
         ascending = self.metric_code == flat.L2
         if stop <= start:
             if not graphs:
@@ -356,10 +578,31 @@ class Segments:
         fs = np.empty((nq, k), np.int64)
         fd = np.empty((nq, k), np.float32)
         use = allowed is not None
-        flat.scan(
-            self.metric_code, vectors, rows, start, stop, queries, k, live,
-            allowed if use else live, use, fs, fd,
-        )  # fmt: skip
+        mask = allowed if use else live
+        vectors, rows = buf.vectors, buf.slots
+        if coding is None or stop - start < EXACT_BELOW or options.get("ignore_quantization"):
+            if partitions is not None:
+                vectors, rows = vectors[start:stop], self._rows_of(rows[start:stop], partitions)
+                start, stop = 0, stop - start
+            flat.scan(
+                self.metric_code, vectors, rows, start, stop, queries, k, live, mask, use, fs, fd
+            )
+        else:
+            codes, terms = coding.codes, coding.terms
+            lists, centroids = self._no_lists, self._no_centroids
+            packed = self._no_pack
+            if part is not None and not (use if filtered is None else filtered):
+                lists, centroids = part.lists, part.centroids
+                if pack is not None and pack.coding is coding and pack.part is part:
+                    packed = (pack.rows, pack.codes, pack.terms, pack.offsets, pack.hi)
+            if partitions is not None:
+                rows = self._rows_of_all(rows, start, stop, partitions)
+            over = max(float(options.get("oversampling") or 0.0), FRESH_OVERSAMPLING)
+            flat.scan_codes(
+                self.metric_code, vectors, codes, terms, coding.consts, self._qlevels, lists,
+                centroids, min(FRESH_PROBES, centroids.shape[0]), *packed, rows, start, stop,
+                queries, k, max(MIN_CANDIDATES, int(np.ceil(k * over))), live, mask, use, fs, fd,
+            )  # fmt: skip
         if not graphs:
             return fs, fd
         return merge_top_k([*graphs, (fs, fd)], k, ascending)
@@ -375,6 +618,15 @@ class Segments:
         keep = np.zeros(out.shape[0], bool)
         keep[inside] = np.isin(parts[out[inside]], np.fromiter(partitions, np.int64))
         out[~keep] = -1
+        return out
+
+    def _rows_of_all(
+        self, rows: np.ndarray, start: int, stop: int, partitions: set[int]
+    ) -> np.ndarray:
+        """The slot column with rows ``[start, stop)`` of other partitions marked ``-1`` (and
+        the rows outside that range too): row numbers stay those of the codes and the pack."""
+        out = np.full(stop, -1, np.int32)
+        out[start:stop] = self._rows_of(rows[start:stop], partitions)
         return out
 
     def partition_slots(self, partitions: int | set[int]) -> np.ndarray:
@@ -401,6 +653,167 @@ class Segments:
             out[~fresh] = self.index.get_vectors(slots[~fresh])
         return out
 
+    # -- the fresh rows' codes and lists (the indexer thread) -----------------------------
+
+    def upkeep_due(self) -> bool:
+        """Whether the fresh rows need codes or lists, or new ones (module docstring)."""
+        if time.monotonic() < self._upkeep_after:
+            return False
+        view = self.view
+        buf = view.buffer
+        rows = buf.n - view.start
+        if rows < EXACT_BELOW:
+            return False
+        coding = buf.coding
+        if coding is None or coding.stale():
+            return True
+        part = buf.part
+        if rows < LISTS_FROM:
+            return False
+        if part is None or part.stale(rows):
+            return True
+        return buf.pack is None or buf.pack.due(coding, part, view.start, buf.n)
+
+    def upkeep(self, apply_lock: Any) -> bool:
+        """Code the fresh rows (fit a quantizer, or take the int8 graph's) and partition them
+        (train centroids, assign every row) when ``upkeep_due``; the work is done outside the
+        apply lock, only the rows appended meanwhile are coded and assigned under it, and the
+        new arrays are published whole. Returns whether anything was published."""
+        with self._upkeep_lock:
+            return self._upkeep(apply_lock)
+
+    def _upkeep(self, apply_lock: Any) -> bool:
+        self._upkeep_after = time.monotonic() + UPKEEP_BACKOFF_S  # cleared when all is done
+        done = False
+        for _ in range(4):  # codes, lists, pack; a regrow meanwhile: again
+            view = self.view
+            buf, lo, hi = view.buffer, view.start, view.buffer.n
+            coding = buf.coding
+            if hi - lo < EXACT_BELOW:
+                break
+            if coding is None or coding.stale():
+                new = self._coding_for(buf, lo, hi, coding)
+                if new is None:
+                    break
+                if not self._publish(apply_lock, buf, hi, new, "coding"):
+                    continue
+                done = True
+                continue
+            part = buf.part
+            if hi - lo >= LISTS_FROM and (part is None or part.stale(hi - lo)):
+                lists = self._lists_for(buf, lo, hi)
+                if lists is None:
+                    break
+                if not self._publish(apply_lock, buf, hi, lists, "part"):
+                    continue
+                done = True
+                continue
+            pack = buf.pack
+            if (
+                part is not None
+                and hi - lo >= LISTS_FROM
+                and (pack is None or pack.due(coding, part, lo, hi))
+            ):
+                if (part.lists[lo:hi] < 0).any():
+                    break  # not every row is assigned (never, but a pack would lose them)
+                buf.pack = _Pack(coding, part, lo, hi)  # immutable: no lock to publish it
+                done = True
+                continue
+            self._upkeep_after = 0.0
+            break
+        if done:
+            self.upkeeps += 1
+        return done
+
+    def _coding_for(self, buf: _Buffer, lo: int, hi: int, old: _Coding | None) -> _Coding | None:
+        """Codes of rows ``[lo, hi)`` under a quantizer fitted on their live rows, or a copy of
+        the int8 graph's when it is fitted (and is not the one ``old`` was stale with)."""
+        x = buf.vectors[lo:hi][buf.slots[lo:hi] >= 0]
+        if x.shape[0] == 0:
+            return None
+        template = getattr(self.index, "template", None)
+        graph_q = getattr(template, "quantizer", None)
+        q = None
+        borrowed = False
+        if graph_q is not None and graph_q.fitted:
+            mine = old.quantizer if old is not None and old.borrowed else None
+            if (
+                mine is None
+                or mine.scale != graph_q.scale
+                or not np.array_equal(mine.offset, graph_q.offset)
+            ):
+                q = ScalarQuantizer.from_array(self.dim, self.metric, graph_q.to_array())
+                q.n_added = q.values_added = q.values_clipped = 0
+                borrowed = True
+        if q is None:
+            q = ScalarQuantizer(
+                self.dim, self.metric, graph_q.quantile if graph_q is not None else None
+            )
+            q.fit(x)
+        new = _Coding(q, buf.capacity, self.dim, borrowed)
+        new.encode(buf.vectors[lo:hi], lo, count=False)
+        return new
+
+    def _lists_for(self, buf: _Buffer, lo: int, hi: int) -> _Lists | None:
+        """Centroids trained on (a sample of) the live rows ``[lo, hi)``, every row assigned."""
+        live_rows = np.flatnonzero(buf.slots[lo:hi] >= 0) + lo
+        if live_rows.size == 0:
+            return None
+        if live_rows.size > TRAIN_SAMPLE:
+            rng = np.random.default_rng(hi)
+            live_rows = np.sort(rng.choice(live_rows, TRAIN_SAMPLE, replace=False))
+        centroids = coarse.train(buf.vectors[live_rows], FRESH_LISTS, self.metric, seed=hi)
+        part = _Lists(centroids, buf.capacity, hi - lo)
+        part.lists[lo:hi] = coarse.assign(buf.vectors[lo:hi], centroids, self.metric)
+        return part
+
+    def _publish(self, apply_lock: Any, buf: _Buffer, hi: int, new: Any, field: str) -> bool:
+        """Code or assign the rows appended since ``hi`` into ``new`` (outside the lock while
+        many are, the last ones under it) and publish it as ``<buffer>.<field>``. When the
+        buffer grew meanwhile, ``new`` follows the rows into the new buffer (``_follow``);
+        ``False`` when it was replaced otherwise (``restore``)."""
+        for _ in range(64):
+            buf, hi, new = self._follow(buf, hi, new)
+            n = buf.n
+            if n - hi < 1024:
+                break
+            self._fill(buf, hi, n, new, field)
+            hi = n
+        with apply_lock:
+            buf, hi, new = self._follow(buf, hi, new)
+            if self.view.buffer is not buf:
+                return False
+            self._fill(buf, hi, buf.n, new, field)
+            setattr(buf, field, new)
+        return True
+
+    @staticmethod
+    def _follow(buf: _Buffer, hi: int, new: Any) -> tuple[_Buffer, int, Any]:
+        """``new`` (filled for rows below ``hi`` of ``buf``) moved along the buffers that
+        replaced ``buf`` as it grew: rows ``[shift, hi)`` become rows ``[0, hi - shift)``."""
+        while buf.successor is not None:
+            nxt, shift = buf.successor
+            covered = min(max(hi, shift), buf.n)
+            new = new.moved(nxt.capacity, shift, covered)
+            buf, hi = nxt, covered - shift
+        return buf, hi, new
+
+    def _fill(self, buf: _Buffer, lo: int, hi: int, new: Any, field: str) -> None:
+        if hi <= lo:
+            return
+        if field == "coding":
+            new.encode(buf.vectors[lo:hi], lo)
+        else:
+            new.lists[lo:hi] = coarse.assign(buf.vectors[lo:hi], new.centroids, self.metric)
+
+    def fresh_scan(self) -> str:
+        """How a search scans the fresh rows now: ``exact``, ``int8`` or ``int8_lists``."""
+        view = self.view
+        buf = view.buffer
+        if buf.coding is None or buf.n - view.start < EXACT_BELOW:
+            return "exact"
+        return "int8" if buf.part is None else "int8_lists"
+
     # -- the indexer -----------------------------------------------------------------------
 
     def index_once(self, apply_lock: Any, max_rows: int = INDEX_BATCH) -> int:
@@ -410,6 +823,7 @@ class Segments:
         with apply_lock:
             doomed, self._doomed = self._doomed, []
             self._work_since = None
+            self._linked = None  # (a cycle that failed may have left one)
             view = self.view
             buf = view.buffer
             rows = min(max_rows, buf.n - view.start)
@@ -418,6 +832,7 @@ class Segments:
             keep = sl >= 0
             slots = sl[keep].copy()
             vectors = buf.vectors[view.start : view.start + rows][keep].copy()
+            link_buf, kept_rows = buf, np.flatnonzero(keep) + view.start
             keys = None
             if self.index.partitioned and self.partition_of is not None:
                 keys = self.partition_of()[slots].copy()
@@ -435,6 +850,8 @@ class Segments:
             with self.index_lock:
                 index.add(vectors[lo:hi], slots[lo:hi], None if keys is None else keys[lo:hi])
                 self.dirty = True
+            # the rows below this one are in the graph now: searches need not scan them
+            self._linked = (link_buf, int(kept_rows[min(hi, len(kept_rows)) - 1]) + 1)
         with apply_lock:
             view = self.view  # may have been regrown: row numbers are relative to view.start
             buf = view.buffer
@@ -444,6 +861,7 @@ class Segments:
                 if slot >= 0:
                     pos.pop(slot, None)
             self.view = _View(buf, end)
+            self._linked = None
             self._linking = 0
             linked = set(slots.tolist())
             hide = [s for s in self._doomed_linking if s in linked]
@@ -604,28 +1022,40 @@ def _nothing() -> None:
 
 
 class Indexer:
-    """One background thread per database that moves fresh points into the graphs.
+    """One background thread per database that moves fresh points into the graphs, and one
+    that keeps the fresh rows' codes and lists (``Segments.upkeep``).
 
-    It works on the collection with the oldest backlog, one cycle at a time, and sleeps
-    while there is nothing to do. ``wake()`` is called by the writer after it appended.
-    The thread lowers its own scheduling priority (Linux), so searches and the writer
-    get the cores first when both want them.
+    The indexer works on the collection with the oldest backlog, one cycle at a time, and
+    sleeps while there is nothing to do. ``wake()`` is called by the writer after it
+    appended. The indexer thread lowers its own scheduling priority (Linux), so searches and
+    the writer get the cores first when both want them. The upkeep thread is a second thread
+    because a cycle's link calls take seconds on a loaded box, and the fresh rows of a burst
+    need their codes and lists within that time; its work is bounded (a few fits, trainings
+    and packs per burst, each of them linear in the fresh rows), it runs while indexing is
+    paused (it moves no point), and it never holds the apply lock longer than it takes to
+    code or assign the rows appended while it worked.
     """
 
     def __init__(self, collections: Any, name: str) -> None:
         self._collections = collections  # callable -> list of collections
         self._wake = threading.Event()
+        self._upkeep_wake = threading.Event()
         self._stop = threading.Event()
         self._paused = threading.Event()
         self._drained = threading.Condition()
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._upkeeper = threading.Thread(
+            target=self._run_upkeep, name=f"{name}-fresh", daemon=True
+        )
         self.failures = 0
 
     def start(self) -> None:
         self._thread.start()
+        self._upkeeper.start()
 
     def wake(self) -> None:
         self._wake.set()
+        self._upkeep_wake.set()
 
     def pause(self) -> None:
         """Stop moving points into the graphs after the current cycle (writes go on)."""
@@ -642,7 +1072,10 @@ class Indexer:
     def stop(self) -> None:
         self._stop.set()
         self._wake.set()
+        self._upkeep_wake.set()
         self._thread.join()
+        if self._upkeeper.is_alive():
+            self._upkeeper.join()
 
     def wait_below(self, segs: Segments, limit: int, timeout: float) -> bool:
         """Block until ``segs`` holds fewer than ``limit`` fresh rows (or ``timeout``)."""
@@ -686,3 +1119,26 @@ class Indexer:
                 self._stop.wait(1.0)
             with self._drained:
                 self._drained.notify_all()
+
+    def _run_upkeep(self) -> None:
+        try:  # as the indexer: the writer gets the cores first (its acknowledgements)
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 5)
+        except (AttributeError, OSError):
+            pass
+        while not self._stop.is_set():
+            due = [
+                (c, segs)
+                for c in self._collections()
+                for segs in c._all_segments()
+                if segs.upkeep_due()
+            ]
+            if not due:
+                self._upkeep_wake.wait(0.2)
+                self._upkeep_wake.clear()
+                continue
+            for col, segs in due:
+                try:
+                    col._fresh_upkeep(segs)
+                except Exception:
+                    self.failures += 1
+                    log.exception("fresh rows of collection %s: upkeep failed", col.name)

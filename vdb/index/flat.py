@@ -1,9 +1,9 @@
-"""Exact top-k over a flat block of vectors: the scan of a collection's fresh segment.
+"""Top-k over a flat block of vectors: the scans of a collection's fresh segment.
 
 Points that are durable but not yet linked into the HNSW graph live in flat
 arrays (``vectors[cap, dim]`` float32, ``slots[cap]`` int32, ``-1`` for a
-removed row). A search scans rows ``[start, stop)`` exactly and merges the
-result with the graph's. The kernel releases the GIL and computes the same
+removed row). A search scans rows ``[start, stop)`` and merges the
+result with the graph's. The kernels release the GIL and return the same
 scores the graph search returns, with the graph's own distance function
 (``kernels.distance``), so a point scores the same in either segment:
 squared L2 distance (ascending) for ``l2``, ``1 - (1 - dot)`` (descending)
@@ -12,6 +12,24 @@ for ``ip`` and cosine on unit vectors.
 Admission: a row counts when its slot is ``>= 0``, ``live[slot]`` is set
 (the collection's id map: the point's write was applied) and, with a filter,
 ``allowed[slot]`` is set. Masks shorter than a slot mean "not admitted".
+
+Two kernels:
+
+* ``scan``: every admitted row scored exactly with the float rows.
+* ``scan_codes``: the approximate scan of a large fresh segment. Every row
+  also has int8 codes (``codes[cap, dim]``, ``terms[cap]``, coded by a
+  ``vdb.index.quantizer.ScalarQuantizer``; ``consts`` is its ``constants()``)
+  and, once the rows are partitioned (``vdb.index.coarse``), the list it
+  belongs to (``lists[cap]``, ``-1``: not assigned). Per query it picks the
+  ``n_probe`` lists whose centroids are nearest (all rows when there are no
+  centroids), scores the admitted rows of those lists and every unassigned row
+  on the codes (``qkernels.idot``: int8 x int16 products summed in int32, the
+  query coded as the graph walk codes it), keeps the best ``n_cand`` by the
+  quantized distance and rescores them with the float rows and ``distance``,
+  so the scores it returns are the ones ``scan`` returns for those rows and
+  a row the codes rank among the best ``n_cand`` is ranked exactly. When at
+  most ``n_cand`` rows are admitted (a selective filter) every one of them is
+  rescored: the result is ``scan``'s.
 """
 
 from __future__ import annotations
@@ -19,9 +37,10 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from vdb.index.kernels import IP, L2, distance
+from vdb.index.kernels import _AHEAD, IP, L2, _prefetch_row, distance
+from vdb.index.qkernels import encode_query, idot, query_levels
 
-__all__ = ["IP", "L2", "scan", "warm"]
+__all__ = ["IP", "L2", "query_levels", "scan", "scan_codes", "warm"]
 
 
 @njit(inline="always", cache=True)
@@ -58,7 +77,7 @@ def _sift_up(keys, vals, i):
             return
 
 
-@njit(nogil=True, cache=True)
+@njit(fastmath=True, cache=True, nogil=True)
 def scan(metric, vectors, slots, start, stop, queries, k, live, allowed, use_allowed,
          out_slots, out_scores):  # fmt: skip
     """Exact top-``k`` of each query over rows ``[start, stop)``; writes ``out_slots`` (int64,
@@ -106,12 +125,154 @@ def scan(metric, vectors, slots, start, stop, queries, k, live, allowed, use_all
     return admitted
 
 
+@njit(inline="always", cache=True)
+def _offer(keys, vals, size, cap, key, val):
+    """Offer ``(key, val)`` to the max-heap of at most ``cap`` entries; returns its size."""
+    if size < cap:
+        keys[size] = key
+        vals[size] = val
+        _sift_up(keys, vals, size)
+        return size + 1
+    if key < keys[0] or (key == keys[0] and val < vals[0]):
+        keys[0] = key
+        vals[0] = val
+        _sift_down(keys, vals, size)
+    return size
+
+
+@njit(fastmath=True, cache=True, nogil=True)
+def _centroid_distances(metric, centroids, query, out):
+    """``distance`` of ``query`` to every centroid (its own fastmath function: the loop
+    vectorises whatever the caller's flags)."""
+    dim = query.shape[0]
+    for c in range(centroids.shape[0]):
+        acc = np.float32(0.0)
+        if metric == L2:
+            for i in range(dim):
+                d = centroids[c, i] - query[i]
+                acc += d * d
+            out[c] = acc
+        else:
+            for i in range(dim):
+                acc += centroids[c, i] * query[i]
+            out[c] = np.float32(1.0) - acc
+
+
+@njit(fastmath=True, cache=True, nogil=True)
+def scan_codes(metric, vectors, codes, terms, consts, qlevels, lists, centroids, n_probe,
+               pack_rows, pack_codes, pack_terms, pack_off, pack_hi, slots, start, stop,
+               queries, k, n_cand, live, allowed, use_allowed, out_slots,
+               out_scores):  # fmt: skip
+    """Approximate top-``k`` of each query over rows ``[start, stop)`` (module docstring):
+    the rows of the ``n_probe`` nearest lists (every row when ``centroids`` has no row or
+    ``n_probe`` covers them all) and the unassigned ones, ranked on the codes, the best
+    ``n_cand`` rescored with ``vectors``. Rows below ``pack_hi`` are read from the pack
+    (``pack_rows[pack_off[l]:pack_off[l + 1]]`` are list ``l``'s rows, their codes and
+    terms at the same positions of ``pack_codes`` / ``pack_terms``), rows from ``pack_hi``
+    on from ``codes`` / ``terms`` by row. Writes ``out_slots`` / ``out_scores`` as ``scan``
+    does. Returns the rows scored on the codes for the first query."""
+    nq = queries.shape[0]
+    dim = queries.shape[1]
+    n_lists = centroids.shape[0]
+    use_lists = n_lists > 0 and n_probe < n_lists
+    probe = np.zeros(max(n_lists, 1), np.bool_)
+    cdist = np.empty(max(n_lists, 1), np.float32)
+    cq = np.empty(dim, np.int16)
+    n_cand = max(n_cand, k)
+    cand_d = np.empty(n_cand, np.float32)
+    cand_r = np.empty(n_cand, np.int64)
+    keys = np.empty(k, np.float32)
+    vals = np.empty(k, np.int64)
+    n_live = live.shape[0]
+    n_allowed = allowed.shape[0]
+    const = consts[0]
+    tail = start
+    if use_lists and pack_hi > start:
+        tail = min(pack_hi, stop)
+    scored = 0
+    for qi in range(nq):
+        query = queries[qi]
+        order = np.empty(0, np.int64)
+        if use_lists:
+            _centroid_distances(metric, centroids, query, cdist)
+            for c in range(n_lists):
+                probe[c] = False
+            order = np.argsort(cdist[:n_lists])
+            for j in range(n_probe):
+                probe[order[j]] = True
+        tq, s = encode_query(metric, query, consts, qlevels, cq)
+        size = 0
+        m = 0
+        if tail > start:  # the pack: each probed list's rows are contiguous
+            for j in range(n_probe):
+                lst = order[j]
+                for p in range(pack_off[lst], pack_off[lst + 1]):
+                    row = pack_rows[p]
+                    if row < start or row >= stop:
+                        continue
+                    slot = slots[row]
+                    if slot < 0 or slot >= n_live or not live[slot]:
+                        continue
+                    if use_allowed and (slot >= n_allowed or not allowed[slot]):
+                        continue
+                    m += 1
+                    d = const + pack_terms[p] + tq - s * np.float32(idot(pack_codes[p], cq))
+                    size = _offer(cand_d, cand_r, size, n_cand, d, np.int64(row))
+        for row in range(tail, stop):  # by row: codes read in order, other lists skipped
+            if use_lists:
+                lst = lists[row]
+                if lst >= 0 and not probe[lst]:
+                    continue
+            slot = slots[row]
+            if slot < 0 or slot >= n_live or not live[slot]:
+                continue
+            if use_allowed and (slot >= n_allowed or not allowed[slot]):
+                continue
+            m += 1
+            d = const + terms[row] + tq - s * np.float32(idot(codes[row], cq))
+            size = _offer(cand_d, cand_r, size, n_cand, d, np.int64(row))
+        if qi == 0:
+            scored = m
+        # rescore the candidates with the float rows: scan's scores, ties by slot
+        for j in range(min(size, _AHEAD)):
+            _prefetch_row(vectors, cand_r[j])
+        nk = 0
+        for j in range(size):
+            if j + _AHEAD < size:
+                _prefetch_row(vectors, cand_r[j + _AHEAD])
+            row = cand_r[j]
+            key = distance(metric, vectors[row], query)  # as scan (and the graph) computes it
+            nk = _offer(keys, vals, nk, k, key, np.int64(slots[row]))
+        for j in range(k):
+            out_slots[qi, j] = -1
+            out_scores[qi, j] = np.nan
+        n = nk
+        while n > 0:
+            out_slots[qi, n - 1] = vals[0]
+            out_scores[qi, n - 1] = keys[0] if metric == L2 else np.float32(1.0) - keys[0]
+            n -= 1
+            keys[0] = keys[n]
+            vals[0] = vals[n]
+            _sift_down(keys, vals, n)
+    return scored
+
+
 def warm() -> None:
-    """Load (or compile) the scan kernel."""
+    """Load (or compile) the scan kernels."""
     v = np.zeros((2, 4), np.float32)
     s = np.array([0, 1], np.int32)
     live = np.ones(2, np.bool_)
     out_s = np.empty((1, 1), np.int64)
     out_d = np.empty((1, 1), np.float32)
+    codes = np.zeros((2, 4), np.int8)
+    terms = np.zeros(2, np.float32)
+    consts = np.zeros(3 + 4, np.float32)
+    consts[2] = 1.0
+    lists = np.zeros(2, np.int32)
+    off = np.array([0, 2], np.int64)
     for metric in (L2, IP):
         scan(metric, v, s, 0, 2, v[:1], 1, live, live, False, out_s, out_d)
+        scan_codes(
+            metric, v, codes, terms, consts, query_levels(4), lists, v[:1], 1, s, codes,
+            terms, off, 2, s, 0, 2, v[:1], 1, 4, live, live, False, out_s, out_d,
+        )  # fmt: skip
