@@ -25,6 +25,10 @@ same time as the writer. Search kernels run with the GIL released.
   link rows, deleted flag set) before any link to it exists; it becomes a
   search result only when its deleted flag is cleared after it is linked.
   So links only point to fully written slots.
+* Points are linked in batches (``_link``): the batch's own rows are written
+  first (no point has a link to them yet), then the reverse links to them are
+  added, each target row by exactly one thread of the writer; only then are
+  the batch's deleted flags cleared and the entry point raised.
 * Neighbour rows are rewritten in place: the new neighbours are written
   first, the count (column 0) last. A reader reads the count once and clamps
   it to the row width, so a row under rewrite gives a mix of old and new
@@ -95,6 +99,7 @@ _CHECK_ALWAYS_MAX = 4096
 _CHECK_SHARE = 64
 _SEARCH_GRAIN = 16  # queries per parallel block of a batch search
 _BUILD_GRAIN = 8  # points per parallel block of candidate selection
+_LINK_GRAIN = 32  # target slots per parallel block of reverse linking
 
 _FLOAT32 = np.dtype(np.float32)
 
@@ -671,7 +676,7 @@ class HNSW:
         """When the entry point is among ``slots`` (about to get new vectors), make the highest
         slot outside them the entry point first, so that no search or insert starts from a
         point whose links are being rebuilt; the re-linked point takes the entry back in
-        ``build_link`` when its level is higher."""
+        ``build_publish`` when its level is higher."""
         entry = int(g.state[0])
         if entry < 0 or not np.any(slots == entry):
             return
@@ -781,8 +786,12 @@ class HNSW:
         self, slots: np.ndarray, fill: int = 0, on_chunk: Callable[[int], None] | None = None
     ) -> None:
         """Link written slots into the graph in chunks: candidate search and neighbour selection
-        for a chunk run in parallel (nogil), then links are written in order by this thread.
-        ``on_chunk(linked so far)`` follows each chunk."""
+        for a chunk run in parallel (nogil, ``build_select``); this thread writes the chunk's own
+        rows and sorts the reverse links by target (``build_forward``), the reverse links are
+        added in parallel, each target's rows by one thread (``build_reverse``), and this thread
+        clears the deleted flags and raises the entry point (``build_publish``). The graph is
+        the one the classic point-by-point linking of the chunk would give, whatever the
+        thread count. ``on_chunk(linked so far)`` follows each chunk."""
         pos = 0
         total = slots.shape[0]
         M = self._M
@@ -818,10 +827,20 @@ class HNSW:
                 )  # fmt: skip
 
             _parallel(select, size, _BUILD_GRAIN, self._n_threads)
-            kernels.build_link(
-                self._code, g.vectors, g.links0, g.upper, g.upper_off, g.levels, g.deleted,
-                g.state, chunk, sel, sel_n, M,
-            )  # fmt: skip
+            keys = np.empty(sel.size, np.int64)
+            starts = np.empty(sel.size + 1, np.int64)
+            targets = kernels.build_forward(
+                g.links0, g.upper, g.upper_off, g.levels, chunk, sel, sel_n, keys, starts
+            )
+
+            def reverse(lo, hi, g=g, chunk=chunk, keys=keys, starts=starts) -> None:
+                kernels.build_reverse(
+                    self._code, g.vectors, g.links0, g.upper, g.upper_off, chunk, keys, starts,
+                    lo, hi, M,
+                )  # fmt: skip
+
+            _parallel(reverse, targets, _LINK_GRAIN, self._n_threads)
+            kernels.build_publish(g.levels, g.deleted, g.state, chunk)
             if fill > 0:
                 skip[chunk] = 0
             if on_chunk is not None:
