@@ -80,8 +80,10 @@ _FORMAT_VERSION = 1
 _MAX_LEVEL = 30
 # Points linked per batch: their candidate search and neighbour selection run in parallel
 # against the graph as it was before the batch, plus an exact comparison with the batch members
-# before them; then the links are written in order. The result does not depend on the number of
-# threads. With both bounds at 1 this is the classic one-point-at-a-time build.
+# before them; then the links are written (see _link). The result does not depend on the number
+# of threads. A batch holds half the points linked so far (this call's included: one large add
+# into an empty index grows its batches too), within these bounds; each batch ends in a wait
+# for the slowest thread. With both bounds at 1 this is the classic one-point-at-a-time build.
 _CHUNK_MIN = 32
 _CHUNK_MAX = 256
 # Filtered search scans the allowed slots exactly when allowed_count**2 <= _EXACT_FACTOR * ef * live.
@@ -797,7 +799,7 @@ class HNSW:
         M = self._M
         while pos < total:
             g = self._g
-            size = min(total - pos, _CHUNK_MAX, max(_CHUNK_MIN, self._live // 2))
+            size = min(total - pos, _CHUNK_MAX, max(_CHUNK_MIN, (self._live + pos) // 2))
             chunk = np.ascontiguousarray(slots[pos : pos + size])
             pos += size
             # the candidate search skips the chunk: new points through their deleted flag,
