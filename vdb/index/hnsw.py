@@ -55,7 +55,6 @@ so searches share nothing writable.
 from __future__ import annotations
 
 import heapq
-import itertools
 import logging
 import math
 import os
@@ -211,26 +210,49 @@ class _Graph:
 
 
 def _parallel(work: Callable[[int, int], None], n: int, grain: int, threads: int) -> None:
-    """Run ``work(lo, hi)`` over ``[0, n)`` in blocks of ``grain`` items, taken dynamically by the
-    calling thread and up to ``threads - 1`` pool threads (the kernels release the GIL), so a
-    stalled thread delays at most one block. Exceptions are re-raised in the caller."""
-    blocks = (n + grain - 1) // grain
-    helpers = min(threads, blocks) - 1
+    """Run ``work(lo, hi)`` over ``[0, n)`` in blocks of up to ``grain`` items, taken dynamically
+    by the calling thread and up to ``threads - 1`` pool threads (the kernels release the GIL).
+    Blocks shrink towards the end (down to one item), so the threads finish close together and
+    a stalled thread delays at most one small block. The caller waits for the blocks, not for
+    the pool threads: a pool thread that starts only after every block was taken (the OS was
+    slow to run it, as on a loaded host) just ends. Exceptions are re-raised in the caller."""
+    helpers = min(threads, (n + grain - 1) // grain) - 1
     if helpers <= 0:
         work(0, n)
         return
-    counter = itertools.count()
+    lock = threading.Lock()
+    finished = threading.Event()
+    taken = [0, 0]  # items handed out, items done
+    errors: list[BaseException] = []
+    share = 2 * threads
 
     def drain() -> None:
-        while (b := next(counter)) < blocks:
-            work(b * grain, min(n, (b + 1) * grain))
+        while True:
+            with lock:
+                lo = taken[0]
+                if lo >= n:
+                    return
+                hi = lo + max(1, min(grain, (n - lo) // share))
+                taken[0] = hi
+            try:
+                work(lo, hi)
+            except BaseException as e:  # noqa: BLE001 - re-raised in the caller
+                errors.append(e)
+                with lock:  # hand out nothing more
+                    hi += n - taken[0]
+                    taken[0] = n
+            with lock:
+                taken[1] += hi - lo
+                if taken[1] == n:
+                    finished.set()
 
-    futures = [_executor().submit(drain) for _ in range(helpers)]
-    try:
-        drain()
-    finally:
-        for f in futures:
-            f.result()
+    pool = _executor()
+    for _ in range(helpers):
+        pool.submit(drain)
+    drain()
+    finished.wait()
+    if errors:
+        raise errors[0]
 
 
 def _aligned_zeros(shape: tuple[int, int], dtype: Any, align: int = 64) -> np.ndarray:
