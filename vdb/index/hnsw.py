@@ -99,8 +99,7 @@ _EXACT_FACTOR = 30.0
 _CHECK_ALWAYS_MAX = 4096
 _CHECK_SHARE = 64
 _SEARCH_GRAIN = 16  # queries per parallel block of a batch search
-_BUILD_GRAIN = 8  # points per parallel block of candidate selection
-_LINK_GRAIN = 32  # target slots per parallel block of reverse linking
+_LINK_GRAIN = 16  # target slots a build thread takes at a time when adding reverse links
 
 _FLOAT32 = np.dtype(np.float32)
 
@@ -834,36 +833,43 @@ class HNSW:
             sel_n = np.zeros((size, top + 1), np.int32)
             entry = int(g.state[0])
 
-            def select(
-                lo, hi, g=g, chunk=chunk, sel=sel, sel_n=sel_n, entry=entry, skip=skip
-            ) -> None:
+            counter = np.zeros(1, np.int64)  # next chunk position to select for
+
+            def select(_lo, _hi, g=g, chunk=chunk, sel=sel, sel_n=sel_n, entry=entry, skip=skip,
+                       counter=counter) -> None:  # fmt: skip
                 visited, vgen = self._visited(g.capacity)
                 if g.codes is not None and self._build_on_codes:
                     qkernels.build_select_q(
                         g.codes, g.terms, g.consts, g.links0, g.upper, g.upper_off, g.levels,
-                        g.deleted, skip, entry, chunk, lo, hi, self._efc, M, fill,
+                        g.deleted, skip, entry, chunk, counter, self._efc, M, fill,
                         visited, vgen, sel, sel_n,
                     )  # fmt: skip
                     return
                 kernels.build_select(
                     self._code, g.vectors, g.links0, g.upper, g.upper_off, g.levels, g.deleted,
-                    skip, entry, chunk, lo, hi, self._efc, M, fill, visited, vgen, sel, sel_n,
+                    skip, entry, chunk, counter, self._efc, M, fill, visited, vgen, sel, sel_n,
                 )  # fmt: skip
 
-            _parallel(select, size, _BUILD_GRAIN, self._n_threads)
+            # one kernel call per thread: the threads take the points (and below the targets)
+            # from a shared counter inside the kernel, so a late thread finds less or nothing
+            threads = min(self._n_threads, size)
+            _parallel(select, threads, 1, threads)
             keys = np.empty(sel.size, np.int64)
             starts = np.empty(sel.size + 1, np.int64)
             targets = kernels.build_forward(
                 g.links0, g.upper, g.upper_off, g.levels, chunk, sel, sel_n, keys, starts
             )
+            counter[0] = 0  # next target to link
 
-            def reverse(lo, hi, g=g, chunk=chunk, keys=keys, starts=starts) -> None:
+            def reverse(_lo, _hi, g=g, chunk=chunk, keys=keys, starts=starts, targets=targets,
+                        counter=counter) -> None:  # fmt: skip
                 kernels.build_reverse(
                     self._code, g.vectors, g.links0, g.upper, g.upper_off, chunk, keys, starts,
-                    lo, hi, M,
+                    targets, counter, _LINK_GRAIN, M,
                 )  # fmt: skip
 
-            _parallel(reverse, targets, _LINK_GRAIN, self._n_threads)
+            threads = min(self._n_threads, -(-targets // _LINK_GRAIN))
+            _parallel(reverse, threads, 1, threads)
             kernels.build_publish(g.levels, g.deleted, g.state, chunk)
             if fill > 0:
                 skip[chunk] = 0

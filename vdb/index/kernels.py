@@ -74,6 +74,25 @@ def _prefetch(typingctx, arr, row, col):
     return sig, codegen
 
 
+@intrinsic
+def _claim(typingctx, counter, step):
+    """Atomically add ``step`` to ``counter[0]`` (int64 1-D array); returns the value before. The
+    build threads take their work from one such counter inside the kernels, so a batch phase
+    costs one kernel call (and one GIL round trip) per thread, not one per block."""
+    sig = types.int64(counter, step)
+
+    def codegen(context, builder, signature, args):
+        aryty, stepty = signature.args
+        ary = context.make_array(aryty)(context, builder, args[0])
+        ptr = cgutils.get_item_pointer(
+            context, builder, aryty, ary, [context.get_constant(types.intp, 0)], wraparound=False
+        )
+        inc = context.cast(builder, args[1], stepty, types.int64)
+        return builder.atomic_rmw("add", ptr, inc, "monotonic")
+
+    return sig, codegen
+
+
 @njit(inline="always", cache=True)
 def _prefetch_row(arr, row):
     """Hint the CPU to fetch every cache line of row ``row`` (float vectors or int8 codes)."""
@@ -538,11 +557,12 @@ def _heuristic(metric, vectors, cand_d, cand_i, n, limit, out, out_off):
 
 @njit(fastmath=True, cache=True, nogil=True)
 def build_select(
-    metric, vectors, links0, upper, upper_off, levels, deleted, pending, entry, chunk, lo, hi,
+    metric, vectors, links0, upper, upper_off, levels, deleted, pending, entry, chunk, counter,
     ef_construction, M, fill, visited, vgen, sel, sel_n,
 ):  # fmt: skip
     """Phase 1 of linking a batch (parallel-safe: reads the graph, writes only its own rows of
-    ``sel``/``sel_n``). For chunk positions ``lo`` to ``hi - 1``: search the current graph
+    ``sel``/``sel_n``). Every calling thread takes chunk positions one at a time from
+    ``counter`` (int64[1], zero at the start) until none is left; for each: search the current graph
     (batch members in ``pending`` excluded) on every layer of the point, add the batch members
     before it (exactly), and select up to ``M`` neighbours per layer with the heuristic. When
     ``fill`` > 0 (re-linked points), the lists are topped up with the nearest pruned candidates to
@@ -555,7 +575,10 @@ def build_select(
     merged_i = np.empty(ef_construction + B, np.int32)
     flat = sel.reshape(-1)
     width = sel.shape[1] * sel.shape[2]
-    for i in range(lo, hi):
+    for _ in range(B):
+        i = _claim(counter, np.int64(1))
+        if i >= B:
+            break
         p = chunk[i]
         q = vectors[p]
         lp = levels[p]
@@ -733,15 +756,21 @@ def build_forward(links0, upper, upper_off, levels, chunk, sel, sel_n, keys, sta
 
 
 @njit(fastmath=True, cache=True, nogil=True)
-def build_reverse(metric, vectors, links0, upper, upper_off, chunk, keys, starts, lo, hi, M):
-    """Phase 2b of linking a batch (parallel-safe: targets ``lo`` to ``hi - 1`` of
-    ``build_forward``'s list, each target's rows written by the one thread that owns it): add
-    each target's reverse links in batch order, pruning an overflowing row (``_add_link``)."""
+def build_reverse(
+    metric, vectors, links0, upper, upper_off, chunk, keys, starts, targets, counter, step, M
+):
+    """Phase 2b of linking a batch (parallel-safe: each of the ``targets`` targets of
+    ``build_forward``'s list is taken by one thread, ``step`` at a time from ``counter``, and only
+    that thread writes its rows): add each target's reverse links in batch order, pruning an
+    overflowing row (``_add_link``)."""
     m0 = links0.shape[1] - 1
     pos_mask = (np.int64(1) << _KEY_POS_BITS) - 1
     layer_mask = (np.int64(1) << _KEY_LAYER_BITS) - 1
-    for g in range(lo, hi):
-        for k in range(starts[g], starts[g + 1]):
+    while True:
+        lo = _claim(counter, step)
+        if lo >= targets:
+            break
+        for k in range(starts[lo], starts[min(lo + step, targets)]):
             key = keys[k]
             s = key >> _KEY_SLOT_SHIFT
             layer = (key >> _KEY_POS_BITS) & layer_mask
