@@ -833,10 +833,10 @@ class HNSW:
             sel_n = np.zeros((size, top + 1), np.int32)
             entry = int(g.state[0])
 
-            counter = np.zeros(1, np.int64)  # next chunk position to select for
+            next_point = np.zeros(1, np.int64)  # the next chunk position to select for
 
             def select(_lo, _hi, g=g, chunk=chunk, sel=sel, sel_n=sel_n, entry=entry, skip=skip,
-                       counter=counter) -> None:  # fmt: skip
+                       counter=next_point) -> None:  # fmt: skip
                 visited, vgen = self._visited(g.capacity)
                 if g.codes is not None and self._build_on_codes:
                     qkernels.build_select_q(
@@ -859,10 +859,10 @@ class HNSW:
             targets = kernels.build_forward(
                 g.links0, g.upper, g.upper_off, g.levels, chunk, sel, sel_n, keys, starts
             )
-            counter[0] = 0  # next target to link
+            next_target = np.zeros(1, np.int64)  # the next target to add reverse links to
 
             def reverse(_lo, _hi, g=g, chunk=chunk, keys=keys, starts=starts, targets=targets,
-                        counter=counter) -> None:  # fmt: skip
+                        counter=next_target) -> None:  # fmt: skip
                 kernels.build_reverse(
                     self._code, g.vectors, g.links0, g.upper, g.upper_off, chunk, keys, starts,
                     targets, counter, _LINK_GRAIN, M,
