@@ -493,3 +493,46 @@ def test_add_and_replace_report_progress_to_the_end():
     assert calls[-1] == (600, 600)
     found, _ = h.search(data[2600:2610], 1, ef=100)
     assert found[:, 0].tolist() == slots[600:610].tolist()
+
+
+@pytest.mark.parametrize("n, grain, threads", [(1, 8, 2), (7, 8, 2), (100, 8, 2), (1000, 16, 3)])
+def test_parallel_runs_every_item_once(n, grain, threads):
+    seen = np.zeros(n, np.int64)
+    lock = threading.Lock()
+
+    def work(lo: int, hi: int) -> None:
+        assert 0 <= lo < hi <= n and hi - lo <= grain
+        with lock:
+            seen[lo:hi] += 1
+
+    hnsw_module._parallel(work, n, grain, threads)
+    assert (seen == 1).all()
+
+
+def test_parallel_reraises_a_failed_block():
+    def work(lo: int, hi: int) -> None:
+        if lo <= 50 < hi:
+            raise RuntimeError("block 50 failed")
+
+    with pytest.raises(RuntimeError, match="block 50 failed"):
+        hnsw_module._parallel(work, 100, 8, 2)
+
+
+def test_parallel_does_not_wait_for_pool_threads_that_never_start():
+    pool = hnsw_module._executor()
+    release = threading.Event()
+    busy = [pool.submit(release.wait) for _ in range(pool._max_workers)]  # every worker taken
+    done: list[int] = []
+    caller = threading.Thread(
+        target=lambda: hnsw_module._parallel(lambda lo, hi: done.append(hi - lo), 200, 8, 2)
+    )
+    try:
+        caller.start()
+        caller.join(timeout=60)  # the calling thread runs every block itself
+        assert not caller.is_alive(), "the caller waited for a pool thread that could not start"
+        assert sum(done) == 200
+    finally:
+        release.set()
+        for f in busy:
+            f.result()
+        caller.join()

@@ -25,6 +25,10 @@ same time as the writer. Search kernels run with the GIL released.
   link rows, deleted flag set) before any link to it exists; it becomes a
   search result only when its deleted flag is cleared after it is linked.
   So links only point to fully written slots.
+* Points are linked in batches (``_link``): the batch's own rows are written
+  first (no point has a link to them yet), then the reverse links to them are
+  added, each target row by exactly one thread of the writer; only then are
+  the batch's deleted flags cleared and the entry point raised.
 * Neighbour rows are rewritten in place: the new neighbours are written
   first, the count (column 0) last. A reader reads the count once and clamps
   it to the row width, so a row under rewrite gives a mix of old and new
@@ -51,7 +55,6 @@ so searches share nothing writable.
 from __future__ import annotations
 
 import heapq
-import itertools
 import logging
 import math
 import os
@@ -76,8 +79,10 @@ _FORMAT_VERSION = 1
 _MAX_LEVEL = 30
 # Points linked per batch: their candidate search and neighbour selection run in parallel
 # against the graph as it was before the batch, plus an exact comparison with the batch members
-# before them; then the links are written in order. The result does not depend on the number of
-# threads. With both bounds at 1 this is the classic one-point-at-a-time build.
+# before them; then the links are written (see _link). The result does not depend on the number
+# of threads. A batch holds half the points linked so far (this call's included: one large add
+# into an empty index grows its batches too), within these bounds; each batch ends in a wait
+# for the slowest thread. With both bounds at 1 this is the classic one-point-at-a-time build.
 _CHUNK_MIN = 32
 _CHUNK_MAX = 256
 # Filtered search scans the allowed slots exactly when allowed_count**2 <= _EXACT_FACTOR * ef * live.
@@ -94,7 +99,7 @@ _EXACT_FACTOR = 30.0
 _CHECK_ALWAYS_MAX = 4096
 _CHECK_SHARE = 64
 _SEARCH_GRAIN = 16  # queries per parallel block of a batch search
-_BUILD_GRAIN = 8  # points per parallel block of candidate selection
+_LINK_GRAIN = 16  # target slots a build thread takes at a time when adding reverse links
 
 _FLOAT32 = np.dtype(np.float32)
 
@@ -204,26 +209,49 @@ class _Graph:
 
 
 def _parallel(work: Callable[[int, int], None], n: int, grain: int, threads: int) -> None:
-    """Run ``work(lo, hi)`` over ``[0, n)`` in blocks of ``grain`` items, taken dynamically by the
-    calling thread and up to ``threads - 1`` pool threads (the kernels release the GIL), so a
-    stalled thread delays at most one block. Exceptions are re-raised in the caller."""
-    blocks = (n + grain - 1) // grain
-    helpers = min(threads, blocks) - 1
+    """Run ``work(lo, hi)`` over ``[0, n)`` in blocks of up to ``grain`` items, taken dynamically
+    by the calling thread and up to ``threads - 1`` pool threads (the kernels release the GIL).
+    Blocks shrink towards the end (down to one item), so the threads finish close together and
+    a stalled thread delays at most one small block. The caller waits for the blocks, not for
+    the pool threads: a pool thread that starts only after every block was taken (the OS was
+    slow to run it, as on a loaded host) just ends. Exceptions are re-raised in the caller."""
+    helpers = min(threads, (n + grain - 1) // grain) - 1
     if helpers <= 0:
         work(0, n)
         return
-    counter = itertools.count()
+    lock = threading.Lock()
+    finished = threading.Event()
+    taken = [0, 0]  # items handed out, items done
+    errors: list[BaseException] = []
+    share = 2 * threads
 
     def drain() -> None:
-        while (b := next(counter)) < blocks:
-            work(b * grain, min(n, (b + 1) * grain))
+        while True:
+            with lock:
+                lo = taken[0]
+                if lo >= n:
+                    return
+                hi = lo + max(1, min(grain, (n - lo) // share))
+                taken[0] = hi
+            try:
+                work(lo, hi)
+            except BaseException as e:  # noqa: BLE001 - re-raised in the caller
+                errors.append(e)
+                with lock:  # hand out nothing more
+                    hi += n - taken[0]
+                    taken[0] = n
+            with lock:
+                taken[1] += hi - lo
+                if taken[1] == n:
+                    finished.set()
 
-    futures = [_executor().submit(drain) for _ in range(helpers)]
-    try:
-        drain()
-    finally:
-        for f in futures:
-            f.result()
+    pool = _executor()
+    for _ in range(helpers):
+        pool.submit(drain)
+    drain()
+    finished.wait()
+    if errors:
+        raise errors[0]
 
 
 def _aligned_zeros(shape: tuple[int, int], dtype: Any, align: int = 64) -> np.ndarray:
@@ -671,7 +699,7 @@ class HNSW:
         """When the entry point is among ``slots`` (about to get new vectors), make the highest
         slot outside them the entry point first, so that no search or insert starts from a
         point whose links are being rebuilt; the re-linked point takes the entry back in
-        ``build_link`` when its level is higher."""
+        ``build_publish`` when its level is higher."""
         entry = int(g.state[0])
         if entry < 0 or not np.any(slots == entry):
             return
@@ -781,14 +809,18 @@ class HNSW:
         self, slots: np.ndarray, fill: int = 0, on_chunk: Callable[[int], None] | None = None
     ) -> None:
         """Link written slots into the graph in chunks: candidate search and neighbour selection
-        for a chunk run in parallel (nogil), then links are written in order by this thread.
-        ``on_chunk(linked so far)`` follows each chunk."""
+        for a chunk run in parallel (nogil, ``build_select``); this thread writes the chunk's own
+        rows and sorts the reverse links by target (``build_forward``), the reverse links are
+        added in parallel, each target's rows by one thread (``build_reverse``), and this thread
+        clears the deleted flags and raises the entry point (``build_publish``). The graph is
+        the one the classic point-by-point linking of the chunk would give, whatever the
+        thread count. ``on_chunk(linked so far)`` follows each chunk."""
         pos = 0
         total = slots.shape[0]
         M = self._M
         while pos < total:
             g = self._g
-            size = min(total - pos, _CHUNK_MAX, max(_CHUNK_MIN, self._live // 2))
+            size = min(total - pos, _CHUNK_MAX, max(_CHUNK_MIN, (self._live + pos) // 2))
             chunk = np.ascontiguousarray(slots[pos : pos + size])
             pos += size
             # the candidate search skips the chunk: new points through their deleted flag,
@@ -801,27 +833,44 @@ class HNSW:
             sel_n = np.zeros((size, top + 1), np.int32)
             entry = int(g.state[0])
 
-            def select(
-                lo, hi, g=g, chunk=chunk, sel=sel, sel_n=sel_n, entry=entry, skip=skip
-            ) -> None:
+            next_point = np.zeros(1, np.int64)  # the next chunk position to select for
+
+            def select(_lo, _hi, g=g, chunk=chunk, sel=sel, sel_n=sel_n, entry=entry, skip=skip,
+                       counter=next_point) -> None:  # fmt: skip
                 visited, vgen = self._visited(g.capacity)
                 if g.codes is not None and self._build_on_codes:
                     qkernels.build_select_q(
                         g.codes, g.terms, g.consts, g.links0, g.upper, g.upper_off, g.levels,
-                        g.deleted, skip, entry, chunk, lo, hi, self._efc, M, fill,
+                        g.deleted, skip, entry, chunk, counter, self._efc, M, fill,
                         visited, vgen, sel, sel_n,
                     )  # fmt: skip
                     return
                 kernels.build_select(
                     self._code, g.vectors, g.links0, g.upper, g.upper_off, g.levels, g.deleted,
-                    skip, entry, chunk, lo, hi, self._efc, M, fill, visited, vgen, sel, sel_n,
+                    skip, entry, chunk, counter, self._efc, M, fill, visited, vgen, sel, sel_n,
                 )  # fmt: skip
 
-            _parallel(select, size, _BUILD_GRAIN, self._n_threads)
-            kernels.build_link(
-                self._code, g.vectors, g.links0, g.upper, g.upper_off, g.levels, g.deleted,
-                g.state, chunk, sel, sel_n, M,
-            )  # fmt: skip
+            # one kernel call per thread: the threads take the points (and below the targets)
+            # from a shared counter inside the kernel, so a late thread finds less or nothing
+            threads = min(self._n_threads, size)
+            _parallel(select, threads, 1, threads)
+            keys = np.empty(sel.size, np.int64)
+            starts = np.empty(sel.size + 1, np.int64)
+            targets = kernels.build_forward(
+                g.links0, g.upper, g.upper_off, g.levels, chunk, sel, sel_n, keys, starts
+            )
+            next_target = np.zeros(1, np.int64)  # the next target to add reverse links to
+
+            def reverse(_lo, _hi, g=g, chunk=chunk, keys=keys, starts=starts, targets=targets,
+                        counter=next_target) -> None:  # fmt: skip
+                kernels.build_reverse(
+                    self._code, g.vectors, g.links0, g.upper, g.upper_off, chunk, keys, starts,
+                    targets, counter, _LINK_GRAIN, M,
+                )  # fmt: skip
+
+            threads = min(self._n_threads, -(-targets // _LINK_GRAIN))
+            _parallel(reverse, threads, 1, threads)
+            kernels.build_publish(g.levels, g.deleted, g.state, chunk)
             if fill > 0:
                 skip[chunk] = 0
             if on_chunk is not None:

@@ -74,6 +74,25 @@ def _prefetch(typingctx, arr, row, col):
     return sig, codegen
 
 
+@intrinsic
+def _claim(typingctx, counter, step):
+    """Atomically add ``step`` to ``counter[0]`` (int64 1-D array); returns the value before. The
+    build threads take their work from one such counter inside the kernels, so a batch phase
+    costs one kernel call (and one GIL round trip) per thread, not one per block."""
+    sig = types.int64(counter, step)
+
+    def codegen(context, builder, signature, args):
+        aryty, stepty = signature.args
+        ary = context.make_array(aryty)(context, builder, args[0])
+        ptr = cgutils.get_item_pointer(
+            context, builder, aryty, ary, [context.get_constant(types.intp, 0)], wraparound=False
+        )
+        inc = context.cast(builder, args[1], stepty, types.int64)
+        return builder.atomic_rmw("add", ptr, inc, "monotonic")
+
+    return sig, codegen
+
+
 @njit(inline="always", cache=True)
 def _prefetch_row(arr, row):
     """Hint the CPU to fetch every cache line of row ``row`` (float vectors or int8 codes)."""
@@ -538,11 +557,12 @@ def _heuristic(metric, vectors, cand_d, cand_i, n, limit, out, out_off):
 
 @njit(fastmath=True, cache=True, nogil=True)
 def build_select(
-    metric, vectors, links0, upper, upper_off, levels, deleted, pending, entry, chunk, lo, hi,
+    metric, vectors, links0, upper, upper_off, levels, deleted, pending, entry, chunk, counter,
     ef_construction, M, fill, visited, vgen, sel, sel_n,
 ):  # fmt: skip
     """Phase 1 of linking a batch (parallel-safe: reads the graph, writes only its own rows of
-    ``sel``/``sel_n``). For chunk positions ``lo`` to ``hi - 1``: search the current graph
+    ``sel``/``sel_n``). Every calling thread takes chunk positions one at a time from
+    ``counter`` (int64[1], zero at the start) until none is left; for each: search the current graph
     (batch members in ``pending`` excluded) on every layer of the point, add the batch members
     before it (exactly), and select up to ``M`` neighbours per layer with the heuristic. When
     ``fill`` > 0 (re-linked points), the lists are topped up with the nearest pruned candidates to
@@ -555,7 +575,10 @@ def build_select(
     merged_i = np.empty(ef_construction + B, np.int32)
     flat = sel.reshape(-1)
     width = sel.shape[1] * sel.shape[2]
-    for i in range(lo, hi):
+    for _ in range(B):
+        i = _claim(counter, np.int64(1))
+        if i >= B:
+            break
         p = chunk[i]
         q = vectors[p]
         lp = levels[p]
@@ -655,30 +678,116 @@ def _add_link(metric, vectors, links, upper_off, layer, s, p, limit):
     links[row, 0] = nk
 
 
-@njit(fastmath=True, cache=True, nogil=True)
-def build_link(
-    metric, vectors, links0, upper, upper_off, levels, deleted, state, chunk, sel, sel_n, M
-):
-    """Phase 2 of linking a batch (the single writer, in batch order): write each point's
-    selected neighbours, add the reverse links (pruning overflowing lists), make the point
-    visible (clear its deleted flag) and raise the entry point when its level is higher."""
-    m0 = links0.shape[1] - 1
+# A reverse link of a batch (``build_forward``/``build_reverse``) as one int64 key: target slot,
+# layer, chunk position of the linked point. Sorting the keys groups the links by target row, in
+# batch order within a row.
+_KEY_POS_BITS = 16  # chunk positions (batches of up to 65,536 points)
+_KEY_LAYER_BITS = 5  # layers (levels up to 31)
+_KEY_SLOT_SHIFT = _KEY_POS_BITS + _KEY_LAYER_BITS
+
+
+@njit(cache=True)
+def _sift_down_keys(keys, size, pos):
+    k = keys[pos]
+    while True:
+        c = 2 * pos + 1
+        if c >= size:
+            break
+        if c + 1 < size and keys[c + 1] > keys[c]:
+            c += 1
+        if keys[c] <= k:
+            break
+        keys[pos] = keys[c]
+        pos = c
+    keys[pos] = k
+
+
+@njit(cache=True)
+def _sort_keys(keys, n):
+    """Sort ``keys[:n]`` (int64) ascending in place (heapsort)."""
+    for start in range(n // 2 - 1, -1, -1):
+        _sift_down_keys(keys, n, start)
+    for end in range(n - 1, 0, -1):
+        k = keys[end]
+        keys[end] = keys[0]
+        keys[0] = k
+        _sift_down_keys(keys, end, 0)
+
+
+@njit(cache=True, nogil=True)
+def build_forward(links0, upper, upper_off, levels, chunk, sel, sel_n, keys, starts):
+    """Phase 2a of linking a batch (one thread): write every point's selected neighbours as its
+    rows (neighbours first, count last), and list the reverse links ``s -> p`` as keys sorted
+    by target slot, then layer, then batch position. ``starts[g]`` is where target ``g``'s keys
+    begin (``starts[ng]`` = the number of keys); returns ``ng``, the number of targets.
+
+    A point selects only graph points and batch members before it, so a member's row receives
+    its reverse links after its own row is written whether the rows are written first (here) or
+    point by point: ``build_reverse`` gives the same rows as the classic one-point-at-a-time
+    order, however the targets are split among threads."""
+    n = 0
     for i in range(chunk.shape[0]):
         p = chunk[i]
-        lp = levels[p]
-        for layer in range(lp + 1):
+        for layer in range(levels[p] + 1):
             links = links0 if layer == 0 else upper
-            limit = m0 if layer == 0 else M
             row = _row(layer, p, upper_off)
             ns = sel_n[i, layer]
             for t in range(ns):
                 links[row, t + 1] = sel[i, layer, t]
             links[row, 0] = ns
             for t in range(ns):
-                _add_link(
-                    metric, vectors, links, upper_off, np.int64(layer), np.int64(sel[i, layer, t]),
-                    np.int64(p), np.int64(limit),
-                )  # fmt: skip
+                keys[n] = (
+                    (np.int64(sel[i, layer, t]) << _KEY_SLOT_SHIFT)
+                    | (np.int64(layer) << _KEY_POS_BITS)
+                    | np.int64(i)
+                )
+                n += 1
+    _sort_keys(keys, n)
+    ng = 0
+    prev = np.int64(-1)
+    for k in range(n):
+        s = keys[k] >> _KEY_SLOT_SHIFT
+        if s != prev:
+            starts[ng] = k
+            ng += 1
+            prev = s
+    starts[ng] = n
+    return ng
+
+
+@njit(fastmath=True, cache=True, nogil=True)
+def build_reverse(
+    metric, vectors, links0, upper, upper_off, chunk, keys, starts, targets, counter, step, M
+):
+    """Phase 2b of linking a batch (parallel-safe: each of the ``targets`` targets of
+    ``build_forward``'s list is taken by one thread, ``step`` at a time from ``counter``, and only
+    that thread writes its rows): add each target's reverse links in batch order, pruning an
+    overflowing row (``_add_link``)."""
+    m0 = links0.shape[1] - 1
+    pos_mask = (np.int64(1) << _KEY_POS_BITS) - 1
+    layer_mask = (np.int64(1) << _KEY_LAYER_BITS) - 1
+    while True:
+        lo = _claim(counter, step)
+        if lo >= targets:
+            break
+        for k in range(starts[lo], starts[min(lo + step, targets)]):
+            key = keys[k]
+            s = key >> _KEY_SLOT_SHIFT
+            layer = (key >> _KEY_POS_BITS) & layer_mask
+            p = np.int64(chunk[key & pos_mask])
+            if layer == 0:
+                _add_link(metric, vectors, links0, upper_off, layer, s, p, np.int64(m0))
+            else:
+                _add_link(metric, vectors, upper, upper_off, layer, s, p, np.int64(M))
+
+
+@njit(cache=True, nogil=True)
+def build_publish(levels, deleted, state, chunk):
+    """Phase 2c of linking a batch, once all its links are written: make its points visible
+    (clear their deleted flags) and raise the entry point to the first one of a higher level."""
+    for i in range(chunk.shape[0]):
+        p = chunk[i]
+        lp = levels[p]
         deleted[p] = 0
         if state[0] < 0 or lp > state[1]:
             state[1] = lp

@@ -23,6 +23,7 @@ from vdb.index.kernels import (
     ADMIT_NOT_MASK,
     L2,
     _admit,
+    _claim,
     _heapify_min,
     _next_tag,
     _pop_min,
@@ -260,8 +261,8 @@ def _qpair(codes, terms, a, b, const, s):
 
 @njit(fastmath=True, cache=True, nogil=True)
 def build_select_q(
-    codes, terms, consts, links0, upper, upper_off, levels, deleted, pending, entry, chunk, lo,
-    hi, ef_construction, M, fill, visited, vgen, sel, sel_n,
+    codes, terms, consts, links0, upper, upper_off, levels, deleted, pending, entry, chunk,
+    counter, ef_construction, M, fill, visited, vgen, sel, sel_n,
 ):  # fmt: skip
     """``kernels.build_select`` with every distance taken on the codes (candidate search, the
     batch members before the point, and the selection heuristic). Same contract."""
@@ -277,7 +278,10 @@ def build_select_q(
     # the point's code widened to int16, as a query's: one compiled copy of the layer search
     # and greedy walk serves both (same distances: the values are the same)
     cq = np.empty(codes.shape[1], np.int16)
-    for i in range(lo, hi):
+    for _ in range(B):
+        i = _claim(counter, np.int64(1))
+        if i >= B:
+            break
         p = chunk[i]
         for j in range(cq.shape[0]):
             cq[j] = codes[p, j]
