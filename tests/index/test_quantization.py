@@ -126,6 +126,25 @@ def test_oversampling_ignore_and_exact_paths():
         HNSW(8, quantization="binary")
 
 
+def test_walk_keeps_a_pool_of_k_times_oversampling():
+    """The int8 walk's breadth is max(ef, pool): pool = ceil(k * oversampling) (rescored), or
+    2k when no oversampling is given (every candidate rescored), so a small ef walks as far as
+    the pool, and at an ef above the pool nothing changes."""
+    base, queries = data("minilm")
+    h = built("minilm", "cosine", "int8")
+    truth = brute(base, queries, "cosine")
+    for ef in (1, 5, 10):
+        assert np.array_equal(h.search(queries, 10, ef=ef)[0], h.search(queries, 10, ef=20)[0])
+        got = h.search(queries, 10, ef=ef, oversampling=3.0)
+        want = h.search(queries, 10, ef=30, oversampling=3.0)
+        assert np.array_equal(got[0], want[0]) and np.array_equal(got[1], want[1])
+    # a pool above ef walks further: never fewer true neighbours than the plain walk of ef
+    wide = recall(h.search(queries, 10, ef=10, oversampling=4.0)[0], truth)
+    assert wide >= recall(h.search(queries, 10, ef=10)[0], truth) - 1e-9
+    # above the pool the walk is ef wide, as on a float index
+    assert not np.array_equal(h.search(queries, 10, ef=64)[0], h.search(queries, 10, ef=20)[0])
+
+
 def _codes_match_floats(h: HNSW) -> None:
     """Every live slot's codes are the quantizer's codes of its stored float vector."""
     live = np.flatnonzero(h.live_mask())

@@ -93,6 +93,11 @@ _EXACT_FACTOR = 30.0
 # about 0.2 * _CHECK_SHARE us per written point.
 _CHECK_ALWAYS_MAX = 4096
 _CHECK_SHARE = 64
+# The int8 walk keeps at least ceil(k * _POOL_FLOOR) candidates, all rescored, when no
+# oversampling is given (HNSW._pool). Measured on the 128-d synthetic set (bench/ann.py
+# --quantization int8): at ef = k = 10 a walk of 10 on the codes lost 0.015-0.017 recall@10
+# against the float walk of ef 10 (see _pool for the rule).
+_POOL_FLOOR = 2.0
 _SEARCH_GRAIN = 16  # queries per parallel block of a batch search
 _BUILD_GRAIN = 8  # points per parallel block of candidate selection
 
@@ -342,10 +347,11 @@ class HNSW:
                 raise ValueError(f"on_disk directory {self._disk!r} does not exist")
         else:
             raise ValueError(f"on_disk must be a bool or a directory, got {on_disk!r}")
-        # Default None: rescore every candidate of the walk (max(ef, k) float distances, against
-        # the walk's several hundred). Measured on the MiniLM fixture (10k, ef 16-128): 1.0 (no
+        # Default None: rescore every candidate of the walk (max(ef, 2k) float distances,
+        # against the walk's several hundred; see _pool). Measured on the MiniLM fixture (10k, ef 16-128): 1.0 (no
         # extra candidates) lost 0.02-0.03 recall@10, 2.0 matched rescoring every candidate.
         self._oversampling = _oversampling(oversampling)
+        self._pool_floor = _POOL_FLOOR
         self._qlevels = qkernels.query_levels(dim)
         # Candidate search and neighbour selection of the build on the codes (see _link).
         # Measured, recall@10 at ef 16/32/64, build on codes vs on floats (same int8 search):
@@ -907,11 +913,13 @@ class HNSW:
         scanned exactly. Every row holds ``min(k, admissible live points)`` hits, best first,
         then ``-1`` padding.
 
-        On an int8 index the walk runs on the codes; ``rescore`` (default) re-ranks the walk's
-        best ``ceil(k * oversampling)`` candidates (every candidate when ``oversampling`` and
-        the index default are ``None``) by their float vectors, so scores are exact distances;
-        without it the scores are the quantized estimates. ``ignore_quantization`` walks the
-        float vectors instead. All three are ignored on a float index.
+        On an int8 index the walk runs on the codes with breadth ``max(ef, pool)``, where
+        ``pool = ceil(k * oversampling)``; ``rescore`` (default) re-ranks the walk's best
+        ``pool`` candidates by their float vectors, so scores are exact distances; without it
+        the scores are the quantized estimates. When ``oversampling`` and the index default
+        are ``None``, ``pool = 2 * k`` and every candidate of the walk is rescored (see
+        ``_pool``). ``ignore_quantization`` walks the float vectors instead. All three are
+        ignored on a float index.
         """
         g = self._g
         if (
@@ -991,7 +999,7 @@ class HNSW:
             exact = count * count <= _EXACT_FACTOR * max(ef, k) * max(len(self), 1)
         quant = g.codes is not None and not ignore_quantization
         if quant:
-            n_rescore = self._n_rescore(k, rescore, oversampling)
+            n_rescore, ef = self._pool(k, ef, rescore, oversampling)
             if nq < 2 * _SEARCH_GRAIN or self._n_threads == 1:
                 if nq:
                     v = getattr(self._tls, "v", None)
@@ -1043,14 +1051,22 @@ class HNSW:
         self._matrix(q, "queries")
         raise ValueError("queries contain NaN, inf or (for cosine) a zero vector")
 
-    def _n_rescore(self, k: int, rescore: bool, oversampling: float | None) -> int:
-        """The kernels' ``n_rescore``: -1 no rescoring, 0 every candidate, else a count."""
-        if not rescore:
-            return -1
+    def _pool(self, k: int, ef: int, rescore: bool, oversampling: float | None) -> tuple[int, int]:
+        """The int8 walk's ``(n_rescore, ef)`` for the kernel (``n_rescore``: -1 no rescoring,
+        0 every candidate of the walk, else a count).
+
+        The rule (Qdrant's ``oversampling``): the walk on the codes keeps a pool of
+        ``ceil(k * oversampling)`` candidates at least, so its breadth is
+        ``max(ef, pool)``; with ``rescore`` the pool's best ``pool`` by quantized distance are
+        rescored with the float vectors. Without an oversampling (the default) every candidate
+        of the walk is rescored and the pool is ``ceil(k * _POOL_FLOOR)``: at an ef near ``k``
+        the codes' error would otherwise cost recall against the float walk of the same ef."""
         over = self._oversampling if oversampling is None else _oversampling(oversampling)
-        if over is None:
-            return 0
-        return max(k, int(math.ceil(k * over)))
+        pool = max(k, int(math.ceil(k * (self._pool_floor if over is None else over))))
+        ef = max(ef, pool)
+        if not rescore:
+            return -1, ef
+        return (0 if over is None else pool), ef
 
     def _search_rows(
         self, g, q, k, ef, mask, mode, need, exact, out_slots, out_scores, quant=False, n_rescore=-1
