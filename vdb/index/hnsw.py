@@ -1256,10 +1256,15 @@ class HNSW:
         ``replace`` and of re-adding into deleted slots load on their first use. The kernels
         are typed on array dtypes only, not on ``dim`` or the metric, so each group loads once
         per process: later calls return at once."""
-        _warm_group("qsearch" if self._quantization is not None else "search")
+        search = "qsearch" if self._quantization is not None else "search"
+        group = self._build_group()
+        if writes:
+            # nothing cached (a cold start): a child process compiles the build group into
+            # Numba's cache while this one compiles the search group (see _compile_in_child)
+            _compile_in_child([group], unless_cached=[search, group])
+        _warm_group(search)
         if not writes:
             return
-        group = self._build_group()
         if background and not _warm_done[group]:
             threading.Thread(
                 target=_warm_group, args=(group,), name="vdb-warm", daemon=True
@@ -1282,17 +1287,30 @@ def _warm_search(quantization: str | None) -> None:
 
 
 def _warm_build(quantization: str | None) -> None:
-    """Run the kernels of ``add`` (and the reachability repair) on a tiny throw-away index."""
+    """Run the kernels of ``add`` (and the reachability repair) on a tiny throw-away index.
+
+    The kernels no search uses come first (linking, reachability: nothing to do on an empty
+    index, but each is loaded): a child process compiling this group while this process
+    compiles the search group (``_compile_in_child``) then finds the callees both groups share
+    (the layer search and greedy walk) in the cache by the time the candidate search needs
+    them, instead of compiling them a second time."""
     rng = np.random.default_rng(0)
     h = HNSW(
         8, "cosine", M=4, ef_construction=16, capacity=64, seed=0, n_threads=1,
         quantization=quantization,
     )  # fmt: skip
-    h.add(rng.standard_normal((40, 8)).astype(np.float32) + 0.1)
     g = h._g
+    none = np.empty(0, np.int32)
+    kernels.build_link(
+        h._code, g.vectors, g.links0, g.upper, g.upper_off, g.levels, g.deleted, g.state, none,
+        np.zeros((0, 1, h._M), np.int32), np.zeros((0, 1), np.int32), h._M,
+    )  # fmt: skip
     seen = np.ones(64, np.uint8)  # nothing to attach (no hosts): loads the kernel only
+    stack = np.empty(64, np.int32)
+    kernels.reach(g.links0, g.deleted, g.state, seen, stack)
     kernels.attach(h._code, g.vectors, g.links0, g.upper_off, 0, np.full(1, -1, np.int32), seen,
-                   np.empty(64, np.int32))  # fmt: skip
+                   stack)  # fmt: skip
+    h.add(rng.standard_normal((40, 8)).astype(np.float32) + 0.1)
 
 
 def _warm_relink() -> None:
@@ -1320,7 +1338,9 @@ _warm_active: set[str] = set()  # groups being loaded (by the thread holding the
 
 def _warm_group(name: str) -> None:
     """Load kernel group ``name`` once per process (a second caller waits for the first; the
-    throw-away run's own writes, in the loading thread, pass through)."""
+    throw-away run's own writes, in the loading thread, pass through). When a child process
+    is compiling the group (``_compile_in_child``), wait for it first, then load from the
+    cache it wrote (or compile here if it failed)."""
     if _warm_done[name]:
         return
     with _warm_locks[name]:
@@ -1328,6 +1348,7 @@ def _warm_group(name: str) -> None:
             return
         _warm_active.add(name)
         try:
+            _wait_child(name)
             _WARM_GROUPS[name]()
         except Exception:  # warming is an optimisation only; the first use compiles instead
             log.warning("warming the index kernels (%s) failed", name, exc_info=True)
@@ -1337,9 +1358,108 @@ def _warm_group(name: str) -> None:
 
 
 def warm_all() -> None:
-    """Load every kernel group (tests and tools that fill Numba's cache for child processes)."""
+    """Load every kernel group (tests and tools that fill Numba's cache for child processes).
+    On a cold cache a child process compiles part of the groups meanwhile (``_CHILD_SHARE``)."""
+    _compile_in_child(list(_CHILD_SHARE), unless_cached=list(_WARM_GROUPS))
     for name in _WARM_GROUPS:
         _warm_group(name)
+
+
+# Parallel cold compile
+# ---------------------
+# Numba compiles one function at a time per process (a global compiler lock), and a cold start
+# compiles every kernel group of an index (about 20 s of CPU for float32 or int8, search and
+# build). With nothing in the cache, ``warm()`` starts one child process that compiles the
+# build group into Numba's on-disk cache while this process compiles the search group; the
+# first user of the build group here waits for the child, then loads the group from the cache
+# (~0.1 s). On two cores the wall time is about the larger group instead of the sum.
+#
+# Cache races: Numba writes each cache index and data file to a temporary name and renames it
+# (atomic), an entry is keyed by signature, source bytecode and CPU, and each kernel has one
+# signature (the kernels pass int64 values, see kernels.py; tests/index/test_kernels.py checks
+# it), so a function compiled by both processes (a callee shared by the groups, such as
+# kernels.search_layer) is written twice with the same key and the same code: the last rename
+# wins and either copy is right. Two different signatures of one function written at once could
+# take the same data file name, which is why one signature per kernel matters here.
+_CHILD_ENV = "VDB_COMPILE_CHILD"  # "0": never start a child (set in the child itself)
+# Kernels whose cache entries show whether a group is compiled (the ones Python calls; their
+# entries hold the code of every callee)
+_GROUP_ROOTS: dict[str, tuple[str, ...]] = {
+    "search": ("kernels.search_batch",),
+    "qsearch": ("qkernels.search_batch_q",),
+    "build": ("kernels.build_select", "kernels.build_link"),
+    "qbuild": ("qkernels.build_select_q", "kernels.build_link"),
+    "relink": ("kernels.hand_over", "kernels.unlink"),
+}
+# What warm_all leaves to the child on a cold cache (about half of the compile time)
+_CHILD_SHARE = ("build", "qbuild")
+_CHILD_SCRIPT = (
+    "import sys; sys.path.insert(0, sys.argv[1]); from vdb.index import hnsw; "
+    "[hnsw._warm_group(n) for n in sys.argv[2:]]"
+)
+_children: dict[str, Any] = {}  # group -> the child process compiling it (until waited for)
+_children_started = [0]  # child processes started (tests check a cached start starts none)
+_children_lock = threading.Lock()
+
+
+def _cached(name: str) -> bool:
+    """Whether Numba's cache holds an entry of every root kernel of group ``name`` (fresh for
+    the source as it is now). Unknown (a Numba without these internals, caching off): True,
+    so nothing is started and this process compiles as before."""
+    for path in _GROUP_ROOTS[name]:
+        module, attr = path.split(".")
+        dispatcher = getattr(qkernels if module == "qkernels" else kernels, attr)
+        try:
+            if not dispatcher._cache._cache_file._load_index():
+                return False
+        except Exception:
+            return True
+    return True
+
+
+def _compile_in_child(names: list[str], unless_cached: list[str]) -> None:
+    """Start one child process compiling groups ``names`` into Numba's cache, unless any group
+    of ``unless_cached`` is cached already (then this is not a cold start, and loading here is
+    cheaper than starting a process), a group is loaded or being compiled, there is one core,
+    or ``VDB_COMPILE_CHILD=0``."""
+    if os.environ.get(_CHILD_ENV) == "0" or (os.cpu_count() or 1) < 2:
+        return
+    with _children_lock:
+        if any(_warm_done[n] or n in _warm_active or n in _children for n in names):
+            return
+        if any(_cached(n) for n in unless_cached):
+            return
+        import subprocess
+        import sys
+
+        root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+        try:
+            proc = subprocess.Popen(
+                [sys.executable, "-c", _CHILD_SCRIPT, root, *names],
+                env={**os.environ, _CHILD_ENV: "0"},
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+        except OSError:
+            log.warning("could not start a process to compile the index kernels", exc_info=True)
+            return
+        _children_started[0] += 1
+        for n in names:
+            _children[n] = proc
+
+
+def _wait_child(name: str) -> None:
+    """Wait for the child process compiling group ``name``, if there is one."""
+    with _children_lock:
+        proc = _children.get(name)
+    if proc is None:
+        return
+    code = proc.wait()
+    with _children_lock:
+        _children.pop(name, None)
+    if code != 0:
+        log.warning("compiling the index kernels (%s) in a child process failed (%s)", name, code)
 
 
 def _kernel_ready(flags: Any) -> bool:
