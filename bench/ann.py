@@ -768,13 +768,17 @@ def _run_child(script: str, argv: list[str], env: dict[str, str]) -> tuple[dict[
     return json.loads(proc.stdout.strip().splitlines()[-1]), wall
 
 
-def cold_compile(metrics: list[str], quantizations: list[str], modes: list[str]) -> None:
+def cold_compile(
+    metrics: list[str], quantizations: list[str], modes: list[str], child: list[bool]
+) -> None:
     """vdb's Numba compile cost in a fresh process with an empty cache, then again with the cache
-    it filled (one line per mode, metric and quantization)."""
+    it filled (one line per mode, metric, quantization and ``child``: with the cold-cache child
+    compile on or off, ``VDB_COMPILE_CHILD=0``; both alternate in one run)."""
     for metric in metrics:
         for quant in quantizations:
             for mode in modes:
-                _cold_compile(metric, quant, mode)
+                for on in child:
+                    _cold_compile(metric, quant, mode, on)
 
 
 _COLD_METHOD = {
@@ -788,10 +792,13 @@ _COLD_METHOD = {
 }
 
 
-def _cold_compile(metric: str, quant: str, mode: str) -> None:
+def _cold_compile(metric: str, quant: str, mode: str, child: bool = True) -> None:
     with tempfile.TemporaryDirectory(prefix="vdb-numba-cache-") as cache:
-        log(f"cold compile ({mode}, {metric}, {quant}) in a fresh process, empty NUMBA_CACHE_DIR")
-        env = subprocess_env(NUMBA_CACHE_DIR=cache)
+        log(
+            f"cold compile ({mode}, {metric}, {quant}, child {'on' if child else 'off'}) in a "
+            "fresh process, empty NUMBA_CACHE_DIR"
+        )
+        env = subprocess_env(NUMBA_CACHE_DIR=cache, VDB_COMPILE_CHILD="1" if child else "0")
         runs = []
         for _ in range(2):  # cold, then warm from the cache the first run filled
             load1 = os.getloadavg()[0]
@@ -807,6 +814,7 @@ def _cold_compile(metric: str, quant: str, mode: str) -> None:
                 "system": "vdb" if quant == "none" else f"vdb-{quant}",
                 "measure": "numba_compile",
                 "mode": mode,
+                "compile_child": child,
                 "metric": metric,
                 "cold_cache": runs[0],
                 "warm_cache": runs[1],
@@ -1051,6 +1059,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "serve (python -m vdb serve until /readyz and the first linked write)",
     )
     parser.add_argument(
+        "--compile-child",
+        default="on",
+        help="cold compile lines with the cold-cache child compile on, off, or on,off "
+        "(alternating in one run)",
+    )
+    parser.add_argument(
         "--skip-startup", action="store_true", help="skip the compile and first-query lines"
     )
     parser.add_argument(
@@ -1099,8 +1113,9 @@ def main(argv: list[str] | None = None) -> int:
     if any(s.startswith("vdb") for s in systems) and not args.skip_startup:
         metrics = [m for m in args.compile_metrics.split(",") if m]
         modes = [m for m in args.compile_modes.split(",") if m]
+        child = [{"on": True, "off": False}[c] for c in args.compile_child.split(",") if c]
         cold_compile(
-            metrics, ["none"] + ([args.quantization] if args.quantization else []), modes
+            metrics, ["none"] + ([args.quantization] if args.quantization else []), modes, child
         )
         asm_report()
         first_query("cosine", 2_000 if args.quick else 10_000)
