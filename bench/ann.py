@@ -1060,9 +1060,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--compile-child",
-        default="on",
-        help="cold compile lines with the cold-cache child compile on, off, or on,off "
-        "(alternating in one run)",
+        default="off",
+        help="cold compile lines with the cold-cache child compile (VDB_COMPILE_CHILD=1) on, "
+        "off (the default), or on,off (alternating in one run)",
     )
     parser.add_argument(
         "--skip-startup", action="store_true", help="skip the compile and first-query lines"

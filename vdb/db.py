@@ -163,9 +163,9 @@ class Database:
             if warm:
                 for col in self._collections.values():
                     # search kernels now; write kernels in the background, so that the
-                    # first query after open does not wait for them (on a cold cache a child
-                    # process compiles them meanwhile: see vdb.index.hnsw, so the index comes
-                    # first and the fresh segments' scan compiles while the child works)
+                    # first query after open does not wait for them (the index first: with
+                    # VDB_COMPILE_CHILD=1 a child process compiles them on a cold cache, see
+                    # vdb.index.hnsw, while this one compiles the fresh segments' scan)
                     col._index.warm(background=True)
                 if self._collections:
                     _warm_scan()
@@ -361,8 +361,8 @@ class Database:
         try:
             # the search kernels now, not on the first query; the write kernels in the
             # background (writes land in the fresh segment; its indexer waits for them), and
-            # the index first: on a cold cache a child process compiles the write kernels
-            # while this one compiles the searches and the fresh segment's scan
+            # the index first (with VDB_COMPILE_CHILD=1 a child process compiles the write
+            # kernels on a cold cache while this one compiles the searches and the scan)
             col._index.warm(background=True)
             _warm_scan()
         except Exception:  # warming is an optimisation only

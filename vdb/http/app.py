@@ -145,9 +145,8 @@ def warm_kernels(dim: int = 8) -> None:
 
     Its indexer is paused: the points stay in the fresh segment, so this waits for the search
     kernels (the graph's and the fresh scan) only. The kernels that link writes load in the
-    background (on a cold cache a child process compiles them meanwhile, see
-    ``vdb.index.hnsw``); a write is durable and searchable in the fresh segment before it is
-    linked, so no request waits for them."""
+    background (see ``vdb.index.hnsw``); a write is durable and searchable in the fresh
+    segment before it is linked, so no request waits for them."""
     import tempfile
 
     import numpy as np

@@ -1300,8 +1300,8 @@ class HNSW:
         search = "qsearch" if self._quantization is not None else "search"
         group = self._build_group()
         if writes:
-            # nothing cached (a cold start): a child process compiles the build group into
-            # Numba's cache while this one compiles the search group (see _compile_in_child)
+            # nothing cached (a cold start) and VDB_COMPILE_CHILD=1: a child process compiles
+            # the build group into Numba's cache while this one compiles the search group
             _compile_in_child([group], unless_cached=[search, group])
         _warm_group(search)
         if not writes:
@@ -1406,11 +1406,11 @@ def warm_all() -> None:
         _warm_group(name)
 
 
-# Parallel cold compile
-# ---------------------
+# Parallel cold compile (opt-in, see _CHILD_ENV)
+# ----------------------------------------------
 # Numba compiles one function at a time per process (a global compiler lock), and a cold start
 # compiles every kernel group of an index (about 20 s of CPU for float32 or int8, search and
-# build). With nothing in the cache, ``warm()`` starts one child process that compiles the
+# build). With nothing in the cache, ``warm()`` can start one child process that compiles the
 # build group into Numba's on-disk cache while this process compiles the search group; the
 # first user of the build group here waits for the child, then loads the group from the cache
 # (~0.1 s). On two cores the wall time is about the larger group instead of the sum.
@@ -1422,7 +1422,12 @@ def warm_all() -> None:
 # kernels.search_layer) is written twice with the same key and the same code: the last rename
 # wins and either copy is right. Two different signatures of one function written at once could
 # take the same data file name, which is why one signature per kernel matters here.
-_CHILD_ENV = "VDB_COMPILE_CHILD"  # "0": never start a child (set in the child itself)
+# Opt-in (VDB_COMPILE_CHILD=1): measured on the shared 2-core box (load 2.5-9, bench/ann.py
+# --compile-child on,off, alternating), python -m vdb serve on a cold cache was ready later
+# with the child in 5 of 7 pairs (e.g. 17.3 and 17.6 s against 8.1 and 9.5 s at load 2.5-4:
+# the child takes the second core's share from this process's search compile) and linked its
+# first write earlier in 3 of 7; it pays on a machine whose second core is idle.
+_CHILD_ENV = "VDB_COMPILE_CHILD"  # "1": start a child on a cold cache ("0" in the child)
 # Kernels whose cache entries show whether a group is compiled (the ones Python calls; their
 # entries hold the code of every callee)
 _GROUP_ROOTS: dict[str, tuple[str, ...]] = {
@@ -1459,11 +1464,11 @@ def _cached(name: str) -> bool:
 
 
 def _compile_in_child(names: list[str], unless_cached: list[str]) -> None:
-    """Start one child process compiling groups ``names`` into Numba's cache, unless any group
-    of ``unless_cached`` is cached already (then this is not a cold start, and loading here is
-    cheaper than starting a process), a group is loaded or being compiled, there is one core,
-    or ``VDB_COMPILE_CHILD=0``."""
-    if os.environ.get(_CHILD_ENV) == "0" or (os.cpu_count() or 1) < 2:
+    """With ``VDB_COMPILE_CHILD=1``, start one child process compiling groups ``names`` into
+    Numba's cache, unless any group of ``unless_cached`` is cached already (then this is not a
+    cold start, and loading here is cheaper than starting a process), a group is loaded or being
+    compiled, or there is one core."""
+    if os.environ.get(_CHILD_ENV) != "1" or (os.cpu_count() or 1) < 2:
         return
     with _children_lock:
         if any(_warm_done[n] or n in _warm_active or n in _children for n in names):
