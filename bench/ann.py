@@ -158,6 +158,18 @@ class VdbInt8System(VdbSystem):
     quantization = "int8"
 
 
+class VdbInt8Pool1System(VdbInt8System):
+    """vdb-int8 with the walk's pool floor at k (the rule before the 2k floor): a walk of
+    ``max(ef, k)`` on the codes, every candidate rescored. For a before/after in one run."""
+
+    name = "vdb-int8-pool1"
+
+    def build(self, base: np.ndarray) -> float:
+        elapsed = super().build(base)
+        self.index._pool_floor = 1.0
+        return elapsed
+
+
 class FaissSystem:
     """faiss IndexHNSWFlat (float32), same M and efConstruction; 2 OpenMP threads."""
 
@@ -433,6 +445,7 @@ class HnswlibSystem:
 SYSTEMS = {
     "vdb": VdbSystem,
     "vdb-int8": VdbInt8System,
+    "vdb-int8-pool1": VdbInt8Pool1System,
     "hnswlib": HnswlibSystem,
     "faiss": FaissSystem,
     "usearch-f32": UsearchSystem,
@@ -508,7 +521,7 @@ BATCH_METHOD = {
     "usearch-f32": "Index.search(all queries, threads=2) (repeated)",
     "qdrant-edge": "two Python threads, each one query() per query on half the queries",
 }
-BATCH_METHOD["vdb-int8"] = BATCH_METHOD["vdb"]
+BATCH_METHOD["vdb-int8"] = BATCH_METHOD["vdb-int8-pool1"] = BATCH_METHOD["vdb"]
 BATCH_METHOD["usearch-i8"] = BATCH_METHOD["usearch-f32"]
 BATCH_METHOD["qdrant-edge-int8"] = BATCH_METHOD["qdrant-edge"]
 
@@ -641,12 +654,14 @@ def run_dataset(data: Dataset, args: argparse.Namespace, systems: list[str]) -> 
         summary["ratio_over_hnswlib"] = {n: ratio(n, "hnswlib") for n in others}
     if "vdb-int8" in per_system and "qdrant-edge-int8" in per_system:
         summary["ratio_vdb_int8_over_qdrant_edge_int8"] = ratio("vdb-int8", "qdrant-edge-int8")
-    if "vdb-int8" in per_system and "vdb" in per_system:
-        f32 = {r["ef"]: r["recall_at_10"] for r in per_system["vdb"]["efs"]}
-        summary["int8_recall_loss_vs_float32_by_ef"] = {
-            str(r["ef"]): round(f32[r["ef"]] - r["recall_at_10"], 4)
-            for r in per_system["vdb-int8"]["efs"]
-        }
+    for name in ("vdb-int8", "vdb-int8-pool1"):
+        if name in per_system and "vdb" in per_system:
+            f32 = {r["ef"]: r["recall_at_10"] for r in per_system["vdb"]["efs"]}
+            key = "int8_recall_loss_vs_float32_by_ef" + name[len("vdb-int8") :].replace("-", "_")
+            summary[key] = {
+                str(r["ef"]): round(f32[r["ef"]] - r["recall_at_10"], 4)
+                for r in per_system[name]["efs"]
+            }
     summary["host"] = host_info()
     emit(summary)
 
@@ -662,17 +677,52 @@ t_import = time.perf_counter()
 metric = sys.argv[1]
 quantization = None if sys.argv[2] == "none" else sys.argv[2]
 h = HNSW(128, metric=metric, M=16, ef_construction=64, capacity=256, seed=1, quantization=quantization)
+import resource
+def cpu(who=resource.RUSAGE_SELF):
+    ru = resource.getrusage(who)
+    return ru.ru_utime + ru.ru_stime
+cpu_import = cpu()
 if hasattr(h, "warm"):
     h.warm()
 t_warm = time.perf_counter()
+cpu_warm = cpu() - cpu_import
 rng = np.random.default_rng(0)
 h.add(rng.normal(size=(200, 128)).astype(np.float32))
 h.search(rng.normal(size=(1, 128)).astype(np.float32), 10)
 t_end = time.perf_counter()
-import resource
-ru = resource.getrusage(resource.RUSAGE_SELF)
-print(json.dumps({"import_s": t_import - t0, "warm_s": t_warm - t_import, "add_search_after_warm_s": t_end - t_warm, "total_s": t_end - t0, "cpu_s": ru.ru_utime + ru.ru_stime}))
+print(json.dumps({"import_s": t_import - t0, "import_cpu_s": cpu_import, "warm_s": t_warm - t_import, "warm_cpu_s": cpu_warm, "add_search_after_warm_s": t_end - t_warm, "total_s": t_end - t0, "cpu_s": cpu(), "cpu_children_s": cpu(resource.RUSAGE_CHILDREN)}))
 """
+
+# vdb.open of an empty data directory, a collection created (its search and build kernels are
+# loaded then), 200 points upserted and linked into the graph, one search
+_COLD_OPEN_SCRIPT = r"""
+import json, sys, tempfile, time, resource
+t0 = time.perf_counter()
+import numpy as np
+import vdb
+t_import = time.perf_counter()
+def cpu(who=resource.RUSAGE_SELF):
+    ru = resource.getrusage(who)
+    return ru.ru_utime + ru.ru_stime
+metric, quant = sys.argv[1], sys.argv[2]
+with tempfile.TemporaryDirectory() as tmp:
+    db = vdb.open(tmp, checkpoint_interval_s=None, map_size=1 << 26)
+    extra = {} if quant == "none" else {"quantization": quant}
+    col = db.create_collection("c", dim=128, metric=metric, **extra)
+    t_created = time.perf_counter()
+    cpu_created = cpu()
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(200, 128)).astype(np.float32)
+    col.upsert(list(range(200)), x)
+    assert col.wait_indexed(600)
+    t_linked = time.perf_counter()
+    hits = col.search(x[0], k=10)
+    t_end = time.perf_counter()
+    assert len(hits) == 10
+    db.close()
+print(json.dumps({"import_s": t_import - t0, "create_collection_s": t_created - t_import, "create_collection_cpu_s": cpu_created, "upsert_linked_s": t_linked - t_created, "total_s": t_end - t0, "cpu_s": cpu(), "cpu_children_s": cpu(resource.RUSAGE_CHILDREN)}))
+"""
+
 
 _FIRST_QUERY_CORE = r"""
 import time
@@ -718,38 +768,142 @@ def _run_child(script: str, argv: list[str], env: dict[str, str]) -> tuple[dict[
     return json.loads(proc.stdout.strip().splitlines()[-1]), wall
 
 
-def cold_compile(metrics: list[str], quantizations: list[str]) -> None:
-    """vdb's Numba compile cost in a fresh process with an empty cache (one line per metric and
-    quantization; an int8 index compiles the float kernels too)."""
+def cold_compile(
+    metrics: list[str], quantizations: list[str], modes: list[str], child: list[bool]
+) -> None:
+    """vdb's Numba compile cost in a fresh process with an empty cache, then again with the cache
+    it filled (one line per mode, metric, quantization and ``child``: with the cold-cache child
+    compile on or off, ``VDB_COMPILE_CHILD=0``; both alternate in one run)."""
     for metric in metrics:
         for quant in quantizations:
-            _cold_compile(metric, quant)
+            for mode in modes:
+                for on in child:
+                    _cold_compile(metric, quant, mode, on)
 
 
-def _cold_compile(metric: str, quant: str) -> None:
-    if True:
-        with tempfile.TemporaryDirectory(prefix="vdb-numba-cache-") as cache:
-            log(f"cold compile ({metric}, {quant}) in a fresh process, empty NUMBA_CACHE_DIR")
-            env = subprocess_env(NUMBA_CACHE_DIR=cache)
-            cold, cold_wall = _run_child(_COLD_SCRIPT, [metric, quant], env)
-            warm, warm_wall = _run_child(_COLD_SCRIPT, [metric, quant], env)
-            emit(
-                {
-                    "bench": "ann",
-                    "system": "vdb" if quant == "none" else f"vdb-{quant}",
-                    "measure": "numba_compile",
-                    "metric": metric,
-                    "cold_cache": cold,
-                    "cold_process_wall_s": cold_wall,
-                    "warm_cache": warm,
-                    "warm_process_wall_s": warm_wall,
-                    "method": "python -c: import vdb.index, HNSW(...).warm(), add 200, one search; "
-                    "first with an empty NUMBA_CACHE_DIR, then again with the cache it filled; "
-                    "warm() loads the build group in a daemon thread, which the add waits for; "
-                    "cpu_s: the process's user + system time (the box is shared)",
-                    "host": host_info(),
-                }
-            )
+_COLD_METHOD = {
+    "index": "python -c: import vdb.index, HNSW(...).warm(), add 200, one search; warm() "
+    "loads the build group in a daemon thread, which the add waits for",
+    "open": "python -c: import vdb, vdb.open(empty dir), create_collection (loads its search "
+    "and build kernels), upsert 200 and wait_indexed (linked into the graph), one search",
+    "serve": "python -m vdb serve on an empty data dir: wall and CPU until GET /readyz answers "
+    "200, then PUT a collection, upsert 200 points (wait=true) and poll until "
+    "indexed_vectors_count reaches 200 (linked)",
+}
+
+
+def _cold_compile(metric: str, quant: str, mode: str, child: bool = True) -> None:
+    with tempfile.TemporaryDirectory(prefix="vdb-numba-cache-") as cache:
+        log(
+            f"cold compile ({mode}, {metric}, {quant}, child {'on' if child else 'off'}) in a "
+            "fresh process, empty NUMBA_CACHE_DIR"
+        )
+        env = subprocess_env(NUMBA_CACHE_DIR=cache, VDB_COMPILE_CHILD="1" if child else "0")
+        runs = []
+        for _ in range(2):  # cold, then warm from the cache the first run filled
+            load1 = os.getloadavg()[0]
+            if mode == "serve":
+                got, wall = _serve_startup(metric, quant, env)
+            else:
+                script = _COLD_SCRIPT if mode == "index" else _COLD_OPEN_SCRIPT
+                got, wall = _run_child(script, [metric, quant], env)
+            runs.append({**got, "process_wall_s": wall, "load1_before": round(load1, 2)})
+        emit(
+            {
+                "bench": "ann",
+                "system": "vdb" if quant == "none" else f"vdb-{quant}",
+                "measure": "numba_compile",
+                "mode": mode,
+                "compile_child": child,
+                "metric": metric,
+                "cold_cache": runs[0],
+                "warm_cache": runs[1],
+                "method": _COLD_METHOD[mode] + "; first with an empty NUMBA_CACHE_DIR, then "
+                "again with the cache it filled; cpu_s: the process's user + system time, "
+                "cpu_children_s: its child processes' (a cold start compiles the build group "
+                "in one); load1_before: the host's load when the process started",
+                "host": host_info(),
+            }
+        )
+
+
+def _proc_cpu(pid: int) -> tuple[float, float]:
+    """(own, waited-for children's) user + system CPU seconds of a running process."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    tick = os.sysconf("SC_CLK_TCK")
+    return (int(fields[11]) + int(fields[12])) / tick, (int(fields[13]) + int(fields[14])) / tick
+
+
+def _serve_startup(metric: str, quant: str, env: dict[str, str]) -> tuple[dict[str, Any], float]:
+    """Start ``python -m vdb serve`` on an empty data directory; time /readyz, then the first
+    write linked into the graph of a new collection."""
+    import signal
+    import urllib.request
+
+    from bench.common import free_port
+
+    def call(method: str, path: str, body: Any = None) -> Any:
+        req = urllib.request.Request(
+            f"http://127.0.0.1:{port}{path}",
+            data=None if body is None else json.dumps(body).encode(),
+            method=method,
+            headers={"content-type": "application/json"},
+        )
+        with urllib.request.urlopen(req, timeout=600) as r:
+            return json.loads(r.read() or b"null")
+
+    port = free_port()
+    with tempfile.TemporaryDirectory(prefix="vdb-serve-startup-") as tmp:
+        start = time.perf_counter()
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "vdb", "serve", "--data", f"{tmp}/data", "--port", str(port)],
+            env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+            stderr=open(f"{tmp}/log", "wb"),  # noqa: SIM115 - closed with the process
+        )  # fmt: skip
+        try:
+            out: dict[str, Any] = {}
+            while True:
+                if proc.poll() is not None:
+                    raise RuntimeError(f"server exited: {Path(tmp, 'log').read_text()[-2000:]}")
+                try:
+                    with urllib.request.urlopen(
+                        f"http://127.0.0.1:{port}/readyz", timeout=5
+                    ) as r:
+                        if r.status == 200:
+                            break
+                except Exception:
+                    pass
+                time.sleep(0.02)
+            out["readyz_s"] = time.perf_counter() - start
+            out["readyz_cpu_s"], out["readyz_cpu_children_s"] = _proc_cpu(proc.pid)
+            distance = {"cosine": "Cosine", "l2": "Euclid", "ip": "Dot"}[metric]
+            body: dict[str, Any] = {"vectors": {"size": 128, "distance": distance}}
+            if quant != "none":
+                body["quantization_config"] = {"scalar": {"type": quant}}
+            t = time.perf_counter()
+            call("PUT", "/collections/c", body)
+            out["create_collection_s"] = time.perf_counter() - t
+            rng = np.random.default_rng(0)
+            x = rng.normal(size=(200, 128)).astype(np.float32)
+            points = [{"id": i, "vector": x[i].tolist()} for i in range(200)]
+            call("PUT", "/collections/c/points?wait=true", {"points": points})
+            while True:
+                info = call("GET", "/collections/c")["result"]
+                if info["indexed_vectors_count"] >= 200:
+                    break
+                time.sleep(0.02)
+            out["first_write_linked_s"] = time.perf_counter() - start
+            out["linked_cpu_s"], out["linked_cpu_children_s"] = _proc_cpu(proc.pid)
+        finally:
+            if proc.poll() is None:
+                os.kill(proc.pid, signal.SIGTERM)
+                try:
+                    proc.wait(60)
+                except subprocess.TimeoutExpired:
+                    os.kill(proc.pid, signal.SIGKILL)
+                    proc.wait()
+        return out, time.perf_counter() - start
 
 
 def asm_report() -> None:
@@ -779,7 +933,7 @@ def asm_report() -> None:
     c8 = np.ones(384, np.int8)
     out = {
         "float_distance": counts(kernels.distance.py_func, 1, f, f),
-        "idot_int8_int8": counts(qkernels.idot.py_func, c8, c8),
+        "idot_int8_int8": counts(qkernels.idot_codes.py_func, c8, c8),
         "idot_int8_int16": counts(qkernels.idot.py_func, c8, np.ones(384, np.int16)),
     }
     emit({"bench": "ann", "measure": "kernel_asm", "vector_instructions": out, "host": host_info()})
@@ -899,7 +1053,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--compile-metrics", default="cosine", help="metrics for the cold compile line ('' to skip)"
     )
     parser.add_argument(
+        "--compile-modes",
+        default="index,open,serve",
+        help="cold compile lines: index (HNSW alone), open (vdb.open + a collection), "
+        "serve (python -m vdb serve until /readyz and the first linked write)",
+    )
+    parser.add_argument(
+        "--compile-child",
+        default="off",
+        help="cold compile lines with the cold-cache child compile (VDB_COMPILE_CHILD=1) on, "
+        "off (the default), or on,off (alternating in one run)",
+    )
+    parser.add_argument(
         "--skip-startup", action="store_true", help="skip the compile and first-query lines"
+    )
+    parser.add_argument(
+        "--startup-only", action="store_true", help="only the compile and first-query lines"
     )
     parser.add_argument("--quick", action="store_true", help="small run, about a minute")
     args = parser.parse_args(argv)
@@ -927,10 +1096,10 @@ def main(argv: list[str] | None = None) -> int:
         systems.insert(1, "vdb-int8")
     os.environ.setdefault("OMP_NUM_THREADS", "2")
     names = ["synthetic", "debian-minilm"] if args.dataset == "all" else [args.dataset]
-    for name in names:  # a missing real set stops the run now, not after the synthetic one
+    for name in [] if args.startup_only else names:  # a missing real set stops the run now
         if name != "synthetic":
             dataset_dir(name, args.data)
-    for name in names:
+    for name in [] if args.startup_only else names:
         if name == "synthetic":
             n = args.n or (10_000 if args.quick else 100_000)
             log(
@@ -943,7 +1112,11 @@ def main(argv: list[str] | None = None) -> int:
         run_dataset(data, args, systems)
     if any(s.startswith("vdb") for s in systems) and not args.skip_startup:
         metrics = [m for m in args.compile_metrics.split(",") if m]
-        cold_compile(metrics, ["none"] + ([args.quantization] if args.quantization else []))
+        modes = [m for m in args.compile_modes.split(",") if m]
+        child = [{"on": True, "off": False}[c] for c in args.compile_child.split(",") if c]
+        cold_compile(
+            metrics, ["none"] + ([args.quantization] if args.quantization else []), modes, child
+        )
         asm_report()
         first_query("cosine", 2_000 if args.quick else 10_000)
     return 0

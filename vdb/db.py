@@ -161,12 +161,14 @@ class Database:
         try:
             recovery.recover(state, self._new_collection)
             if warm:
-                if self._collections:
-                    _warm_scan()
                 for col in self._collections.values():
                     # search kernels now; write kernels in the background, so that the
-                    # first query after open does not wait for them
+                    # first query after open does not wait for them (the index first: with
+                    # VDB_COMPILE_CHILD=1 a child process compiles them on a cold cache, see
+                    # vdb.index.hnsw, while this one compiles the fresh segments' scan)
                     col._index.warm(background=True)
+                if self._collections:
+                    _warm_scan()
         except BaseException:
             self._store.close()
             raise
@@ -357,8 +359,12 @@ class Database:
             raise InvalidInput(f"collection options cannot be stored: {exc}") from None
         col = self._submit(WriteRequest("create", extra={"config": config}))
         try:
+            # the search kernels now, not on the first query; the write kernels in the
+            # background (writes land in the fresh segment; its indexer waits for them), and
+            # the index first (with VDB_COMPILE_CHILD=1 a child process compiles the write
+            # kernels on a cold cache while this one compiles the searches and the scan)
+            col._index.warm(background=True)
             _warm_scan()
-            col._index.warm()  # compile (or load) the kernels now, not on the first query
         except Exception:  # warming is an optimisation only
             log.warning("warming the index of %s failed", name, exc_info=True)
         return col

@@ -119,3 +119,46 @@ def test_add_right_after_a_background_warm(quantization):
     assert got["empty"] == [[-1, -1, -1]]
     assert got["found_self"] == 20
     assert got["build_done"] is True
+
+
+_SIGNATURES = r"""
+import json
+import numba
+from vdb.index import flat, hnsw, kernels, qkernels
+hnsw.warm_all()
+flat.warm()
+many = {
+    f"{mod.__name__}.{name}": [str(s) for s in obj.signatures]
+    for mod in (kernels, qkernels, flat)
+    for name, obj in vars(mod).items()
+    if isinstance(obj, numba.core.registry.CPUDispatcher) and len(obj.signatures) > 1
+}
+print(json.dumps({"many": many, "compiled": sum(
+    bool(obj.signatures) for mod in (kernels, qkernels)
+    for obj in vars(mod).values() if isinstance(obj, numba.core.registry.CPUDispatcher))}))
+"""
+
+
+def test_every_kernel_has_one_signature():
+    """One compiled copy per kernel: a second specialisation costs compile time, and two
+    processes writing two signatures of one function to Numba's cache at once (the cold start
+    compiles the build group in a child process) could mix up their data files."""
+    got = _probe("none", _SIGNATURES)
+    assert got["many"] == {}
+    assert got["compiled"] >= 10
+
+
+def test_a_cached_start_starts_no_compile_process():
+    """With the cache filled (the test session fills it), warm() loads in this process: the
+    child compile is for a cold cache only."""
+    got = _probe("int8", _CHILDREN)
+    assert got == {"children": 0, "cached": True}
+
+
+_CHILDREN = r"""
+import json
+from vdb.index import HNSW, hnsw
+h = HNSW(16, "cosine", seed=0, quantization="int8")
+h.warm(writes=True, background=False)
+print(json.dumps({"children": hnsw._children_started[0], "cached": hnsw._cached("qbuild")}))
+"""

@@ -126,6 +126,40 @@ def test_oversampling_ignore_and_exact_paths():
         HNSW(8, quantization="binary")
 
 
+def test_walk_keeps_a_pool_of_k_times_oversampling():
+    """The int8 walk's breadth is max(ef, pool): pool = ceil(k * oversampling) (rescored), or
+    2k when no oversampling is given (every candidate rescored), so a small ef walks as far as
+    the pool, and at an ef above the pool nothing changes."""
+    base, queries = data("minilm")
+    h = built("minilm", "cosine", "int8")
+    truth = brute(base, queries, "cosine")
+    for ef in (1, 5, 10):
+        assert np.array_equal(h.search(queries, 10, ef=ef)[0], h.search(queries, 10, ef=20)[0])
+        got = h.search(queries, 10, ef=ef, oversampling=3.0)
+        want = h.search(queries, 10, ef=30, oversampling=3.0)
+        assert np.array_equal(got[0], want[0]) and np.array_equal(got[1], want[1])
+    # a pool above ef walks further: never fewer true neighbours than the plain walk of ef
+    wide = recall(h.search(queries, 10, ef=10, oversampling=4.0)[0], truth)
+    assert wide >= recall(h.search(queries, 10, ef=10)[0], truth) - 1e-9
+    # above the pool the walk is ef wide, as on a float index
+    assert not np.array_equal(h.search(queries, 10, ef=64)[0], h.search(queries, 10, ef=20)[0])
+
+
+def test_one_query_lean_path_matches_the_batch_path():
+    """One [1, dim] float32 query on an int8 index (default options) takes the lean path: the
+    same answers as the same query in a batch, and the same checks of its values."""
+    _base, queries = data("minilm")
+    h = built("minilm", "cosine", "int8")
+    for ef in (4, 24, 64):
+        slots, scores = h.search(queries[:40], 10, ef=ef)
+        for i in range(40):
+            s1, d1 = h.search(queries[i : i + 1], 10, ef=ef)
+            assert np.array_equal(s1[0], slots[i])
+            np.testing.assert_allclose(d1[0], scores[i], rtol=1e-6)
+    with pytest.raises(ValueError, match="NaN or inf"):
+        h.search(np.full((1, h.dim), np.nan, np.float32), 10)
+
+
 def _codes_match_floats(h: HNSW) -> None:
     """Every live slot's codes are the quantizer's codes of its stored float vector."""
     live = np.flatnonzero(h.live_mask())

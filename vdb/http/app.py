@@ -141,7 +141,12 @@ class Service:
 
 
 def warm_kernels(dim: int = 8) -> None:
-    """Create, fill and search a tiny collection of each metric in a temporary database."""
+    """Create, fill and search a tiny collection of each metric in a temporary database.
+
+    Its indexer is paused: the points stay in the fresh segment, so this waits for the search
+    kernels (the graph's and the fresh scan) only. The kernels that link writes load in the
+    background (see ``vdb.index.hnsw``); a write is durable and searchable in the fresh
+    segment before it is linked, so no request waits for them."""
     import tempfile
 
     import numpy as np
@@ -150,7 +155,7 @@ def warm_kernels(dim: int = 8) -> None:
 
     rng = np.random.default_rng(0)
     with tempfile.TemporaryDirectory(prefix="vdb-warm-") as tmp:
-        with vdb.open(tmp, checkpoint_interval_s=None, map_size=1 << 24) as db:
+        with vdb.open(tmp, checkpoint_interval_s=None, map_size=1 << 24, indexing=False) as db:
             for metric in ("cosine", "l2", "ip"):
                 col = db.create_collection(f"warm-{metric}", dim=dim, metric=metric)
                 vectors = rng.standard_normal((20, dim)).astype(np.float32) + 0.1

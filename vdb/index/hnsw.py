@@ -98,6 +98,11 @@ _EXACT_FACTOR = 30.0
 # about 0.2 * _CHECK_SHARE us per written point.
 _CHECK_ALWAYS_MAX = 4096
 _CHECK_SHARE = 64
+# The int8 walk keeps at least ceil(k * _POOL_FLOOR) candidates, all rescored, when no
+# oversampling is given (HNSW._pool). Measured on the 128-d synthetic set (bench/ann.py
+# --quantization int8): at ef = k = 10 a walk of 10 on the codes lost 0.015-0.017 recall@10
+# against the float walk of ef 10 (see _pool for the rule).
+_POOL_FLOOR = 2.0
 _SEARCH_GRAIN = 16  # queries per parallel block of a batch search
 _LINK_GRAIN = 16  # target slots a build thread takes at a time when adding reverse links
 
@@ -370,10 +375,12 @@ class HNSW:
                 raise ValueError(f"on_disk directory {self._disk!r} does not exist")
         else:
             raise ValueError(f"on_disk must be a bool or a directory, got {on_disk!r}")
-        # Default None: rescore every candidate of the walk (max(ef, k) float distances, against
-        # the walk's several hundred). Measured on the MiniLM fixture (10k, ef 16-128): 1.0 (no
+        # Default None: rescore every candidate of the walk (max(ef, 2k) float distances,
+        # against the walk's several hundred; see _pool). Measured on the MiniLM fixture (10k, ef 16-128): 1.0 (no
         # extra candidates) lost 0.02-0.03 recall@10, 2.0 matched rescoring every candidate.
         self._oversampling = _oversampling(oversampling)
+        self._pool_floor = _POOL_FLOOR
+        self._pool_k = [0, 0]  # the lean path's last k and its default pool
         self._qlevels = qkernels.query_levels(dim)
         # Candidate search and neighbour selection of the build on the codes (see _link).
         # Measured, recall@10 at ef 16/32/64, build on codes vs on floats (same int8 search):
@@ -956,14 +963,56 @@ class HNSW:
         scanned exactly. Every row holds ``min(k, admissible live points)`` hits, best first,
         then ``-1`` padding.
 
-        On an int8 index the walk runs on the codes; ``rescore`` (default) re-ranks the walk's
-        best ``ceil(k * oversampling)`` candidates (every candidate when ``oversampling`` and
-        the index default are ``None``) by their float vectors, so scores are exact distances;
-        without it the scores are the quantized estimates. ``ignore_quantization`` walks the
-        float vectors instead. All three are ignored on a float index.
+        On an int8 index the walk runs on the codes with breadth ``max(ef, pool)``, where
+        ``pool = ceil(k * oversampling)``; ``rescore`` (default) re-ranks the walk's best
+        ``pool`` candidates by their float vectors, so scores are exact distances; without it
+        the scores are the quantized estimates. When ``oversampling`` and the index default
+        are ``None``, ``pool = 2 * k`` and every candidate of the walk is rescored (see
+        ``_pool``). ``ignore_quantization`` walks the float vectors instead. All three are
+        ignored on a float index.
         """
         g = self._g
         if (
+            allowed is None
+            and g.codes is not None
+            and rescore is True
+            and oversampling is None
+            and not ignore_quantization
+            and self._oversampling is None
+            and type(queries) is np.ndarray
+            and type(k) is int
+            and k > 0
+            and queries.shape == self._one_query
+            and queries.dtype is _FLOAT32
+        ):
+            # the same lean path for one query on the codes, with the default pool (see _pool):
+            # measured on the MiniLM fixture (10k, ef 24), 64-68 us per query through the
+            # general path against 50 us in the kernel
+            flags = queries.flags
+            if flags.c_contiguous and flags.aligned and flags.writeable:
+                if ef is None:
+                    ef = self._ef
+                elif type(ef) is not int or ef < 1:
+                    ef = _positive_int(ef, "ef")
+                pool = self._pool_k
+                if pool[0] != k:
+                    pool[0] = k
+                    pool[1] = max(k, int(math.ceil(k * self._pool_floor)))
+                v = getattr(self._tls, "v", None)
+                if v is None or v[0].shape[0] < g.vectors.shape[0]:
+                    v = self._visited(g.vectors.shape[0])
+                out_slots = np.empty((1, k), np.int32)
+                out_scores = np.empty((1, k), np.float32)
+                if qkernels.search_batch_q(
+                    self._code, g.vectors, g.codes, g.terms, g.consts, g.links0, g.upper,
+                    g.upper_off, g.levels, g.deleted, g.state, queries, self._cosine, k,
+                    ef if ef > pool[1] else pool[1], self._no_mask, kernels.ADMIT_ALL,
+                    min(k, self._live - len(self._hidden)), False, 0, self._qlevels, v[0], v[1],
+                    out_slots, out_scores,
+                ):  # fmt: skip
+                    self._bad_queries(queries)
+                return out_slots, out_scores
+        elif (
             allowed is None
             and g.codes is None
             and type(queries) is np.ndarray
@@ -1040,7 +1089,7 @@ class HNSW:
             exact = count * count <= _EXACT_FACTOR * max(ef, k) * max(len(self), 1)
         quant = g.codes is not None and not ignore_quantization
         if quant:
-            n_rescore = self._n_rescore(k, rescore, oversampling)
+            n_rescore, ef = self._pool(k, ef, rescore, oversampling)
             if nq < 2 * _SEARCH_GRAIN or self._n_threads == 1:
                 if nq:
                     v = getattr(self._tls, "v", None)
@@ -1092,14 +1141,22 @@ class HNSW:
         self._matrix(q, "queries")
         raise ValueError("queries contain NaN, inf or (for cosine) a zero vector")
 
-    def _n_rescore(self, k: int, rescore: bool, oversampling: float | None) -> int:
-        """The kernels' ``n_rescore``: -1 no rescoring, 0 every candidate, else a count."""
-        if not rescore:
-            return -1
+    def _pool(self, k: int, ef: int, rescore: bool, oversampling: float | None) -> tuple[int, int]:
+        """The int8 walk's ``(n_rescore, ef)`` for the kernel (``n_rescore``: -1 no rescoring,
+        0 every candidate of the walk, else a count).
+
+        The rule (Qdrant's ``oversampling``): the walk on the codes keeps a pool of
+        ``ceil(k * oversampling)`` candidates at least, so its breadth is
+        ``max(ef, pool)``; with ``rescore`` the pool's best ``pool`` by quantized distance are
+        rescored with the float vectors. Without an oversampling (the default) every candidate
+        of the walk is rescored and the pool is ``ceil(k * _POOL_FLOOR)``: at an ef near ``k``
+        the codes' error would otherwise cost recall against the float walk of the same ef."""
         over = self._oversampling if oversampling is None else _oversampling(oversampling)
-        if over is None:
-            return 0
-        return max(k, int(math.ceil(k * over)))
+        pool = max(k, int(math.ceil(k * (self._pool_floor if over is None else over))))
+        ef = max(ef, pool)
+        if not rescore:
+            return -1, ef
+        return (0 if over is None else pool), ef
 
     def _search_rows(
         self, g, q, k, ef, mask, mode, need, exact, out_slots, out_scores, quant=False, n_rescore=-1
@@ -1289,10 +1346,15 @@ class HNSW:
         ``replace`` and of re-adding into deleted slots load on their first use. The kernels
         are typed on array dtypes only, not on ``dim`` or the metric, so each group loads once
         per process: later calls return at once."""
-        _warm_group("qsearch" if self._quantization is not None else "search")
+        search = "qsearch" if self._quantization is not None else "search"
+        group = self._build_group()
+        if writes:
+            # nothing cached (a cold start) and VDB_COMPILE_CHILD=1: a child process compiles
+            # the build group into Numba's cache while this one compiles the search group
+            _compile_in_child([group], unless_cached=[search, group])
+        _warm_group(search)
         if not writes:
             return
-        group = self._build_group()
         if background and not _warm_done[group]:
             threading.Thread(
                 target=_warm_group, args=(group,), name="vdb-warm", daemon=True
@@ -1315,17 +1377,30 @@ def _warm_search(quantization: str | None) -> None:
 
 
 def _warm_build(quantization: str | None) -> None:
-    """Run the kernels of ``add`` (and the reachability repair) on a tiny throw-away index."""
+    """Run the kernels of ``add`` (and the reachability repair) on a tiny throw-away index.
+
+    The kernels no search uses come first (linking, reachability: nothing to do on an empty
+    index, but each is loaded): a child process compiling this group while this process
+    compiles the search group (``_compile_in_child``) then finds the callees both groups share
+    (the layer search and greedy walk) in the cache by the time the candidate search needs
+    them, instead of compiling them a second time."""
     rng = np.random.default_rng(0)
     h = HNSW(
         8, "cosine", M=4, ef_construction=16, capacity=64, seed=0, n_threads=1,
         quantization=quantization,
     )  # fmt: skip
-    h.add(rng.standard_normal((40, 8)).astype(np.float32) + 0.1)
     g = h._g
+    none = np.empty(0, np.int32)
+    kernels.build_link(
+        h._code, g.vectors, g.links0, g.upper, g.upper_off, g.levels, g.deleted, g.state, none,
+        np.zeros((0, 1, h._M), np.int32), np.zeros((0, 1), np.int32), h._M,
+    )  # fmt: skip
     seen = np.ones(64, np.uint8)  # nothing to attach (no hosts): loads the kernel only
+    stack = np.empty(64, np.int32)
+    kernels.reach(g.links0, g.deleted, g.state, seen, stack)
     kernels.attach(h._code, g.vectors, g.links0, g.upper_off, 0, np.full(1, -1, np.int32), seen,
-                   np.empty(64, np.int32))  # fmt: skip
+                   stack)  # fmt: skip
+    h.add(rng.standard_normal((40, 8)).astype(np.float32) + 0.1)
 
 
 def _warm_relink() -> None:
@@ -1353,7 +1428,9 @@ _warm_active: set[str] = set()  # groups being loaded (by the thread holding the
 
 def _warm_group(name: str) -> None:
     """Load kernel group ``name`` once per process (a second caller waits for the first; the
-    throw-away run's own writes, in the loading thread, pass through)."""
+    throw-away run's own writes, in the loading thread, pass through). When a child process
+    is compiling the group (``_compile_in_child``), wait for it first, then load from the
+    cache it wrote (or compile here if it failed)."""
     if _warm_done[name]:
         return
     with _warm_locks[name]:
@@ -1361,6 +1438,7 @@ def _warm_group(name: str) -> None:
             return
         _warm_active.add(name)
         try:
+            _wait_child(name)
             _WARM_GROUPS[name]()
         except Exception:  # warming is an optimisation only; the first use compiles instead
             log.warning("warming the index kernels (%s) failed", name, exc_info=True)
@@ -1370,9 +1448,113 @@ def _warm_group(name: str) -> None:
 
 
 def warm_all() -> None:
-    """Load every kernel group (tests and tools that fill Numba's cache for child processes)."""
+    """Load every kernel group (tests and tools that fill Numba's cache for child processes).
+    On a cold cache a child process compiles part of the groups meanwhile (``_CHILD_SHARE``)."""
+    _compile_in_child(list(_CHILD_SHARE), unless_cached=list(_WARM_GROUPS))
     for name in _WARM_GROUPS:
         _warm_group(name)
+
+
+# Parallel cold compile (opt-in, see _CHILD_ENV)
+# ----------------------------------------------
+# Numba compiles one function at a time per process (a global compiler lock), and a cold start
+# compiles every kernel group of an index (about 20 s of CPU for float32 or int8, search and
+# build). With nothing in the cache, ``warm()`` can start one child process that compiles the
+# build group into Numba's on-disk cache while this process compiles the search group; the
+# first user of the build group here waits for the child, then loads the group from the cache
+# (~0.1 s). On two cores the wall time is about the larger group instead of the sum.
+#
+# Cache races: Numba writes each cache index and data file to a temporary name and renames it
+# (atomic), an entry is keyed by signature, source bytecode and CPU, and each kernel has one
+# signature (the kernels pass int64 values, see kernels.py; tests/index/test_kernels.py checks
+# it), so a function compiled by both processes (a callee shared by the groups, such as
+# kernels.search_layer) is written twice with the same key and the same code: the last rename
+# wins and either copy is right. Two different signatures of one function written at once could
+# take the same data file name, which is why one signature per kernel matters here.
+# Opt-in (VDB_COMPILE_CHILD=1): measured on the shared 2-core box (load 2.5-9, bench/ann.py
+# --compile-child on,off, alternating), python -m vdb serve on a cold cache was ready later
+# with the child in 5 of 7 pairs (e.g. 17.3 and 17.6 s against 8.1 and 9.5 s at load 2.5-4:
+# the child takes the second core's share from this process's search compile) and linked its
+# first write earlier in 3 of 7; it pays on a machine whose second core is idle.
+_CHILD_ENV = "VDB_COMPILE_CHILD"  # "1": start a child on a cold cache ("0" in the child)
+# Kernels whose cache entries show whether a group is compiled (the ones Python calls; their
+# entries hold the code of every callee)
+_GROUP_ROOTS: dict[str, tuple[str, ...]] = {
+    "search": ("kernels.search_batch",),
+    "qsearch": ("qkernels.search_batch_q",),
+    "build": ("kernels.build_select", "kernels.build_link"),
+    "qbuild": ("qkernels.build_select_q", "kernels.build_link"),
+    "relink": ("kernels.hand_over", "kernels.unlink"),
+}
+# What warm_all leaves to the child on a cold cache (about half of the compile time)
+_CHILD_SHARE = ("build", "qbuild")
+_CHILD_SCRIPT = (
+    "import sys; sys.path.insert(0, sys.argv[1]); from vdb.index import hnsw; "
+    "[hnsw._warm_group(n) for n in sys.argv[2:]]"
+)
+_children: dict[str, Any] = {}  # group -> the child process compiling it (until waited for)
+_children_started = [0]  # child processes started (tests check a cached start starts none)
+_children_lock = threading.Lock()
+
+
+def _cached(name: str) -> bool:
+    """Whether Numba's cache holds an entry of every root kernel of group ``name`` (fresh for
+    the source as it is now). Unknown (a Numba without these internals, caching off): True,
+    so nothing is started and this process compiles as before."""
+    for path in _GROUP_ROOTS[name]:
+        module, attr = path.split(".")
+        dispatcher = getattr(qkernels if module == "qkernels" else kernels, attr)
+        try:
+            if not dispatcher._cache._cache_file._load_index():
+                return False
+        except Exception:
+            return True
+    return True
+
+
+def _compile_in_child(names: list[str], unless_cached: list[str]) -> None:
+    """With ``VDB_COMPILE_CHILD=1``, start one child process compiling groups ``names`` into
+    Numba's cache, unless any group of ``unless_cached`` is cached already (then this is not a
+    cold start, and loading here is cheaper than starting a process), a group is loaded or being
+    compiled, or there is one core."""
+    if os.environ.get(_CHILD_ENV) != "1" or (os.cpu_count() or 1) < 2:
+        return
+    with _children_lock:
+        if any(_warm_done[n] or n in _warm_active or n in _children for n in names):
+            return
+        if any(_cached(n) for n in unless_cached):
+            return
+        import subprocess
+        import sys
+
+        root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+        try:
+            proc = subprocess.Popen(
+                [sys.executable, "-c", _CHILD_SCRIPT, root, *names],
+                env={**os.environ, _CHILD_ENV: "0"},
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+        except OSError:
+            log.warning("could not start a process to compile the index kernels", exc_info=True)
+            return
+        _children_started[0] += 1
+        for n in names:
+            _children[n] = proc
+
+
+def _wait_child(name: str) -> None:
+    """Wait for the child process compiling group ``name``, if there is one."""
+    with _children_lock:
+        proc = _children.get(name)
+    if proc is None:
+        return
+    code = proc.wait()
+    with _children_lock:
+        _children.pop(name, None)
+    if code != 0:
+        log.warning("compiling the index kernels (%s) in a child process failed (%s)", name, code)
 
 
 def _kernel_ready(flags: Any) -> bool:

@@ -253,10 +253,21 @@ def search_batch_q(
     return 0
 
 
+@njit(fastmath=True, cache=True, nogil=True)
+def idot_codes(a, b):
+    """``idot`` of two stored int8 codes: the same loop as a function of its own, so that each
+    kernel has one signature (``idot`` takes a query's int16 code; see the parallel cold
+    compile in ``hnsw.py``: two signatures of one function must not be cached at once)."""
+    acc = np.int32(0)
+    for i in range(a.shape[0]):
+        acc = np.int32(acc + np.int32(a[i]) * np.int32(b[i]))
+    return acc
+
+
 @njit(fastmath=True, inline="always", cache=True)
 def _qpair(codes, terms, a, b, const, s):
     """Quantized distance between two stored points."""
-    return const + terms[a] + terms[b] - s * np.float32(idot(codes[a], codes[b]))
+    return const + terms[a] + terms[b] - s * np.float32(idot_codes(codes[a], codes[b]))
 
 
 @njit(fastmath=True, cache=True, nogil=True)
