@@ -30,9 +30,9 @@ from numba import njit, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from vdb.index import numba_start
+from vdb.index.numba_start import skip_blas_probe
 
-numba_start.start()
+skip_blas_probe()
 
 L2 = 0
 IP = 1
