@@ -867,9 +867,7 @@ def _serve_startup(metric: str, quant: str, env: dict[str, str]) -> tuple[dict[s
                 if proc.poll() is not None:
                     raise RuntimeError(f"server exited: {Path(tmp, 'log').read_text()[-2000:]}")
                 try:
-                    with urllib.request.urlopen(
-                        f"http://127.0.0.1:{port}/readyz", timeout=5
-                    ) as r:
+                    with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=5) as r:
                         if r.status == 200:
                             break
                 except Exception:

@@ -1391,10 +1391,16 @@ def _warm_build(quantization: str | None) -> None:
     )  # fmt: skip
     g = h._g
     none = np.empty(0, np.int32)
-    kernels.build_link(
-        h._code, g.vectors, g.links0, g.upper, g.upper_off, g.levels, g.deleted, g.state, none,
-        np.zeros((0, 1, h._M), np.int32), np.zeros((0, 1), np.int32), h._M,
+    sel, sel_n = np.zeros((0, 1, h._M), np.int32), np.zeros((0, 1), np.int32)
+    keys, starts = np.empty(0, np.int64), np.zeros(1, np.int64)
+    targets = kernels.build_forward(
+        g.links0, g.upper, g.upper_off, g.levels, none, sel, sel_n, keys, starts
+    )
+    kernels.build_reverse(
+        h._code, g.vectors, g.links0, g.upper, g.upper_off, none, keys, starts, targets,
+        np.zeros(1, np.int64), _LINK_GRAIN, h._M,
     )  # fmt: skip
+    kernels.build_publish(g.levels, g.deleted, g.state, none)
     seen = np.ones(64, np.uint8)  # nothing to attach (no hosts): loads the kernel only
     stack = np.empty(64, np.int32)
     kernels.reach(g.links0, g.deleted, g.state, seen, stack)
@@ -1482,8 +1488,8 @@ _CHILD_ENV = "VDB_COMPILE_CHILD"  # "1": start a child on a cold cache ("0" in t
 _GROUP_ROOTS: dict[str, tuple[str, ...]] = {
     "search": ("kernels.search_batch",),
     "qsearch": ("qkernels.search_batch_q",),
-    "build": ("kernels.build_select", "kernels.build_link"),
-    "qbuild": ("qkernels.build_select_q", "kernels.build_link"),
+    "build": ("kernels.build_select", "kernels.build_reverse"),
+    "qbuild": ("qkernels.build_select_q", "kernels.build_reverse"),
     "relink": ("kernels.hand_over", "kernels.unlink"),
 }
 # What warm_all leaves to the child on a cold cache (about half of the compile time)
