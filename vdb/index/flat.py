@@ -110,19 +110,25 @@ def scan(metric, vectors, slots, start, stop, queries, k, live, allowed, use_all
                 keys[0] = key
                 vals[0] = slot
                 _sift_down(keys, vals, size)
-        # pop the heap: worst first, written from the back
-        for j in range(k):
-            out_slots[q, j] = -1
-            out_scores[q, j] = np.nan
-        n = size
-        while n > 0:
-            out_slots[q, n - 1] = vals[0]
-            out_scores[q, n - 1] = keys[0] if metric == L2 else np.float32(1.0) - keys[0]
-            n -= 1
-            keys[0] = keys[n]
-            vals[0] = vals[n]
-            _sift_down(keys, vals, n)
+        _write_heap(metric, keys, vals, size, k, out_slots, out_scores, q)
     return admitted
+
+
+@njit(inline="always", cache=True)
+def _write_heap(metric, keys, vals, size, k, out_slots, out_scores, q):
+    """Pop the max-heap of ``size`` entries into row ``q`` of the outputs, worst first from the
+    back (scores: the l2 key itself, else ``1 - key``); the rest of the row is ``-1`` / NaN."""
+    for j in range(k):
+        out_slots[q, j] = -1
+        out_scores[q, j] = np.nan
+    n = size
+    while n > 0:
+        out_slots[q, n - 1] = vals[0]
+        out_scores[q, n - 1] = keys[0] if metric == L2 else np.float32(1.0) - keys[0]
+        n -= 1
+        keys[0] = keys[n]
+        vals[0] = vals[n]
+        _sift_down(keys, vals, n)
 
 
 @njit(inline="always", cache=True)
@@ -243,17 +249,7 @@ def scan_codes(metric, vectors, codes, terms, consts, qlevels, lists, centroids,
             row = cand_r[j]
             key = distance(metric, vectors[row], query)  # as scan (and the graph) computes it
             nk = _offer(keys, vals, nk, k, key, np.int64(slots[row]))
-        for j in range(k):
-            out_slots[qi, j] = -1
-            out_scores[qi, j] = np.nan
-        n = nk
-        while n > 0:
-            out_slots[qi, n - 1] = vals[0]
-            out_scores[qi, n - 1] = keys[0] if metric == L2 else np.float32(1.0) - keys[0]
-            n -= 1
-            keys[0] = keys[n]
-            vals[0] = vals[n]
-            _sift_down(keys, vals, n)
+        _write_heap(metric, keys, vals, nk, k, out_slots, out_scores, qi)
     return scored
 
 
