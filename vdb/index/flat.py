@@ -132,6 +132,14 @@ def _write_heap(metric, keys, vals, size, k, out_slots, out_scores, q):
 
 
 @njit(inline="always", cache=True)
+def _admitted(slot, live, n_live, allowed, n_allowed, use_allowed):
+    """A fresh row's slot is a candidate: occupied, live, and allowed when a mask is used."""
+    if slot < 0 or slot >= n_live or not live[slot]:
+        return False
+    return not use_allowed or (slot < n_allowed and allowed[slot])
+
+
+@njit(inline="always", cache=True)
 def _offer(keys, vals, size, cap, key, val):
     """Offer ``(key, val)`` to the max-heap of at most ``cap`` entries; returns its size."""
     if size < cap:
@@ -216,10 +224,7 @@ def scan_codes(metric, vectors, codes, terms, consts, qlevels, lists, centroids,
                     row = pack_rows[p]
                     if row < start or row >= stop:
                         continue
-                    slot = slots[row]
-                    if slot < 0 or slot >= n_live or not live[slot]:
-                        continue
-                    if use_allowed and (slot >= n_allowed or not allowed[slot]):
+                    if not _admitted(slots[row], live, n_live, allowed, n_allowed, use_allowed):
                         continue
                     m += 1
                     d = const + pack_terms[p] + tq - s * np.float32(idot(pack_codes[p], cq))
@@ -229,10 +234,7 @@ def scan_codes(metric, vectors, codes, terms, consts, qlevels, lists, centroids,
                 lst = lists[row]
                 if lst >= 0 and not probe[lst]:
                     continue
-            slot = slots[row]
-            if slot < 0 or slot >= n_live or not live[slot]:
-                continue
-            if use_allowed and (slot >= n_allowed or not allowed[slot]):
+            if not _admitted(slots[row], live, n_live, allowed, n_allowed, use_allowed):
                 continue
             m += 1
             d = const + terms[row] + tq - s * np.float32(idot(codes[row], cq))
