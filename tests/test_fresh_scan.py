@@ -240,8 +240,6 @@ def test_lists_are_trained_again_as_the_fresh_rows_grow(tmp_path):
         assert first.trained_rows == segments.LISTS_FROM
         for lo in range(segments.LISTS_FROM, n, 2000):
             col.upsert(list(range(lo, min(n, lo + 2000))), x[lo : lo + 2000])
-        buf = col._segs.view.buffer
-        assert (buf.part.lists[: buf.n] >= 0).all()  # assigned at append
         segs = col._segs
         deadline = time.monotonic() + 60
         while segs.view.buffer.part.trained_rows < n - 1000:
@@ -249,11 +247,55 @@ def test_lists_are_trained_again_as_the_fresh_rows_grow(tmp_path):
             col._fresh_upkeep(segs)
             assert time.monotonic() < deadline
         assert segs.view.buffer.part is not first
+        buf = segs.view.buffer
+        assert (buf.part.lists[: buf.n] >= 0).all()  # trained again: every row assigned
         queries = mixture(rng, 50)
         truth = brute_top(x, list(range(n)), queries, "ip", 10)
         assert (
             recall_at_k(np.array(found_ids(col, queries)), np.array(truth), 10) >= SYNTHETIC_RECALL
         )
+
+
+def test_rows_not_assigned_yet_are_scanned_by_every_query(tmp_path):
+    rng = np.random.default_rng(8)
+    base = segments.LISTS_FROM + 2000
+    tail = segments.ASSIGN_BATCH - 500
+    x = np.concatenate([mixture(rng, base), mixture(rng, tail) + 8.0])  # the tail lies apart
+    ids = list(range(len(x)))
+    with vdb.open(tmp_path / "d", indexing=False) as db:
+        col = db.create_collection("c", dim=DIM, metric="l2")
+        col.upsert(ids[:base], x[:base])
+        settle(col)
+        segs = col._segs
+        part = segs.view.buffer.part
+        assert part.unassigned(segs.view.buffer.n) == 0
+        with segs._upkeep_lock:  # the upkeep thread waits: nothing assigns the tail
+            col.upsert(ids[base:], x[base:])
+            buf = segs.view.buffer
+            assert buf.part is part and part.unassigned(buf.n) == tail
+            assert (part.lists[base : buf.n] == -1).all()  # the writer assigns nothing
+            own = x[base:][:: tail // 40]
+            assert [r[0] for r in found_ids(col, own, k=1)] == ids[base:][:: tail // 40]
+            queries = np.concatenate([mixture(rng, 20), mixture(rng, 20) + 8.0])
+            truth = brute_top(x, ids, queries, "l2", 10)
+            got = found_ids(col, queries)
+            assert recall_at_k(np.array(got), np.array(truth), 10) >= SYNTHETIC_RECALL
+        segs._upkeep_after = 0.0
+        assert not segs.upkeep_due()  # fewer than ASSIGN_BATCH waiting, the pack not due
+        more = mixture(rng, 1000) + 8.0
+        col.upsert(list(range(len(x), len(x) + 1000)), more)
+        deadline = time.monotonic() + 60
+        while segs.view.buffer.part.unassigned(segs.view.buffer.n) > 0:
+            segs._upkeep_after = 0.0
+            col._fresh_upkeep(segs)
+            assert time.monotonic() < deadline
+        buf = segs.view.buffer
+        assert (buf.part.lists[: buf.n] >= 0).all()
+        lists = coarse.assign(buf.vectors[base : buf.n], buf.part.centroids, "l2")
+        np.testing.assert_array_equal(buf.part.lists[base : buf.n], lists)
+        assert [r[0] for r in found_ids(col, more[::50], k=1)] == list(
+            range(len(x), len(x) + 1000)
+        )[::50]
 
 
 def test_coarse_assignment_is_the_nearest_centroid():
