@@ -442,6 +442,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
+    parser.add_argument(
+        "--data", default=None, help="folder holding debian-minilm/ (default: $VDB_DATASETS)"
+    )
     parser.add_argument("--only", default="burst,single")
     parser.add_argument("--n", type=int, default=None, help="base vectors (default: all)")
     parser.add_argument("--threads", type=int, default=16)
@@ -450,7 +453,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--open-n", type=int, default=500_000, help="points of the open measure")
     args = parser.parse_args(argv)
     only = set(args.only.split(","))
-    ds = debian_minilm(n=args.n) if only & {"burst", "single"} else None
+    ds = debian_minilm(n=args.n, data=args.data) if only & {"burst", "single"} else None
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="vdb-bench-segments-"))
     try:
         if "burst" in only:
