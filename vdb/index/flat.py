@@ -42,6 +42,8 @@ from vdb.index.qkernels import encode_query, idot, query_levels
 
 __all__ = ["IP", "L2", "query_levels", "scan", "scan_codes", "warm"]
 
+_BLOCK = 256  # rows scored on the codes before any of them is checked and offered
+
 
 @njit(inline="always", cache=True)
 def _sift_down(keys, vals, size):
@@ -184,7 +186,7 @@ def scan_codes(metric, vectors, codes, terms, consts, qlevels, lists, centroids,
     (``pack_rows[pack_off[l]:pack_off[l + 1]]`` are list ``l``'s rows, their codes and
     terms at the same positions of ``pack_codes`` / ``pack_terms``), rows from ``pack_hi``
     on from ``codes`` / ``terms`` by row. Writes ``out_slots`` / ``out_scores`` as ``scan``
-    does. Returns the rows scored on the codes for the first query."""
+    does. Returns the rows scored on the codes for the first query (admitted or not)."""
     nq = queries.shape[0]
     dim = queries.shape[1]
     n_lists = centroids.shape[0]
@@ -197,6 +199,7 @@ def scan_codes(metric, vectors, codes, terms, consts, qlevels, lists, centroids,
     cand_r = np.empty(n_cand, np.int64)
     keys = np.empty(k, np.float32)
     vals = np.empty(k, np.int64)
+    block = np.empty(_BLOCK, np.float32)
     n_live = live.shape[0]
     n_allowed = allowed.shape[0]
     const = consts[0]
@@ -217,28 +220,45 @@ def scan_codes(metric, vectors, codes, terms, consts, qlevels, lists, centroids,
         tq, s = encode_query(metric, query, consts, qlevels, cq)
         size = 0
         m = 0
+        # Each run of rows is scored in blocks: first every row's distance on the codes in a
+        # loop of nothing else (it vectorises), then the rows that could enter the candidates
+        # are checked and offered. Checking each row before scoring it measured 4-5x slower.
         if tail > start:  # the pack: each probed list's rows are contiguous
             for j in range(n_probe):
                 lst = order[j]
-                for p in range(pack_off[lst], pack_off[lst + 1]):
-                    row = pack_rows[p]
-                    if row < start or row >= stop:
-                        continue
-                    if not _admitted(slots[row], live, n_live, allowed, n_allowed, use_allowed):
-                        continue
-                    m += 1
-                    d = const + pack_terms[p] + tq - s * np.float32(idot(pack_codes[p], cq))
-                    size = _offer(cand_d, cand_r, size, n_cand, d, np.int64(row))
-        for row in range(tail, stop):  # by row: codes read in order, other lists skipped
-            if use_lists:
-                lst = lists[row]
-                if lst >= 0 and not probe[lst]:
+                for lo in range(pack_off[lst], pack_off[lst + 1], _BLOCK):
+                    hi = min(lo + _BLOCK, pack_off[lst + 1])
+                    m += hi - lo
+                    for p in range(lo, hi):
+                        block[p - lo] = pack_terms[p] - s * np.float32(idot(pack_codes[p], cq))
+                    for p in range(lo, hi):
+                        d = const + block[p - lo] + tq
+                        if size == n_cand and d > cand_d[0]:
+                            continue  # _offer would refuse it
+                        row = pack_rows[p]
+                        if row < start or row >= stop:
+                            continue
+                        if not _admitted(slots[row], live, n_live, allowed, n_allowed, use_allowed):
+                            continue
+                        size = _offer(cand_d, cand_r, size, n_cand, d, np.int64(row))
+        # rows after the pack, by row (codes read in order); another list's rows are scored
+        # with the block but never offered
+        for lo in range(tail, stop, _BLOCK):
+            hi = min(lo + _BLOCK, stop)
+            m += hi - lo
+            for row in range(lo, hi):
+                block[row - lo] = terms[row] - s * np.float32(idot(codes[row], cq))
+            for row in range(lo, hi):
+                d = const + block[row - lo] + tq
+                if size == n_cand and d > cand_d[0]:
                     continue
-            if not _admitted(slots[row], live, n_live, allowed, n_allowed, use_allowed):
-                continue
-            m += 1
-            d = const + terms[row] + tq - s * np.float32(idot(codes[row], cq))
-            size = _offer(cand_d, cand_r, size, n_cand, d, np.int64(row))
+                if use_lists:
+                    lst = lists[row]
+                    if lst >= 0 and not probe[lst]:
+                        continue
+                if not _admitted(slots[row], live, n_live, allowed, n_allowed, use_allowed):
+                    continue
+                size = _offer(cand_d, cand_r, size, n_cand, d, np.int64(row))
         if qi == 0:
             scored = m
         # rescore the candidates with the float rows: scan's scores, ties by slot
