@@ -3,6 +3,7 @@ growth, checkpoint round trip, concurrent readers and bad input."""
 
 from __future__ import annotations
 
+import os
 import threading
 
 import numpy as np
@@ -536,3 +537,23 @@ def test_parallel_does_not_wait_for_pool_threads_that_never_start():
         for f in busy:
             f.result()
         caller.join()
+
+
+def test_pool_threads_run_at_the_callers_priority():
+    """The background indexer lowers its own priority; the pool threads that share its blocks
+    must run at that priority too, and a search's at its caller's."""
+    seen: dict[str, int] = {}
+
+    def own() -> int:
+        return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+    def call(name: str, nice: int | None) -> None:
+        if nice is not None:
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), nice)
+        seen[name] = hnsw_module._executor().submit(own).result()
+
+    for name, nice in (("low", 7), ("normal", None)):
+        t = threading.Thread(target=call, args=(name, nice))
+        t.start()
+        t.join()
+    assert seen == {"low": 7, "normal": own()}

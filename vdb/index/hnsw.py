@@ -111,17 +111,39 @@ _FLOAT32 = np.dtype(np.float32)
 _batch_lock = threading.Lock()
 _batch_calls = [0]  # batch searches in progress (all indexes)
 _pool_lock = threading.Lock()
-_pool: ThreadPoolExecutor | None = None
+_pools: dict[int, ThreadPoolExecutor] = {}
+
+
+def _nice() -> int:
+    """The calling thread's scheduling priority (Linux: per thread; elsewhere 0)."""
+    try:
+        return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    except (AttributeError, OSError):
+        return 0
+
+
+def _set_nice(nice: int) -> None:
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), nice)
+    except (AttributeError, OSError):  # not Linux, or not permitted
+        pass
 
 
 def _executor() -> ThreadPoolExecutor:
-    global _pool
+    """The pool of threads that share a parallel call's blocks, at the caller's priority: the
+    background indexer lowers its own (``vdb.segments.Indexer``), and its helper threads must
+    too, or they would take the cores from searches and the writer as the caller does not."""
+    nice = _nice()
     with _pool_lock:
-        if _pool is None:
-            _pool = ThreadPoolExecutor(
-                max_workers=max(2, os.cpu_count() or 1), thread_name_prefix="vdb-index"
+        pool = _pools.get(nice)
+        if pool is None:
+            pool = _pools[nice] = ThreadPoolExecutor(
+                max_workers=max(2, os.cpu_count() or 1),
+                thread_name_prefix="vdb-index" if nice == 0 else f"vdb-index-nice{nice}",
+                initializer=_set_nice,
+                initargs=(nice,),
             )
-        return _pool
+        return pool
 
 
 class _Graph:
