@@ -966,9 +966,32 @@ class Collection:
         else:
             rows = np.fromiter((starts[r] + pos for r, pos in new_src), np.int64, len(new_src))
             segs.append(slots, allvec[rows])
-        for point_id, (r, pos), slot, old in zip(
-            new_ids, new_src, slots.tolist(), old_slots, strict=True
-        ):
+        # points that are new and have no payload (a bulk load) in one pass each, the rest
+        # one by one (each id once: the order between them does not matter)
+        fast = [
+            i
+            for i, ((r, pos), old) in enumerate(zip(new_src, old_slots, strict=True))
+            if old is None and items[r][0]["p"][pos] is None
+        ]
+        if len(fast) == len(new_src):
+            new_src_rest: list[int] = []
+            fast_slots = slots
+        else:
+            taken = set(fast)
+            new_src_rest = [i for i in range(len(new_src)) if i not in taken]
+            fast_slots = slots[np.asarray(fast, np.int64)]
+        if fast:
+            payloads.set_absent(fast_slots)
+            parts = None
+            if any(record.get("pt") for record, _ in items):
+                parts = [
+                    pt[pos] if (pt := items[r][0].get("pt")) else None
+                    for r, pos in (new_src[i] for i in fast)
+                ]
+            idmap.assign_new([new_ids[i] for i in fast], fast_slots, parts, generation)
+        listed = slots.tolist()
+        for i in new_src_rest:
+            point_id, (r, pos), slot, old = new_ids[i], new_src[i], listed[i], old_slots[i]
             record = items[r][0]
             pt = record.get("pt")
             payloads.set(slot, record["p"][pos])

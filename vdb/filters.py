@@ -1671,6 +1671,19 @@ class PayloadIndex:
             if touched:
                 self._slot_fields[slot] = tuple(touched)
 
+    def set_absent(self, slots: np.ndarray) -> None:
+        """``set(slot, None)`` for many slots (the writer's upserts without a payload): the
+        parts are marked once each, and only slots that may hold something are visited."""
+        if len(slots) == 0:
+            return
+        with self._lock:
+            self._dirty.update(np.unique(np.asarray(slots) >> PART_SHIFT).tolist())
+            upto, fields, payloads = self._loaded_upto, self._slot_fields, self._payloads
+            for slot in np.asarray(slots).tolist():
+                if slot < upto or slot in fields or slot in payloads:
+                    self._unindex(slot)
+                    payloads.pop(slot, None)
+
     def remove(self, slot: int) -> None:
         """Forget the payload of ``slot`` (no error if it had none)."""
         slot = self._check_slot(slot)

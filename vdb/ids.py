@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import threading
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import numpy as np
@@ -169,6 +169,38 @@ class IdMap:
         self.live[slot] = True
         self._count(slot, 1)
         slot_of[point_id] = slot
+
+    def assign_new(
+        self,
+        point_ids: Sequence[PointId],
+        slots: np.ndarray,
+        partitions: Sequence[int | None] | None,
+        generation: int,
+    ) -> None:
+        """``assign`` for ids that hold no slot yet, at slots that are not live: the same
+        changes in the same order (marks, ids, partitions, live flags, then the id -> slot
+        entries), made with one array operation each instead of one call per point."""
+        if len(point_ids) == 0:
+            return
+        slot_of = self.slot_of  # built before anything changes (see the module docstring)
+        listed = slots.tolist()
+        self._ensure(max(listed))
+        self.dirty.update(np.unique(slots >> PART_SHIFT).tolist())
+        self.changed[slots] = generation
+        ids = self.ids
+        for point_id, slot in zip(point_ids, listed, strict=True):
+            ids[slot] = point_id
+        if partitions is None or all(p is None for p in partitions):
+            parts = np.full(len(listed), NO_PARTITION, np.int32)
+        else:
+            parts = np.array([NO_PARTITION if p is None else p for p in partitions], dtype=np.int32)
+        self.partitions[slots] = parts
+        self.live[slots] = True
+        values, counts = np.unique(parts, return_counts=True)
+        per = self.per_partition
+        for part, n in zip(values.tolist(), counts.tolist(), strict=True):
+            per[part] = per.get(part, 0) + n
+        slot_of.update(zip(point_ids, listed, strict=True))
 
     def set_partition(self, slot: int, partition: int | None) -> None:
         self.slot_of  # noqa: B018 - built before anything changes

@@ -424,12 +424,11 @@ class Segments:
         """``n`` free slots, smallest first."""
         out = np.empty(n, np.int32)
         free = self._free
-        for i in range(n):
-            if free:
-                out[i] = heapq.heappop(free)
-            else:
-                out[i] = self._next
-                self._next += 1
+        reused = min(n, len(free))
+        for i in range(reused):
+            out[i] = heapq.heappop(free)
+        out[reused:] = np.arange(self._next, self._next + n - reused)
+        self._next += n - reused
         return out
 
     @property
@@ -454,9 +453,7 @@ class Segments:
         if coding is not None:  # the codes of a row are written before n
             coding.encode(buf.vectors[lo:hi], lo)
         # the rows' lists are left to the upkeep thread (-1: scanned by every query)
-        pos = buf.pos
-        for row, slot in enumerate(slots.tolist(), lo):
-            pos[slot] = row
+        buf.pos.update(zip(slots.tolist(), range(lo, hi), strict=True))
         buf.n = hi
         if self.owner is not None:
             self.owner.hold(slots)
@@ -509,7 +506,8 @@ class Segments:
             new.coding = old.coding.moved(capacity, view.start, old.n)
         if old.part is not None:
             new.part = old.part.moved(capacity, view.start, old.n)
-        new.pos = {slot: row - view.start for slot, row in old.pos.items()}
+        shift = view.start
+        new.pos = dict(old.pos) if shift == 0 else {s: r - shift for s, r in old.pos.items()}
         new.n = keep
         old.successor = (new, view.start)  # before the swap: an upkeep follows it
         self.view = _View(new, 0)
