@@ -2,7 +2,8 @@
 
     python -m bench.scale --n 2000000                 # 2M x 128 clustered, batches of 20k
     python -m bench.scale --n 200000 --quick          # a short run
-    python -m bench.scale --n 2000000 --only open     # reopen a data dir left by --keep
+    python -m bench.scale --n 2000000 --only open --workdir W --repeat 5
+                                                      # reopen W/vdb (left by --keep) 5 times
     python -m bench.scale --n 300000 --only graphs --seal 100000   # one graph vs sealed graphs
 
 Lines (anchors from the same run):
@@ -261,8 +262,25 @@ db.close(checkpoint=False)
 """
 
 
-def open_after_close(path: Path, n: int, probe: np.ndarray) -> None:
+def evict(path: Path) -> int:
+    """Drop the data directory's files from the page cache (``posix_fadvise`` DONTNEED on
+    each: only these files, not the whole cache of a shared machine); returns their bytes."""
+    total = 0
+    for file in sorted(p for p in path.rglob("*") if p.is_file()):
+        fd = os.open(file, os.O_RDONLY)
+        try:
+            os.fsync(fd)  # dirty pages are not dropped
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            total += os.fstat(fd).st_size
+        finally:
+            os.close(fd)
+    return total
+
+
+def open_after_close(path: Path, n: int, probe: np.ndarray, cold: bool = False) -> None:
     log("open: a fresh process opens the closed data directory")
+    if cold:
+        evict(path)
     proc = subprocess.run(
         [sys.executable, "-c", _OPEN_CHILD, str(path), COLLECTION, json.dumps(probe.tolist())],
         capture_output=True,
@@ -282,6 +300,7 @@ def open_after_close(path: Path, n: int, probe: np.ndarray) -> None:
             "n": n,
             "dim": DIM,
             **result,
+            "page_cache": "evicted" if cold else "warm",
             "first_answer_correct": result["top1"] == n - 1 and result["count"] == n,
             "target": "open -> first answer <= 2 s at 2M x 128",
             "load1": _load(),
@@ -366,6 +385,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--churn", type=int, default=20_000, help="graphs: upserts between checkpoints"
     )
+    parser.add_argument("--repeat", type=int, default=1, help="open: fresh processes, one each")
+    parser.add_argument(
+        "--cold", action="store_true", help="open: evict the data files from the page cache first"
+    )
     parser.add_argument("--workdir", default=None)
     parser.add_argument("--keep", action="store_true", help="keep the data directory")
     parser.add_argument("--quick", action="store_true", help="200k vectors, steps of 50k")
@@ -375,7 +398,9 @@ def main(argv: list[str] | None = None) -> int:
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="vdb-scale-"))
     workdir.mkdir(parents=True, exist_ok=True)
     if args.only == "open":
-        open_after_close(workdir / "vdb", args.n, clustered(args.n)[args.n - 1])
+        probe = clustered(args.n)[args.n - 1]
+        for _ in range(args.repeat):
+            open_after_close(workdir / "vdb", args.n, probe, cold=args.cold)
     elif args.only == "graphs":
         bench_graphs(args.n, args.seal, args.churn, args.batch, workdir)
     else:

@@ -79,6 +79,21 @@ def test_crash_between_chunks_and_manifest_leaves_the_old_checkpoint(tmp_path):
         assert len(gens) == 1  # the orphaned generation was removed
 
 
+def test_orphans_are_found_by_count_without_a_scan_of_the_chunks(tmp_path):
+    with vdb.open(tmp_path / "d", checkpoint_interval_s=None, checkpoint_wal_bytes=None) as db:
+        col = db.create_collection("c", dim=8, metric="l2")
+        col.upsert(list(range(50)), np.ones((50, 8), np.float32))
+        db.checkpoint()
+        store = db._store
+        assert not ckpt.may_have_orphans(store)  # every chunk is referenced
+        assert ckpt.remove_orphans(store) == 0
+        store.write(lambda txn: txn.put(ckpt.chunk_key(col.uid, 77, "index/x", 0), b"z",
+                                        db=store.db("ckpt")))  # fmt: skip
+        assert ckpt.may_have_orphans(store)
+        assert ckpt.remove_orphans(store) == 1
+        assert not ckpt.may_have_orphans(store)
+
+
 def test_searches_continue_during_checkpoints(tmp_path):
     rng = np.random.default_rng(1)
     with vdb.open(tmp_path / "d", checkpoint_interval_s=None, checkpoint_wal_bytes=None) as db:

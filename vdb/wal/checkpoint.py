@@ -17,7 +17,8 @@ several transactions (so a big checkpoint does not hold LMDB's writer lock
 for long); the checkpoint becomes current only when the manifest is written,
 in the same transaction that removes the previous generation and the WAL
 records it covers. A crash in between leaves unreferenced chunks, which
-:func:`remove_orphans` deletes on the next open.
+:func:`remove_orphans` deletes on the next open (an open that finds as many chunks as
+the manifests reference, e.g. after a clean close, only counts them).
 
 Loading verifies every digest and refuses a corrupt or truncated blob with
 :class:`vdb.errors.CorruptData`.
@@ -544,14 +545,32 @@ def truncate_wal(txn: lmdb.Transaction, store: Store, upto: int) -> int:
     return removed
 
 
+def _all_referenced(store: Store, txn: lmdb.Transaction) -> set[bytes]:
+    keep: set[bytes] = set()
+    for uid, manifest in read_manifests(store, txn).items():
+        keep |= referenced_keys(uid, manifest)
+    return keep
+
+
+def may_have_orphans(store: Store) -> bool:
+    """Whether the ``ckpt`` table holds more chunks than the manifests reference: an O(1)
+    count against the manifests' tables, no scan of the chunks. Equal counts mean no
+    orphan, unless a referenced chunk is missing too, which loading that checkpoint
+    refuses anyway (``CorruptData``)."""
+    with store.read() as txn:
+        return txn.stat(store.db("ckpt"))["entries"] != len(_all_referenced(store, txn))
+
+
 def remove_orphans(store: Store) -> int:
-    """Delete checkpoint chunks that no manifest references (left by a crash mid-checkpoint)."""
+    """Delete checkpoint chunks that no manifest references (left by a crash mid-checkpoint).
+
+    Costs a count when there are none (:func:`may_have_orphans`), so an open after a clean
+    close does not scan the chunks."""
+    if not may_have_orphans(store):
+        return 0
 
     def clean(txn: lmdb.Transaction) -> int:
-        manifests = read_manifests(store, txn)
-        keep: set[bytes] = set()
-        for uid, manifest in manifests.items():
-            keep |= referenced_keys(uid, manifest)
+        keep = _all_referenced(store, txn)
         cursor = txn.cursor(db=store.db("ckpt"))
         doomed = [k for k in cursor.iternext(keys=True, values=False) if k not in keep]
         for key in doomed:
