@@ -174,6 +174,14 @@ def _centroid_distances(metric, centroids, query, out):
             out[c] = np.float32(1.0) - acc
 
 
+@njit(inline="always", cache=True)
+def _score_block(codes, terms, lo, hi, cq, s, block):
+    """``block[i]``: the code distance of row ``lo + i`` of ``codes`` / ``terms``, without the
+    query's constant parts, for the rows ``[lo, hi)`` (a loop of nothing else: it vectorises)."""
+    for p in range(lo, hi):
+        block[p - lo] = terms[p] - s * np.float32(idot(codes[p], cq))
+
+
 @njit(fastmath=True, cache=True, nogil=True)
 def scan_codes(metric, vectors, codes, terms, consts, qlevels, lists, centroids, n_probe,
                pack_rows, pack_codes, pack_terms, pack_off, pack_hi, slots, start, stop,
@@ -229,8 +237,7 @@ def scan_codes(metric, vectors, codes, terms, consts, qlevels, lists, centroids,
                 for lo in range(pack_off[lst], pack_off[lst + 1], _BLOCK):
                     hi = min(lo + _BLOCK, pack_off[lst + 1])
                     m += hi - lo
-                    for p in range(lo, hi):
-                        block[p - lo] = pack_terms[p] - s * np.float32(idot(pack_codes[p], cq))
+                    _score_block(pack_codes, pack_terms, lo, hi, cq, s, block)
                     for p in range(lo, hi):
                         d = const + block[p - lo] + tq
                         if size == n_cand and d > cand_d[0]:
@@ -246,8 +253,7 @@ def scan_codes(metric, vectors, codes, terms, consts, qlevels, lists, centroids,
         for lo in range(tail, stop, _BLOCK):
             hi = min(lo + _BLOCK, stop)
             m += hi - lo
-            for row in range(lo, hi):
-                block[row - lo] = terms[row] - s * np.float32(idot(codes[row], cq))
+            _score_block(codes, terms, lo, hi, cq, s, block)
             for row in range(lo, hi):
                 d = const + block[row - lo] + tq
                 if size == n_cand and d > cand_d[0]:
