@@ -134,7 +134,6 @@ from __future__ import annotations
 
 import heapq
 import logging
-import os
 import threading
 import time
 from collections.abc import Callable
@@ -144,6 +143,7 @@ import numpy as np
 
 from vdb.graphs import DEFAULT_SEAL_SIZE, Graphs, merge_top_k
 from vdb.index import coarse, flat, quantizer
+from vdb.index.hnsw import set_thread_nice
 from vdb.index.quantizer import ScalarQuantizer
 
 log = logging.getLogger(__name__)
@@ -784,8 +784,8 @@ class Segments:
             live_rows = np.sort(rng.choice(live_rows, TRAIN_SAMPLE, replace=False))
         centroids = coarse.train(buf.vectors[live_rows], FRESH_LISTS, self.metric, seed=hi)
         part = _Lists(centroids, buf.capacity, hi - lo)
-        part.lists[lo:hi] = coarse.assign(buf.vectors[lo:hi], centroids, self.metric)
-        part.upto = hi
+        part.upto = lo  # the rows below it are the graph's
+        self._assign(buf, part, hi)
         return part
 
     def _assign(self, buf: _Buffer, part: _Lists, hi: int) -> None:
@@ -833,9 +833,8 @@ class Segments:
             return
         if field == "coding":
             new.encode(buf.vectors[lo:hi], lo)
-        else:
-            new.lists[lo:hi] = coarse.assign(buf.vectors[lo:hi], new.centroids, self.metric)
-            new.upto = hi
+        else:  # lo is new.upto: ``new`` was filled up to it
+            self._assign(buf, new, hi)
 
     def fresh_scan(self) -> str:
         """How a search scans the fresh rows now: ``exact``, ``int8`` or ``int8_lists``."""
@@ -1121,10 +1120,7 @@ class Indexer:
         return True
 
     def _run(self) -> None:
-        try:
-            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 5)
-        except (AttributeError, OSError):  # not Linux, or not permitted
-            pass
+        set_thread_nice(5)
         while not self._stop.is_set():
             busy = []
             wait = 0.5
@@ -1152,10 +1148,7 @@ class Indexer:
                 self._drained.notify_all()
 
     def _run_upkeep(self) -> None:
-        try:  # as the indexer: the writer gets the cores first (its acknowledgements)
-            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 5)
-        except (AttributeError, OSError):
-            pass
+        set_thread_nice(5)  # as the indexer: the writer gets the cores first (its acks)
         while not self._stop.is_set():
             due = [
                 (c, segs)

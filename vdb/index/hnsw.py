@@ -122,7 +122,9 @@ def _nice() -> int:
         return 0
 
 
-def _set_nice(nice: int) -> None:
+def set_thread_nice(nice: int) -> None:
+    """Set the calling thread's scheduling priority (Linux; elsewhere, or not permitted:
+    nothing)."""
     try:
         os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), nice)
     except (AttributeError, OSError):  # not Linux, or not permitted
@@ -140,7 +142,7 @@ def _executor() -> ThreadPoolExecutor:
             pool = _pools[nice] = ThreadPoolExecutor(
                 max_workers=max(2, os.cpu_count() or 1),
                 thread_name_prefix="vdb-index" if nice == 0 else f"vdb-index-nice{nice}",
-                initializer=_set_nice,
+                initializer=set_thread_nice,
                 initargs=(nice,),
             )
         return pool

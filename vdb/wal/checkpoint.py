@@ -553,8 +553,9 @@ def _all_referenced(store: Store, txn: lmdb.Transaction) -> set[bytes]:
 
 
 def may_have_orphans(store: Store) -> bool:
-    """Whether the ``ckpt`` table holds more chunks than the manifests reference: an O(1)
-    count against the manifests' tables, no scan of the chunks. Equal counts mean no
+    """Whether the ``ckpt`` table holds more chunks than the manifests reference: the table's
+    entry count (LMDB keeps it) against the keys the manifests name, no scan of the
+    chunks. Equal counts mean no
     orphan, unless a referenced chunk is missing too, which loading that checkpoint
     refuses anyway (``CorruptData``)."""
     with store.read() as txn:
