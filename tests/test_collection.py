@@ -157,6 +157,31 @@ def test_bad_input_is_refused_and_nothing_is_written(db, ids, vectors, payloads,
     assert col.get([7]) == []
 
 
+@pytest.mark.parametrize(
+    "bad, words",
+    [([1, np.nan, 0, 0], "NaN or infinity"), ([1, -np.inf, 0, 0], "NaN or infinity"),
+     ([0, 0, 0, 0], "all zeros")],
+)  # fmt: skip
+def test_bad_cosine_queries_are_refused_alone_and_in_a_batch(db, bad, words):
+    col = db.create_collection("c", dim=4, metric="cosine")
+    rng = np.random.default_rng(3)
+    good = rng.standard_normal((5, 4)).astype(np.float32)
+    col.upsert(list(range(5)), good)
+    for query in (np.array(bad, np.float32), np.array([good[0], bad], np.float32)):
+        with pytest.raises(InvalidInput, match=words):
+            col.search(query, k=3)
+    # one query alone scores as it does in a batch (the same normalisation), and as numpy
+    batch = col.search(good * 7, k=5)
+    unit = good / np.linalg.norm(good.astype(np.float64), axis=1, keepdims=True)
+    for i in range(5):
+        alone = col.search(good[i] * 7, k=5)
+        assert [(h.id, h.score) for h in alone] == [(h.id, h.score) for h in batch[i]]
+        assert alone[0].id == i
+        scores = {h.id: h.score for h in alone}
+        for j in range(5):
+            assert scores[j] == pytest.approx(float(unit[i] @ unit[j]), abs=1e-6)
+
+
 @pytest.mark.parametrize("metric", ["l2", "ip"])
 def test_vectors_whose_scores_would_overflow_float32_are_refused(db, metric):
     from vdb.collection import MAX_SQUARED_NORM

@@ -30,6 +30,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import logging
+import math
 import threading
 import time
 from bisect import bisect_left
@@ -211,10 +212,27 @@ class Collection:
             )
         if n is not None and arr.shape[0] != n:
             raise InvalidInput(f"{what}: {arr.shape[0]} vectors for {n} ids")
+        if metric == "cosine":
+            # one float64 pass gives the norms and the finiteness check (a float32 value
+            # squared is finite in float64, so a row's sum is finite iff its values are);
+            # the norms are linalg.norm's (sqrt of add.reduce of the squares)
+            wide = arr.astype(np.float64)
+            squared = np.add.reduce(wide * wide, axis=1)
+            if len(squared) == 1:  # one query: Python floats cost less than numpy calls
+                one = float(squared[0])
+                if 0.0 < one < math.inf:
+                    return (arr / np.float64(math.sqrt(one))).astype(np.float32)
+            if not np.isfinite(squared).all():
+                bad = int(np.flatnonzero(~np.isfinite(squared))[0])
+                raise InvalidInput(f"{what}: vector {bad} contains NaN or infinity")
+            if (squared == 0).any():
+                bad = int(np.flatnonzero(squared == 0)[0])
+                raise InvalidInput(f"{what}: vector {bad} is all zeros (cosine needs a direction)")
+            return (arr / np.sqrt(squared)[:, None]).astype(np.float32)
         if not np.isfinite(arr).all():
             bad = int(np.flatnonzero(~np.isfinite(arr).all(axis=1))[0])
             raise InvalidInput(f"{what}: vector {bad} contains NaN or infinity")
-        if metric != "cosine" and arr.size and _too_big(arr, dim):
+        if arr.size and _too_big(arr, dim):
             squared = np.einsum("ij,ij->i", arr.astype(np.float64), arr.astype(np.float64))
             if (squared > MAX_SQUARED_NORM).any():
                 bad = int(np.flatnonzero(squared > MAX_SQUARED_NORM)[0])
@@ -223,12 +241,6 @@ class Collection:
                     f"{squared[bad]:.3g} exceeds {MAX_SQUARED_NORM:.3g} (a quarter of the float32 "
                     "maximum), so its distances would overflow float32"
                 )
-        if metric == "cosine":
-            norms = np.linalg.norm(arr.astype(np.float64), axis=1)
-            if (norms == 0).any():
-                bad = int(np.flatnonzero(norms == 0)[0])
-                raise InvalidInput(f"{what}: vector {bad} is all zeros (cosine needs a direction)")
-            arr = (arr / norms[:, None]).astype(np.float32)
         return np.ascontiguousarray(arr, dtype=np.float32)
 
     def _filter(self, filter: Any) -> Any:
@@ -1217,7 +1229,7 @@ class Collection:
             score_threshold = float(score_threshold)
         if not isinstance(exact, bool | np.bool_):
             raise InvalidInput(f"exact must be a boolean, got {exact!r}")
-        parsed = self._filter(filter)
+        parsed = None if filter is None else self._filter(filter)
         if partitions is not None:
             self._partition_mask(partitions, 0)  # validate before searching
         result = None
@@ -1352,19 +1364,17 @@ class Collection:
         ascending: bool,
     ) -> list[list[Hit]] | None:
         """Slots and scores of a search → hits (``None``: a slot changed, search again)."""
-        nq = len(slots)
         id_list = self._ids.ids
+        n_ids = len(id_list)
+        payload_of = self._payloads.get if with_payload else None
+        vectors = with_vectors is not None and with_vectors is not False
         out: list[list[Hit]] = []
-        for row in range(nq):
+        for slot_row, score_row in zip(slots.tolist(), scores.tolist(), strict=True):
             hits = []
-            for slot, score in zip(slots[row].tolist(), scores[row].tolist(), strict=True):
+            for slot, score in zip(slot_row, score_row, strict=True):
                 if slot < 0:
                     continue
-                if slot >= len(id_list):
-                    if generation is None:
-                        continue
-                    return None
-                point_id = id_list[slot]
+                point_id = id_list[slot] if slot < n_ids else None
                 if point_id is None:
                     if generation is None:
                         continue
@@ -1376,9 +1386,9 @@ class Collection:
                 hits.append(
                     Hit(
                         point_id,
-                        float(score),
-                        self._payloads.get(slot) if with_payload else None,
-                        self._vector_out(slot, with_vectors),
+                        score,
+                        payload_of(slot) if payload_of is not None else None,
+                        self._vector_out(slot, with_vectors) if vectors else None,
                     )
                 )
             out.append(hits)

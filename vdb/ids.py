@@ -31,6 +31,7 @@ from vdb.types import PART_SHIFT, PointId
 MAX_UINT64 = (1 << 64) - 1
 MAX_STRING_ID = 1024
 NO_PARTITION = -1
+SMALL_CHECK = 64  # changed_since checks this many slots or fewer one by one
 
 
 def normalize_id(value: Any) -> PointId:
@@ -244,10 +245,16 @@ class IdMap:
         ``generation`` before it started sees every change made since.
         """
         slots = np.asarray(slots).ravel()
+        changed = self.changed
+        if slots.size <= SMALL_CHECK:  # one search's hits: a loop costs less than numpy calls
+            n = len(changed)
+            for slot in slots.tolist():
+                if slot >= 0 and (slot >= n or changed[slot] >= generation):
+                    return True
+            return changed is not self.changed
         slots = slots[slots >= 0]
         if slots.size == 0:
             return False
-        changed = self.changed
         if int(slots.max()) >= len(changed):
             return True
         if bool((changed[slots] >= generation).any()):
