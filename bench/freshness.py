@@ -561,6 +561,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--only", default="floor,vdb,server,maxrate", help="any of floor,vdb,server,maxrate"
     )
+    parser.add_argument(
+        "--fresh-limit", type=int, default=None, help="the database's fresh_limit (default: vdb's)"
+    )
+    parser.add_argument(
+        "--no-indexing",
+        action="store_true",
+        help="embedded only, to tell ingest from indexing: open with the indexer paused",
+    )
     parser.add_argument("--quick", action="store_true")
     args = parser.parse_args(argv)
     if args.quick:
@@ -569,6 +577,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.rates = [float(r) for r in args.rates.split(",") if r]
     args.only = [s for s in args.only.split(",") if s]
     return args
+
+
+def open_options(args: argparse.Namespace) -> dict[str, Any]:
+    """``vdb.open`` keywords from ``--fresh-limit`` and ``--no-indexing``."""
+    options: dict[str, Any] = {}
+    if args.fresh_limit is not None:
+        options["fresh_limit"] = args.fresh_limit
+    if args.no_indexing:
+        options["indexing"] = False
+    return options
 
 
 def linger_for(rate: float) -> int:
@@ -606,7 +624,7 @@ def main(argv: list[str] | None = None) -> int:
                     if db is None:
                         import vdb
 
-                        db = vdb.open(str(workdir / "data"))
+                        db = vdb.open(str(workdir / "data"), **open_options(args))
                     log(f"vdb at {rate:.0f} msg/s (linger_ms={linger})")
                     result = measure_vdb(db, broker, rate, count, linger, args.format, workdir)
                     emit(

@@ -118,6 +118,20 @@ def test_cosine_refuses_a_zero_vector_but_l2_keeps_it():
     assert isinstance(Decoder("json", dim=3, metric="l2")(msg(value)), Upsert)
 
 
+@pytest.mark.parametrize("metric", ["cosine", "l2"])
+def test_finite_vectors_whose_squares_overflow_or_underflow_are_kept(metric):
+    # the decoder's one-dot-product check falls through to the exact checks for these
+    for values in ([3e30, -3e30, 1e30], [1e-30, 0.0, -2e-31], [1e-45, 0.0, 0.0]):
+        vector = np.asarray(values, "<f4")
+        for fmt, value in (
+            ("float32", vector.tobytes()),
+            ("json", json.dumps({"id": 7, "vector": values}).encode()),
+        ):
+            out = Decoder(fmt, dim=3, metric=metric)(msg(value, key=b"7"))
+            assert isinstance(out, Upsert), out
+            np.testing.assert_array_equal(out.vector, vector)
+
+
 def test_unknown_format_is_refused_up_front():
     from vdb.errors import InvalidInput
 

@@ -277,6 +277,12 @@ class Decoder:
         return out
 
     def _check(self, vector: np.ndarray) -> np.ndarray:
+        # one float64 dot product decides: float32 values squared and summed in float64
+        # neither overflow nor underflow, so the sum is finite iff every value is, and
+        # positive iff one is not zero (the checks below name the problem)
+        wide = vector.astype(np.float64)
+        if 0.0 < float(np.dot(wide, wide)) < math.inf:
+            return vector
         if not np.isfinite(vector).all():
             raise InvalidInput("vector contains NaN or infinity")
         if self.metric == "cosine" and not np.any(vector):
