@@ -460,8 +460,9 @@ def measure_vdb(
 
 
 def measure_server(
-    broker: Broker, rate: float, count: int, linger_ms: int, fmt: str, workdir: Path
-) -> dict[str, Any]:
+    broker: Broker, rate: float, count: int, linger_ms: int, fmt: str, workdir: Path,
+    fresh_limit: int | None = None,
+) -> dict[str, Any]:  # fmt: skip
     """Produce → searchable through ``python -m vdb serve --ingest kafka`` (REST probes)."""
     topic = f"srv-{int(rate)}-{linger_ms}"
     broker.create_topic(topic, 1)
@@ -471,6 +472,8 @@ def measure_server(
             "--ingest", "kafka", "--kafka-bootstrap", broker.bootstrap, "--kafka-topic", topic,
             "--kafka-group", f"bench-{topic}", "--collection", COLLECTION, "--format", fmt,
             "--create-dim", str(DIM), "--create-metric", "cosine"]  # fmt: skip
+    if fresh_limit is not None:
+        argv += ["--fresh-limit", str(fresh_limit)]
     server = Server(argv, port, workdir / f"server-{int(rate)}.log", "/readyz")
     try:
         result = follow(
@@ -562,7 +565,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--only", default="floor,vdb,server,maxrate", help="any of floor,vdb,server,maxrate"
     )
     parser.add_argument(
-        "--fresh-limit", type=int, default=None, help="the database's fresh_limit (default: vdb's)"
+        "--fresh-limit",
+        type=int,
+        default=None,
+        help="the database's fresh_limit, embedded and served (default: vdb's)",
     )
     parser.add_argument(
         "--no-indexing",
@@ -614,7 +620,9 @@ def main(argv: list[str] | None = None) -> int:
                     emit({**common, "measure": "broker_floor", **floors[rate], "host": host_info()})
                 if "server" in args.only:
                     log(f"vdb serve at {rate:.0f} msg/s (linger_ms={linger})")
-                    result = measure_server(broker, rate, count, linger, args.format, workdir)
+                    result = measure_server(
+                        broker, rate, count, linger, args.format, workdir, args.fresh_limit
+                    )
                     emit(
                         {**common, "measure": "produce_to_searchable", **result,
                          "anchor": {"system": "broker floor, same run", **floors[rate]},

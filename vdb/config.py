@@ -72,6 +72,21 @@ class ServerConfig:
     warm: bool = field(
         default=True, metadata={"help": "compile and warm the search kernels before /readyz"}
     )
+    fresh_limit: int | None = field(
+        default=None,
+        metadata={
+            "help": "default bound of a collection's fresh segment, in points (writes are "
+            "searchable at once and indexed in the background; at the bound writers wait; "
+            "None: vdb.open's default)"
+        },
+    )
+    graph_seal_size: int | None = field(
+        default=None,
+        metadata={
+            "help": "points linked into one graph of a collection before it is sealed "
+            "(None: vdb.open's default)"
+        },
+    )
     qdrant_version: str = field(
         default=QDRANT_COMPAT_VERSION,
         metadata={"help": "Qdrant version reported by GET / (clients check major.minor)"},
@@ -98,6 +113,15 @@ class ServerConfig:
         """The address to bind: the configured one, else loopback."""
         return self.host or "127.0.0.1"
 
+    def open_options(self) -> dict[str, Any]:
+        """Keyword arguments of ``vdb.open`` these settings give (the unset ones left out)."""
+        options: dict[str, Any] = {"warm": self.warm}
+        for name in ("fresh_limit", "graph_seal_size"):
+            value = getattr(self, name)
+            if value is not None:
+                options[name] = value
+        return options
+
     @property
     def snapshot_path(self) -> Path:
         return Path(self.snapshots_dir) if self.snapshots_dir else Path(self.data) / "snapshots"
@@ -120,6 +144,10 @@ class ServerConfig:
             raise InvalidInput("rate_limit and rate_burst must not be negative")
         if self.max_limit <= 0 or self.max_batch <= 0:
             raise InvalidInput("max_limit and max_batch must be positive")
+        for name in ("fresh_limit", "graph_seal_size"):
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                raise InvalidInput(f"{name} must be positive, got {value}")
         if bool(self.ssl_certfile) != bool(self.ssl_keyfile):
             raise InvalidInput("TLS needs both --ssl-certfile and --ssl-keyfile")
         if self.read_only_api_key and not self.api_key:

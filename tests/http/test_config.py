@@ -50,8 +50,18 @@ def test_secrets_are_masked():
         (("--api-key", "same", "--read-only-api-key", "same"), {}),
         (("--max-body-bytes", "0"), {}),
         ((), {"VDB_WARM": "maybe"}),
+        (("--fresh-limit", "0"), {}),
+        ((), {"VDB_GRAPH_SEAL_SIZE": "-5"}),
     ],
 )
 def test_bad_settings_are_refused(argv, env):
     with pytest.raises(InvalidInput):
         ServerConfig.from_sources(parse(*argv), env=env)
+
+
+def test_database_settings_reach_vdb_open_only_when_given():
+    assert ServerConfig.from_sources(parse(), env={}).open_options() == {"warm": True}
+    cfg = ServerConfig.from_sources(
+        parse("--fresh-limit", "1000"), env={"VDB_GRAPH_SEAL_SIZE": "20000", "VDB_WARM": "0"}
+    )
+    assert cfg.open_options() == {"warm": False, "fresh_limit": 1000, "graph_seal_size": 20000}

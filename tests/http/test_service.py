@@ -87,3 +87,13 @@ def test_unknown_routes_and_methods_answer_json(http):
         headers={"content-type": "application/json"},
     )
     assert r.status_code == 400 and "JSON" in r.json()["status"]["error"]
+
+
+def test_serve_takes_the_fresh_limit_and_seal_size_from_flags_and_the_environment(serve):
+    server = serve("--fresh-limit", "321", env={"VDB_GRAPH_SEAL_SIZE": "5000"})
+    with httpx.Client(base_url=server.url, timeout=60) as c:
+        body = {"vectors": {"size": 2, "distance": "Dot"}}
+        assert c.put("/collections/lim", json=body).status_code == 200
+        text = c.get("/metrics").text
+    assert metric(text, "vdb_collection_fresh_limit", collection="lim") == 321
+    assert metric(text, "vdb_collection_graph_seal_size", collection="lim") == 5000

@@ -193,7 +193,7 @@ def main(args: argparse.Namespace) -> int:
             )
     log.info("vdb serve settings: %s", json.dumps(config.describe(), sort_keys=True))
 
-    db = vdb.open(config.data, warm=config.warm)
+    db = vdb.open(config.data, **config.open_options())
     stopper = IngestStopper([])
     try:
         handles = _start_ingest(db, args, config)
