@@ -19,6 +19,8 @@ from typing import Any
 from vdb.errors import InvalidInput
 
 SECRET_FIELDS = frozenset({"api_key", "read_only_api_key"})
+DATABASE_FIELDS = ("fresh_limit", "graph_seal_size")
+"""Settings passed to ``vdb.open`` when given (positive integers; unset keeps its default)."""
 
 QDRANT_COMPAT_VERSION = "1.20.0"
 """The Qdrant server version ``GET /`` reports (the client checks major.minor)."""
@@ -116,7 +118,7 @@ class ServerConfig:
     def open_options(self) -> dict[str, Any]:
         """Keyword arguments of ``vdb.open`` these settings give (the unset ones left out)."""
         options: dict[str, Any] = {"warm": self.warm}
-        for name in ("fresh_limit", "graph_seal_size"):
+        for name in DATABASE_FIELDS:
             value = getattr(self, name)
             if value is not None:
                 options[name] = value
@@ -144,7 +146,7 @@ class ServerConfig:
             raise InvalidInput("rate_limit and rate_burst must not be negative")
         if self.max_limit <= 0 or self.max_batch <= 0:
             raise InvalidInput("max_limit and max_batch must be positive")
-        for name in ("fresh_limit", "graph_seal_size"):
+        for name in DATABASE_FIELDS:
             value = getattr(self, name)
             if value is not None and value <= 0:
                 raise InvalidInput(f"{name} must be positive, got {value}")

@@ -120,7 +120,7 @@ def test_cosine_refuses_a_zero_vector_but_l2_keeps_it():
 
 @pytest.mark.parametrize("metric", ["cosine", "l2"])
 def test_finite_vectors_whose_squares_overflow_or_underflow_are_kept(metric):
-    # the decoder's one-dot-product check falls through to the exact checks for these
+    # their squares overflow or underflow float32; the decoder's check sums them in float64
     for values in ([3e30, -3e30, 1e30], [1e-30, 0.0, -2e-31], [1e-45, 0.0, 0.0]):
         vector = np.asarray(values, "<f4")
         for fmt, value in (
