@@ -70,7 +70,8 @@ def test_fixture_recall_of_the_fresh_path_against_brute_force(tmp_path, minilm):
             col.upsert(list(range(lo, lo + 1000)), base[lo : lo + 1000])
         settle(col)
         buf = col._segs.view.buffer
-        assert buf.part is not None and buf.part.centroids.shape == (segments.FRESH_LISTS, 384)
+        assert buf.part is not None and buf.part.centroids.shape == (segments.FIRST_LISTS, 384)
+        assert buf.part.probes == segments.FIRST_PROBES and not buf.part.large
         assert (buf.part.lists[: buf.n] >= 0).all()
         hits = col.search(queries, k=10, with_payload=False)
         found = np.array([[h.id for h in hs] for hs in hits])
@@ -248,6 +249,10 @@ def test_lists_are_trained_again_as_the_fresh_rows_grow(tmp_path):
             assert time.monotonic() < deadline
         assert segs.view.buffer.part is not first
         buf = segs.view.buffer
+        # the first partition is the small one, the second (from LARGE_LISTS_FROM rows) large
+        assert not first.large and first.centroids.shape[0] == segments.FIRST_LISTS
+        assert buf.part.large and buf.part.centroids.shape[0] == segments.FRESH_LISTS
+        assert buf.part.probes == segments.FRESH_PROBES
         assert (buf.part.lists[: buf.n] >= 0).all()  # trained again: every row assigned
         queries = mixture(rng, 50)
         truth = brute_top(x, list(range(n)), queries, "ip", 10)

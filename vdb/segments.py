@@ -80,7 +80,7 @@ Searching the fresh rows (``flat.scan`` / ``flat.scan_codes``):
   rescored), and refitting in the middle of a burst measured 2 s of the
   upkeep thread's time before the lists could be trained.
 * Lists: once the fresh rows reach ``LISTS_FROM`` (4,096), the upkeep thread
-  trains ``FRESH_LISTS`` (1,024) k-means centroids on up to ``TRAIN_SAMPLE`` live rows
+  trains ``FIRST_LISTS`` (256) k-means centroids on up to ``TRAIN_SAMPLE`` live rows
   (``vdb.index.coarse``, ``KMEANS_ITERATIONS``) and assigns every row to its
   nearest one (``_Lists``). Rows appended later are assigned by the upkeep
   too, in place, once ``ASSIGN_BATCH`` (2,048) of them are waiting or before a
@@ -90,8 +90,11 @@ Searching the fresh rows (``flat.scan`` / ``flat.scan_codes``):
   debian-minilm burst the search rate rose from 0.27-0.33x to 0.41-0.43x of
   the indexed collection's once the writer stopped assigning. Retrain rule: when the
   fresh rows grow to ``RETRAIN_GROWTH`` times the rows the centroids were
-  trained on, while those were fewer than ``TRAIN_SAMPLE`` (so at most twice
-  on a burst into an empty segment). The upkeep assigns the rows there are
+  trained on, while those were fewer than ``TRAIN_SAMPLE``, and when a first
+  partition holds ``LARGE_LISTS_FROM`` (16,384) rows: the second training makes
+  ``FRESH_LISTS`` (1,024) lists, of which a query probes ``FRESH_PROBES`` (147;
+  the constants' comment has the figures). So at most twice on a burst into
+  an empty segment, the first time small whatever the rows by then. The upkeep assigns the rows there are
   when it publishes lists; a reader that holds older lists sees the rows
   appended since unassigned (scanned by every query).
 * Pack (``_Pack``, ``buffer.pack``): the rows' codes copied in list order (with
@@ -104,7 +107,7 @@ Searching the fresh rows (``flat.scan`` / ``flat.scan_codes``):
   half of its rows were moved into the graph. Rows after the pack are read by
   row (their list checked per row).
 * A search without a payload filter scores, on the codes, the rows of the
-  ``FRESH_PROBES`` (147) lists whose centroids are nearest the query and every
+  ``probes`` lists whose centroids are nearest the query (64 of 256, 147 of 1,024) and every
   unassigned row; with a filter every admitted row (the filter may keep only
   rows of other lists). The best ``max(MIN_CANDIDATES, k * FRESH_OVERSAMPLING)``
   (or ``k * oversampling`` when the query asks for more) are rescored with the
@@ -160,10 +163,16 @@ LINK_CHUNK = 2_048  # points per HNSW.add call (a checkpoint waits at most one o
 # The approximate fresh scan (module docstring, "Searching the fresh rows").
 EXACT_BELOW = 2_048  # fewer fresh rows than this: the exact float scan
 LISTS_FROM = 4_096  # fresh rows from which the rows are partitioned into lists
-# lists of the partition, and the lists a query scans (a seventh). debian-minilm, 50k fresh rows,
-# centroids trained on 8,192: 1,024 lists probed 147 hold 0.967 of the true top-10 in 9.2k rows
-# per query, 256 probed 64 held 0.962 in 14.6k (10k rows trained on 4,096: 0.957 in 1.9k rows
-# against 0.954 in 3.0k); the scan reads the codes from memory, so fewer rows is faster
+# lists of the partition and the lists a query scans: a first partition of fewer rows is small
+# and quick to train, so a burst is searched by list soon after it starts; once the centroids
+# are trained again on a larger sample (from LARGE_LISTS_FROM fresh rows) there are four
+# times the lists and a query probes a seventh of them. debian-minilm, 50k fresh rows,
+# centroids trained on 8,192: 1,024 lists probed 147 hold 0.967 of the true top-10 in 9.2k
+# rows per query, 256 probed 64 held 0.962 in 14.6k, and the single-query rate was 1.5x (the
+# scan reads the codes from memory: fewer rows is faster); the larger partition costs 0.8 s
+# of training and assigning 48k rows alone against 0.2 s, too long for the first one
+FIRST_LISTS = 256
+FIRST_PROBES = 64
 FRESH_LISTS = 1_024
 FRESH_PROBES = 147
 FRESH_OVERSAMPLING = 4  # candidates rescored with the float rows: k * this (at least 40)
@@ -174,6 +183,7 @@ MIN_CANDIDATES = 40
 # 16,384 rows, 0.15 s alone), so the smaller sample
 TRAIN_SAMPLE = 8_192
 RETRAIN_GROWTH = 4  # train again once the fresh rows are this many times those trained on
+LARGE_LISTS_FROM = LISTS_FROM * RETRAIN_GROWTH  # fresh rows from which FRESH_LISTS are trained
 ASSIGN_BATCH = 2_048  # unassigned fresh rows that make the upkeep assign them
 PACK_TAIL = 4_096  # rows appended after the pack that make it worth building again (at least)
 UPKEEP_BACKOFF_S = 1.0  # after an upkeep that left work due (all rows removed, a race)
@@ -220,21 +230,31 @@ class _Lists:
     """The coarse partition of a buffer's rows: centroids and each row's list (``-1``: not
     assigned, scanned by every query). Replaced whole when the centroids are trained again."""
 
-    __slots__ = ("centroids", "lists", "trained_rows", "upto")
+    __slots__ = ("centroids", "lists", "trained_rows", "upto", "large")
 
-    def __init__(self, centroids: np.ndarray, capacity: int, trained_rows: int) -> None:
+    def __init__(
+        self, centroids: np.ndarray, capacity: int, trained_rows: int, large: bool
+    ) -> None:
         self.centroids = centroids
+        self.large = large  # FRESH_LISTS (else FIRST_LISTS)
         self.lists = np.full(capacity, -1, np.int32)
         self.trained_rows = trained_rows  # fresh rows when the centroids were trained
         self.upto = 0  # rows below it are assigned (raised by the upkeep thread only)
 
+    @property
+    def probes(self) -> int:
+        """Lists a query scans."""
+        return min(FRESH_PROBES if self.large else FIRST_PROBES, self.centroids.shape[0])
+
     def stale(self, rows: int) -> bool:
         """The retrain rule (module docstring)."""
+        if not self.large and rows >= LARGE_LISTS_FROM:
+            return True
         return self.trained_rows < TRAIN_SAMPLE and rows >= RETRAIN_GROWTH * self.trained_rows
 
     def moved(self, capacity: int, lo: int, hi: int) -> _Lists:
         upto = self.upto  # read before the copy: rows it covers are assigned in the copy
-        out = _Lists(self.centroids, capacity, self.trained_rows)
+        out = _Lists(self.centroids, capacity, self.trained_rows, self.large)
         out.lists[: hi - lo] = self.lists[lo:hi]
         out.upto = max(0, min(upto, hi) - lo)
         return out
@@ -607,10 +627,10 @@ class Segments:
             )
         else:
             codes, terms = coding.codes, coding.terms
-            lists, centroids = self._no_lists, self._no_centroids
+            lists, centroids, probes = self._no_lists, self._no_centroids, 0
             packed = self._no_pack
             if part is not None and not (use if filtered is None else filtered):
-                lists, centroids = part.lists, part.centroids
+                lists, centroids, probes = part.lists, part.centroids, part.probes
                 if pack is not None and pack.coding is coding and pack.part is part:
                     packed = (pack.rows, pack.codes, pack.terms, pack.offsets, pack.hi)
             if partitions is not None:
@@ -618,7 +638,7 @@ class Segments:
             over = max(float(options.get("oversampling") or 0.0), FRESH_OVERSAMPLING)
             flat.scan_codes(
                 self.metric_code, vectors, codes, terms, coding.consts, self._qlevels, lists,
-                centroids, min(FRESH_PROBES, centroids.shape[0]), *packed, rows, start, stop,
+                centroids, probes, *packed, rows, start, stop,
                 queries, k, max(MIN_CANDIDATES, int(np.ceil(k * over))), live, mask, use, fs, fd,
             )  # fmt: skip
         if not graphs:
@@ -786,8 +806,11 @@ class Segments:
         if live_rows.size > TRAIN_SAMPLE:
             rng = np.random.default_rng(hi)
             live_rows = np.sort(rng.choice(live_rows, TRAIN_SAMPLE, replace=False))
-        centroids = coarse.train(buf.vectors[live_rows], FRESH_LISTS, self.metric, seed=hi)
-        part = _Lists(centroids, buf.capacity, hi - lo)
+        # the first partition is the small one, however many rows there are by then
+        large = buf.part is not None and hi - lo >= LARGE_LISTS_FROM
+        n_lists = FRESH_LISTS if large else FIRST_LISTS
+        centroids = coarse.train(buf.vectors[live_rows], n_lists, self.metric, seed=hi)
+        part = _Lists(centroids, buf.capacity, hi - lo, large)
         part.upto = lo  # the rows below it are the graph's
         self._assign(buf, part, hi)
         return part

@@ -37,7 +37,16 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from vdb.index.kernels import _AHEAD, IP, L2, _prefetch_row, distance
+from vdb.index.kernels import (
+    _AHEAD,
+    IP,
+    L2,
+    _prefetch_row,
+    _push_max,
+    _sift_down_max,
+    _sort_pairs,
+    distance,
+)
 from vdb.index.qkernels import encode_query, idot, query_levels
 
 __all__ = ["IP", "L2", "query_levels", "scan", "scan_codes", "warm"]
@@ -175,6 +184,21 @@ def _centroid_distances(metric, centroids, query, out):
 
 
 @njit(inline="always", cache=True)
+def _nearest_lists(cdist, n_lists, n_probe, near_d, near):
+    """The ``n_probe`` lists of smallest ``cdist[:n_lists]`` into ``near``, nearest first
+    (their distances in ``near_d``): a max-heap of the nearest so far, then sorted. Not
+    ``np.argsort``: its Numba implementation took 3.5 of the 17.6 s a cold start compiled."""
+    size = 0
+    for c in range(n_lists):
+        d = cdist[c]
+        if size < n_probe:
+            size = _push_max(near_d, near, size, d, np.int64(c))
+        elif d < near_d[0]:
+            _sift_down_max(near_d, near, size, d, np.int64(c))
+    _sort_pairs(near_d, near, size)
+
+
+@njit(inline="always", cache=True)
 def _score_block(codes, terms, lo, hi, cq, s, block):
     """``block[i]``: the code distance of row ``lo + i`` of ``codes`` / ``terms``, without the
     query's constant parts, for the rows ``[lo, hi)`` (a loop of nothing else: it vectorises)."""
@@ -201,6 +225,8 @@ def scan_codes(metric, vectors, codes, terms, consts, qlevels, lists, centroids,
     use_lists = n_lists > 0 and n_probe < n_lists
     probe = np.zeros(max(n_lists, 1), np.bool_)
     cdist = np.empty(max(n_lists, 1), np.float32)
+    order = np.empty(max(n_probe, 1), np.int64)  # the probed lists, nearest first
+    near_d = np.empty(max(n_probe, 1), np.float32)
     cq = np.empty(dim, np.int16)
     n_cand = max(n_cand, k)
     cand_d = np.empty(n_cand, np.float32)
@@ -217,12 +243,11 @@ def scan_codes(metric, vectors, codes, terms, consts, qlevels, lists, centroids,
     scored = 0
     for qi in range(nq):
         query = queries[qi]
-        order = np.empty(0, np.int64)
         if use_lists:
             _centroid_distances(metric, centroids, query, cdist)
             for c in range(n_lists):
                 probe[c] = False
-            order = np.argsort(cdist[:n_lists])
+            _nearest_lists(cdist, n_lists, n_probe, near_d, order)
             for j in range(n_probe):
                 probe[order[j]] = True
         tq, s = encode_query(metric, query, consts, qlevels, cq)
