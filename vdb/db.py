@@ -563,7 +563,29 @@ class Database:
             self._store.close()
 
 
+_scan_codes_loader: list[threading.Thread] = []  # at most one per process
+_scan_codes_lock = threading.Lock()
+
+
 def _warm_scan() -> None:
+    """The fresh segments' exact scan now; their scan on codes in a daemon thread, once per
+    process: fresh rows are scanned on codes only once thousands have codes, and on a cold
+    cache it compiles for about 7 s that a first search need not wait for (a search that
+    needs it meanwhile waits for Numba's compile as it would without the thread)."""
     from vdb.index import flat
 
-    flat.warm()
+    flat.warm(codes=False)
+    with _scan_codes_lock:
+        if not _scan_codes_loader:
+            loader = threading.Thread(target=_warm_scan_codes, name="vdb-warm-scan", daemon=True)
+            loader.start()
+            _scan_codes_loader.append(loader)
+
+
+def _warm_scan_codes() -> None:
+    from vdb.index import flat
+
+    try:
+        flat.warm_codes()
+    except Exception:  # warming is an optimisation only; the first use compiles instead
+        log.warning("warming the fresh segments' scan on codes failed", exc_info=True)
